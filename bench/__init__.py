@@ -1,0 +1,1 @@
+"""Benchmarks (installed as cream_rt.bench): speed and parity against plain references."""

@@ -1,0 +1,63 @@
+"""A deliberately plain implementation of the wsolevaluation box protocol: per image, per
+threshold, OpenCV contours, Python loops, float64. It shares no code with cream_rt so that
+tests and benchmarks compare the fast evaluator against an independent reference.
+Written from ../shared/spec/evaluation.md (the protocol of clovaai/wsolevaluation)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def reference_boxes(scoremap: np.ndarray, threshold: float, all_contours: bool) -> list[list[int]]:
+    """Boxes of one map at one threshold, exactly as the protocol describes."""
+    height, width = scoremap.shape
+    img = (scoremap * 255).astype(np.uint8)
+    _, binary = cv2.threshold(img, int(threshold * np.max(img)), 255, cv2.THRESH_BINARY)
+    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if len(contours) == 0:
+        return [[0, 0, 0, 0]]
+    if not all_contours:
+        contours = [max(contours, key=cv2.contourArea)]
+    boxes = []
+    for contour in contours:
+        x, y, w, h = cv2.boundingRect(contour)
+        boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
+    return boxes
+
+
+def reference_iou(a: list[int], b: list[int]) -> float:
+    """IoU with the inclusive (+1) convention."""
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1) * max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+    area_a = (a[2] - a[0] + 1) * (a[3] - a[1] + 1)
+    area_b = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+    return inter / (area_a + area_b - inter)
+
+
+def reference_resize_box(box, image_size, resize):
+    width, height = image_size
+    return [int(box[0] * resize[0] / width), int(box[1] * resize[1] / height),
+            int(box[2] * resize[0] / width), int(box[3] * resize[1] / height)]
+
+
+def reference_max_box_acc(scoremaps: list[np.ndarray], gt_boxes: list[list[list[int]]],
+                          interval: float = 0.01, all_contours: bool = True,
+                          iou_thresholds=(30, 50, 70), correct_class=None) -> dict:
+    """MaxBoxAcc per IoU threshold (and their mean) over a list of maps, with GT boxes already
+    at map resolution. `correct_class[i]` False drops image i (Top-1/Top-5 Loc)."""
+    thresholds = np.arange(0, 1, interval)
+    correct = {d: np.zeros(len(thresholds)) for d in iou_thresholds}
+    for i, (scoremap, gts) in enumerate(zip(scoremaps, gt_boxes)):
+        for k, tau in enumerate(thresholds):
+            best = 0.0
+            for box in reference_boxes(scoremap, float(tau), all_contours):
+                for gt in gts:
+                    best = max(best, reference_iou(box, gt))
+            if correct_class is not None and not correct_class[i]:
+                continue
+            for d in iou_thresholds:
+                if best >= d / 100:
+                    correct[d][k] += 1
+    per_iou = {d: float((correct[d] * 100.0 / len(scoremaps)).max()) for d in iou_thresholds}
+    best_thr = {d: float(thresholds[int(np.argmax(correct[d]))]) for d in iou_thresholds}
+    return {"per_iou": per_iou, "mean": float(np.average(list(per_iou.values()))),
+            "thresholds": best_thr, "counts": correct}

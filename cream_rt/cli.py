@@ -1,0 +1,110 @@
+"""The `cream` command line: one entry point, one subcommand per job. Heavy imports (torch,
+onnx) happen inside the subcommands that need them, so `cream localize` and `cream eval
+--maps` run on a torch-free install."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from . import __version__
+from .errors import CreamError
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {}
+
+
+def command(name: str, help_text: str, target: str):
+    """Register a subcommand: `target` is 'module:function' imported only when it runs."""
+    def decorate(add_args: Callable[[argparse.ArgumentParser], None]):
+        COMMANDS[name] = (help_text, add_args, target)
+        return add_args
+    return decorate
+
+
+def print_json(obj) -> None:
+    """Machine-readable output: one JSON object on stdout."""
+    json.dump(obj, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def print_table(rows: list[tuple[str, object]], title: str | None = None) -> None:
+    """A two-column human-readable table on stdout."""
+    if title:
+        print(title)
+    width = max((len(k) for k, _ in rows), default=0)
+    for key, value in rows:
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {text}")
+
+
+def _threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=None,
+                        help="threads for evaluation (default: up to 4, one per core)")
+
+
+@command("eval", "evaluate score maps, a checkpoint or an exported model (wsolevaluation protocol)",
+         "cream_rt.commands.eval_cmd:run")
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("what to evaluate (one of)")
+    src.add_argument("--maps", help="folder of <image_id>.npy score maps (wsolevaluation layout)")
+    src.add_argument("--checkpoint", help="a cream training checkpoint (.pt)")
+    src.add_argument("--model", help="an exported ONNX model")
+    p.add_argument("--metadata", help="metadata split folder (image_ids.txt, class_labels.txt, ...)")
+    p.add_argument("--data", help="data root with images/ and metadata/<split>/ (with --checkpoint/--model)")
+    p.add_argument("--images", help="image root, if not DATA/images")
+    p.add_argument("--split", default="test", help="split name under DATA/metadata (default: test)")
+    p.add_argument("--mask-root", help="root of the mask PNGs (OpenImages-style splits)")
+    p.add_argument("--interval", type=float, default=0.01, help="score-threshold step (default 0.01)")
+    p.add_argument("--allow-missing", action="store_true", help="count a missing map as a miss")
+    p.add_argument("--map-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"),
+                   help="score-map size; GT boxes are scaled to it (default 224 224)")
+    p.add_argument("--mode", choices=["cam", "cream"], default="cream", help="map type for --checkpoint")
+    p.add_argument("--iterations", type=int, default=None, help="EM steps T for --checkpoint (default: checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--save-maps", help="write the score maps as <image_id>.npy under this folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _threads(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every registered subcommand (modules register on import)."""
+    from . import commands  # noqa: F401  (registers the subcommands)
+
+    parser = argparse.ArgumentParser(
+        prog="cream", description="CAM / CREAM weakly supervised object localization: train, export, "
+        "localize, evaluate and benchmark.")
+    parser.add_argument("--version", action="version", version=f"cream-rt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, add_args, target) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(_target=target)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors print one line `cream: error: ...` and exit with status 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_target", None):
+        parser.print_help()
+        return 2
+    module_name, func_name = args._target.split(":")
+    try:
+        import importlib
+
+        handler: Handler = getattr(importlib.import_module(module_name), func_name)
+        return int(handler(args) or 0)
+    except CreamError as exc:
+        print(f"cream: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cream: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

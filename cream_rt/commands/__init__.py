@@ -1,0 +1,1 @@
+"""Subcommand implementations of the `cream` CLI (imported lazily by cream_rt.cli)."""

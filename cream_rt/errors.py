@@ -1,0 +1,21 @@
+"""User-facing errors: one clear line naming the thing and what was expected."""
+
+
+class CreamError(Exception):
+    """An error caused by the user's input (file, shape, value); the CLI prints it as one line."""
+
+
+class MetadataError(CreamError):
+    """A wsolevaluation metadata file is missing, malformed or inconsistent."""
+
+
+class ScoreMapError(CreamError):
+    """A score map has the wrong shape, NaN values or values outside [0, 1]."""
+
+
+class ModelFileError(CreamError):
+    """A checkpoint or exported model file is missing, corrupt or from an unknown version."""
+
+
+class ImageReadError(CreamError):
+    """An image file is missing or cannot be decoded."""

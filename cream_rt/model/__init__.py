@@ -1,0 +1,1 @@
+"""The CAM / CREAM model in PyTorch (imports torch): backbones, CAM head, re-activation."""

@@ -1,0 +1,19 @@
+"""Progress bars on stderr (tqdm), quiet when stderr is not a terminal unless forced."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Iterable, TypeVar
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it",
+             enabled: bool | None = None) -> Iterable[T]:
+    """Wrap `items` in a tqdm bar; disabled with CREAM_NO_PROGRESS=1 or when not a TTY."""
+    if enabled is None:
+        enabled = sys.stderr.isatty() and os.environ.get("CREAM_NO_PROGRESS") != "1"
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, total=total, unit=unit, disable=not enabled,
+                dynamic_ncols=True, file=sys.stderr)

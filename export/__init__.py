@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX -> TensorRT export (installed as cream_rt.export; imports torch)."""
