@@ -69,6 +69,77 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     _threads(p)
 
 
+@command("synth", "generate the synthetic WSOL benchmark (images, masks, metadata)",
+         "cream_rt.commands.train_cmd:synth")
+def _synth_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", type=int, default=6)
+    p.add_argument("--size", type=int, default=96, help="image side in pixels")
+    p.add_argument("--train", type=int, default=3000)
+    p.add_argument("--val", type=int, default=300)
+    p.add_argument("--test", type=int, default=600)
+
+
+@command("backbones", "list the registered backbones", "cream_rt.commands.train_cmd:backbones")
+def _backbones_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="data root: images/ and metadata/<split>/ (wsolevaluation layout)")
+    p.add_argument("--images", help="image root (instead of DATA/images)")
+    p.add_argument("--metadata", help="metadata root with train/ val/ test/ (instead of DATA/metadata)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
+@command("train", "train a CAM model with CREAM context-embedding learning",
+         "cream_rt.commands.train_cmd:train")
+def _train_args(p: argparse.ArgumentParser) -> None:
+    _data_args(p)
+    p.add_argument("--backbone", default="small-cnn", help="see `cream backbones`")
+    p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--lr", type=float, default=0.01, help="learning rate of pretrained layers (new: 10x)")
+    p.add_argument("--lr-decay-epochs", type=int, nargs="*", default=[4], help="epochs where lr drops 10x")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--input-size", type=int, default=None, help="default: the backbone's (small-cnn 96, others 224)")
+    p.add_argument("--large-feature-map", action="store_true")
+    p.add_argument("--tap", action="store_true", help="RCAM thresholded average pooling")
+    p.add_argument("--nwc", action="store_true", help="RCAM negative weight clamping")
+    p.add_argument("--iterations", type=int, default=2, help="CREAM EM steps T")
+    p.add_argument("--beta", type=float, default=8.0)
+    p.add_argument("--tau", type=float, default=0.2)
+    p.add_argument("--momentum", type=float, default=0.8, help="lambda of the embedding update")
+    p.add_argument("--pretrained", help="ImageNet weights file or URL (default: the usual source)")
+    p.add_argument("--resume", help="checkpoint to resume from")
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--json", action="store_true", help="print the training record as JSON")
+
+
+@command("fit-embeddings", "learn CREAM's context embeddings of a trained CAM model (frozen)",
+         "cream_rt.commands.train_cmd:fit_embeddings")
+def _fit_args(p: argparse.ArgumentParser) -> None:
+    _data_args(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--momentum", type=float, default=None, help="lambda (default: the checkpoint's)")
+    p.add_argument("--json", action="store_true")
+
+
+@command("demo", "synthesize data, train a small CREAM model, compare CAM vs CREAM, write overlays",
+         "cream_rt.commands.demo:run")
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo_out", help="output folder")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--train", type=int, default=3000, help="training images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every registered subcommand (modules register on import)."""
     from . import commands  # noqa: F401  (registers the subcommands)

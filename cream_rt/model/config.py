@@ -1,0 +1,52 @@
+"""The model configuration saved in checkpoints and manifests (JSON-ready, no torch)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class CreamConfig:
+    """CREAM hyperparameters (method.md section 3); T counts E-steps (interpretation)."""
+
+    iterations: int = 2
+    beta: float = 8.0
+    tau: float = 0.2
+    momentum: float = 0.8  # lambda of the context-embedding update
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the model and preprocess its input."""
+
+    backbone: str = "small-cnn"
+    num_classes: int = 6
+    class_names: list[str] = field(default_factory=list)
+    input_size: int = 224
+    large_feature_map: bool = False
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    tap: bool = False  # RCAM thresholded average pooling (training)
+    tap_tau: float = 0.1
+    nwc: bool = False  # RCAM negative weight clamping (inference)
+    pas: bool = False  # RCAM percentile as a standard (box extraction)
+    cream: CreamConfig = field(default_factory=CreamConfig)
+    feature_size: int = 0  # filled in when the model is built
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        cream = CreamConfig(**d.pop("cream", {}))
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(cream=cream, **d)

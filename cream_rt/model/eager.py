@@ -1,0 +1,37 @@
+"""The eager PyTorch model behind the same numpy interface as the ONNX runtime."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint
+from .network import CamModel
+
+
+class EagerPredictor:
+    """`predictor(x, class_ids) -> (logits, maps)` on numpy arrays, torch underneath."""
+
+    def __init__(self, model: CamModel, mode: str = "cream", iterations: int | None = None,
+                 device: str = "cpu"):
+        self.model = model.eval().to(device)
+        self.mode = mode
+        self.iterations = model.config.cream.iterations if iterations is None else iterations
+        self.device = device
+        cfg = model.config
+        self.input_size, self.mean, self.std = cfg.input_size, cfg.mean, cfg.std
+
+    @classmethod
+    def from_checkpoint(cls, path: str, mode: str = "cream", iterations: int | None = None,
+                        device: str = "cpu") -> "EagerPredictor":
+        return cls(load_checkpoint(path)[0], mode, iterations, device)
+
+    @torch.no_grad()
+    def __call__(self, x: np.ndarray, class_ids: np.ndarray | None = None):
+        images = torch.from_numpy(x).to(self.device)
+        ids = None if class_ids is None else torch.from_numpy(np.asarray(class_ids, np.int64)).to(self.device)
+        logits, maps, _ = self.model(images, ids, self.mode, self.iterations)
+        return logits.cpu().numpy(), maps.cpu().numpy()
+
+    def describe(self) -> dict:
+        return {"engine": "eager", "mode": self.mode, "iterations": self.iterations,
+                "backbone": self.model.config.backbone}

@@ -1,0 +1,97 @@
+"""The CAM model with the RCAM switches and CREAM's context embeddings (method.md 1-3)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .backbones import get_backbone
+from .config import ModelConfig
+from .reactivate import minmax, reactivate, score_maps
+
+
+class CamModel(nn.Module):
+    """Backbone -> GAP (or TAP) -> linear classifier, the CAM of a chosen class, and the
+    `C x 2 x K` context embeddings (row 0 foreground, row 1 background) as a buffer."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = get_backbone(config.backbone).build(config.large_feature_map)
+        k = self.backbone.out_channels
+        self.classifier = nn.Linear(k, config.num_classes)
+        # Random initial embeddings: with lambda = 1 they stay random (the paper's case).
+        self.register_buffer("embeddings", torch.randn(config.num_classes, 2, k))
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, config.input_size, config.input_size)
+            was = self.backbone.training
+            self.backbone.eval()
+            config.feature_size = int(self.backbone(probe).shape[-1])
+            self.backbone.train(was)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        """GAP, or RCAM's TAP in training: mean of the entries > tap_tau * max per channel."""
+        if self.config.tap and self.training:
+            flat = features.flatten(2)
+            keep = (flat > self.config.tap_tau * flat.amax(dim=2, keepdim=True)).to(flat.dtype)
+            return (flat * keep).sum(2) / (keep.sum(2) + 1e-6)
+        return features.mean(dim=(2, 3))
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(features))
+
+    def cam(self, features: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+        """CAM_c = sum_k W[c,k] F[k] (no bias), with max(W, 0) under NWC: `(B,h,w)`."""
+        weight = self.classifier.weight
+        if self.config.nwc:
+            weight = weight.clamp(min=0)
+        return torch.einsum("bk,bkhw->bhw", weight[class_ids], features)
+
+    def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None,
+                mode: str = "cream", iterations: int | None = None):
+        """Logits `(B,C)`, score maps `(B,H,W)` in [0,1] and the class ids used: the given ones,
+        or the predicted top-1 where a class id is -1 or none is given."""
+        features = self.features(images)
+        logits = self.logits(features)
+        predicted = logits.argmax(dim=1)
+        if class_ids is None:
+            class_ids = predicted
+        else:
+            class_ids = torch.where(class_ids < 0, predicted, class_ids)
+        maps = self.maps_from_features(features, class_ids, mode, iterations)
+        return logits, score_maps(maps, images.shape[-2:]), class_ids
+
+    def maps_from_features(self, features: torch.Tensor, class_ids: torch.Tensor, mode: str = "cream",
+                           iterations: int | None = None) -> torch.Tensor:
+        """Feature-resolution maps: minmax(CAM) for 'cam', `z~ + minmax(CAM)` for 'cream'."""
+        cam = self.cam(features, class_ids)
+        t = self.config.cream.iterations if iterations is None else iterations
+        if mode == "cam" or t == 0:
+            return reactivate(features, cam, self.embeddings[class_ids], 0)
+        if mode != "cream":
+            raise ValueError(f"mode must be 'cam' or 'cream', got {mode!r}")
+        c = self.config.cream
+        return reactivate(features, cam, self.embeddings[class_ids], t, c.beta, c.tau)
+
+    @torch.no_grad()
+    def update_embeddings(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Context-embedding learning (method.md 3.1), no gradient: per sample in batch order,
+        V[y] <- lambda V[y] + (1 - lambda) f, for the foreground {minmax(CAM_y) >= tau} and the
+        background means of the raw features; a side with an empty mask is skipped."""
+        features = features.detach().float()
+        b, k = features.shape[:2]
+        flat = features.flatten(2)  # (B,K,N)
+        cam = minmax(self.cam(features, labels).flatten(1), (1,))
+        fg = (cam >= self.config.cream.tau).to(flat.dtype)  # (B,N)
+        bg = 1.0 - fg
+        n_fg, n_bg = fg.sum(1), bg.sum(1)
+        f_fg = torch.einsum("bkn,bn->bk", flat, fg) / n_fg.clamp(min=1).unsqueeze(1)
+        f_bg = torch.einsum("bkn,bn->bk", flat, bg) / n_bg.clamp(min=1).unsqueeze(1)
+        lam = self.config.cream.momentum
+        for i, y in enumerate(labels.tolist()):
+            if n_fg[i] > 0:
+                self.embeddings[y, 0] = lam * self.embeddings[y, 0] + (1 - lam) * f_fg[i]
+            if n_bg[i] > 0:
+                self.embeddings[y, 1] = lam * self.embeddings[y, 1] + (1 - lam) * f_bg[i]

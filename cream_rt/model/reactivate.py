@@ -1,0 +1,67 @@
+"""CREAM's re-activation (method.md section 3.2-3.4): EM over pixel features with a cosine
+base model, calibration against the CAM, fusion with the CAM. The one implementation used by
+the eager model, the ONNX exporter (T unrolled) and the benchmarks."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-6
+
+
+def minmax(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """(x - min) / (max - min) over `dims`; a constant slice becomes all zeros."""
+    lo = x.amin(dim=dims, keepdim=True)
+    span = x.amax(dim=dims, keepdim=True) - lo
+    positive = span > 0
+    return torch.where(positive, (x - lo) / torch.where(positive, span, torch.ones_like(span)),
+                       torch.zeros_like(x))
+
+
+def em_foreground(features: torch.Tensor, centroids: torch.Tensor, iterations: int,
+                  beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """EM with p(x|k) ~ exp(beta cos(x, mu_k)) started from `centroids (B,2,K)`; `features
+    (B,K,N)`. T E-steps with an M-step between consecutive ones; returns (z_fg, z_bg) `(B,N)`."""
+    x = features
+    xn = x / (x.norm(dim=1, keepdim=True) + EPS)
+    mu = centroids
+    n = x.shape[-1]
+    log_pi = torch.full_like(centroids[:, :, 0], math.log(0.5))  # (B,2)
+    z = torch.empty(0)
+    for step in range(iterations):
+        mun = mu / (mu.norm(dim=2, keepdim=True) + EPS)
+        logits = beta * torch.bmm(mun, xn) + log_pi.unsqueeze(-1)  # (B,2,N), log space
+        z = torch.softmax(logits, dim=1)
+        if step < iterations - 1:
+            mass = z.sum(dim=2)  # (B,2)
+            mu = torch.bmm(z, x.transpose(1, 2)) / (mass.unsqueeze(-1) + EPS)
+            log_pi = torch.log(torch.clamp(mass / n, min=EPS))
+    return z[:, 0], z[:, 1]
+
+
+def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor,
+               iterations: int = 2, beta: float = 8.0, tau: float = 0.2) -> torch.Tensor:
+    """CREAM's final map `z~ + minmax(CAM)` at feature resolution `(B,h,w)`, values in [0,2].
+
+    features `(B,K,h,w)` (after ReLU), cam `(B,h,w)` of the chosen class, centroids `(B,2,K)`
+    (row 0 foreground, row 1 background). `iterations=0` returns `minmax(CAM)` (plain CAM).
+    Calibration: the component with the larger mean responsibility over
+    `{minmax(CAM) >= tau}` is the foreground."""
+    b, k, h, w = features.shape
+    cam_n = minmax(cam.reshape(b, h * w), (1,))
+    if iterations <= 0:
+        return cam_n.reshape(b, h, w)
+    z_fg, z_bg = em_foreground(features.reshape(b, k, h * w).float(), centroids.float(), iterations, beta)
+    omega = (cam_n >= tau).to(z_fg.dtype)
+    keep_fg = (z_fg * omega).sum(dim=1, keepdim=True) >= (z_bg * omega).sum(dim=1, keepdim=True)
+    calibrated = torch.where(keep_fg, z_fg, z_bg)
+    return (calibrated + cam_n).reshape(b, h, w)
+
+
+def score_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Feature-resolution maps `(B,h,w)` -> bicubic (align_corners=False, as OpenCV
+    INTER_CUBIC) to the input size -> minmax per image: the evaluated score maps in [0,1]."""
+    up = F.interpolate(maps.unsqueeze(1), size=size, mode="bicubic", align_corners=False)[:, 0]
+    return minmax(up, (1, 2))

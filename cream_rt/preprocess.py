@@ -1,0 +1,72 @@
+"""Image decoding and preprocessing in NumPy/OpenCV, shared by training, the eager model and
+the ONNX runtime so that all of them see the same input tensors."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .errors import ImageReadError
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to RGB uint8 `(H,W,3)`; ImageReadError names the file otherwise."""
+    data = np.fromfile(str(path), dtype=np.uint8) if os.path.isfile(path) else None
+    if data is None:
+        raise ImageReadError(f"{path}: image file not found")
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise ImageReadError(f"{path}: not a decodable image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def as_rgb_array(image) -> np.ndarray:
+    """Accept a path, a PIL image or an RGB uint8 array (gray or RGBA converted)."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL image, without importing PIL
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ImageReadError(f"image array must be uint8, got {array.dtype}")
+    if array.ndim == 2:
+        return np.repeat(array[..., None], 3, axis=2)
+    if array.ndim == 3 and array.shape[2] == 4:
+        return np.ascontiguousarray(array[..., :3])
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ImageReadError(f"image array must be (H,W,3) RGB, got shape {array.shape}")
+    return array
+
+
+def normalize(batch_hwc: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 `(B,H,W,3)` -> float32 `(B,3,H,W)`: /255, minus mean, over std."""
+    scale = np.float32(1 / 255) / np.asarray(std, np.float32)
+    shift = np.asarray(mean, np.float32) / np.asarray(std, np.float32)
+    out = batch_hwc.astype(np.float32) * scale - shift
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
+    """Evaluation resize: the whole image to size x size (no crop), bilinear."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def preprocess_batch(images: Sequence[np.ndarray], size: int, mean: Sequence[float],
+                     std: Sequence[float]) -> np.ndarray:
+    """RGB uint8 images of any sizes -> the model's normalised float32 `(B,3,size,size)`."""
+    stacked = np.stack([resize_for_model(as_rgb_array(im), size) for im in images])
+    return normalize(stacked, mean, std)
+
+
+def train_augment(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """wsolevaluation training augmentation scaled to `size`: resize to size*256/224, random
+    crop size x size, random horizontal flip."""
+    big = int(round(size * 256 / 224))
+    image = cv2.resize(image, (big, big), interpolation=cv2.INTER_LINEAR)
+    y, x = (int(v) for v in rng.integers(0, big - size + 1, 2))
+    image = image[y:y + size, x:x + size]
+    return image[:, ::-1] if rng.random() < 0.5 else image

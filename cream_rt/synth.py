@@ -1,0 +1,145 @@
+"""A synthetic WSOL benchmark that reproduces CAM's incomplete localization (no download).
+
+Each object is a large textured body shared by every class plus a small "head" whose colour
+and mark tell the class apart, on a cluttered textured background with distractor shapes. The head is the most discriminative part, so CAM peaks there, while the ground-truth box and mask
+cover head and body: the gap CREAM's re-activation is meant to close. Deterministic per
+seed. Writes wsolevaluation metadata (boxes) plus per-image masks. numpy + OpenCV only."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .atomic import atomic_path
+from .progress import progress
+
+# Head colours (BGR) of up to 12 classes: distinct hues, saturated.
+_HUES = np.linspace(0, 180, 12, endpoint=False).astype(np.uint8)
+BODY_COLORS = ((60, 90, 140), (120, 160, 200))  # shared striped body texture (BGR)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What `cream synth` generates; the defaults are the project's benchmark."""
+
+    size: int = 96
+    classes: int = 6
+    train: int = 3000
+    val: int = 300
+    test: int = 600
+    seed: int = 0
+
+
+def class_color(label: int) -> tuple[int, int, int]:
+    hsv = np.uint8([[[_HUES[label % len(_HUES)], 230, 235]]])
+    return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+
+
+def _head(img: np.ndarray, center: tuple[int, int], r: int, label: int) -> None:
+    """A class head: a disk of the class colour with a dark mark offset by class."""
+    cv2.circle(img, center, r, class_color(label), -1)
+    ox = int(np.cos(label * 2 * np.pi / 6) * r * 0.4)
+    oy = int(np.sin(label * 2 * np.pi / 6) * r * 0.4)
+    cv2.circle(img, (center[0] + ox, center[1] + oy), max(1, r // 3), (20, 20, 20), -1)
+
+
+def _background(size: int, classes: int, rng: np.random.Generator) -> np.ndarray:
+    low = cv2.resize(rng.uniform(40, 200, (4, 4, 3)).astype(np.float32), (size, size),
+                     interpolation=cv2.INTER_CUBIC)
+    texture = rng.normal(0, 18, (size, size, 1)).astype(np.float32)
+    img = np.clip(low + texture, 0, 255).astype(np.uint8)
+    for _ in range(rng.integers(3, 8)):  # distractors: grey-ish shapes and lines
+        color = tuple(int(c) for c in rng.integers(30, 220) + rng.integers(-25, 25, 3))
+        x, y = (int(v) for v in rng.integers(0, size, 2))
+        r = int(rng.integers(size // 20, size // 8))
+        kind = rng.integers(3)
+        if kind == 0:
+            cv2.rectangle(img, (x, y), (x + r, y + r // 2 + 1), color, -1)
+        elif kind == 1:
+            cv2.line(img, (x, y), tuple(int(v) for v in rng.integers(0, size, 2)), color, 2)
+        else:
+            pts = (np.array([[x, y]]) + rng.integers(-r, r, (3, 2))).astype(np.int32)
+            cv2.fillPoly(img, [pts], color)
+    return img
+
+
+def _draw_object(img: np.ndarray, label: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw body and head; return the object's mask (uint8 0/1)."""
+    size = img.shape[0]
+    a = rng.uniform(0.22, 0.34) * size  # semi-major axis of the body
+    b = a * rng.uniform(0.45, 0.65)
+    angle = rng.uniform(0, 360)
+    margin = a + 0.12 * size
+    cx, cy = rng.uniform(margin, size - margin, 2) if size - 2 * margin > 0 else (size / 2, size / 2)
+    body = np.zeros((size, size), np.uint8)
+    cv2.ellipse(body, (int(cx), int(cy)), (int(a), int(b)), angle, 0, 360, 1, -1)
+    # shared body texture: stripes across the body's minor axis
+    yy, xx = np.mgrid[0:size, 0:size]
+    theta = np.deg2rad(angle)
+    phase = ((xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)) / max(2.0, size / 24)
+    stripes = (np.floor(phase) % 2).astype(bool)
+    body_img = np.where(stripes[..., None], np.array(BODY_COLORS[0], np.uint8), np.array(BODY_COLORS[1], np.uint8))
+    img[body == 1] = body_img[body == 1]
+    # class head at one end of the major axis, partly overlapping the body
+    r = max(2, int(a * rng.uniform(0.28, 0.36)))
+    hx = int(cx + np.cos(theta) * (a + r * 0.3))
+    hy = int(cy + np.sin(theta) * (a + r * 0.3))
+    head = np.zeros((size, size), np.uint8)
+    cv2.circle(head, (hx, hy), r, 1, -1)
+    _head(img, (hx, hy), r, label)
+    mask = np.maximum(body, head)
+    return mask
+
+
+def make_example(label: int, size: int, classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One image (BGR uint8) of class `label` and its object mask."""
+    img = _background(size, classes, rng)
+    mask = _draw_object(img, label, rng)
+    img = cv2.GaussianBlur(img, (3, 3), 0.6)
+    return img, mask
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Inclusive pixel box of a mask."""
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+
+
+def generate(out: str | os.PathLike, config: SynthConfig = SynthConfig(), show_progress: bool = True) -> Path:
+    """Write `out/images/<split>/<class>/<n>.png`, `out/masks/...` and
+    `out/metadata/<split>/*.txt`; returns `out`."""
+    root = Path(out)
+    if config.classes < 2 or config.classes > len(_HUES):
+        raise ValueError(f"classes must lie in [2, {len(_HUES)}], got {config.classes}")
+    if config.size < 32:
+        raise ValueError(f"size must be at least 32, got {config.size}")
+    names = [f"class{c:02d}" for c in range(config.classes)]
+    for s_index, (split, count) in enumerate((("train", config.train), ("val", config.val), ("test", config.test))):
+        rng = np.random.default_rng([config.seed, s_index])
+        rows = []
+        for n in progress(range(count), f"synth {split}", unit="img", enabled=None if show_progress else False):
+            label = n % config.classes
+            img, mask = make_example(label, config.size, config.classes, rng)
+            image_id = f"{split}/{names[label]}/{n:06d}.png"
+            for folder, array in (("images", img), ("masks", mask * 255)):
+                path = root / folder / image_id
+                path.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(path), array)
+            rows.append((image_id, label, mask_box(mask)))
+        meta = root / "metadata" / split
+        meta.mkdir(parents=True, exist_ok=True)
+        files = {
+            "image_ids.txt": "".join(f"{i}\n" for i, _, _ in rows),
+            "class_labels.txt": "".join(f"{i},{label}\n" for i, label, _ in rows),
+            "image_sizes.txt": "".join(f"{i},{config.size},{config.size}\n" for i, _, _ in rows),
+            "localization.txt": "".join(f"{i},{b[0]},{b[1]},{b[2]},{b[3]}\n" for i, _, b in rows),
+        }
+        for name, text in files.items():
+            with atomic_path(meta / name) as tmp:
+                tmp.write_text(text)
+    with atomic_path(root / "class_names.txt") as tmp:
+        tmp.write_text("".join(f"{n}\n" for n in names))
+    return root

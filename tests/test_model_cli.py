@@ -1,0 +1,100 @@
+"""End to end on a tiny synthetic set: synth, train, resume, fit-embeddings, eval --checkpoint,
+checkpoint safety, and the torch-free import of the runtime package."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from cream_rt.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    data = root / "synth"
+    assert main(["synth", "--out", str(data), "--train", "96", "--val", "24", "--test", "24", "--classes", "3"]) == 0
+    ckpt = root / "m.pt"
+    assert main(["train", "--data", str(data), "--out", str(ckpt), "--epochs", "1", "--batch-size", "16"]) == 0
+    return data, ckpt
+
+
+def test_synth_is_deterministic(tmp_path):
+    from cream_rt.synth import SynthConfig, make_example
+
+    a = make_example(1, 64, 3, np.random.default_rng([3, 0]))
+    b = make_example(1, 64, 3, np.random.default_rng([3, 0]))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert a[1].sum() > 0.05 * 64 * 64  # the object (body + head) is large, not a small part
+    assert SynthConfig().classes == 6
+
+
+def test_train_writes_loadable_checkpoint(tiny):
+    from cream_rt.model.checkpoint import load_checkpoint
+
+    data, ckpt = tiny
+    model, payload = load_checkpoint(ckpt)
+    assert model.config.backbone == "small-cnn" and model.config.num_classes == 3
+    assert model.embeddings.shape == (3, 2, model.backbone.out_channels)
+    assert payload["training"]["epoch"] == 1 and "val_MaxBoxAccV2_cream" in payload["training"]["history"][0]
+
+
+def test_resume_continues(tiny, tmp_path):
+    data, ckpt = tiny
+    out = tmp_path / "r.pt"
+    assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "2", "--batch-size", "16",
+                 "--resume", str(ckpt)]) == 0
+    payload = torch.load(out, weights_only=True)
+    assert [h["epoch"] for h in payload["training"]["history"]] == [1, 2]
+
+
+def test_fit_embeddings_changes_only_embeddings(tiny, tmp_path):
+    data, ckpt = tiny
+    out = tmp_path / "fit.pt"
+    assert main(["fit-embeddings", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out)]) == 0
+    a = torch.load(ckpt, weights_only=True)["state_dict"]
+    b = torch.load(out, weights_only=True)["state_dict"]
+    assert not torch.equal(a["embeddings"], b["embeddings"])
+    assert all(torch.equal(a[k], b[k]) for k in a if k != "embeddings")
+
+
+def test_eval_checkpoint_json(tiny, capsys):
+    data, ckpt = tiny
+    for mode in ("cam", "cream"):
+        assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--split", "test",
+                     "--mode", mode, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["num_images"] == 24 and 0 <= out["MaxBoxAccV2"] <= 100
+        assert set(out["MaxBoxAccV2_per_iou"]) == {"30", "50", "70"} and "Top1_Loc" in out
+
+
+def test_bad_checkpoints(tmp_path, tiny, capsys):
+    data, _ = tiny
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    for path, message in [(bad, "not a readable cream checkpoint"), (tmp_path / "none.pt", "checkpoint not found")]:
+        assert main(["eval", "--checkpoint", str(path), "--data", str(data), "--json"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    assert main(["eval", "--checkpoint", str(tmp_path / "other.pt"), "--data", str(data)]) == 2
+    assert "not a cream checkpoint" in capsys.readouterr().err
+
+
+def test_runtime_import_does_not_import_torch():
+    code = "import sys, cream_rt, cream_rt.metrics, cream_rt.evaluate, cream_rt.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_every_subcommand_has_help():
+    from cream_rt.cli import COMMANDS, build_parser
+
+    build_parser()
+    for name in COMMANDS:
+        out = subprocess.run([sys.executable, "-m", "cream_rt.cli", name, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and "usage: cream" in out.stdout

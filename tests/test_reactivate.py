@@ -1,0 +1,97 @@
+"""`reactivate` against a float64 NumPy reference written from method.md, on random inputs
+and the edge cases (zero features, empty foreground, constant CAM, T = 0..4)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from cream_rt.model.reactivate import minmax, reactivate, score_maps  # noqa: E402
+
+EPS = 1e-6
+
+
+def np_minmax(m):
+    lo, hi = m.min(), m.max()
+    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+
+
+def np_reactivate(features, cam, centroids, iterations, beta, tau):
+    """One image at a time, loops over the EM steps, float64, straight from the spec."""
+    out = []
+    for f, c, mu0 in zip(features.astype(np.float64), cam.astype(np.float64), centroids.astype(np.float64)):
+        k, h, w = f.shape
+        x = f.reshape(k, -1).T  # (N,K)
+        cam_n = np_minmax(c.reshape(-1))
+        if iterations == 0:
+            out.append(cam_n.reshape(h, w))
+            continue
+        mu = [mu0[0], mu0[1]]
+        pi = [0.5, 0.5]
+        xn = x / (np.linalg.norm(x, axis=1, keepdims=True) + EPS)
+        for t in range(iterations):
+            logit = np.stack([beta * xn @ (m / (np.linalg.norm(m) + EPS)) + np.log(max(p, EPS))
+                              for m, p in zip(mu, pi)])
+            logit -= logit.max(axis=0)
+            z = np.exp(logit) / np.exp(logit).sum(axis=0)
+            if t < iterations - 1:
+                mu = [(z[j][:, None] * x).sum(0) / (z[j].sum() + EPS) for j in range(2)]
+                pi = [z[j].sum() / len(x) for j in range(2)]
+        omega = cam_n >= tau
+        s_fg = z[0][omega].sum()
+        s_bg = z[1][omega].sum()
+        calibrated = z[0] if s_fg >= s_bg else z[1]
+        out.append((calibrated + cam_n).reshape(h, w))
+    return np.stack(out)
+
+
+def _random_case(rng, b=4, k=16, h=7, w=9):
+    features = np.maximum(rng.normal(0, 1, (b, k, h, w)), 0).astype(np.float32)
+    cam = rng.normal(0, 1, (b, h, w)).astype(np.float32)
+    centroids = rng.normal(0, 1, (b, 2, k)).astype(np.float32)
+    return features, cam, centroids
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("beta,tau", [(8.0, 0.2), (2.0, 0.5), (20.0, 0.05)])
+def test_reactivate_matches_float64_reference(iterations, beta, tau):
+    rng = np.random.default_rng(iterations * 100 + int(beta))
+    for _ in range(5):
+        f, c, mu = _random_case(rng)
+        got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), iterations, beta, tau)
+        assert got.dtype == torch.float32 and got.shape == c.shape
+        np.testing.assert_allclose(got.numpy(), np_reactivate(f, c, mu, iterations, beta, tau), atol=1e-5)
+
+
+def test_edge_cases():
+    rng = np.random.default_rng(1)
+    f, c, mu = _random_case(rng, b=4)
+    f[0] = 0  # all-zero features: cos 0 to both centroids
+    f[1, :, :3, :] = 0  # some zero pixels
+    c[2] = 3.0  # constant CAM: minmax 0, empty Omega
+    mu[3, 0] = 0  # zero foreground centroid
+    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2).numpy()
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, np_reactivate(f, c, mu, 2, 8.0, 0.2), atol=1e-5)
+    np.testing.assert_allclose(got[0], 0.5 + np_minmax(c[0].astype(np.float64)), atol=1e-6)
+
+
+def test_iterations_zero_is_minmax_cam_and_score_maps_in_unit_range():
+    rng = np.random.default_rng(2)
+    f, c, mu = _random_case(rng)
+    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 0)
+    np.testing.assert_allclose(got.numpy(), np.stack([np_minmax(m.astype(np.float64)) for m in c]), atol=1e-6)
+    maps = score_maps(got, (28, 36))
+    assert maps.shape == (4, 28, 36) and float(maps.min()) == 0.0 and float(maps.max()) == 1.0
+    const = minmax(torch.full((2, 5, 5), 7.0), (1, 2))
+    assert float(const.abs().max()) == 0.0
+
+
+def test_bicubic_matches_opencv_inter_cubic():
+    import cv2
+
+    rng = np.random.default_rng(3)
+    m = rng.random((1, 14, 14)).astype(np.float32)
+    up = torch.nn.functional.interpolate(torch.from_numpy(m)[:, None], size=(224, 224), mode="bicubic",
+                                         align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(up, cv2.resize(m[0], (224, 224), interpolation=cv2.INTER_CUBIC), atol=1e-4)

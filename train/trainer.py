@@ -1,0 +1,214 @@
+"""`cream train`: the wsolevaluation recipe (SGD, momentum 0.9, Nesterov, 10x learning rate on
+new layers, step decay) with CREAM's context-embedding learning on every training batch."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cream_rt.commands.model_eval import evaluate_predictions
+from cream_rt.errors import CreamError
+from cream_rt.metadata import SplitMetadata, read_split
+from cream_rt.model.backbones import get_backbone, load_imagenet_weights
+from cream_rt.model.checkpoint import load_checkpoint, save_checkpoint
+from cream_rt.model.config import CreamConfig, ModelConfig
+from cream_rt.model.network import CamModel
+from cream_rt.progress import progress
+
+from .data import WsolImages
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; defaults suit small-cnn on the synthetic benchmark on 2 CPU cores."""
+
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 0.01  # pretrained layers; new layers get 10x
+    lr_decay_epochs: tuple[int, ...] = (4,)
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "cpu"
+    workers: int = 0
+    pretrained: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_data(data: str | None, images: str | None, metadata: str | None) -> tuple[Path, Path]:
+    """(image root, metadata root) from --data or --images/--metadata."""
+    if data:
+        return Path(images or Path(data) / "images"), Path(metadata or Path(data) / "metadata")
+    if images and metadata:
+        return Path(images), Path(metadata)
+    raise CreamError("pass --data DIR (images/ and metadata/) or both --images and --metadata")
+
+
+def class_names_for(meta_root: Path, num_classes: int) -> list[str]:
+    names_file = meta_root.parent / "class_names.txt"
+    if names_file.is_file():
+        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        if len(names) == num_classes:
+            return names
+    return [str(c) for c in range(num_classes)]
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def param_groups(model: CamModel, lr: float) -> list[dict]:
+    """New layers (classifier, and the backbone's new parts) at 10x the learning rate."""
+    new_prefixes = tuple(f"backbone.{p}" if p else "backbone." for p in model.backbone.new_layers) + ("classifier.",)
+    new, old = [], []
+    for name, param in model.named_parameters():
+        (new if name.startswith(new_prefixes) else old).append(param)
+    groups = [{"params": new, "lr": lr * 10, "base_lr": lr * 10}]
+    if old:
+        groups.append({"params": old, "lr": lr, "base_lr": lr})
+    return groups
+
+
+def evaluate_split(model: CamModel, meta: SplitMetadata, images: Path, modes: tuple[str, ...],
+                   batch_size: int, interval: float = 0.01, iterations: int | None = None,
+                   device: str = "cpu") -> dict:
+    """MaxBoxAccV2 etc. of each mode on a split, from one backbone pass per batch."""
+    cfg = model.config
+    data = WsolImages(meta, images, cfg.input_size, cfg.mean, cfg.std, train=False)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    streams: dict[str, list] = {m: [] for m in modes}
+    model.eval()
+    with torch.no_grad():
+        for b, (x, y) in enumerate(loader):
+            x, y = x.to(device), y.to(device)
+            features = model.features(x)
+            logits = model.logits(features).cpu().numpy()
+            ids = data.ids[b * batch_size: b * batch_size + len(y)]
+            for mode in modes:
+                from cream_rt.model.reactivate import score_maps
+
+                maps = score_maps(model.maps_from_features(features, y, mode, iterations), x.shape[-2:])
+                streams[mode].append((ids, logits, maps.cpu().numpy()))
+    return {m: evaluate_predictions(iter(s), meta, cfg.input_size, interval) for m, s in streams.items()}
+
+
+def train(backbone: str, data: str | None, out: str, images: str | None = None, metadata: str | None = None,
+          config: TrainConfig = TrainConfig(), cream: CreamConfig = CreamConfig(), input_size: int | None = None,
+          large_feature_map: bool = False, tap: bool = False, nwc: bool = False, resume: str | None = None,
+          log=print) -> dict:
+    """Train a CAM model with context-embedding learning; returns the training record."""
+    image_root, meta_root = resolve_data(data, images, metadata)
+    train_meta = read_split(meta_root / "train", require_localization=False)
+    val_meta = read_split(meta_root / "val") if (meta_root / "val").is_dir() else None
+    seed_everything(config.seed)
+    spec = get_backbone(backbone)
+    start_epoch, history = 0, []
+    if resume:
+        model, payload = load_checkpoint(resume)
+        model.train()
+        history = payload["training"].get("history", [])
+        start_epoch = payload["training"].get("epoch", 0)
+    else:
+        num_classes = train_meta.num_classes
+        model_config = ModelConfig(backbone=backbone, num_classes=num_classes,
+                                   class_names=class_names_for(meta_root, num_classes),
+                                   input_size=input_size or spec.input_size, large_feature_map=large_feature_map,
+                                   tap=tap, nwc=nwc, cream=cream)
+        model = CamModel(model_config)
+        report = load_imagenet_weights(backbone, model.backbone, config.pretrained) if backbone != "small-cnn" else None
+        if report:
+            log(f"pretrained {backbone}: {report['loaded']} tensors loaded from {report['source']}; "
+                f"random: {', '.join(report['random'][:6]) or 'none'}{' ...' if len(report['random']) > 6 else ''}")
+    model.to(config.device)
+    optimizer = torch.optim.SGD(param_groups(model, config.lr), lr=config.lr, momentum=0.9, nesterov=True,
+                                weight_decay=config.weight_decay)
+    if resume and "optimizer" in payload:
+        optimizer.load_state_dict(payload["optimizer"])
+    cfg = model.config
+    data_set = WsolImages(train_meta, image_root, cfg.input_size, cfg.mean, cfg.std, train=True, seed=config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    started = time.time()
+    for epoch in range(start_epoch, config.epochs):
+        decay = 0.1 ** sum(epoch >= e for e in config.lr_decay_epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * decay
+        data_set.epoch = epoch
+        generator.manual_seed(config.seed * 1000 + epoch)
+        loader = torch.utils.data.DataLoader(data_set, batch_size=config.batch_size, shuffle=True,
+                                             generator=generator, num_workers=config.workers, drop_last=True)
+        model.train()
+        total, correct, loss_sum = 0, 0, 0.0
+        for x, y in progress(loader, f"epoch {epoch + 1}/{config.epochs}", unit="batch"):
+            x, y = x.to(config.device), y.to(config.device)
+            features = model.features(x)
+            logits = model.logits(features)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            model.update_embeddings(features, y)
+            total += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += float(loss.detach()) * len(y)
+        record = {"epoch": epoch + 1, "loss": loss_sum / max(total, 1), "train_acc": 100.0 * correct / max(total, 1),
+                  "seconds": round(time.time() - started, 1)}
+        if val_meta is not None:
+            metrics = evaluate_split(model, val_meta, image_root, ("cam", "cream"), config.batch_size,
+                                     device=config.device)
+            record.update({"val_acc": metrics["cam"]["classification_top1"],
+                           "val_MaxBoxAccV2_cam": metrics["cam"]["MaxBoxAccV2"],
+                           "val_MaxBoxAccV2_cream": metrics["cream"]["MaxBoxAccV2"]})
+        history.append(record)
+        log(json.dumps(record))
+        training = {"epoch": epoch + 1, "history": history, "train_config": _jsonable(config),
+                    "data": str(meta_root), "torch": str(torch.__version__), "python": platform.python_version(),
+                    "machine": platform.machine(), "command": " ".join(sys.argv)}
+        save_checkpoint(out, model, training, optimizer.state_dict())
+    return {"history": history, "checkpoint": os.fspath(out)}
+
+
+def _jsonable(config: TrainConfig) -> dict:
+    d = dict(config.__dict__)
+    d["lr_decay_epochs"] = list(d["lr_decay_epochs"])
+    return d
+
+
+def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | None = None,
+                   metadata: str | None = None, momentum: float | None = None, epochs: int = 1,
+                   batch_size: int = 32, seed: int = 0, device: str = "cpu", reset: bool = True) -> dict:
+    """Learn the context embeddings of a trained CAM model over the train split with the
+    classifier frozen and no gradient (method.md 3.1), so any CAM model gets CREAM."""
+    image_root, meta_root = resolve_data(data, images, metadata)
+    model, payload = load_checkpoint(checkpoint)
+    meta = read_split(meta_root / "train", require_localization=False)
+    if meta.num_classes > model.config.num_classes:
+        raise CreamError(f"{meta_root / 'train'}: class label {meta.num_classes - 1} is out of range for a "
+                         f"model with {model.config.num_classes} classes")
+    if momentum is not None:
+        model.config.cream.momentum = momentum
+    seed_everything(seed)
+    if reset:
+        model.embeddings.copy_(torch.randn_like(model.embeddings))
+    model.to(device).eval()  # frozen: BN statistics untouched
+    cfg = model.config
+    data_set = WsolImages(meta, image_root, cfg.input_size, cfg.mean, cfg.std, train=True, seed=seed)
+    for epoch in range(epochs):
+        data_set.epoch = epoch
+        loader = torch.utils.data.DataLoader(data_set, batch_size=batch_size, shuffle=True,
+                                             generator=torch.Generator().manual_seed(seed + epoch))
+        with torch.no_grad():
+            for x, y in progress(loader, f"embeddings {epoch + 1}/{epochs}", unit="batch"):
+                model.update_embeddings(model.features(x.to(device)), y.to(device))
+    training = dict(payload.get("training", {}))
+    training["fit_embeddings"] = {"from": str(checkpoint), "epochs": epochs, "momentum": cfg.cream.momentum,
+                                  "seed": seed}
+    save_checkpoint(out, model, training)
+    return {"checkpoint": os.fspath(out), "images": len(data_set) * epochs}
