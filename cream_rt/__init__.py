@@ -4,12 +4,4 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "Localizer"]
-
-
-def __getattr__(name: str):
-    if name == "Localizer":  # lazy: keeps `import cream_rt` light
-        from .runtime import Localizer
-
-        return Localizer
-    raise AttributeError(f"module 'cream_rt' has no attribute {name!r}")
+__all__ = ["__version__"]

@@ -44,15 +44,14 @@ def _threads(parser: argparse.ArgumentParser) -> None:
                         help="threads for evaluation (default: up to 4, one per core)")
 
 
-@command("eval", "evaluate score maps, a checkpoint or an exported model (wsolevaluation protocol)",
+@command("eval", "evaluate score maps or a checkpoint (wsolevaluation protocol)",
          "cream_rt.commands.eval_cmd:run")
 def _eval_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("what to evaluate (one of)")
     src.add_argument("--maps", help="folder of <image_id>.npy score maps (wsolevaluation layout)")
     src.add_argument("--checkpoint", help="a cream training checkpoint (.pt)")
-    src.add_argument("--model", help="an exported ONNX model")
     p.add_argument("--metadata", help="metadata split folder (image_ids.txt, class_labels.txt, ...)")
-    p.add_argument("--data", help="data root with images/ and metadata/<split>/ (with --checkpoint/--model)")
+    p.add_argument("--data", help="data root with images/ and metadata/<split>/ (with --checkpoint)")
     p.add_argument("--images", help="image root, if not DATA/images")
     p.add_argument("--split", default="test", help="split name under DATA/metadata (default: test)")
     p.add_argument("--mask-root", help="root of the mask PNGs (OpenImages-style splits)")

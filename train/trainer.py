@@ -20,6 +20,7 @@ from cream_rt.model.backbones import get_backbone, load_imagenet_weights
 from cream_rt.model.checkpoint import load_checkpoint, save_checkpoint
 from cream_rt.model.config import CreamConfig, ModelConfig
 from cream_rt.model.network import CamModel
+from cream_rt.model.reactivate import score_maps
 from cream_rt.progress import progress
 
 from .data import WsolImages
@@ -92,8 +93,6 @@ def evaluate_split(model: CamModel, meta: SplitMetadata, images: Path, modes: tu
             logits = model.logits(features).cpu().numpy()
             ids = data.ids[b * batch_size: b * batch_size + len(y)]
             for mode in modes:
-                from cream_rt.model.reactivate import score_maps
-
                 maps = score_maps(model.maps_from_features(features, y, mode, iterations), x.shape[-2:])
                 streams[mode].append((ids, logits, maps.cpu().numpy()))
     return {m: evaluate_predictions(iter(s), meta, cfg.input_size, interval) for m, s in streams.items()}

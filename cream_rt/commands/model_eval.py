@@ -66,16 +66,11 @@ def evaluate_predictions(stream, meta: SplitMetadata, map_size: int, interval: f
 
 
 def evaluate_model(args: argparse.Namespace, meta: SplitMetadata) -> dict:
-    """`cream eval --checkpoint` / `--model`: run the model over the split and evaluate."""
+    """`cream eval --checkpoint`: run the model over the split and evaluate."""
+    from ..model.eager import EagerPredictor
+
     images = image_root(args)
-    if args.checkpoint:
-        from ..model.eager import EagerPredictor
-
-        predictor = EagerPredictor.from_checkpoint(args.checkpoint, args.mode, args.iterations, args.device)
-    else:
-        from ..runtime import OnnxPredictor
-
-        predictor = OnnxPredictor.load(args.model)
+    predictor = EagerPredictor.from_checkpoint(args.checkpoint, args.mode, args.iterations, args.device)
     stream = predict_split(predictor, meta, images, args.batch_size, predictor.input_size,
                            predictor.mean, predictor.std, "eval")
     out = evaluate_predictions(stream, meta, predictor.input_size, args.interval, args.save_maps)
