@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from .boxes import level_ious, quantize, threshold_levels
-from .errors import ScoreMapError
+from .errors import MetadataError, ScoreMapError
 
 IOU_THRESHOLDS = (30, 50, 70)
 PXAP_EXTRA_EDGES = (1.0, 2.0, 3.0)
@@ -155,7 +155,6 @@ def load_gt_mask(mask_root: str, mask_paths: list[str], ignore_path: str,
                  size: tuple[int, int]) -> np.ndarray:
     """GT mask as the protocol builds it: union of instance masks (nearest resize, > 0.5);
     1 = foreground, 0 = background, 255 = ignored (ignore box minus foreground)."""
-    from .errors import MetadataError
 
     def read(rel: str) -> np.ndarray:
         path = os.path.join(mask_root, rel)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cream_rt.commands.model_eval import evaluate_predictions
+from cream_rt.commands.model_eval import SplitScorer
 from cream_rt.errors import CreamError
 from cream_rt.metadata import SplitMetadata, read_split
 from cream_rt.model.backbones import get_backbone, load_imagenet_weights
@@ -77,14 +77,14 @@ def param_groups(model: CamModel, lr: float) -> list[dict]:
     return groups
 
 
-def evaluate_split(model: CamModel, meta: SplitMetadata, images: Path, modes: tuple[str, ...],
-                   batch_size: int, interval: float = 0.01, iterations: int | None = None,
-                   device: str = "cpu") -> dict:
-    """MaxBoxAccV2 etc. of each mode on a split, from one backbone pass per batch."""
+def evaluate_split(model: CamModel, meta: SplitMetadata, images: Path, variants: dict[str, tuple[str, int | None]],
+                   batch_size: int, interval: float = 0.01, device: str = "cpu") -> dict:
+    """Metrics of each variant `name -> (mode, iterations)` on a split, scored as the batches
+    come, from one backbone pass per batch shared by all variants."""
     cfg = model.config
     data = WsolImages(meta, images, cfg.input_size, cfg.mean, cfg.std, train=False)
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-    streams: dict[str, list] = {m: [] for m in modes}
+    scorers = {name: SplitScorer(meta, cfg.input_size, interval) for name in variants}
     model.eval()
     with torch.no_grad():
         for b, (x, y) in enumerate(loader):
@@ -92,10 +92,10 @@ def evaluate_split(model: CamModel, meta: SplitMetadata, images: Path, modes: tu
             features = model.features(x)
             logits = model.logits(features).cpu().numpy()
             ids = data.ids[b * batch_size: b * batch_size + len(y)]
-            for mode in modes:
+            for name, (mode, iterations) in variants.items():
                 maps = score_maps(model.maps_from_features(features, y, mode, iterations), x.shape[-2:])
-                streams[mode].append((ids, logits, maps.cpu().numpy()))
-    return {m: evaluate_predictions(iter(s), meta, cfg.input_size, interval) for m, s in streams.items()}
+                scorers[name].add(ids, logits, maps.cpu().numpy())
+    return {name: scorer.result() for name, scorer in scorers.items()}
 
 
 def train(backbone: str, data: str | None, out: str, images: str | None = None, metadata: str | None = None,
@@ -160,8 +160,8 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
         record = {"epoch": epoch + 1, "loss": loss_sum / max(total, 1), "train_acc": 100.0 * correct / max(total, 1),
                   "seconds": round(time.time() - started, 1)}
         if val_meta is not None:
-            metrics = evaluate_split(model, val_meta, image_root, ("cam", "cream"), config.batch_size,
-                                     device=config.device)
+            metrics = evaluate_split(model, val_meta, image_root, {"cam": ("cam", 0), "cream": ("cream", None)},
+                                     config.batch_size, device=config.device)
             record.update({"val_acc": metrics["cam"]["classification_top1"],
                            "val_MaxBoxAccV2_cam": metrics["cam"]["MaxBoxAccV2"],
                            "val_MaxBoxAccV2_cream": metrics["cream"]["MaxBoxAccV2"]})

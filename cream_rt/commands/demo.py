@@ -44,11 +44,10 @@ def run(args: argparse.Namespace) -> int:
     model, _ = load_checkpoint(ckpt)
     test = read_split(data / "metadata" / "test")
     print("[3/4] evaluating CAM vs CREAM on the test split (MaxBoxAccV2, GT-known Loc)")
-    table = {}
-    for t in range(5):
-        metrics = evaluate_split(model, test, data / "images", ("cream",), 64, iterations=t)["cream"]
-        table[f"T={t}"] = {k: metrics[k] for k in ("MaxBoxAccV2", "MaxBoxAcc", "GT_known_Loc", "Top1_Loc",
-                                                    "classification_top1")}
+    variants = {f"T={t}": ("cream", t) for t in range(5)}
+    metrics = evaluate_split(model, test, data / "images", variants, 64)
+    keys = ("MaxBoxAccV2", "MaxBoxAcc", "GT_known_Loc", "Top1_Loc", "classification_top1")
+    table = {name: {k: m[k] for k in keys} for name, m in metrics.items()}
     print(f"  {'maps':<12}{'MaxBoxAccV2':>12}{'GT-known':>10}{'Top-1 Loc':>11}")
     for name, row in table.items():
         label = "CAM (T=0)" if name == "T=0" else f"CREAM {name}"

@@ -39,30 +39,36 @@ def predict_split(predict, meta: SplitMetadata, images: Path, batch_size: int, i
         yield chunk, logits, maps
 
 
-def evaluate_predictions(stream, meta: SplitMetadata, map_size: int, interval: float,
-                         save_maps: str | None = None) -> dict:
-    """Box metrics (GT-class maps) plus classification and Top-1/Top-5 Loc from the logits."""
-    evaluator = BoxEvaluator(interval, (map_size, map_size))
-    correct1 = 0
-    for chunk, logits, maps in stream:
+class SplitScorer:
+    """Streaming scores of one kind of map over a split: box metrics of the GT-class maps, plus
+    classification and Top-1/Top-5 Loc from the logits. Nothing per image is kept."""
+
+    def __init__(self, meta: SplitMetadata, map_size: int, interval: float, save_maps: str | None = None):
+        self.meta, self.map_size, self.save_maps = meta, map_size, save_maps
+        self.evaluator = BoxEvaluator(interval, (map_size, map_size))
+        self.correct1 = 0
+
+    def add(self, chunk: list[str], logits: np.ndarray, maps: np.ndarray) -> None:
         top5 = np.argsort(-logits, axis=1)[:, :5]
         for i, image_id in enumerate(chunk):
-            label = meta.class_labels[image_id]
+            label = self.meta.class_labels[image_id]
             if label >= logits.shape[1]:
                 raise CreamError(f"{image_id}: class label {label} is out of range for a model "
                                  f"with {logits.shape[1]} classes")
             is_top1 = bool(top5[i, 0] == label)
-            correct1 += is_top1
-            scoremap = maps[i]
-            if save_maps:
-                path = Path(save_maps) / f"{image_id}.npy"
+            self.correct1 += is_top1
+            if self.save_maps:
+                path = Path(self.save_maps) / f"{image_id}.npy"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                np.save(path, scoremap)
-            evaluator.add(scoremap, gt_boxes_at(meta, image_id, (map_size, map_size)),
-                          top1_correct=is_top1, top5_correct=bool(label in top5[i]), name=image_id)
-    out = evaluator.result()
-    out["classification_top1"] = 100.0 * correct1 / out["num_images"]
-    return out
+                np.save(path, maps[i])
+            size = (self.map_size, self.map_size)
+            self.evaluator.add(maps[i], gt_boxes_at(self.meta, image_id, size), top1_correct=is_top1,
+                               top5_correct=bool(label in top5[i]), name=image_id)
+
+    def result(self) -> dict:
+        out = self.evaluator.result()
+        out["classification_top1"] = 100.0 * self.correct1 / out["num_images"]
+        return out
 
 
 def evaluate_model(args: argparse.Namespace, meta: SplitMetadata) -> dict:
@@ -73,6 +79,9 @@ def evaluate_model(args: argparse.Namespace, meta: SplitMetadata) -> dict:
     predictor = EagerPredictor.from_checkpoint(args.checkpoint, args.mode, args.iterations, args.device)
     stream = predict_split(predictor, meta, images, args.batch_size, predictor.input_size,
                            predictor.mean, predictor.std, "eval")
-    out = evaluate_predictions(stream, meta, predictor.input_size, args.interval, args.save_maps)
+    scorer = SplitScorer(meta, predictor.input_size, args.interval, args.save_maps)
+    for chunk, logits, maps in stream:
+        scorer.add(chunk, logits, maps)
+    out = scorer.result()
     out.update(predictor.describe())
     return out

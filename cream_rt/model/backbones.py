@@ -106,7 +106,9 @@ class ResNet50Cam(Backbone):
 
     def __init__(self, large_feature_map: bool = False):
         super().__init__()
-        net = import_resnet50()
+        from .tvshim import import_torchvision_models
+
+        net = import_torchvision_models().resnet50(weights=None)
         _unstride(net.layer4)
         if large_feature_map:
             _unstride(net.layer3)
@@ -115,18 +117,16 @@ class ResNet50Cam(Backbone):
         self.out_channels = 2048
 
     def load_pretrained(self, state):
-        renamed = {("stem.0." + k[6:] if k.startswith("conv1.") else "stem.1." + k[4:] if k.startswith("bn1.") else k): v
-                   for k, v in state.items()}
+        """torchvision keys, with conv1/bn1 moved under `stem`."""
+        prefixes = {"conv1.": "stem.0.", "bn1.": "stem.1."}
+        renamed = {}
+        for key, value in state.items():
+            head = next((p for p in prefixes if key.startswith(p)), None)
+            renamed[prefixes[head] + key[len(head):] if head else key] = value
         return super().load_pretrained(renamed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
-
-
-def import_resnet50() -> nn.Module:
-    from .tvshim import import_torchvision_models
-
-    return import_torchvision_models().resnet50(weights=None)
 
 
 def _unstride(layer: nn.Sequential) -> None:
