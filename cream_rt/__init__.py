@@ -4,4 +4,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "Localizer"]
+
+
+def __getattr__(name: str):
+    if name == "Localizer":  # lazy: `import cream_rt` stays light (no onnxruntime import)
+        from .runtime import Localizer
+
+        return Localizer
+    raise AttributeError(f"module 'cream_rt' has no attribute {name!r}")

@@ -131,8 +131,8 @@ def _box_gt_iou(x0, y0, x1, y1, gt):
 
 
 @njit(cache=True, nogil=True)
-def _pixel_order(flat):
-    """Pixel indices sorted by value (counting sort) and the start of each value's run."""
+def _pixel_order_values(flat):
+    """Pixel indices sorted by value in 0..255 (counting sort) and each value's run start."""
     n = flat.shape[0]
     start = np.zeros(257, np.int64)
     for p in range(n):
@@ -149,10 +149,69 @@ def _pixel_order(flat):
 
 
 @njit(cache=True, nogil=True)
-def _components(img, order, start, foreground, need, gt, best_iou, n_outer, single_box):
+def _add_pixel(p, width, height, di, dj, parent, size, box, border, added, roots, where, n_roots,
+               area2, window):
+    """Add pixel p to the union-find, merging with added neighbours; returns the live-root count.
+    With `area2`/`window` (the filled-region sweep) it also counts 2x the contour area."""
+    i = p // width
+    j = p - i * width
+    parent[p] = p
+    size[p] = 1
+    box[p, 0] = j
+    box[p, 1] = i
+    box[p, 2] = j
+    box[p, 3] = i
+    border[p] = i == 0 or j == 0 or i == height - 1 or j == width - 1
+    added[p] = True
+    roots[n_roots] = p
+    where[p] = n_roots
+    n_roots += 1
+    rp = p  # root of p's component, kept current through the merges
+    for d in range(di.shape[0]):
+        ii = i + di[d]
+        jj = j + dj[d]
+        if ii < 0 or jj < 0 or ii >= height or jj >= width:
+            continue
+        q = ii * width + jj
+        if not added[q]:
+            continue
+        rq = _find(parent, q)
+        if rq == rp:
+            continue
+        if size[rp] < size[rq]:  # union by size keeps the trees flat
+            rp, rq = rq, rp
+        parent[rq] = rp
+        size[rp] += size[rq]
+        box[rp, 0] = min(box[rp, 0], box[rq, 0])
+        box[rp, 1] = min(box[rp, 1], box[rq, 1])
+        box[rp, 2] = max(box[rp, 2], box[rq, 2])
+        box[rp, 3] = max(box[rp, 3], box[rq, 3])
+        border[rp] = border[rp] or border[rq]
+        area2[rp] += area2[rq]
+        last = roots[n_roots - 1]
+        roots[where[rq]] = last
+        where[last] = where[rq]
+        n_roots -= 1
+    if window.shape[0] > 0:
+        # The 4 windows (2x2 pixel blocks on the padded grid) holding p: a window's share of the
+        # contour area is 1/2 with 3 filled pixels and 1 with 4, so 2x the area grows by 1 when a
+        # window that already had 2 or 3 filled pixels gains p. Every filled pixel of a window is
+        # 8-adjacent to p, hence in p's component after the merges above.
+        for wi in range(i, i + 2):
+            for wj in range(j, j + 2):
+                w = wi * (width + 1) + wj
+                if window[w] >= 2:
+                    area2[rp] += 1
+                window[w] += 1
+    return n_roots
+
+
+@njit(cache=True, nogil=True)
+def _components(img, order, start, foreground, need, gt, best_iou):
     """One union-find sweep over the uint8 levels. Foreground: 8-connected `img > t`, pixels
     added by decreasing value; every component is an outer contour. Background: 4-connected
-    `img <= t`, added by increasing value; a component off the border is a hole contour."""
+    `img <= t`, added by increasing value; a component off the border is a hole contour.
+    Raises best_iou[t] to the best IoU of those contours' boxes with the GT boxes."""
     height, width = img.shape
     n = height * width
     # Compact int32 state: pixels are visited in value order, so locality matters.
@@ -163,99 +222,138 @@ def _components(img, order, start, foreground, need, gt, best_iou, n_outer, sing
     added = np.zeros(n, np.bool_)
     roots = np.empty(n, np.int32)  # live roots, swap-removed on union
     where = np.empty(n, np.int32)
+    area2 = np.zeros(n, np.int64)  # unused here
+    no_window = np.zeros(0, np.int8)
     if foreground:
         di = np.array([-1, -1, -1, 0, 0, 1, 1, 1])
         dj = np.array([-1, 0, 1, -1, 1, -1, 0, 1])
     else:
         di = np.array([-1, 0, 0, 1])
         dj = np.array([0, -1, 1, 0])
-    n_nb = di.shape[0]
     n_roots = 0
     for step in range(256):
         v = 255 - step if foreground else step
         for k in range(start[v], start[v + 1]):
-            p = order[k]
+            n_roots = _add_pixel(order[k], width, height, di, dj, parent, size, box, border, added, roots,
+                                 where, n_roots, area2, no_window)
+        t = v - 1 if foreground else v  # the level whose state is now complete
+        if t < 0 or t > 255 or not need[t]:
+            continue
+        best = 0.0
+        if foreground and n_roots == 0:  # no contour: the protocol's box [0, 0, 0, 0]
+            best = _box_gt_iou(0, 0, 0, 0, gt)
+        for r in range(n_roots):
+            root = roots[r]
+            if foreground:
+                x0, y0 = np.int64(box[root, 0]), np.int64(box[root, 1])
+                x1 = min(np.int64(box[root, 2]) + 1, width - 1)
+                y1 = min(np.int64(box[root, 3]) + 1, height - 1)
+            elif border[root]:
+                continue
+            else:  # hole: its contour runs on the foreground pixels around it
+                x0, y0 = np.int64(box[root, 0]) - 1, np.int64(box[root, 1]) - 1
+                x1 = min(np.int64(box[root, 2]) + 2, width - 1)
+                y1 = min(np.int64(box[root, 3]) + 2, height - 1)
+            best = max(best, _box_gt_iou(x0, y0, x1, y1, gt))
+        best_iou[t] = max(best_iou[t], best)
+
+
+@njit(cache=True, nogil=True)
+def _outside_levels(img):
+    """m[p] = the lowest t at which p is 4-connected to the image border through pixels
+    `<= t` (a minimax path value, by a 256-bucket flood): p lies outside every contour of
+    `img > t` iff m[p] <= t, so the filled regions at level t are `m > t`."""
+    height, width = img.shape
+    n = height * width
+    m = np.empty(n, np.uint8)
+    seen = np.zeros(n, np.bool_)
+    head = np.full(256, -1, np.int64)
+    nxt = np.empty(n, np.int64)
+    for p in range(n):
+        i = p // width
+        j = p - i * width
+        if i == 0 or j == 0 or i == height - 1 or j == width - 1:
+            v = np.int64(img[i, j])
+            m[p] = v
+            seen[p] = True
+            nxt[p] = head[v]
+            head[v] = p
+    di = np.array([-1, 1, 0, 0])
+    dj = np.array([0, 0, -1, 1])
+    for v in range(256):
+        while head[v] != -1:
+            p = head[v]
+            head[v] = nxt[p]
             i = p // width
             j = p - i * width
-            parent[p] = p
-            size[p] = 1
-            box[p, 0] = j
-            box[p, 1] = i
-            box[p, 2] = j
-            box[p, 3] = i
-            border[p] = i == 0 or j == 0 or i == height - 1 or j == width - 1
-            added[p] = True
-            roots[n_roots] = p
-            where[p] = n_roots
-            n_roots += 1
-            rp = p  # root of p's component, kept current through the merges
-            for d in range(n_nb):
+            for d in range(4):
                 ii = i + di[d]
                 jj = j + dj[d]
                 if ii < 0 or jj < 0 or ii >= height or jj >= width:
                     continue
                 q = ii * width + jj
-                if not added[q]:
+                if seen[q]:
                     continue
-                rq = _find(parent, q)
-                if rq == rp:
-                    continue
-                if size[rp] < size[rq]:  # union by size keeps the trees flat
-                    rp, rq = rq, rp
-                parent[rq] = rp
-                size[rp] += size[rq]
-                box[rp, 0] = min(box[rp, 0], box[rq, 0])
-                box[rp, 1] = min(box[rp, 1], box[rq, 1])
-                box[rp, 2] = max(box[rp, 2], box[rq, 2])
-                box[rp, 3] = max(box[rp, 3], box[rq, 3])
-                border[rp] = border[rp] or border[rq]
-                last = roots[n_roots - 1]
-                roots[where[rq]] = last
-                where[last] = where[rq]
-                n_roots -= 1
-        t = v - 1 if foreground else v  # the level whose state is now complete
-        if t < 0 or t > 255 or not need[t]:
-            continue
-        if foreground:
-            n_outer[t] = n_roots
-            best = 0.0
-            for r in range(n_roots):
-                root = roots[r]
-                x0 = np.int64(box[root, 0])
-                y0 = np.int64(box[root, 1])
-                x1 = min(np.int64(box[root, 2]) + 1, width - 1)
-                y1 = min(np.int64(box[root, 3]) + 1, height - 1)
-                best = max(best, _box_gt_iou(x0, y0, x1, y1, gt))
-                if n_roots == 1:
-                    single_box[t, 0] = x0
-                    single_box[t, 1] = y0
-                    single_box[t, 2] = x1
-                    single_box[t, 3] = y1
-            if n_roots == 0:  # no contour: the protocol's box [0, 0, 0, 0]
-                best = _box_gt_iou(0, 0, 0, 0, gt)
-            best_iou[t] = max(best_iou[t], best)
-        else:
-            best = 0.0
-            for r in range(n_roots):
-                root = roots[r]
-                if border[root]:
-                    continue
-                x0 = np.int64(box[root, 0]) - 1
-                y0 = np.int64(box[root, 1]) - 1
-                x1 = min(np.int64(box[root, 2]) + 2, width - 1)
-                y1 = min(np.int64(box[root, 3]) + 2, height - 1)
-                best = max(best, _box_gt_iou(x0, y0, x1, y1, gt))
-            best_iou[t] = max(best_iou[t], best)
+                seen[q] = True
+                mq = max(v, np.int64(img[ii, jj]))
+                m[q] = mq
+                nxt[q] = head[mq]
+                head[mq] = q
+    return m
 
 
 @njit(cache=True, nogil=True)
-def _sweep(img, need, gt, best_iou, n_outer, single_box):
-    """Fill, for every level t with need[t]: best_iou[t] = max IoU over all contour boxes of
-    `img > t` and the GT boxes; n_outer[t] = number of 8-connected foreground components;
-    single_box[t] = the box of the only component when n_outer[t] == 1."""
-    order, start = _pixel_order(img.ravel())
-    _components(img, order, start, True, need, gt, best_iou, n_outer, single_box)
-    _components(img, order, start, False, need, gt, best_iou, n_outer, single_box)
+def _largest(img, need, gt, largest_iou, tied):
+    """For every level t with need[t]: largest_iou[t] = IoU with the GT boxes of the contour of
+    largest area (the protocol's v1 box); tied[t] when two top-level contours share that area
+    (then OpenCV's contour order must decide). Sweeps the filled regions `outside > t`."""
+    height, width = img.shape
+    n = height * width
+    order, start = _pixel_order_values(_outside_levels(img))
+    parent = np.empty(n, np.int32)
+    size = np.empty(n, np.int32)
+    box = np.empty((n, 4), np.int32)
+    border = np.zeros(n, np.bool_)
+    added = np.zeros(n, np.bool_)
+    roots = np.empty(n, np.int32)
+    where = np.empty(n, np.int32)
+    area2 = np.zeros(n, np.int64)
+    window = np.zeros((height + 1) * (width + 1), np.int8)
+    di = np.array([-1, -1, -1, 0, 0, 1, 1, 1])
+    dj = np.array([-1, 0, 1, -1, 1, -1, 0, 1])
+    n_roots = 0
+    for step in range(256):
+        v = 255 - step
+        for k in range(start[v], start[v + 1]):
+            n_roots = _add_pixel(order[k], width, height, di, dj, parent, size, box, border, added, roots,
+                                 where, n_roots, area2, window)
+        t = v - 1
+        if t < 0 or not need[t]:
+            continue
+        if n_roots == 0:
+            largest_iou[t] = _box_gt_iou(0, 0, 0, 0, gt)
+            continue
+        best_root, best_area, count = -1, np.int64(-1), 0
+        for r in range(n_roots):
+            root = roots[r]
+            if area2[root] > best_area:
+                best_root, best_area, count = root, area2[root], 1
+            elif area2[root] == best_area:
+                count += 1
+        tied[t] = count > 1
+        x0, y0 = np.int64(box[best_root, 0]), np.int64(box[best_root, 1])
+        x1 = min(np.int64(box[best_root, 2]) + 1, width - 1)
+        y1 = min(np.int64(box[best_root, 3]) + 1, height - 1)
+        largest_iou[t] = _box_gt_iou(x0, y0, x1, y1, gt)
+
+
+@njit(cache=True, nogil=True)
+def _sweep(img, need, gt, all_iou, largest_iou, tied):
+    """Best IoU with the GT boxes at every needed level: over all contours, and of the largest."""
+    order, start = _pixel_order_values(img.ravel())
+    _components(img, order, start, True, need, gt, all_iou)
+    _components(img, order, start, False, need, gt, all_iou)
+    _largest(img, need, gt, largest_iou, tied)
 
 
 def level_ious(img: np.ndarray, levels: np.ndarray, gt_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -271,16 +369,10 @@ def level_ious(img: np.ndarray, levels: np.ndarray, gt_boxes: np.ndarray) -> tup
     if HAVE_NUMBA:
         need = np.zeros(256, dtype=np.bool_)
         need[unique] = True
-        n_outer = np.zeros(256, dtype=np.int64)
-        single = np.zeros((256, 4), dtype=np.int64)
-        _sweep(np.ascontiguousarray(img), need, gt, all_iou, n_outer, single)
-        for t in unique:
-            if n_outer[t] == 0:  # no contour: all rules give the box [0, 0, 0, 0]
-                largest_iou[t] = all_iou[t]
-            elif n_outer[t] == 1:  # holes are always smaller than their outer contour
-                largest_iou[t] = iou_matrix(single[t:t + 1], gt).max()
-            else:
-                largest_iou[t] = iou_matrix(boxes_at_threshold(img, int(t), False), gt).max()
+        tied = np.zeros(256, dtype=np.bool_)
+        _sweep(np.ascontiguousarray(img), need, gt, all_iou, largest_iou, tied)
+        for t in np.nonzero(tied)[0]:  # equal areas: OpenCV's contour order decides
+            largest_iou[t] = iou_matrix(boxes_at_threshold(img, int(t), False), gt).max()
     else:
         for t in unique:
             all_iou[t] = iou_matrix(boxes_at_threshold(img, int(t), True), gt).max()

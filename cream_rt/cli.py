@@ -44,14 +44,15 @@ def _threads(parser: argparse.ArgumentParser) -> None:
                         help="threads for evaluation (default: up to 4, one per core)")
 
 
-@command("eval", "evaluate score maps or a checkpoint (wsolevaluation protocol)",
+@command("eval", "evaluate score maps, a checkpoint or an exported model (wsolevaluation protocol)",
          "cream_rt.commands.eval_cmd:run")
 def _eval_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("what to evaluate (one of)")
     src.add_argument("--maps", help="folder of <image_id>.npy score maps (wsolevaluation layout)")
     src.add_argument("--checkpoint", help="a cream training checkpoint (.pt)")
+    src.add_argument("--model", help="an exported ONNX model (runs on ONNX Runtime, no torch)")
     p.add_argument("--metadata", help="metadata split folder (image_ids.txt, class_labels.txt, ...)")
-    p.add_argument("--data", help="data root with images/ and metadata/<split>/ (with --checkpoint)")
+    p.add_argument("--data", help="data root with images/ and metadata/<split>/ (with --checkpoint/--model)")
     p.add_argument("--images", help="image root, if not DATA/images")
     p.add_argument("--split", default="test", help="split name under DATA/metadata (default: test)")
     p.add_argument("--mask-root", help="root of the mask PNGs (OpenImages-style splits)")
@@ -136,6 +137,51 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--train", type=int, default=3000, help="training images")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+
+
+@command("export", "export a checkpoint to one ONNX graph (EM unrolled, embeddings embedded)",
+         "cream_rt.commands.export_cmd:run")
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--mode", choices=["cream", "cam"], default="cream")
+    p.add_argument("--iterations", type=int, default=None, help="EM steps T (default: the checkpoint's)")
+    p.add_argument("--opset", type=int, default=20)
+    p.add_argument("--external-data", action="store_true", help="weights in OUT.data beside the graph")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+
+@command("localize", "localize images with an exported model (ONNX Runtime, no torch)",
+         "cream_rt.commands.localize_cmd:run")
+def _localize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="image files, folders, text files of paths, or metadata split folders")
+    p.add_argument("--model", required=True, help="exported ONNX model")
+    p.add_argument("--out", required=True, help="results file (.jsonl, or .json with --format coco)")
+    p.add_argument("--images", help="image root for metadata split inputs")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threshold", type=float, default=0.2, help="box threshold, fraction of the map's max")
+    p.add_argument("--all-contours", action="store_true", help="one box per contour (default: largest)")
+    p.add_argument("--format", choices=["jsonl", "coco"], default="jsonl")
+    p.add_argument("--save-maps", help="write <name>.npy score maps here")
+    p.add_argument("--overlays", help="write overlay PNGs here")
+    p.add_argument("--providers", help="comma-separated ONNX Runtime providers")
+
+
+@command("parity", "compare the eager model and its export on the same images",
+         "cream_rt.commands.parity_cmd:run")
+def _parity_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", help="data root with images/ and metadata/")
+    p.add_argument("--images", help="image root (instead of DATA/images)")
+    p.add_argument("--metadata", help="metadata split folder (instead of DATA/metadata/SPLIT)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threshold", type=float, default=0.2, help="box threshold compared between engines")
+    p.add_argument("--interval", type=float, default=0.01)
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--results", help="also write the JSON result to this file (e.g. bench/results/...)")
     p.add_argument("--json", action="store_true")
 
 

@@ -31,6 +31,10 @@ class SynthConfig:
     val: int = 300
     test: int = 600
     seed: int = 0
+    # Faint class tint of the body (intensity units); 0 makes every body identical. Like bird
+    # plumage, the body then carries weak class evidence, so a classifier represents it, while
+    # the head stays by far the most discriminative part.
+    body_tint: float = 0.0
 
 
 def class_color(label: int) -> tuple[int, int, int]:
@@ -46,7 +50,7 @@ def _head(img: np.ndarray, center: tuple[int, int], r: int, label: int) -> None:
     cv2.circle(img, (center[0] + ox, center[1] + oy), max(1, r // 3), (20, 20, 20), -1)
 
 
-def _background(size: int, classes: int, rng: np.random.Generator) -> np.ndarray:
+def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     low = cv2.resize(rng.uniform(40, 200, (4, 4, 3)).astype(np.float32), (size, size),
                      interpolation=cv2.INTER_CUBIC)
     texture = rng.normal(0, 18, (size, size, 1)).astype(np.float32)
@@ -66,7 +70,14 @@ def _background(size: int, classes: int, rng: np.random.Generator) -> np.ndarray
     return img
 
 
-def _draw_object(img: np.ndarray, label: int, rng: np.random.Generator) -> np.ndarray:
+def body_colors(label: int, tint: float) -> tuple[np.ndarray, np.ndarray]:
+    """The two stripe colours of the body, shifted by a faint class-dependent tint."""
+    angle = label * 2 * np.pi / 6
+    shift = tint * np.array([np.cos(angle), np.sin(angle), -np.cos(angle)])
+    return tuple(np.clip(np.array(c, np.float64) + shift, 0, 255).astype(np.uint8) for c in BODY_COLORS)
+
+
+def _draw_object(img: np.ndarray, label: int, rng: np.random.Generator, tint: float = 0.0) -> np.ndarray:
     """Draw body and head; return the object's mask (uint8 0/1)."""
     size = img.shape[0]
     a = rng.uniform(0.22, 0.34) * size  # semi-major axis of the body
@@ -81,7 +92,8 @@ def _draw_object(img: np.ndarray, label: int, rng: np.random.Generator) -> np.nd
     theta = np.deg2rad(angle)
     phase = ((xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)) / max(2.0, size / 24)
     stripes = (np.floor(phase) % 2).astype(bool)
-    body_img = np.where(stripes[..., None], np.array(BODY_COLORS[0], np.uint8), np.array(BODY_COLORS[1], np.uint8))
+    dark, light = body_colors(label, tint)
+    body_img = np.where(stripes[..., None], dark, light)
     img[body == 1] = body_img[body == 1]
     # class head at one end of the major axis, partly overlapping the body
     r = max(2, int(a * rng.uniform(0.28, 0.36)))
@@ -94,10 +106,10 @@ def _draw_object(img: np.ndarray, label: int, rng: np.random.Generator) -> np.nd
     return mask
 
 
-def make_example(label: int, size: int, classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def make_example(label: int, size: int, rng: np.random.Generator, tint: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """One image (BGR uint8) of class `label` and its object mask."""
-    img = _background(size, classes, rng)
-    mask = _draw_object(img, label, rng)
+    img = _background(size, rng)
+    mask = _draw_object(img, label, rng, tint)
     img = cv2.GaussianBlur(img, (3, 3), 0.6)
     return img, mask
 
@@ -122,7 +134,7 @@ def generate(out: str | os.PathLike, config: SynthConfig = SynthConfig(), show_p
         rows = []
         for n in progress(range(count), f"synth {split}", unit="img", enabled=None if show_progress else False):
             label = n % config.classes
-            img, mask = make_example(label, config.size, config.classes, rng)
+            img, mask = make_example(label, config.size, rng, config.body_tint)
             image_id = f"{split}/{names[label]}/{n:06d}.png"
             for folder, array in (("images", img), ("masks", mask * 255)):
                 path = root / folder / image_id

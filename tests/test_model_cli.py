@@ -26,8 +26,8 @@ def tiny(tmp_path_factory):
 def test_synth_is_deterministic(tmp_path):
     from cream_rt.synth import SynthConfig, make_example
 
-    a = make_example(1, 64, 3, np.random.default_rng([3, 0]))
-    b = make_example(1, 64, 3, np.random.default_rng([3, 0]))
+    a = make_example(1, 64, np.random.default_rng([3, 0]))
+    b = make_example(1, 64, np.random.default_rng([3, 0]))
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert a[1].sum() > 0.05 * 64 * 64  # the object (body + head) is large, not a small part
     assert SynthConfig().classes == 6

@@ -1,4 +1,4 @@
-"""`cream eval`: metrics of score maps or a checkpoint."""
+"""`cream eval`: metrics of score maps, a checkpoint or an exported model."""
 from __future__ import annotations
 
 import argparse
@@ -36,9 +36,9 @@ def report(result: dict, as_json: bool, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    sources = [s for s in (args.maps, args.checkpoint) if s]
+    sources = [s for s in (args.maps, args.checkpoint, args.model) if s]
     if len(sources) != 1:
-        raise CreamError("pass exactly one of --maps, --checkpoint")
+        raise CreamError("pass exactly one of --maps, --checkpoint, --model")
     meta = read_split(split_dir(args))
     if args.maps:
         from ..evaluate import evaluate_map_folder

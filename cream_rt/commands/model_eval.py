@@ -72,11 +72,16 @@ class SplitScorer:
 
 
 def evaluate_model(args: argparse.Namespace, meta: SplitMetadata) -> dict:
-    """`cream eval --checkpoint`: run the model over the split and evaluate."""
-    from ..model.eager import EagerPredictor
-
+    """`cream eval --checkpoint` (eager torch) or `--model` (ONNX Runtime, no torch)."""
     images = image_root(args)
-    predictor = EagerPredictor.from_checkpoint(args.checkpoint, args.mode, args.iterations, args.device)
+    if args.model:
+        from ..runtime import OnnxPredictor
+
+        predictor = OnnxPredictor.load(args.model)
+    else:
+        from ..model.eager import EagerPredictor
+
+        predictor = EagerPredictor.from_checkpoint(args.checkpoint, args.mode, args.iterations, args.device)
     stream = predict_split(predictor, meta, images, args.batch_size, predictor.input_size,
                            predictor.mean, predictor.std, "eval")
     scorer = SplitScorer(meta, predictor.input_size, args.interval, args.save_maps)

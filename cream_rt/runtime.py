@@ -1,0 +1,169 @@
+"""The torch-free runtime: exported models under ONNX Runtime, batched localization with
+boxes in original image coordinates. Imports numpy, OpenCV and onnxruntime only."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .boxes import boxes_at_threshold, quantize
+from .errors import CreamError, ModelFileError
+from .manifest import MANIFEST_KEY, Manifest
+from .preprocess import as_rgb_array, preprocess_batch
+
+DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def make_session(path: str, providers: Sequence[str] | None = None, threads: int | None = None):
+    """An ONNX Runtime session tuned for throughput: all graph optimisations, one intra-op
+    thread per core, the best available providers (TensorRT, CUDA, CPU) unless given."""
+    import onnxruntime as ort
+
+    if not os.path.isfile(path):
+        raise ModelFileError(f"{path}: model file not found")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    available = set(ort.get_available_providers())
+    chosen = [p for p in (providers or DEFAULT_PROVIDERS) if p in available]
+    if not chosen:
+        raise CreamError(f"none of the providers {list(providers or [])} is available; have {sorted(available)}")
+    try:
+        return ort.InferenceSession(path, options, providers=chosen)
+    except Exception as exc:  # corrupt protobuf, unknown op, truncated file
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+        raise ModelFileError(f"{path}: not a loadable ONNX model ({first})") from None
+
+
+def read_manifest(session, path: str) -> Manifest:
+    props = session.get_modelmeta().custom_metadata_map
+    if MANIFEST_KEY not in props:
+        raise ModelFileError(f"{path}: no cream_rt manifest in the model (not exported by `cream export`)")
+    return Manifest.from_json(props[MANIFEST_KEY], path)
+
+
+class OnnxPredictor:
+    """`predictor(x, class_ids) -> (logits, maps)` over an exported model, numpy in and out."""
+
+    def __init__(self, session, manifest: Manifest, path: str):
+        self.session, self.manifest, self.path = session, manifest, path
+        self.input_size, self.mean, self.std = manifest.input_size, manifest.mean, manifest.std
+        names = [i.name for i in session.get_inputs()]
+        if names != ["images", "class_ids"]:
+            raise ModelFileError(f"{path}: expected inputs ['images', 'class_ids'], got {names}")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, providers: Sequence[str] | None = None,
+             threads: int | None = None) -> "OnnxPredictor":
+        path = os.fspath(path)
+        session = make_session(path, providers, threads)
+        return cls(session, read_manifest(session, path), path)
+
+    def __call__(self, x: np.ndarray, class_ids: np.ndarray | None = None):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1:] != (3, self.input_size, self.input_size):
+            raise CreamError(f"images must have shape (B, 3, {self.input_size}, {self.input_size}), got {x.shape}")
+        ids = np.full(len(x), -1, np.int64) if class_ids is None else np.asarray(class_ids, np.int64)
+        if ids.shape != (len(x),):
+            raise CreamError(f"class_ids must have shape ({len(x)},), got {ids.shape}")
+        n_classes = len(self.manifest.class_names)
+        if ((ids < -1) | (ids >= n_classes)).any():
+            bad = int(ids[(ids < -1) | (ids >= n_classes)][0])
+            raise CreamError(f"class id {bad} is out of range: expected -1 (predicted) or 0..{n_classes - 1}")
+        logits, maps, _ = self.session.run(None, {"images": x, "class_ids": ids})
+        return logits, maps
+
+    def describe(self) -> dict:
+        m = self.manifest
+        return {"engine": "onnxruntime", "providers": self.session.get_providers(), "mode": m.mode,
+                "iterations": m.iterations, "backbone": m.backbone}
+
+
+@dataclass
+class Localization:
+    """One image's result: class, score (softmax probability), boxes `[x0,y0,x1,y1]` in the
+    original image's pixels (inclusive), and the score map at model resolution if asked."""
+
+    class_id: int
+    class_name: str
+    score: float
+    boxes: list[list[float]]
+    image_size: tuple[int, int]  # (width, height)
+    map: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"class_id": self.class_id, "class_name": self.class_name, "score": self.score,
+                "boxes": self.boxes, "image_size": list(self.image_size)}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def map_boxes(scoremap: np.ndarray, threshold: float, all_contours: bool) -> np.ndarray:
+    """Boxes of a [0,1] map at `threshold` of its max, with the protocol's semantics."""
+    img = quantize(scoremap)
+    return boxes_at_threshold(img, int(threshold * int(img.max())), all_contours)
+
+
+def scale_boxes(boxes: np.ndarray, map_size: int, width: int, height: int) -> list[list[float]]:
+    """Map-resolution boxes to the original image's pixel coordinates."""
+    sx, sy = width / map_size, height / map_size
+    out = []
+    for x0, y0, x1, y1 in boxes.tolist():
+        out.append([round(x0 * sx, 2), round(y0 * sy, 2), round(min((x1 + 1) * sx - 1, width - 1), 2),
+                    round(min((y1 + 1) * sy - 1, height - 1), 2)])
+    return out
+
+
+class Localizer:
+    """Batched localization over an exported model: images (paths, PIL images or uint8 RGB
+    arrays of any size) -> class, score, boxes in original coordinates, optionally maps."""
+
+    def __init__(self, predictor: OnnxPredictor, threshold: float = 0.2, all_contours: bool = False):
+        if not 0 <= threshold < 1:
+            raise CreamError(f"threshold must lie in [0, 1), got {threshold}")
+        self.predictor, self.threshold, self.all_contours = predictor, threshold, all_contours
+        self.manifest = predictor.manifest
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, providers: Sequence[str] | None = None, threshold: float = 0.2,
+             all_contours: bool = False, threads: int | None = None) -> "Localizer":
+        return cls(OnnxPredictor.load(path, providers, threads), threshold, all_contours)
+
+    def preprocess(self, images: Sequence) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        arrays = [as_rgb_array(im) for im in images]
+        sizes = [(a.shape[1], a.shape[0]) for a in arrays]
+        return preprocess_batch(arrays, self.manifest.input_size, self.manifest.mean, self.manifest.std), sizes
+
+    def postprocess(self, logits: np.ndarray, maps: np.ndarray, class_ids: np.ndarray,
+                    sizes: list[tuple[int, int]], return_maps: bool) -> list[Localization]:
+        probs = softmax(logits)
+        results = []
+        for i, (width, height) in enumerate(sizes):
+            c = int(class_ids[i]) if class_ids[i] >= 0 else int(logits[i].argmax())
+            boxes = map_boxes(maps[i], self.threshold, self.all_contours)
+            results.append(Localization(c, self.manifest.class_names[c], float(probs[i, c]),
+                                        scale_boxes(boxes, self.manifest.input_size, width, height),
+                                        (width, height), maps[i] if return_maps else None))
+        return results
+
+    def __call__(self, images: Sequence, class_ids: Sequence[int] | None = None,
+                 return_maps: bool = False) -> list[Localization]:
+        if len(images) == 0:
+            return []
+        x, sizes = self.preprocess(images)
+        ids = np.full(len(images), -1, np.int64) if class_ids is None else np.asarray(class_ids, np.int64)
+        logits, maps = self.predictor(x, ids)
+        return self.postprocess(logits, maps, ids, sizes, return_maps)
+
+
+def load(path: str | Path, **kwargs) -> Localizer:
+    """Shorthand for `Localizer.load`."""
+    return Localizer.load(path, **kwargs)

@@ -1,0 +1,92 @@
+"""Checkpoint -> one ONNX graph: backbone, classifier, CAM of the chosen class, `reactivate`
+with T unrolled, bicubic upsampling and minmax; embeddings as initializers; dynamic batch.
+Inputs `images (B,3,H,W)` float32 normalised, `class_ids (B,)` int64 (-1 = predicted top-1);
+outputs `logits (B,C)`, `maps (B,H,W)` in [0,1], `class_ids (B,)` used."""
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+from pathlib import Path
+
+import torch
+
+from cream_rt import __version__
+from cream_rt.atomic import atomic_path
+from cream_rt.errors import CreamError
+from cream_rt.manifest import MANIFEST_KEY, Manifest
+from cream_rt.model.checkpoint import file_sha256, load_checkpoint
+from cream_rt.model.network import CamModel
+
+INPUT_NAMES = ["images", "class_ids"]
+OUTPUT_NAMES = ["logits", "maps", "class_ids_used"]
+
+
+class ExportWrapper(torch.nn.Module):
+    """The model with mode and T fixed, as the exported graph computes it."""
+
+    def __init__(self, model: CamModel, mode: str, iterations: int):
+        super().__init__()
+        self.model, self.mode, self.iterations = model, mode, iterations
+
+    def forward(self, images: torch.Tensor, class_ids: torch.Tensor):
+        return self.model(images, class_ids, self.mode, self.iterations)
+
+
+def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str | None) -> Manifest:
+    import onnx
+
+    cfg = model.config
+    return Manifest(input_size=cfg.input_size, mean=list(cfg.mean), std=list(cfg.std),
+                    class_names=list(cfg.class_names) or [str(c) for c in range(cfg.num_classes)],
+                    mode=mode, iterations=iterations if mode == "cream" else 0, beta=cfg.cream.beta,
+                    tau=cfg.cream.tau, backbone=cfg.backbone, feature_size=cfg.feature_size,
+                    checkpoint_sha256=file_sha256(checkpoint) if checkpoint else "",
+                    versions={"cream_rt": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
+                              "python": platform.python_version()})
+
+
+def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", iterations: int | None = None,
+                 opset: int = 20, checkpoint: str | None = None, external_data: bool = False) -> Manifest:
+    """Export `model` to `out` (atomically), check it with full shape inference, embed the manifest."""
+    import onnx
+
+    if mode not in ("cam", "cream"):
+        raise CreamError(f"mode must be 'cam' or 'cream', got {mode!r}")
+    t = model.config.cream.iterations if iterations is None else iterations
+    if t < 0:
+        raise CreamError(f"iterations must be >= 0, got {t}")
+    if opset < 18:
+        raise CreamError(f"opset must be >= 18 for the torch.export-based exporter, got {opset}")
+    model = model.eval()
+    wrapper = ExportWrapper(model, mode, t).eval()
+    size = model.config.input_size
+    images = torch.randn(2, 3, size, size)
+    class_ids = torch.tensor([0, -1], dtype=torch.int64)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper, (images, class_ids), dynamo=True, opset_version=opset,
+            input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+            dynamic_shapes={"images": {0: batch}, "class_ids": {0: batch}}, optimize=True, verbose=False)
+    proto = program.model_proto
+    manifest = build_manifest(model, mode, t, checkpoint)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = MANIFEST_KEY, manifest.to_json()
+    proto.producer_name = "cream_rt"
+    proto.producer_version = __version__
+    onnx.checker.check_model(proto, full_check=True)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        if external_data:
+            onnx.save_model(proto, tmp, save_as_external_data=True, location=out.name + ".data")
+        else:
+            onnx.save_model(proto, tmp)
+    return manifest
+
+
+def export_checkpoint(checkpoint: str, out: str, mode: str = "cream", iterations: int | None = None,
+                      opset: int = 20, external_data: bool = False) -> Manifest:
+    model, _ = load_checkpoint(checkpoint)
+    return export_model(model, out, mode, iterations, opset, checkpoint, external_data)

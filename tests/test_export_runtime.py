@@ -1,0 +1,193 @@
+"""Export to ONNX, the torch-free runtime, `cream localize`, `cream parity` and bad model files.
+The eager PyTorch model is the reference for the exported graph."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+from cream_rt.cli import main  # noqa: E402
+from cream_rt.export.onnx_export import export_model  # noqa: E402
+from cream_rt.model.config import ModelConfig  # noqa: E402
+from cream_rt.model.network import CamModel  # noqa: E402
+from cream_rt.runtime import Localizer, OnnxPredictor  # noqa: E402
+
+
+def _model(backbone: str, size: int, classes: int = 5) -> CamModel:
+    torch.manual_seed(0)
+    model = CamModel(ModelConfig(backbone=backbone, num_classes=classes, input_size=size)).eval()
+    model.embeddings.copy_(torch.rand_like(model.embeddings))  # non-negative, like learned ones
+    return model
+
+
+def _compare(model: CamModel, path, batch_sizes=(1, 3)):
+    predictor = OnnxPredictor.load(path)
+    size = model.config.input_size
+    rng = np.random.default_rng(0)
+    for b in batch_sizes:
+        x = rng.normal(0, 1, (b, 3, size, size)).astype(np.float32)
+        ids = np.array([-1, 2, 0, 1, -1, 4, 3, -1][:b], np.int64)
+        logits, maps = predictor(x, ids)
+        with torch.no_grad():
+            le, me, used = model(torch.from_numpy(x), torch.from_numpy(ids))
+        assert maps.shape == (b, size, size) and maps.min() >= 0 and maps.max() <= 1
+        np.testing.assert_allclose(logits, le.numpy(), atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(maps, me.numpy(), atol=1e-4)
+        out_ids = predictor.session.run(["class_ids_used"], {"images": x, "class_ids": ids})[0]
+        assert out_ids.tolist() == used.tolist()
+        assert all(out_ids[ids >= 0] == ids[ids >= 0]) and all(out_ids[ids < 0] == le.numpy()[ids < 0].argmax(1))
+
+
+@pytest.mark.parametrize("backbone,size", [("small-cnn", 64), ("efficientnet-lite0", 64), ("vgg16", 64),
+                                           ("resnet50", 64), ("inceptionv3", 96)])
+def test_export_every_backbone_matches_eager(backbone, size, tmp_path):
+    model = _model(backbone, size)
+    export_model(model, tmp_path / "m.onnx")
+    proto = onnx.load(tmp_path / "m.onnx")
+    onnx.checker.check_model(proto, full_check=True)
+    assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)  # standard operators only
+    _compare(model, tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("mode,iterations", [("cam", 0), ("cream", 1), ("cream", 3)])
+def test_modes_and_dynamic_batch(mode, iterations, tmp_path):
+    model = _model("small-cnn", 48)
+    manifest = export_model(model, tmp_path / "m.onnx", mode, iterations)
+    assert manifest.mode == mode and manifest.iterations == iterations
+    predictor = OnnxPredictor.load(tmp_path / "m.onnx")
+    rng = np.random.default_rng(1)
+    for b in (1, 3, 8):
+        x = rng.normal(0, 1, (b, 3, 48, 48)).astype(np.float32)
+        logits, maps = predictor(x)  # no class ids: predicted top-1
+        with torch.no_grad():
+            le, me, _ = model(torch.from_numpy(x), None, mode, iterations)
+        np.testing.assert_allclose(maps, me.numpy(), atol=1e-4)
+
+
+def test_runtime_rejects_bad_inputs_and_files(tmp_path):
+    model = _model("small-cnn", 48, classes=3)
+    export_model(model, tmp_path / "m.onnx")
+    predictor = OnnxPredictor.load(tmp_path / "m.onnx")
+    from cream_rt.errors import CreamError, ModelFileError
+
+    with pytest.raises(CreamError, match="class id 3 is out of range"):
+        predictor(np.zeros((1, 3, 48, 48), np.float32), np.array([3]))
+    with pytest.raises(CreamError, match=r"images must have shape \(B, 3, 48, 48\)"):
+        predictor(np.zeros((1, 3, 32, 32), np.float32))
+    (tmp_path / "garbage.onnx").write_bytes(b"\x00garbage")
+    with pytest.raises(ModelFileError, match="not a loadable ONNX model"):
+        OnnxPredictor.load(tmp_path / "garbage.onnx")
+    with pytest.raises(ModelFileError, match="model file not found"):
+        OnnxPredictor.load(tmp_path / "missing.onnx")
+    proto = onnx.load(tmp_path / "m.onnx")
+    entry = proto.metadata_props[0]
+    entry.value = entry.value.replace('"version": 1', '"version": 99')
+    onnx.save(proto, tmp_path / "future.onnx")
+    with pytest.raises(ModelFileError, match="manifest version 99 is not supported"):
+        OnnxPredictor.load(tmp_path / "future.onnx")
+    del proto.metadata_props[:]
+    onnx.save(proto, tmp_path / "plain.onnx")
+    with pytest.raises(ModelFileError, match="no cream_rt manifest"):
+        OnnxPredictor.load(tmp_path / "plain.onnx")
+
+
+def test_localizer_boxes_in_original_coordinates(tmp_path):
+    model = _model("small-cnn", 48, classes=3)
+    export_model(model, tmp_path / "m.onnx")
+    localizer = Localizer.load(tmp_path / "m.onnx")
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in ((100, 200), (48, 48), (31, 77))]
+    results = localizer(images, return_maps=True)
+    for image, result in zip(images, results):
+        h, w = image.shape[:2]
+        assert result.image_size == (w, h) and 0 <= result.class_id < 3 and 0 < result.score <= 1
+        for x0, y0, x1, y1 in result.boxes:
+            assert 0 <= x0 <= x1 <= w - 1 and 0 <= y0 <= y1 <= h - 1
+        assert result.map.shape == (48, 48)
+
+
+def test_scale_boxes_hand_computed():
+    from cream_rt.runtime import scale_boxes
+
+    # a 48x48 map's full box covers the whole 200x100 image; pixel 0..23 covers x 0..99, y 0..49
+    assert scale_boxes(np.array([[0, 0, 47, 47]]), 48, 200, 100) == [[0.0, 0.0, 199.0, 99.0]]
+    assert scale_boxes(np.array([[0, 0, 23, 23]]), 48, 200, 100) == [[0.0, 0.0, 99.0, 49.0]]
+    assert scale_boxes(np.array([[24, 24, 24, 24]]), 48, 96, 96) == [[48.0, 48.0, 49.0, 49.0]]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "synth"
+    assert main(["synth", "--out", str(data), "--train", "64", "--val", "16", "--test", "24", "--classes", "3",
+                 "--size", "64"]) == 0
+    ckpt = root / "m.pt"
+    assert main(["train", "--data", str(data), "--out", str(ckpt), "--epochs", "1", "--batch-size", "16",
+                 "--input-size", "64"]) == 0
+    onnx_path = root / "m.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(onnx_path)]) == 0
+    return data, ckpt, onnx_path
+
+
+def test_parity_cli_meets_targets(trained, tmp_path, capsys):
+    data, ckpt, onnx_path = trained
+    results = tmp_path / "parity.json"
+    assert main(["parity", "--checkpoint", str(ckpt), "--model", str(onnx_path), "--data", str(data),
+                 "--json", "--results", str(results)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == json.loads(results.read_text())
+    assert out["num_images"] == 24
+    assert out["maps_max_abs_diff"] <= 1e-4 and out["top1_agreement"] == 1.0
+    assert out["box_iou_ge_099_fraction"] >= 0.999 and out["MaxBoxAccV2_diff"] <= 0.05
+
+
+def test_eval_model_equals_eval_checkpoint(trained, capsys):
+    data, ckpt, onnx_path = trained
+    assert main(["eval", "--model", str(onnx_path), "--data", str(data), "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--json"]) == 0
+    eager = json.loads(capsys.readouterr().out)
+    assert abs(exported["MaxBoxAccV2"] - eager["MaxBoxAccV2"]) <= 0.05 and exported["num_images"] == 24
+
+
+def test_localize_cli_reports_bad_images_and_writes_complete_output(trained, tmp_path):
+    data, _, onnx_path = trained
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    good = sorted((data / "images" / "test").rglob("*.png"))[:5]
+    for p in good:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "res.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "cream_rt.cli", "localize", str(folder), "--model", str(onnx_path),
+                           "--out", str(out), "--batch-size", "4", "--overlays", str(tmp_path / "ov")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "broken.png: not a decodable image" in proc.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 6 and sum("error" in r for r in records) == 1
+    assert all(len(r["boxes"]) == 1 for r in records if "error" not in r)
+    assert len(list((tmp_path / "ov").glob("*.png"))) == 5
+    coco = tmp_path / "res.json"
+    subprocess.run([sys.executable, "-m", "cream_rt.cli", "localize", *map(str, good), "--model", str(onnx_path),
+                    "--out", str(coco), "--format", "coco"], check=True, capture_output=True)
+    detections = json.loads(coco.read_text())
+    assert len(detections["images"]) == 5 and len(detections["annotations"]) == 5
+    # a missing model: one error line, no output file
+    bad_out = tmp_path / "none.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "cream_rt.cli", "localize", str(folder), "--model",
+                           str(tmp_path / "nope.onnx"), "--out", str(bad_out)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "model file not found" in proc.stderr and not bad_out.exists()
+
+
+def test_localizer_load_does_not_import_torch(trained):
+    _, _, onnx_path = trained
+    code = ("import sys, numpy as np, cream_rt; loc = cream_rt.Localizer.load(sys.argv[1]); "
+            "loc([np.zeros((30, 40, 3), np.uint8)]); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(onnx_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
