@@ -102,7 +102,7 @@ def iou_matrix(boxes: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
     return inter / (area_a + area_b - inter)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _find(parent, i):
     root = i
     while parent[root] != root:
@@ -114,7 +114,7 @@ def _find(parent, i):
     return root
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _box_gt_iou(x0, y0, x1, y1, gt):
     """Max IoU (+1 convention) of one box with the rows of `gt`."""
     best = 0.0
@@ -148,7 +148,7 @@ def _pixel_order_values(flat):
     return order, start
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")  # inlined: a call per pixel costs refcounts
 def _add_pixel(p, width, height, di, dj, parent, size, box, border, added, roots, where, n_roots,
                area2, window):
     """Add pixel p to the union-find, merging with added neighbours; returns the live-root count.
