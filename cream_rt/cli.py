@@ -79,6 +79,8 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", type=int, default=3000)
     p.add_argument("--val", type=int, default=300)
     p.add_argument("--test", type=int, default=600)
+    p.add_argument("--body-tint", type=float, default=0.0,
+                   help="faint class tint of the shared body (0: identical bodies)")
 
 
 @command("backbones", "list the registered backbones", "cream_rt.commands.train_cmd:backbones")
@@ -136,6 +138,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="output folder")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--train", type=int, default=3000, help="training images")
+    p.add_argument("--body-tint", type=float, default=0.0, help="synthetic body class tint (see `cream synth`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
 

@@ -191,3 +191,13 @@ def test_localizer_load_does_not_import_torch(trained):
             "loc([np.zeros((30, 40, 3), np.uint8)]); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(onnx_path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_demo_smoke(tmp_path, capsys):
+    """The whole demo at toy size: every stage runs and the results file holds each table."""
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--train", "64", "--epochs", "1"]) == 0
+    summary = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
+    assert set(summary["accuracy_test"]) == {"T=0", "T=1", "T=2", "T=3", "T=4"}
+    assert summary["parity"]["maps_max_abs_diff"] <= 1e-4 and summary["parity"]["top1_agreement"] == 1.0
+    assert {"eager/cream/b1", "onnxruntime/cream/b8", "eager/cam/b8"} <= set(summary["latency"])
+    assert (tmp_path / "demo" / "overlays_cam_top_cream_bottom.png").stat().st_size > 1000

@@ -1,12 +1,13 @@
 """`cream demo`: the main job on the built-in synthetic benchmark: synthesize, train a small
-CREAM model, evaluate CAM vs CREAM (T = 0..4) on the test split, write overlay images."""
+CREAM model, CAM vs CREAM (T = 0..4), export to ONNX, eager vs ONNX parity and latency,
+localize a batch through ONNX Runtime and write overlays."""
 from __future__ import annotations
 
 import argparse
+import platform
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..atomic import write_json
@@ -14,67 +15,113 @@ from ..cli import print_json
 from ..metadata import read_split
 
 
-def overlay(image_rgb: np.ndarray, scoremap: np.ndarray, box, gt_box) -> np.ndarray:
-    """Heat map blended on the image, predicted box in green, GT box in red (BGR output)."""
-    heat = cv2.applyColorMap((scoremap * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    out = cv2.addWeighted(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), 0.55, heat, 0.45, 0)
-    cv2.rectangle(out, tuple(int(v) for v in gt_box[:2]), tuple(int(v) for v in gt_box[2:]), (0, 0, 255), 1)
-    cv2.rectangle(out, tuple(int(v) for v in box[:2]), tuple(int(v) for v in box[2:]), (0, 255, 0), 1)
-    return out
+def latency_table(checkpoint: Path, models: dict[str, Path], input_size: int, batch_sizes=(1, 8)) -> dict:
+    """Median latency per image of eager torch and ONNX Runtime for each exported mode."""
+    from ..bench.latency import measure
+    from ..model.eager import EagerPredictor
+    from ..runtime import OnnxPredictor
+
+    rng = np.random.default_rng(0)
+    table = {}
+    for mode, path in models.items():
+        onnx_predictor = OnnxPredictor.load(path)
+        eager = EagerPredictor.from_checkpoint(str(checkpoint), mode, onnx_predictor.manifest.iterations)
+        for b in batch_sizes:
+            x = rng.normal(0, 1, (b, 3, input_size, input_size)).astype(np.float32)
+            for engine, predictor in (("eager", eager), ("onnxruntime", onnx_predictor)):
+                stats = measure(lambda: predictor(x), budget_s=1.0)
+                table[f"{engine}/{mode}/b{b}"] = {"ms_per_image": stats["p50_ms"] / b, "ms_per_batch": stats["p50_ms"],
+                                                  "repeats": stats["repeats"]}
+    return table
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    import cv2
 
-    from ..boxes import boxes_at_threshold, quantize
+    from ..export.onnx_export import export_checkpoint
     from ..model.checkpoint import load_checkpoint
-    from ..preprocess import preprocess_batch, read_image
+    from ..runtime import Localizer
     from ..synth import SynthConfig, generate
     from ..train.trainer import TrainConfig, evaluate_split, train
+    from .parity_cmd import compute_parity
 
     out = Path(args.out)
     data = out / "synth"
     started = time.time()
+    step = lambda n, text: print(f"[{n}/7] {text}", flush=True)  # noqa: E731
     if not (data / "metadata" / "test" / "image_ids.txt").is_file():
-        print(f"[1/4] synthesizing the benchmark into {data}")
-        generate(data, SynthConfig(train=args.train, seed=args.seed))
+        step(1, f"synthesizing the benchmark into {data}")
+        generate(data, SynthConfig(train=args.train, val=max(30, args.train // 10), test=max(60, args.train // 5),
+                                   seed=args.seed, body_tint=args.body_tint))
+    else:
+        step(1, f"reusing the benchmark in {data}")
     ckpt = out / "small-cnn.pt"
-    print(f"[2/4] training small-cnn for {args.epochs} epochs -> {ckpt}")
+    step(2, f"training small-cnn for {args.epochs} epochs -> {ckpt}")
     train("small-cnn", str(data), str(ckpt), config=TrainConfig(epochs=args.epochs, seed=args.seed))
     model, _ = load_checkpoint(ckpt)
     test = read_split(data / "metadata" / "test")
-    print("[3/4] evaluating CAM vs CREAM on the test split (MaxBoxAccV2, GT-known Loc)")
+
+    step(3, "CAM vs CREAM on the test split (GT-class maps)")
     variants = {f"T={t}": ("cream", t) for t in range(5)}
     metrics = evaluate_split(model, test, data / "images", variants, 64)
     keys = ("MaxBoxAccV2", "MaxBoxAcc", "GT_known_Loc", "Top1_Loc", "classification_top1")
-    table = {name: {k: m[k] for k in keys} for name, m in metrics.items()}
+    accuracy = {name: {k: m[k] for k in keys} for name, m in metrics.items()}
     print(f"  {'maps':<12}{'MaxBoxAccV2':>12}{'GT-known':>10}{'Top-1 Loc':>11}")
-    for name, row in table.items():
+    for name, row in accuracy.items():
         label = "CAM (T=0)" if name == "T=0" else f"CREAM {name}"
         print(f"  {label:<12}{row['MaxBoxAccV2']:>12.2f}{row['GT_known_Loc']:>10.2f}{row['Top1_Loc']:>11.2f}")
-    print("[4/4] writing overlays")
+
+    step(4, "exporting to ONNX (CREAM T=2 and CAM)")
+    models = {"cream": out / "small-cnn-cream.onnx", "cam": out / "small-cnn-cam.onnx"}
+    for mode, path in models.items():
+        export_checkpoint(str(ckpt), str(path), mode)
+
+    step(5, "eager vs ONNX Runtime parity on the test split")
+    parity = compute_parity(str(ckpt), str(models["cream"]), test, data / "images", 64)
+    for key in ("maps_max_abs_diff", "logits_max_abs_diff", "top1_agreement", "box_iou_ge_099_fraction",
+                "MaxBoxAccV2_eager", "MaxBoxAccV2_exported"):
+        print(f"  {key:<26}{parity[key]:.3g}")
+
+    step(6, "latency per image, eager vs ONNX Runtime (median)")
+    latency = latency_table(ckpt, models, model.config.input_size)
+    print(f"  {'':<18}{'eager ms/img':>14}{'ORT ms/img':>12}{'speed-up':>10}")
+    for mode in models:
+        for b in (1, 8):
+            e = latency[f"eager/{mode}/b{b}"]["ms_per_image"]
+            o = latency[f"onnxruntime/{mode}/b{b}"]["ms_per_image"]
+            print(f"  {mode + ' batch ' + str(b):<18}{e:>14.3f}{o:>12.3f}{e / o:>9.1f}x")
+
+    step(7, "localizing a batch through ONNX Runtime and writing overlays")
+    localizer = Localizer.load(models["cream"])
     ids = test.image_ids[:8]
-    images = [read_image(data / "images" / i) for i in ids]
-    cfg = model.config
-    x = torch.from_numpy(preprocess_batch(images, cfg.input_size, cfg.mean, cfg.std))
-    labels = torch.tensor([test.class_labels[i] for i in ids])
-    tiles = []
-    with torch.no_grad():
-        for mode in ("cam", "cream"):
-            maps = model(x, labels, mode)[1].numpy()
-            row = []
-            for image, m, image_id in zip(images, maps, ids):
-                img = quantize(m)
-                box = boxes_at_threshold(img, int(0.2 * int(img.max())), False)[0]
-                row.append(overlay(image, m, box, test.boxes[image_id][0]))
-            tiles.append(np.concatenate(row, axis=1))
+    paths = [data / "images" / i for i in ids]
+    results = localizer([str(p) for p in paths], return_maps=True)
+    cam_results = Localizer.load(models["cam"])([str(p) for p in paths], return_maps=True)
+    rows = []
+    for results_row in (cam_results, results):
+        tiles = []
+        for path, image_id, result in zip(paths, ids, results_row):
+            image = cv2.imread(str(path))
+            heat = cv2.applyColorMap((result.map * 255).astype(np.uint8), cv2.COLORMAP_JET)
+            heat = cv2.resize(heat, (image.shape[1], image.shape[0]))
+            tile = cv2.addWeighted(image, 0.55, heat, 0.45, 0)
+            gt = [int(v) for v in test.boxes[image_id][0]]
+            cv2.rectangle(tile, tuple(gt[:2]), tuple(gt[2:]), (0, 0, 255), 1)
+            for x0, y0, x1, y1 in result.boxes:
+                cv2.rectangle(tile, (int(x0), int(y0)), (int(x1), int(y1)), (0, 255, 0), 1)
+            tiles.append(tile)
+        rows.append(np.concatenate(tiles, axis=1))
     overlay_path = out / "overlays_cam_top_cream_bottom.png"
-    cv2.imwrite(str(overlay_path), cv2.resize(np.concatenate(tiles, axis=0), None, fx=2, fy=2,
+    cv2.imwrite(str(overlay_path), cv2.resize(np.concatenate(rows, axis=0), None, fx=2, fy=2,
                                               interpolation=cv2.INTER_NEAREST))
-    summary = {"table": table, "checkpoint": str(ckpt), "overlays": str(overlay_path),
-               "seconds": round(time.time() - started, 1)}
+    summary = {"accuracy_test": accuracy, "parity": parity, "latency": latency,
+               "localized": [r.to_dict() | {"image": i} for r, i in zip(results, ids)],
+               "checkpoint": str(ckpt), "models": {k: str(v) for k, v in models.items()},
+               "overlays": str(overlay_path), "seconds": round(time.time() - started, 1),
+               "machine": {"platform": platform.platform(), "processor": platform.processor()}}
     write_json(out / "demo_results.json", summary)
     if args.json:
         print_json(summary)
-    print(f"done in {summary['seconds']} s; overlays: {overlay_path}")
+    print(f"done in {summary['seconds']} s; results: {out / 'demo_results.json'}; overlays: {overlay_path} "
+          "(green: predicted box, red: ground truth)")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,27 +27,24 @@ def box_agreement(eager_maps: np.ndarray, export_maps: np.ndarray, threshold: fl
                      for a, b in zip(eager_maps, export_maps)])
 
 
-def run(args: argparse.Namespace) -> int:
+def compute_parity(checkpoint: str, model: str, meta, images: Path, batch_size: int = 16, threshold: float = 0.2,
+                   interval: float = 0.01) -> dict:
+    """Run the eager model and the export over the split's images and compare them."""
     from ..model.eager import EagerPredictor
     from ..runtime import OnnxPredictor
 
-    exported = OnnxPredictor.load(args.model)
+    exported = OnnxPredictor.load(model)
     m = exported.manifest
-    eager = EagerPredictor.from_checkpoint(args.checkpoint, m.mode, m.iterations)
+    eager = EagerPredictor.from_checkpoint(checkpoint, m.mode, m.iterations)
     cfg = eager.model.config
     if (cfg.input_size, len(cfg.class_names) or cfg.num_classes) != (m.input_size, len(m.class_names)):
-        raise CreamError(f"{args.model}: exported from a different model than {args.checkpoint} "
+        raise CreamError(f"{model}: exported from a different model than {checkpoint} "
                          f"(input size or classes differ)")
-    split_dir = Path(args.metadata) if args.metadata else Path(args.data or ".") / "metadata" / args.split
-    meta = read_split(split_dir)
-    images = Path(args.images) if args.images else Path(args.data or ".") / "images"
-    ids = meta.image_ids[:args.limit] if args.limit else meta.image_ids
-    meta.image_ids = ids
-    scorers = {"eager": SplitScorer(meta, m.input_size, args.interval),
-               "exported": SplitScorer(meta, m.input_size, args.interval)}
+    ids = meta.image_ids
+    scorers = {"eager": SplitScorer(meta, m.input_size, interval),
+               "exported": SplitScorer(meta, m.input_size, interval)}
     diffs, logit_diff, agree, box_ious = [], 0.0, 0, []
-    for chunk in progress(batches(ids, args.batch_size), "parity", total=-(-len(ids) // args.batch_size),
-                          unit="batch"):
+    for chunk in progress(batches(ids, batch_size), "parity", total=-(-len(ids) // batch_size), unit="batch"):
         x = preprocess_batch([read_image(images / i) for i in chunk], m.input_size, m.mean, m.std)
         labels = np.array([meta.class_labels[i] for i in chunk], np.int64)
         results = {}
@@ -58,17 +56,17 @@ def run(args: argparse.Namespace) -> int:
         diffs.append(np.abs(me - mx).reshape(len(chunk), -1))
         logit_diff = max(logit_diff, float(np.abs(le - lx).max()))
         agree += int((le.argmax(1) == lx.argmax(1)).sum())
-        box_ious.append(box_agreement(me, mx, args.threshold))
+        box_ious.append(box_agreement(me, mx, threshold))
     all_diffs = np.concatenate(diffs)
     box_ious = np.concatenate(box_ious)
     acc = {k: s.result()["MaxBoxAccV2"] for k, s in scorers.items()}
-    out = {
+    return {
         "maps_max_abs_diff": float(all_diffs.max()),
         "maps_p99_abs_diff": float(np.percentile(all_diffs, 99)),
         "logits_max_abs_diff": logit_diff,
         "top1_agreement": agree / len(ids),
         "box_iou_ge_099_fraction": float((box_ious >= 0.99).mean()),
-        "box_threshold": args.threshold,
+        "box_threshold": threshold,
         "MaxBoxAccV2_eager": acc["eager"],
         "MaxBoxAccV2_exported": acc["exported"],
         "MaxBoxAccV2_diff": abs(acc["eager"] - acc["exported"]),
@@ -78,6 +76,16 @@ def run(args: argparse.Namespace) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor()},
         "versions": m.versions,
     }
+
+
+def run(args: argparse.Namespace) -> int:
+    split_dir = Path(args.metadata) if args.metadata else Path(args.data or ".") / "metadata" / args.split
+    meta = read_split(split_dir)
+    if args.limit:
+        meta.image_ids = meta.image_ids[:args.limit]
+    images = Path(args.images) if args.images else Path(args.data or ".") / "images"
+    out = compute_parity(args.checkpoint, args.model, meta, images, args.batch_size, args.threshold, args.interval)
+    out["command"] = "cream " + " ".join(sys.argv[1:])
     if args.results:
         write_json(args.results, out)
     if args.json:

@@ -1,0 +1,30 @@
+"""Latency measurement shared by `cream bench`, `cream demo` and the pytest-benchmark suites:
+warm-up, then repeated timed calls until a time budget or a repeat cap; percentiles."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def measure(fn: Callable[[], object], warmup: int = 3, min_repeats: int = 10, max_repeats: int = 200,
+            budget_s: float = 2.0, sync: Callable[[], None] | None = None) -> dict:
+    """Time `fn()`: `warmup` untimed calls, then at least `min_repeats` timed calls and more
+    until `budget_s` is spent (at most `max_repeats`). `sync` (e.g. torch.cuda.synchronize)
+    runs before each clock read. Returns p50/p90/p99/mean in milliseconds and the count."""
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    times = []
+    started = time.perf_counter()
+    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - started < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    t = np.array(times)
+    return {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
+            "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "repeats": len(t)}
