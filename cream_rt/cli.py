@@ -188,6 +188,39 @@ def _parity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+@command("bench", "latency per image and throughput of every engine side by side",
+         "cream_rt.commands.bench_cmd:run")
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("model (one of)")
+    src.add_argument("--checkpoint", help="a cream checkpoint")
+    src.add_argument("--backbone", help="an untrained model of this backbone (timing only)")
+    p.add_argument("--classes", type=int, default=200, help="classes of the --backbone model (default 200)")
+    p.add_argument("--input-size", type=int, default=None, help="input size of the --backbone model")
+    p.add_argument("--model", help="an exported ONNX model to time for its mode and T (others are exported)")
+    p.add_argument("--engines", type=_name_list, default=("eager", "onnxruntime"),
+                   help="comma-separated: eager, eager-channels-last, torch-compile, onnxruntime, tensorrt, "
+                        "grad-cam, torchcam (default eager,onnxruntime)")
+    p.add_argument("--batch-sizes", type=_int_list, default=(1, 8))
+    p.add_argument("--modes", type=_name_list, default=("cam", "cream"))
+    p.add_argument("--iterations", type=_int_list, default=(2,), help="CREAM T values (default 2)")
+    p.add_argument("--budget", type=float, default=2.0, help="seconds of timed runs per measurement")
+    p.add_argument("--no-pipeline", action="store_true", help="skip the Localizer pipeline breakdown")
+    p.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all cores)")
+    p.add_argument("--json", dest="json_out", help="write the results JSON here")
+    p.add_argument("--plot", help="write a PNG of latency per image against batch size")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every registered subcommand (modules register on import)."""
     from . import commands  # noqa: F401  (registers the subcommands)
@@ -207,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one line `cream: error: ...` and exit with status 2."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.command_line = "cream " + " ".join(argv)  # recorded in results files
     if not getattr(args, "_target", None):
         parser.print_help()
         return 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         meta.image_ids = meta.image_ids[:args.limit]
     images = Path(args.images) if args.images else Path(args.data or ".") / "images"
     out = compute_parity(args.checkpoint, args.model, meta, images, args.batch_size, args.threshold, args.interval)
-    out["command"] = "cream " + " ".join(sys.argv[1:])
+    out["command"] = args.command_line
     if args.results:
         write_json(args.results, out)
     if args.json:

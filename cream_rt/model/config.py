@@ -32,6 +32,7 @@ class ModelConfig:
     tap_tau: float = 0.1
     nwc: bool = False  # RCAM negative weight clamping (inference)
     pas: bool = False  # RCAM percentile as a standard (box extraction)
+    fused: bool = False  # run CREAM's EM in the fused C++/CUDA op (cpp_ops/)
     cream: CreamConfig = field(default_factory=CreamConfig)
     feature_size: int = 0  # filled in when the model is built
 

@@ -73,7 +73,7 @@ class CamModel(nn.Module):
         if mode != "cream":
             raise ValueError(f"mode must be 'cam' or 'cream', got {mode!r}")
         c = self.config.cream
-        return reactivate(features, cam, self.embeddings[class_ids], t, c.beta, c.tau)
+        return reactivate(features, cam, self.embeddings[class_ids], t, c.beta, c.tau, self.config.fused)
 
     @torch.no_grad()
     def update_embeddings(self, features: torch.Tensor, labels: torch.Tensor) -> None:

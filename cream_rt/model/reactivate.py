@@ -42,18 +42,25 @@ def em_foreground(features: torch.Tensor, centroids: torch.Tensor, iterations: i
 
 
 def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor,
-               iterations: int = 2, beta: float = 8.0, tau: float = 0.2) -> torch.Tensor:
+               iterations: int = 2, beta: float = 8.0, tau: float = 0.2, fused: bool = False) -> torch.Tensor:
     """CREAM's final map `z~ + minmax(CAM)` at feature resolution `(B,h,w)`, values in [0,2].
 
     features `(B,K,h,w)` (after ReLU), cam `(B,h,w)` of the chosen class, centroids `(B,2,K)`
     (row 0 foreground, row 1 background). `iterations=0` returns `minmax(CAM)` (plain CAM).
     Calibration: the component with the larger mean responsibility over
-    `{minmax(CAM) >= tau}` is the foreground."""
+    `{minmax(CAM) >= tau}` is the foreground. `fused` runs the EM in the C++/CUDA op
+    `cream::cosine_em` (one pass over the features per step); calibration and fusion stay here."""
     b, k, h, w = features.shape
     cam_n = minmax(cam.reshape(b, h * w), (1,))
     if iterations <= 0:
         return cam_n.reshape(b, h, w)
-    z_fg, z_bg = em_foreground(features.reshape(b, k, h * w).float(), centroids.float(), iterations, beta)
+    if fused:
+        from .fused import cosine_em
+
+        z_fg = cosine_em(features.float(), centroids.float(), iterations, float(beta)).reshape(b, h * w)
+        z_bg = 1.0 - z_fg
+    else:
+        z_fg, z_bg = em_foreground(features.reshape(b, k, h * w).float(), centroids.float(), iterations, beta)
     omega = (cam_n >= tau).to(z_fg.dtype)
     keep_fg = (z_fg * omega).sum(dim=1, keepdim=True) >= (z_bg * omega).sum(dim=1, keepdim=True)
     calibrated = torch.where(keep_fg, z_fg, z_bg)

@@ -1,0 +1,142 @@
+"""The engines `cream bench` and the pytest-benchmark suites time, behind one interface: a
+callable that turns one prepared batch into score maps. Third-party CAM tools (pytorch-grad-cam
+GradCAM, torchcam CAM) run on the same model and batch and are marked as such."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+class EngineUnavailable(Exception):
+    """The engine cannot run here (package missing, no GPU, mode unsupported); says why."""
+
+
+@dataclass
+class Engine:
+    name: str
+    mode: str
+    iterations: int
+    run: Callable[[], object]
+    third_party: bool = False
+    sync: Callable[[], None] | None = None
+
+
+ENGINE_NAMES = ("eager", "eager-channels-last", "torch-compile", "onnxruntime", "tensorrt", "grad-cam", "torchcam")
+
+
+class LogitsOnly:
+    """Wrap the CAM model as `images -> logits` (what grad-cam and torchcam hook into)."""
+
+    @staticmethod
+    def build(model):
+        import torch
+
+        class _Logits(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.backbone, self.classifier = inner.backbone, inner.classifier
+                self.pool = torch.nn.AdaptiveAvgPool2d(1)
+
+            def forward(self, x):
+                return self.classifier(self.pool(self.backbone(x)).flatten(1))
+
+        return _Logits(model).eval()
+
+
+def _last_conv_module(module):
+    import torch
+
+    last = None
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ReLU, torch.nn.ReLU6, torch.nn.Sequential)):
+            last = m
+    return last
+
+
+def build_engine(name: str, model, onnx_path: str | None, mode: str, iterations: int, x: np.ndarray,
+                 class_ids: np.ndarray, device: str = "cpu") -> Engine:
+    """An Engine for `name`; raises EngineUnavailable with the reason where it cannot run."""
+    if name in ("eager", "eager-channels-last", "torch-compile"):
+        import torch
+
+        from cream_rt.model.eager import EagerPredictor
+
+        net = model
+        images = torch.from_numpy(x).to(device)
+        ids = torch.from_numpy(class_ids).to(device)
+        if name == "eager-channels-last":
+            net = model.to(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
+        predictor = EagerPredictor(net, mode, iterations, device)
+        forward = lambda: predictor.model(images, ids, mode, iterations)  # noqa: E731
+        if name == "torch-compile":
+            try:
+                compiled = torch.compile(predictor.model)
+                with torch.no_grad():
+                    compiled(images, ids, mode, iterations)
+            except Exception as exc:  # no compiler, unsupported op
+                raise EngineUnavailable(f"torch.compile failed here: {exc.__class__.__name__}: "
+                                        f"{str(exc).splitlines()[0][:120] if str(exc) else ''}") from None
+            forward = lambda: compiled(images, ids, mode, iterations)  # noqa: E731
+
+        def run():
+            with torch.no_grad():
+                return forward()
+
+        sync = torch.cuda.synchronize if device.startswith("cuda") else None
+        return Engine(name, mode, iterations, run, sync=sync)
+    if name == "onnxruntime":
+        from cream_rt.runtime import OnnxPredictor
+
+        if onnx_path is None:
+            raise EngineUnavailable("no ONNX model for this mode")
+        predictor = OnnxPredictor.load(onnx_path)
+        return Engine(name, mode, iterations, lambda: predictor(x, class_ids))
+    if name == "tensorrt":
+        try:
+            import tensorrt  # noqa: F401
+        except Exception as exc:
+            raise EngineUnavailable(f"TensorRT is not importable here ({exc.__class__.__name__})") from None
+        raise EngineUnavailable("TensorRT engine building is part of the fused-op issue (not implemented yet)")
+    if name in ("grad-cam", "torchcam"):
+        if mode != "cam":
+            raise EngineUnavailable(f"{name} computes CAM-style maps only (mode cam)")
+        return _third_party(name, model, x, class_ids)
+    raise EngineUnavailable(f"unknown engine {name!r}; expected one of {', '.join(ENGINE_NAMES)}")
+
+
+def _third_party(name: str, model, x: np.ndarray, class_ids: np.ndarray) -> Engine:
+    import torch
+    import torch.nn.functional as F
+
+    from cream_rt.model.tvshim import import_torchvision_models
+
+    import_torchvision_models()  # both tools import torchvision
+    net = LogitsOnly.build(model)
+    images = torch.from_numpy(x)
+    size = images.shape[-2:]
+    targets = class_ids.tolist()
+    if name == "grad-cam":
+        try:
+            from pytorch_grad_cam import GradCAM
+            from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        except ImportError:
+            raise EngineUnavailable("pytorch-grad-cam is not installed (pip install -r requirements-bench.txt)") from None
+        cam = GradCAM(model=net, target_layers=[_last_conv_module(net.backbone)])
+        outputs = [ClassifierOutputTarget(c) for c in targets]
+        return Engine(name, "cam", 0, lambda: cam(input_tensor=images, targets=outputs), third_party=True)
+    try:
+        from torchcam.methods import CAM
+    except ImportError:
+        raise EngineUnavailable("torchcam is not installed (pip install -r requirements-bench.txt)") from None
+    extractor = CAM(net, target_layer=_last_conv_module(net.backbone), fc_layer=net.classifier, input_shape=tuple(x.shape[1:]))
+
+    def run():
+        with torch.no_grad():
+            scores = net(images)
+        maps = extractor(targets, scores)[0]  # (B, h, w), normalised per map
+        return F.interpolate(maps.unsqueeze(1), size=size, mode="bicubic", align_corners=False)
+
+    return Engine(name, "cam", 0, run, third_party=True)

@@ -1,0 +1,237 @@
+"""`cream bench`: latency per image and throughput of every engine side by side, with the
+Localizer pipeline breakdown, the machine and versions, and ratios computed in one run."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .engines import EngineUnavailable, build_engine
+from .latency import measure
+
+
+@dataclass
+class BenchConfig:
+    engines: tuple[str, ...] = ("eager", "onnxruntime")
+    batch_sizes: tuple[int, ...] = (1, 8)
+    modes: tuple[str, ...] = ("cam", "cream")
+    iterations: tuple[int, ...] = (2,)
+    budget_s: float = 2.0
+    pipeline: bool = True
+    device: str = "cpu"
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def machine_info() -> dict:
+    """CPU model and cores, GPU and driver when present, and the versions of every runtime."""
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for module in ("numpy", "cv2", "onnxruntime", "onnx", "torch", "pytorch_grad_cam", "torchcam", "tensorrt"):
+        try:
+            mod = __import__(module)
+            versions[module] = str(getattr(mod, "__version__", "?"))
+        except Exception:
+            continue
+    from cream_rt import __version__
+
+    versions["cream_rt"] = __version__
+    info["versions"] = versions
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["cuda"] = torch.version.cuda
+    return info
+
+
+def peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def sample_images(count: int, size: int, seed: int) -> list[np.ndarray]:
+    """RGB uint8 images from the synthetic benchmark (any content would do for timing)."""
+    import cv2
+
+    from cream_rt.synth import make_example
+
+    rng = np.random.default_rng(seed)
+    return [cv2.cvtColor(make_example(i % 6, size, rng)[0], cv2.COLOR_BGR2RGB) for i in range(count)]
+
+
+def run_bench(model, onnx_models: dict[tuple[str, int], str], config: BenchConfig, log=print) -> dict:
+    """Time each engine x batch size x (mode, T); `onnx_models` maps (mode, T) to an export."""
+    from cream_rt.preprocess import preprocess_batch
+
+    cfg = model.config
+    size = cfg.input_size
+    rows: list[dict] = []
+    skipped: dict[str, str] = {}  # engine -> why it could not run (reported if it never ran)
+    variants = [("cam", 0)] if "cam" in config.modes else []
+    variants += [("cream", t) for t in config.iterations if "cream" in config.modes]
+    images = sample_images(max(config.batch_sizes), size, config.seed)
+    for batch in config.batch_sizes:
+        x = preprocess_batch(images[:batch], size, cfg.mean, cfg.std)
+        ids = (np.arange(batch) % cfg.num_classes).astype(np.int64)
+        for engine_name in config.engines:
+            for mode, t in variants:
+                try:
+                    engine = build_engine(engine_name, model, onnx_models.get((mode, t)), mode, t, x, ids,
+                                          config.device)
+                except EngineUnavailable as exc:
+                    skipped.setdefault(engine_name, str(exc))
+                    continue
+                reset_peak_rss()
+                stats = measure(engine.run, budget_s=config.budget_s, sync=engine.sync)
+                row = {"engine": engine_name, "mode": mode, "iterations": t, "batch": batch,
+                       "third_party": engine.third_party, **stats,
+                       "p50_ms_per_image": stats["p50_ms"] / batch, "images_per_s": 1e3 * batch / stats["p50_ms"],
+                       "peak_rss_mb": peak_rss_mb()}
+                rows.append(row)
+                log(f"  {engine_name:<20}{mode:<6}T={t} b={batch:<3} {row['p50_ms_per_image']:8.3f} ms/img "
+                    f"(p90 {stats['p90_ms'] / batch:.3f})  {row['images_per_s']:8.1f} img/s")
+    pipeline = pipeline_breakdown(onnx_models, images, config) if config.pipeline else []
+    ran = {r["engine"] for r in rows}
+    skipped_list = [{"engine": e, "reason": why} for e, why in skipped.items() if e not in ran]
+    return {"rows": rows, "skipped": skipped_list, "pipeline": pipeline, "ratios": ratios(rows, pipeline),
+            "machine": machine_info(), "config": {k: list(v) if isinstance(v, tuple) else v
+                                                  for k, v in config.__dict__.items()}}
+
+
+def pipeline_breakdown(onnx_models: dict, images: list[np.ndarray], config: BenchConfig) -> list[dict]:
+    """The whole Localizer (decode + preprocess + model + boxes) against the bare model, per
+    batch size, for the CREAM export with the largest T (or CAM): where the time goes."""
+    import cv2
+
+    from cream_rt.runtime import Localizer
+
+    key = max(onnx_models, key=lambda k: (k[0] == "cream", k[1]))
+    localizer = Localizer.load(onnx_models[key])
+    encoded = [cv2.imencode(".png", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1] for im in images]
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, data in enumerate(encoded):
+            path = Path(tmp) / f"{i}.png"
+            path.write_bytes(data.tobytes())
+            paths.append(str(path))
+        for batch in config.batch_sizes:
+            batch_paths = paths[:batch]
+            timings = {"decode_preprocess": [], "model": [], "postprocess": []}
+            x, sizes = localizer.preprocess(batch_paths)
+            ids = np.full(batch, -1, np.int64)
+            for _ in range(3):  # warm-up
+                localizer(batch_paths)
+            started = time.perf_counter()
+            while time.perf_counter() - started < config.budget_s or len(timings["model"]) < 10:
+                t0 = time.perf_counter()
+                x, sizes = localizer.preprocess(batch_paths)
+                t1 = time.perf_counter()
+                logits, maps = localizer.predictor(x, ids)
+                t2 = time.perf_counter()
+                localizer.postprocess(logits, maps, ids, sizes, False)
+                t3 = time.perf_counter()
+                for k, v in zip(timings, (t1 - t0, t2 - t1, t3 - t2)):
+                    timings[k].append(v * 1e3)
+            med = {k: float(np.median(v)) for k, v in timings.items()}
+            total = sum(med.values())
+            out.append({"batch": batch, "mode": key[0], "iterations": key[1], **{f"{k}_ms": v for k, v in med.items()},
+                        "pipeline_ms": total, "bare_model_ms": med["model"],
+                        "pipeline_vs_model": total / med["model"], "pipeline_ms_per_image": total / batch})
+    return out
+
+
+def ratios(rows: list[dict], pipeline: list[dict]) -> list[str]:
+    """The headline comparisons, each from numbers measured in this run."""
+    def find(engine, mode, batch, t=None):
+        for r in rows:
+            if r["engine"] == engine and r["mode"] == mode and r["batch"] == batch and (t is None or r["iterations"] == t):
+                return r["p50_ms"]
+        return None
+
+    lines = []
+    batches = sorted({r["batch"] for r in rows})
+    cream_ts = sorted({r["iterations"] for r in rows if r["mode"] == "cream"})
+    t = max(cream_ts) if cream_ts else None
+    for b in batches:
+        for mode, tt in (("cream", t), ("cam", 0)):
+            e, o = find("eager", mode, b, tt), find("onnxruntime", mode, b, tt)
+            if e and o:
+                lines.append(f"onnxruntime vs eager, {mode}{'' if mode == 'cam' else f' T={tt}'}, batch {b}: "
+                             f"speed-up {e / o:.2f}x")
+        for engine in ("eager", "onnxruntime", "eager-channels-last", "torch-compile"):
+            c, r = find(engine, "cam", b), find(engine, "cream", b, t)
+            if c and r:
+                lines.append(f"{engine} CREAM T={t} vs CAM, batch {b}: {r / c:.3f}x the latency")
+        ours = [v for v in (find("eager", "cam", b), find("onnxruntime", "cam", b)) if v]
+        for other in ("grad-cam", "torchcam"):
+            o = find(other, "cam", b)
+            if o and ours:
+                lines.append(f"our CAM (fastest of eager/onnxruntime) vs {other}, batch {b}: "
+                             f"speed-up {o / min(ours):.2f}x")
+    for p in pipeline:
+        lines.append(f"Localizer pipeline vs bare model, batch {p['batch']}: {p['pipeline_vs_model']:.2f}x the time")
+    return lines
+
+
+def plot(result: dict, path: str) -> None:
+    """Latency per image against batch size, one line per engine and mode."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from cream_rt.errors import CreamError
+
+        raise CreamError("--plot needs matplotlib (pip install -r requirements-bench.txt)") from None
+    from cream_rt.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[str, list] = {}
+    for r in result["rows"]:
+        label = f"{r['engine']} {r['mode']}" + (f" T={r['iterations']}" if r["mode"] == "cream" else "")
+        series.setdefault(label, []).append((r["batch"], r["p50_ms_per_image"]))
+    for label, points in sorted(series.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label,
+                linestyle="--" if "cam" in label.split()[1] else "-")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("median latency per image (ms)")
+    ax.set_title(f"cream bench: {result.get('backbone', '')} on {result['machine'].get('cpu', 'this machine')}"[:80])
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,154 @@
+// CPU kernel of cream::cosine_em. One pass over the features per EM step: for a tile of
+// pixels, all K channels are read once to get the norms and both dot products (so z), then
+// the same tile (now in cache) feeds the M-step sums sum_i z_i x_i and sum_i x_i. Images run
+// in parallel; a single image splits its tiles across threads with per-thread partial sums.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cosine_em.h"
+
+namespace {
+
+constexpr int64_t kTile = 64;  // pixels per tile: 64 floats per channel row = 4 cache lines
+
+struct Centroid {
+  std::vector<float> fg, bg;  // unit-normalised directions
+  float log_pi_fg, log_pi_bg;
+};
+
+Centroid normalise(const float* mu_fg, const float* mu_bg, int64_t k, float pi_fg) {
+  Centroid c{std::vector<float>(k), std::vector<float>(k), 0.f, 0.f};
+  double nf = 0, nb = 0;
+  for (int64_t j = 0; j < k; ++j) { nf += double(mu_fg[j]) * mu_fg[j]; nb += double(mu_bg[j]) * mu_bg[j]; }
+  const float inv_f = 1.f / (float(std::sqrt(nf)) + cream::kEps), inv_b = 1.f / (float(std::sqrt(nb)) + cream::kEps);
+  for (int64_t j = 0; j < k; ++j) { c.fg[j] = mu_fg[j] * inv_f; c.bg[j] = mu_bg[j] * inv_b; }
+  c.log_pi_fg = std::log(std::max(pi_fg, cream::kEps));
+  c.log_pi_bg = std::log(std::max(1.f - pi_fg, cream::kEps));
+  return c;
+}
+
+// E-step over pixels [p0, p1) of one image (features x: K rows of n floats); writes z and,
+// if sums != nullptr, adds sum_i z_i x_i to sums[0..K) and sum_i x_i to sums[K..2K), and
+// sum_i z_i to *mass.
+void e_step(const float* x, int64_t k, int64_t n, int64_t p0, int64_t p1, const Centroid& c, float beta,
+            float* z, float* sums, double* mass) {
+  float dot_f[kTile], dot_b[kTile], norm[kTile];
+  for (int64_t t0 = p0; t0 < p1; t0 += kTile) {
+    const int64_t len = std::min(kTile, p1 - t0);
+    std::fill(dot_f, dot_f + len, 0.f);
+    std::fill(dot_b, dot_b + len, 0.f);
+    std::fill(norm, norm + len, 0.f);
+    for (int64_t j = 0; j < k; ++j) {
+      const float* row = x + j * n + t0;
+      const float mf = c.fg[j], mb = c.bg[j];
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        const float v = row[i];
+        dot_f[i] += v * mf;
+        dot_b[i] += v * mb;
+        norm[i] += v * v;
+      }
+    }
+    for (int64_t i = 0; i < len; ++i) {
+      const float inv = 1.f / (std::sqrt(norm[i]) + cream::kEps);
+      z[t0 + i] = cream::responsibility(dot_f[i] * inv, dot_b[i] * inv, beta, c.log_pi_fg, c.log_pi_bg);
+    }
+    if (sums == nullptr) continue;
+    double m = 0;
+    for (int64_t i = 0; i < len; ++i) m += z[t0 + i];
+    *mass += m;
+    for (int64_t j = 0; j < k; ++j) {
+      const float* row = x + j * n + t0;
+      float sz = 0.f, s = 0.f;
+#pragma omp simd reduction(+ : sz, s)
+      for (int64_t i = 0; i < len; ++i) {
+        sz += z[t0 + i] * row[i];
+        s += row[i];
+      }
+      sums[j] += sz;
+      sums[k + j] += s;
+    }
+  }
+}
+
+// All EM steps of one image; `threads` > 1 splits the pixel range (single-image batches).
+void em_image(const float* x, const float* mu, int64_t k, int64_t n, int64_t iterations, float beta, float* z,
+              bool split) {
+  Centroid c = normalise(mu, mu + k, k, 0.5f);
+  for (int64_t step = 0; step < iterations; ++step) {
+    const bool last = step == iterations - 1;
+    if (last) {
+      if (split) {
+        at::parallel_for(0, n, kTile, [&](int64_t a, int64_t b) { e_step(x, k, n, a, b, c, beta, z, nullptr, nullptr); });
+      } else {
+        e_step(x, k, n, 0, n, c, beta, z, nullptr, nullptr);
+      }
+      break;
+    }
+    std::vector<float> sums(2 * k, 0.f);
+    double mass = 0;
+    if (split) {
+      const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (n + kTile - 1) / kTile));
+      std::vector<std::vector<float>> partial(chunks, std::vector<float>(2 * k, 0.f));
+      std::vector<double> partial_mass(chunks, 0.0);
+      const int64_t per = ((n + chunks - 1) / chunks + kTile - 1) / kTile * kTile;
+      at::parallel_for(0, chunks, 1, [&](int64_t a, int64_t b) {
+        for (int64_t q = a; q < b; ++q) {
+          const int64_t lo = q * per, hi = std::min(n, lo + per);
+          if (lo < hi) e_step(x, k, n, lo, hi, c, beta, z, partial[q].data(), &partial_mass[q]);
+        }
+      });
+      for (int64_t q = 0; q < chunks; ++q) {
+        mass += partial_mass[q];
+        for (int64_t j = 0; j < 2 * k; ++j) sums[j] += partial[q][j];
+      }
+    } else {
+      e_step(x, k, n, 0, n, c, beta, z, sums.data(), &mass);
+    }
+    // M-step: mu_fg = sum z x / (sum z + eps); mu_bg = (sum x - sum z x) / (sum (1-z) + eps)
+    const float mass_fg = float(mass), mass_bg = float(double(n) - mass);
+    std::vector<float> mu_fg(k), mu_bg(k);
+    for (int64_t j = 0; j < k; ++j) {
+      mu_fg[j] = sums[j] / (mass_fg + cream::kEps);
+      mu_bg[j] = (sums[k + j] - sums[j]) / (mass_bg + cream::kEps);
+    }
+    c = normalise(mu_fg.data(), mu_bg.data(), k, mass_fg / float(n));
+    c.log_pi_bg = std::log(std::max(mass_bg / float(n), cream::kEps));
+  }
+}
+
+}  // namespace
+
+// features (B,K,h,w) float32, centroids (B,2,K) float32 -> z_fg (B,h,w)
+torch::Tensor cosine_em_cpu(const torch::Tensor& features, const torch::Tensor& centroids, int64_t iterations,
+                            double beta) {
+  TORCH_CHECK(features.dim() == 4, "cosine_em: features must be (B,K,h,w), got ", features.sizes());
+  TORCH_CHECK(centroids.dim() == 3 && centroids.size(0) == features.size(0) && centroids.size(1) == 2 &&
+                  centroids.size(2) == features.size(1),
+              "cosine_em: centroids must be (B,2,K) matching features, got ", centroids.sizes());
+  TORCH_CHECK(iterations >= 1, "cosine_em: iterations must be >= 1");
+  auto x = features.contiguous().to(torch::kFloat);
+  auto mu = centroids.contiguous().to(torch::kFloat);
+  const int64_t b = x.size(0), k = x.size(1), h = x.size(2), w = x.size(3), n = h * w;
+  auto z = torch::empty({b, h, w}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* mp = mu.data_ptr<float>();
+  float* zp = z.data_ptr<float>();
+  const bool split = b < at::get_num_threads();
+  if (split) {
+    for (int64_t i = 0; i < b; ++i) em_image(xp + i * k * n, mp + i * 2 * k, k, n, iterations, float(beta), zp + i * n, true);
+  } else {
+    at::parallel_for(0, b, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i)
+        em_image(xp + i * k * n, mp + i * 2 * k, k, n, iterations, float(beta), zp + i * n, false);
+    });
+  }
+  return z;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("cosine_em", &cosine_em_cpu, "fused cosine EM (CPU): features (B,K,h,w), centroids (B,2,K) -> z_fg (B,h,w)");
+}

@@ -1,0 +1,33 @@
+// CUDA binding of cream::cosine_em for the torch extension (kernels in cosine_em_kernels.cuh).
+#include <torch/extension.h>
+#include <ATen/cuda/CUDAContext.h>
+
+#include "cosine_em_kernels.cuh"
+
+torch::Tensor cosine_em_cuda(const torch::Tensor& features, const torch::Tensor& centroids, int64_t iterations,
+                             double beta) {
+  TORCH_CHECK(features.is_cuda() && centroids.is_cuda(), "cosine_em (CUDA): tensors must be on a CUDA device");
+  TORCH_CHECK(features.dim() == 4, "cosine_em: features must be (B,K,h,w), got ", features.sizes());
+  TORCH_CHECK(centroids.dim() == 3 && centroids.size(0) == features.size(0) && centroids.size(1) == 2 &&
+                  centroids.size(2) == features.size(1),
+              "cosine_em: centroids must be (B,2,K) matching features, got ", centroids.sizes());
+  TORCH_CHECK(iterations >= 1, "cosine_em: iterations must be >= 1");
+  auto x = features.contiguous().to(torch::kFloat);
+  auto mu = centroids.contiguous().to(torch::kFloat);
+  const int64_t b = x.size(0), k = x.size(1), h = x.size(2), w = x.size(3), n = h * w;
+  auto z = torch::empty({b, h, w}, x.options());
+  auto unit = torch::empty({b, 2, k}, x.options());
+  auto logpi = torch::empty({b, 2}, x.options());
+  auto sums = torch::empty({b, 2, k}, x.options());
+  auto mass = torch::empty({b}, x.options());
+  const cudaError_t err = cream_cuda::cosine_em_launch(
+      x.data_ptr<float>(), mu.data_ptr<float>(), int(b), int(k), int(n), int(iterations), float(beta),
+      z.data_ptr<float>(), unit.data_ptr<float>(), logpi.data_ptr<float>(), sums.data_ptr<float>(),
+      mass.data_ptr<float>(), at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "cosine_em (CUDA) failed: ", cudaGetErrorString(err));
+  return z;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("cosine_em", &cosine_em_cuda, "fused cosine EM (CUDA): features (B,K,h,w), centroids (B,2,K) -> z_fg (B,h,w)");
+}

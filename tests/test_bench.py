@@ -1,0 +1,46 @@
+"""`cream bench` and its latency helper: structure of the results on a tiny model (the speed
+targets themselves live in bench/, measured as ratios in one run)."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+pytest.importorskip("torch")
+from cream_rt.bench.latency import measure  # noqa: E402
+from cream_rt.cli import main  # noqa: E402
+
+
+def test_measure_percentiles_of_a_known_delay():
+    stats = measure(lambda: time.sleep(0.002), warmup=1, min_repeats=5, max_repeats=5, budget_s=0)
+    assert stats["repeats"] == 5 and 2.0 <= stats["p50_ms"] < 20 and stats["p50_ms"] <= stats["p99_ms"]
+
+
+def test_bench_cli_json_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "b.json", tmp_path / "b.png"
+    args = ["bench", "--backbone", "small-cnn", "--classes", "3", "--input-size", "48", "--engines",
+            "eager,onnxruntime,tensorrt", "--batch-sizes", "1,2", "--budget", "0.05", "--json", str(out)]
+    try:
+        import matplotlib  # noqa: F401
+
+        args += ["--plot", str(png)]
+    except ImportError:
+        png = None
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    combos = {(r["engine"], r["mode"], r["batch"]) for r in result["rows"]}
+    assert combos == {(e, m, b) for e in ("eager", "onnxruntime") for m in ("cam", "cream") for b in (1, 2)}
+    assert all(r["p50_ms"] > 0 and r["images_per_s"] > 0 for r in result["rows"])
+    assert [p["batch"] for p in result["pipeline"]] == [1, 2]
+    assert any(s["engine"] == "tensorrt" for s in result["skipped"]) or "tensorrt" in result["machine"]["versions"]
+    assert "onnxruntime vs eager, cream T=2, batch 1: speed-up" in printed
+    assert result["machine"]["cpus"] and result["command"].startswith("cream bench")
+    if png:
+        assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_rejects_unknown_engine(capsys):
+    assert main(["bench", "--backbone", "small-cnn", "--engines", "warp-drive"]) == 2
+    assert "unknown engine 'warp-drive'" in capsys.readouterr().err
