@@ -23,6 +23,7 @@ demo: setup
 	$(VENV)/bin/cream demo --out $(DEMO_DIR)
 
 bench: setup
+	$(VPY) -m pip install -q -r requirements-bench.txt -c constraints.txt
 	$(VPY) -m pytest bench -q --benchmark-enable -s
 
 clean:

@@ -99,7 +99,19 @@ def build_engine(name: str, model, onnx_path: str | None, mode: str, iterations:
             import tensorrt  # noqa: F401
         except Exception as exc:
             raise EngineUnavailable(f"TensorRT is not importable here ({exc.__class__.__name__})") from None
-        raise EngineUnavailable("TensorRT engine building is part of the fused-op issue (not implemented yet)")
+        if not device.startswith("cuda") or onnx_path is None:
+            raise EngineUnavailable("TensorRT needs a CUDA device (--device cuda) and an ONNX export")
+        import tempfile
+
+        import torch
+
+        from cream_rt.export.tensorrt_build import TensorRTPredictor, build_engine
+
+        engine_path = tempfile.mkdtemp() + "/model.engine"
+        build_engine(onnx_path, engine_path, batch=(1, len(x), max(len(x), 32)))
+        predictor = TensorRTPredictor(engine_path, model.config.num_classes, model.config.input_size)
+        images, ids = torch.from_numpy(x).cuda(), torch.from_numpy(class_ids).cuda()
+        return Engine(name, mode, iterations, lambda: predictor.run_torch(images, ids), sync=torch.cuda.synchronize)
     if name in ("grad-cam", "torchcam"):
         if mode != "cam":
             raise EngineUnavailable(f"{name} computes CAM-style maps only (mode cam)")

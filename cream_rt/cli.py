@@ -44,6 +44,17 @@ def _threads(parser: argparse.ArgumentParser) -> None:
                         help="threads for evaluation (default: up to 4, one per core)")
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 @command("eval", "evaluate score maps, a checkpoint or an exported model (wsolevaluation protocol)",
          "cream_rt.commands.eval_cmd:run")
 def _eval_args(p: argparse.ArgumentParser) -> None:
@@ -152,6 +163,13 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=None, help="EM steps T (default: the checkpoint's)")
     p.add_argument("--opset", type=int, default=20)
     p.add_argument("--external-data", action="store_true", help="weights in OUT.data beside the graph")
+    p.add_argument("--fused", action="store_true",
+                   help="one cream::CosineEM custom node instead of the unrolled EM (for TensorRT's plugin)")
+    p.add_argument("--trt", metavar="ENGINE", help="also build a TensorRT engine from the export (needs TensorRT)")
+    p.add_argument("--fp16", action="store_true", help="TensorRT: allow fp16 kernels")
+    p.add_argument("--batch-profile", type=_int_list, default=(1, 8, 32), metavar="MIN,OPT,MAX",
+                   help="TensorRT dynamic batch profile (default 1,8,32)")
+    p.add_argument("--timing-cache", help="TensorRT timing cache file, read and updated")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
 
@@ -186,17 +204,6 @@ def _parity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--results", help="also write the JSON result to this file (e.g. bench/results/...)")
     p.add_argument("--json", action="store_true")
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _name_list(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 @command("bench", "latency per image and throughput of every engine side by side",

@@ -58,9 +58,22 @@ class OnnxPredictor:
 
     @classmethod
     def load(cls, path: str | os.PathLike, providers: Sequence[str] | None = None,
-             threads: int | None = None) -> "OnnxPredictor":
+             threads: int | None = None, allow_custom_ops: bool = False) -> "OnnxPredictor":
+        """Open an export. A `--fused` export (cream::CosineEM node) runs only with
+        `allow_custom_ops` (parity tests: onnxruntime-extensions + torch) or in TensorRT."""
         path = os.fspath(path)
-        session = make_session(path, providers, threads)
+        try:
+            session = make_session(path, providers, threads)
+        except ModelFileError as exc:
+            if "CosineEM" not in str(exc):
+                raise
+            if not allow_custom_ops:
+                raise ModelFileError(f"{path}: uses the custom op cream::CosineEM (exported with --fused); "
+                                     "ONNX Runtime runs the standard-op export: re-export without --fused, "
+                                     "or build a TensorRT engine with `cream export --trt`") from None
+            from .export.ort_custom import custom_op_session
+
+            session = custom_op_session(path, threads)
         return cls(session, read_manifest(session, path), path)
 
     def __call__(self, x: np.ndarray, class_ids: np.ndarray | None = None):

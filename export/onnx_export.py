@@ -33,7 +33,8 @@ class ExportWrapper(torch.nn.Module):
         return self.model(images, class_ids, self.mode, self.iterations)
 
 
-def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str | None) -> Manifest:
+def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str | None,
+                   fused: bool = False) -> Manifest:
     import onnx
 
     cfg = model.config
@@ -43,12 +44,15 @@ def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str 
                     tau=cfg.cream.tau, backbone=cfg.backbone, feature_size=cfg.feature_size,
                     checkpoint_sha256=file_sha256(checkpoint) if checkpoint else "",
                     versions={"cream_rt": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
-                              "python": platform.python_version()})
+                              "python": platform.python_version()},
+                    fused=fused and mode == "cream" and iterations > 0)
 
 
 def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", iterations: int | None = None,
-                 opset: int = 20, checkpoint: str | None = None, external_data: bool = False) -> Manifest:
-    """Export `model` to `out` (atomically), check it with full shape inference, embed the manifest."""
+                 opset: int = 20, checkpoint: str | None = None, external_data: bool = False,
+                 fused: bool = False) -> Manifest:
+    """Export `model` to `out` (atomically), check it with full shape inference, embed the manifest.
+    `fused` emits one cream::CosineEM node instead of the unrolled EM (TensorRT plugin path)."""
     import onnx
 
     if mode not in ("cam", "cream"):
@@ -64,14 +68,24 @@ def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", i
     images = torch.randn(2, 3, size, size)
     class_ids = torch.tensor([0, -1], dtype=torch.int64)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            wrapper, (images, class_ids), dynamo=True, opset_version=opset,
-            input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
-            dynamic_shapes={"images": {0: batch}, "class_ids": {0: batch}}, optimize=True, verbose=False)
+    table = None
+    if fused:
+        from .custom_op import translation_table
+
+        table = translation_table()
+    was_fused = model.config.fused
+    model.config.fused = fused
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                wrapper, (images, class_ids), dynamo=True, opset_version=opset,
+                input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, custom_translation_table=table,
+                dynamic_shapes={"images": {0: batch}, "class_ids": {0: batch}}, optimize=True, verbose=False)
+    finally:
+        model.config.fused = was_fused
     proto = program.model_proto
-    manifest = build_manifest(model, mode, t, checkpoint)
+    manifest = build_manifest(model, mode, t, checkpoint, fused)
     entry = proto.metadata_props.add()
     entry.key, entry.value = MANIFEST_KEY, manifest.to_json()
     proto.producer_name = "cream_rt"
@@ -87,6 +101,6 @@ def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", i
 
 
 def export_checkpoint(checkpoint: str, out: str, mode: str = "cream", iterations: int | None = None,
-                      opset: int = 20, external_data: bool = False) -> Manifest:
+                      opset: int = 20, external_data: bool = False, fused: bool = False) -> Manifest:
     model, _ = load_checkpoint(checkpoint)
-    return export_model(model, out, mode, iterations, opset, checkpoint, external_data)
+    return export_model(model, out, mode, iterations, opset, checkpoint, external_data, fused)

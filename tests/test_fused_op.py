@@ -71,3 +71,33 @@ def test_cuda_kernels_compile_with_nvcc(tmp_path):
     out = subprocess.run(["nvcc", "-std=c++17", "-O3", "-arch=sm_90", "-c", str(REPO / "cpp_ops" / "nvcc_check.cu"),
                           "-I", str(REPO / "cpp_ops"), "-o", str(tmp_path / "check.o")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_fused_onnx_export_runs_in_onnxruntime_with_extensions(tmp_path):
+    """`cream export --fused`: one cream::CosineEM node; ONNX Runtime runs it through the
+    onnxruntime-extensions kernel (parity only) and matches the eager unfused model; the
+    torch-free runtime refuses it with a clear message."""
+    pytest.importorskip("onnxruntime_extensions")
+    import onnx
+
+    from cream_rt.errors import ModelFileError
+    from cream_rt.export.onnx_export import export_model
+    from cream_rt.model.config import ModelConfig
+    from cream_rt.model.network import CamModel
+    from cream_rt.runtime import OnnxPredictor
+
+    torch.manual_seed(0)
+    model = CamModel(ModelConfig(backbone="small-cnn", num_classes=3, input_size=48)).eval()
+    model.embeddings.copy_(torch.rand_like(model.embeddings))
+    manifest = export_model(model, tmp_path / "f.onnx", fused=True)
+    assert manifest.fused
+    nodes = onnx.load(tmp_path / "f.onnx").graph.node
+    assert [(n.domain, n.op_type) for n in nodes if n.domain == "cream"] == [("cream", "CosineEM")]
+    with pytest.raises(ModelFileError, match="uses the custom op cream::CosineEM"):
+        OnnxPredictor.load(tmp_path / "f.onnx")
+    predictor = OnnxPredictor.load(tmp_path / "f.onnx", allow_custom_ops=True)
+    x = np.random.default_rng(0).normal(0, 1, (3, 3, 48, 48)).astype(np.float32)
+    logits, maps = predictor(x, np.array([-1, 0, 2]))
+    with torch.no_grad():
+        le, me, _ = model(torch.from_numpy(x), torch.tensor([-1, 0, 2]))
+    np.testing.assert_allclose(maps, me.numpy(), atol=1e-4)

@@ -32,7 +32,7 @@ def compute_parity(checkpoint: str, model: str, meta, images: Path, batch_size: 
     from ..model.eager import EagerPredictor
     from ..runtime import OnnxPredictor
 
-    exported = OnnxPredictor.load(model)
+    exported = OnnxPredictor.load(model, allow_custom_ops=True)
     m = exported.manifest
     eager = EagerPredictor.from_checkpoint(checkpoint, m.mode, m.iterations)
     cfg = eager.model.config

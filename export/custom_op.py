@@ -1,0 +1,50 @@
+"""The `cream::CosineEM` ONNX node of `cream export --fused`: its ONNX schema (the exporter needs
+one registered), its translation from `torch.ops.cream.cosine_em`, and the attributes
+TensorRT's ONNX parser reads to find a plugin (plugin_namespace, plugin_version)."""
+from __future__ import annotations
+
+import onnx
+import onnxscript
+
+DOMAIN = "cream"
+OP_TYPE = "CosineEM"
+VERSION = 1
+PLUGIN_NAMESPACE = "cream"
+PLUGIN_VERSION = "1"
+CREAM_OPSET = onnxscript.values.Opset(DOMAIN, VERSION)
+
+
+def register_schema() -> None:
+    """Register the ONNX schema of cream::CosineEM once per process."""
+    if onnx.defs.has(OP_TYPE, DOMAIN):
+        return
+    attr = onnx.defs.OpSchema.Attribute
+    kind = onnx.defs.OpSchema.AttrType
+    schema = onnx.defs.OpSchema(
+        OP_TYPE, DOMAIN, VERSION,
+        doc="CREAM's cosine EM: z_fg (B,h,w) after `iterations` E-steps from centroids (B,2,K).",
+        inputs=[onnx.defs.OpSchema.FormalParameter("features", "T", "(B,K,h,w) pixel features"),
+                onnx.defs.OpSchema.FormalParameter("centroids", "T", "(B,2,K) fg/bg initial centroids")],
+        outputs=[onnx.defs.OpSchema.FormalParameter("z_fg", "T", "(B,h,w) foreground responsibility")],
+        type_constraints=[("T", ["tensor(float)"], "float32 only")],
+        attributes=[attr("iterations", kind.INT, "E-steps T (M-steps between)"),
+                    attr("beta", kind.FLOAT, "concentration of the cosine base model"),
+                    attr("plugin_namespace", kind.STRING, "TensorRT plugin namespace", required=False),
+                    attr("plugin_version", kind.STRING, "TensorRT plugin version", required=False)],
+    )
+    onnx.defs.register_schema(schema)
+
+
+def cosine_em_onnx(features, centroids, iterations: int, beta: float):
+    """Translation of torch.ops.cream.cosine_em for the torch.export-based exporter."""
+    return CREAM_OPSET.CosineEM(features, centroids, iterations=iterations, beta=beta,
+                                plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION)
+
+
+def translation_table() -> dict:
+    import torch
+
+    import cream_rt.model.fused  # noqa: F401  registers torch.ops.cream.cosine_em
+
+    register_schema()
+    return {torch.ops.cream.cosine_em.default: cosine_em_onnx}

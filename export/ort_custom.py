@@ -1,0 +1,61 @@
+"""Run `cream export --fused` models in ONNX Runtime for parity tests: a kernel for
+cream::CosineEM registered with onnxruntime-extensions. It calls the same C++ op as the eager
+model (torch.ops.cream.cosine_em), so there is still one EM implementation. The extensions
+package registers Python kernels in its own domain, so the node is re-domained in memory.
+Slow by design (a Python call per node); ONNX Runtime for speed keeps the standard-op export."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from cream_rt.errors import CreamError
+
+from .custom_op import DOMAIN, OP_TYPE
+
+
+@lru_cache(maxsize=None)
+def _register_kernel() -> str:
+    try:
+        from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
+    except ImportError:
+        raise CreamError("running a --fused export in ONNX Runtime needs onnxruntime-extensions "
+                         "(pip install 'cream-rt[export]')") from None
+    import torch
+
+    from cream_rt.model.fused import cosine_em
+
+    @onnx_op(op_type=OP_TYPE, inputs=[PyCustomOpDef.dt_float, PyCustomOpDef.dt_float],
+             outputs=[PyCustomOpDef.dt_float],
+             attrs={"iterations": PyCustomOpDef.dt_int64, "beta": PyCustomOpDef.dt_float,
+                    "plugin_namespace": PyCustomOpDef.dt_string, "plugin_version": PyCustomOpDef.dt_string})
+    def _cosine_em(features, centroids, **attrs):
+        with torch.no_grad():
+            z = cosine_em(torch.from_numpy(np.ascontiguousarray(features, np.float32)),
+                          torch.from_numpy(np.ascontiguousarray(centroids, np.float32)),
+                          int(attrs["iterations"]), float(attrs["beta"]))
+        return z.numpy()
+
+    return get_library_path()
+
+
+def custom_op_session(path: str, threads: int | None = None):
+    """An ONNX Runtime session for a model with cream::CosineEM nodes."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime_extensions import default_opset_domain
+
+    library = _register_kernel()
+    proto = onnx.load(path)
+    contrib = default_opset_domain()
+    for node in proto.graph.node:
+        if node.domain == DOMAIN and node.op_type == OP_TYPE:
+            node.domain = contrib
+    for entry in proto.opset_import:
+        if entry.domain == DOMAIN:
+            entry.domain = contrib
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(library)
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
