@@ -28,3 +28,33 @@ def measure(fn: Callable[[], object], warmup: int = 3, min_repeats: int = 10, ma
     t = np.array(times)
     return {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
             "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "repeats": len(t)}
+
+
+def measure_interleaved(fns: dict[str, Callable[[], object]], warmup: int = 3, min_rounds: int = 10,
+                        max_rounds: int = 200, budget_s: float = 4.0,
+                        sync: Callable[[], None] | None = None) -> dict[str, dict]:
+    """Time several variants round-robin (A, B, A, B, ...) so that drift of the machine (clock,
+    other load) hits all of them alike and their ratios can be trusted. Same statistics as
+    `measure`, per variant."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    started = time.perf_counter()
+    rounds = 0
+    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - started < budget_s):
+        for name, fn in fns.items():
+            if sync:
+                sync()
+            t0 = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    out = {}
+    for name, values in times.items():
+        t = np.array(values)
+        out[name] = {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
+                     "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "repeats": len(t)}
+    return out

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .engines import EngineUnavailable, build_engine
-from .latency import measure
+from .latency import measure_interleaved
 
 
 @dataclass
@@ -101,23 +101,36 @@ def run_bench(model, onnx_models: dict[tuple[str, int], str], config: BenchConfi
     for batch in config.batch_sizes:
         x = preprocess_batch(images[:batch], size, cfg.mean, cfg.std)
         ids = (np.arange(batch) % cfg.num_classes).astype(np.int64)
+        engines = {}
         for engine_name in config.engines:
             for mode, t in variants:
                 try:
-                    engine = build_engine(engine_name, model, onnx_models.get((mode, t)), mode, t, x, ids,
-                                          config.device)
+                    engines[(engine_name, mode, t)] = build_engine(engine_name, model, onnx_models.get((mode, t)),
+                                                                   mode, t, x, ids, config.device)
                 except EngineUnavailable as exc:
                     skipped.setdefault(engine_name, str(exc))
-                    continue
-                reset_peak_rss()
-                stats = measure(engine.run, budget_s=config.budget_s, sync=engine.sync)
-                row = {"engine": engine_name, "mode": mode, "iterations": t, "batch": batch,
-                       "third_party": engine.third_party, **stats,
-                       "p50_ms_per_image": stats["p50_ms"] / batch, "images_per_s": 1e3 * batch / stats["p50_ms"],
-                       "peak_rss_mb": peak_rss_mb()}
-                rows.append(row)
-                log(f"  {engine_name:<20}{mode:<6}T={t} b={batch:<3} {row['p50_ms_per_image']:8.3f} ms/img "
-                    f"(p90 {stats['p90_ms'] / batch:.3f})  {row['images_per_s']:8.1f} img/s")
+        if not engines:
+            continue
+        # every engine and variant of this batch size is timed round-robin, so the ratios
+        # between them are free of the machine's drift
+        peaks = {}
+        for key, engine in engines.items():  # process peak RSS while each engine runs (untimed)
+            reset_peak_rss()
+            engine.run()
+            engine.run()
+            peaks[key] = peak_rss_mb()
+        sync = next((e.sync for e in engines.values() if e.sync), None)
+        stats = measure_interleaved({k: e.run for k, e in engines.items()}, budget_s=config.budget_s * len(engines),
+                                    sync=sync)
+        for (engine_name, mode, t), engine in engines.items():
+            st = stats[(engine_name, mode, t)]
+            row = {"engine": engine_name, "mode": mode, "iterations": t, "batch": batch,
+                   "third_party": engine.third_party, **st,
+                   "p50_ms_per_image": st["p50_ms"] / batch, "images_per_s": 1e3 * batch / st["p50_ms"],
+                   "peak_rss_mb": peaks[(engine_name, mode, t)]}
+            rows.append(row)
+            log(f"  {engine_name:<20}{mode:<6}T={t} b={batch:<3} {row['p50_ms_per_image']:8.3f} ms/img "
+                f"(p90 {st['p90_ms'] / batch:.3f})  {row['images_per_s']:8.1f} img/s")
     pipeline = pipeline_breakdown(onnx_models, images, config) if config.pipeline else []
     ran = {r["engine"] for r in rows}
     skipped_list = [{"engine": e, "reason": why} for e, why in skipped.items() if e not in ran]

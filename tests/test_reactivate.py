@@ -95,3 +95,19 @@ def test_bicubic_matches_opencv_inter_cubic():
     up = torch.nn.functional.interpolate(torch.from_numpy(m)[:, None], size=(224, 224), mode="bicubic",
                                          align_corners=False)[0, 0].numpy()
     np.testing.assert_allclose(up, cv2.resize(m[0], (224, 224), interpolation=cv2.INTER_CUBIC), atol=1e-4)
+
+
+def test_score_maps_bicubic_equals_torch_interpolate_and_opencv():
+    import cv2
+
+    rng = np.random.default_rng(4)
+    for h, w, out in ((14, 14, (224, 224)), (7, 9, (96, 120)), (28, 28, (224, 224))):
+        m = rng.random((2, h, w)).astype(np.float32)
+        got = score_maps(torch.from_numpy(m), out).numpy()
+        up = torch.nn.functional.interpolate(torch.from_numpy(m)[:, None], size=out, mode="bicubic",
+                                             align_corners=False)[:, 0]
+        ref = minmax(up, (1, 2)).numpy()
+        np.testing.assert_allclose(got, ref, atol=2e-6)
+        cv = np.stack([cv2.resize(x, (out[1], out[0]), interpolation=cv2.INTER_CUBIC) for x in m])
+        cv = (cv - cv.min(axis=(1, 2), keepdims=True)) / np.ptp(cv, axis=(1, 2), keepdims=True)
+        np.testing.assert_allclose(got, cv, atol=1e-4)

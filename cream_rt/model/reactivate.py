@@ -3,6 +3,7 @@ base model, calibration against the CAM, fusion with the CAM. The one implementa
 the eager model, the ONNX exporter (T unrolled) and the benchmarks."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -67,8 +68,23 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
     return (calibrated + cam_n).reshape(b, h, w)
 
 
+@functools.lru_cache(maxsize=32)
+def bicubic_matrix(out_size: int, in_size: int) -> torch.Tensor:
+    """`U (out, in)` with `U @ v` = torch's 1-D bicubic resize of v (align_corners=False, border
+    clamped, A = -0.75; the same weights as OpenCV INTER_CUBIC): built by resizing the identity."""
+    eye = torch.eye(in_size, dtype=torch.float64).reshape(in_size, 1, in_size, 1)
+    cols = F.interpolate(eye, size=(out_size, 1), mode="bicubic", align_corners=False)
+    return cols.reshape(in_size, out_size).t().contiguous().float()
+
+
 def score_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Feature-resolution maps `(B,h,w)` -> bicubic (align_corners=False, as OpenCV
-    INTER_CUBIC) to the input size -> minmax per image: the evaluated score maps in [0,1]."""
-    up = F.interpolate(maps.unsqueeze(1), size=size, mode="bicubic", align_corners=False)[:, 0]
+    INTER_CUBIC) to the input size -> minmax per image: the evaluated score maps in [0,1].
+    Bicubic resizing is linear and separable, so it is `U_h @ M @ U_w^T` with constant
+    matrices: two small MatMuls in the exported graph (ONNX Runtime's cubic Resize costs
+    about 2.5 ms an image at 224x224 on our CPU)."""
+    h, w = maps.shape[-2:]
+    u_h = bicubic_matrix(int(size[0]), int(h)).to(maps.device)
+    u_w = bicubic_matrix(int(size[1]), int(w)).to(maps.device)
+    up = torch.matmul(torch.matmul(u_h, maps), u_w.t())
     return minmax(up, (1, 2))
