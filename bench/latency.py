@@ -30,28 +30,30 @@ def measure(fn: Callable[[], object], warmup: int = 3, min_repeats: int = 10, ma
             "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "repeats": len(t)}
 
 
-def measure_interleaved(fns: dict[str, Callable[[], object]], warmup: int = 3, min_rounds: int = 10,
-                        max_rounds: int = 200, budget_s: float = 4.0,
-                        sync: Callable[[], None] | None = None) -> dict[str, dict]:
-    """Time several variants round-robin (A, B, A, B, ...) so that drift of the machine (clock,
-    other load) hits all of them alike and their ratios can be trusted. Same statistics as
-    `measure`, per variant."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+def measure_interleaved(fns: dict[str, Callable[[], object]], rounds: int = 3, min_per_block: int = 3,
+                        budget_s: float = 6.0, sync: Callable[[], None] | None = None) -> dict[str, dict]:
+    """Time several variants in rotating blocks (A-block, B-block, ..., repeated `rounds` times)
+    so that slow drift of the machine hits all of them alike and their ratios can be trusted,
+    while each timed call runs with its own engine warm. The first two calls of a block are not
+    timed: thread pools of the previous engine (ONNX Runtime's and OpenMP's spin after a run)
+    would otherwise steal the cores. Same statistics as `measure`, per variant."""
     times: dict[str, list[float]] = {name: [] for name in fns}
-    started = time.perf_counter()
-    rounds = 0
-    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - started < budget_s):
+    block_s = budget_s / max(1, rounds * len(fns))
+    for _ in range(rounds):
         for name, fn in fns.items():
-            if sync:
-                sync()
-            t0 = time.perf_counter()
-            fn()
-            if sync:
-                sync()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-        rounds += 1
+            for _ in range(2):
+                fn()
+            started = time.perf_counter()
+            count = 0
+            while count < min_per_block or time.perf_counter() - started < block_s:
+                if sync:
+                    sync()
+                t0 = time.perf_counter()
+                fn()
+                if sync:
+                    sync()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+                count += 1
     out = {}
     for name, values in times.items():
         t = np.array(values)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-from cream_rt.bench.latency import measure  # noqa: E402
+from cream_rt.bench.latency import measure, measure_interleaved  # noqa: E402
 from cream_rt.model.reactivate import reactivate  # noqa: E402
 
 RESULTS: dict = {"op": [], "end_to_end": []}
@@ -62,12 +62,16 @@ def test_end_to_end_cream_vs_cam_with_fused_op(device, backbone, batch):
     model = CamModel(ModelConfig(backbone=backbone, num_classes=200, input_size=size)).eval().to(device)
     x = torch.randn(batch, 3, size, size, device=device)
     sync = torch.cuda.synchronize if device == "cuda" else None
+    def run(mode: str, fused: bool):
+        def call():
+            model.config.fused = fused
+            return model(x, None, mode, 2)
+        return call
+
     with torch.no_grad():
-        cam = measure(lambda: model(x, None, "cam"), budget_s=3, sync=sync)["p50_ms"]
-        model.config.fused = True
-        cream = measure(lambda: model(x, None, "cream", 2), budget_s=3, sync=sync)["p50_ms"]
-        model.config.fused = False
-        unfused = measure(lambda: model(x, None, "cream", 2), budget_s=3, sync=sync)["p50_ms"]
+        stats = measure_interleaved({"cam": run("cam", False), "fused": run("cream", True),
+                                     "torch": run("cream", False)}, budget_s=9, sync=sync)
+    cam, cream, unfused = (stats[k]["p50_ms"] for k in ("cam", "fused", "torch"))
     RESULTS["end_to_end"].append({"device": device, "backbone": backbone, "batch": batch, "cam_ms": cam,
                                   "cream_fused_ms": cream, "cream_torch_ms": unfused,
                                   "cream_fused_vs_cam": cream / cam, "cream_torch_vs_cam": unfused / cam})

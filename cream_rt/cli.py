@@ -181,7 +181,9 @@ def _localize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="results file (.jsonl, or .json with --format coco)")
     p.add_argument("--images", help="image root for metadata split inputs")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threshold", type=float, default=0.2, help="box threshold, fraction of the map's max")
+    p.add_argument("--threshold", default="0.2",
+                   help="box threshold as a fraction of the map's max (default 0.2), or a `cream eval --json` "
+                        "output file whose best threshold (MaxBoxAcc_threshold) to use")
     p.add_argument("--all-contours", action="store_true", help="one box per contour (default: largest)")
     p.add_argument("--format", choices=["jsonl", "coco"], default="jsonl")
     p.add_argument("--save-maps", help="write <name>.npy score maps here")

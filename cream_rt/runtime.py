@@ -144,6 +144,9 @@ class Localizer:
             raise CreamError(f"threshold must lie in [0, 1), got {threshold}")
         self.predictor, self.threshold, self.all_contours = predictor, threshold, all_contours
         self.manifest = predictor.manifest
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="cream-decode")
 
     @classmethod
     def load(cls, path: str | os.PathLike, providers: Sequence[str] | None = None, threshold: float = 0.2,
@@ -151,9 +154,11 @@ class Localizer:
         return cls(OnnxPredictor.load(path, providers, threads), threshold, all_contours)
 
     def preprocess(self, images: Sequence) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        arrays = [as_rgb_array(im) for im in images]
+        """Decode (in parallel) and preprocess; returns the batch and each original (width, height)."""
+        arrays = list(self._pool.map(as_rgb_array, images)) if len(images) > 1 else [as_rgb_array(images[0])]
         sizes = [(a.shape[1], a.shape[0]) for a in arrays]
-        return preprocess_batch(arrays, self.manifest.input_size, self.manifest.mean, self.manifest.std), sizes
+        m = self.manifest
+        return preprocess_batch(arrays, m.input_size, m.mean, m.std, self._pool), sizes
 
     def postprocess(self, logits: np.ndarray, maps: np.ndarray, class_ids: np.ndarray,
                     sizes: list[tuple[int, int]], return_maps: bool) -> list[Localization]:

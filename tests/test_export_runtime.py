@@ -201,3 +201,32 @@ def test_demo_smoke(tmp_path, capsys):
     assert summary["parity"]["maps_max_abs_diff"] <= 1e-4 and summary["parity"]["top1_agreement"] == 1.0
     assert {"eager/cream/b1", "onnxruntime/cream/b8", "eager/cam/b8"} <= set(summary["latency"])
     assert (tmp_path / "demo" / "overlays_cam_top_cream_bottom.png").stat().st_size > 1000
+
+
+def test_export_has_no_dead_or_training_nodes(tmp_path):
+    model = _model("small-cnn", 48)
+    export_model(model, tmp_path / "m.onnx")
+    graph = onnx.load(tmp_path / "m.onnx").graph
+    assert not any(n.op_type == "Dropout" for n in graph.node)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    dead = [n.op_type for n in graph.node if not any(o in used for o in n.output)]
+    assert dead == []
+
+
+def test_localize_metadata_split_and_eval_threshold(trained, tmp_path, capsys):
+    data, ckpt, onnx_path = trained
+    eval_json = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(onnx_path), "--data", str(data), "--split", "val", "--json"]) == 0
+    eval_json.write_text(capsys.readouterr().out)
+    best = json.loads(eval_json.read_text())["MaxBoxAcc_threshold"]
+    out = tmp_path / "split.jsonl"
+    assert main(["localize", str(data / "metadata" / "test"), "--images", str(data / "images"), "--model",
+                 str(onnx_path), "--out", str(out), "--threshold", str(eval_json)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 24 and all("boxes" in r for r in records)
+    from cream_rt.commands.localize_cmd import resolve_threshold
+
+    assert resolve_threshold(str(eval_json)) == best and resolve_threshold("0.35") == 0.35
+    assert main(["localize", str(data / "metadata" / "test"), "--model", str(onnx_path), "--out",
+                 str(tmp_path / "x.jsonl")]) == 2
+    assert "needs --images" in capsys.readouterr().err

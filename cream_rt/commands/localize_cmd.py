@@ -14,7 +14,6 @@ import numpy as np
 from ..atomic import atomic_open
 from ..errors import CreamError
 from ..preprocess import read_image
-from ..progress import progress
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -62,18 +61,38 @@ def prefetch(paths: list[Path], batch_size: int, depth: int = 3):
         yield item
 
 
+def resolve_threshold(value: str) -> float:
+    """A number, or the best threshold recorded by `cream eval --json` (MaxBoxAcc_threshold)."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    path = Path(value)
+    if not path.is_file():
+        raise CreamError(f"--threshold: expected a number or a `cream eval --json` file, got {value!r}")
+    try:
+        result = json.loads(path.read_text())
+        return float(result["MaxBoxAcc_threshold"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise CreamError(f"{path}: not a `cream eval --json` result (no MaxBoxAcc_threshold)") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..runtime import Localizer
 
     providers = args.providers.split(",") if args.providers else None
-    localizer = Localizer.load(args.model, providers, args.threshold, args.all_contours)
+    localizer = Localizer.load(args.model, providers, resolve_threshold(args.threshold), args.all_contours)
     paths = collect_inputs(args.inputs, args.images)
     names = localizer.manifest.class_names
     failures = 0
     records: list[dict] = []
-    bar = progress(prefetch(paths, args.batch_size), "localize", total=-(-len(paths) // args.batch_size),
-                   unit="batch")
-    for chunk, decoded in bar:
+    from tqdm import tqdm
+
+    from ..progress import progress_enabled
+
+    bar = tqdm(total=len(paths), desc="localize", unit="img", disable=not progress_enabled(), file=sys.stderr)
+    for chunk, decoded in prefetch(paths, args.batch_size):
+        bar.update(len(chunk))
         good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
         results = localizer([decoded[i] for i in good], return_maps=bool(args.save_maps or args.overlays))
         by_index = dict(zip(good, results))
@@ -89,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
                 _save_map(Path(args.save_maps), path, result.map)
             if args.overlays:
                 _save_overlay(Path(args.overlays), path, decoded[i], result)
+    bar.close()
     with atomic_open(args.out) as handle:
         if args.format == "coco":
             json.dump(coco_detections(records, names), handle)

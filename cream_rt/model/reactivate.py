@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -69,12 +70,30 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
 
 
 @functools.lru_cache(maxsize=32)
+def _bicubic_weights(out_size: int, in_size: int) -> np.ndarray:
+    """`U (out, in)` float32 with `U @ v` = the 1-D bicubic resize of v as PyTorch (and OpenCV
+    INTER_CUBIC) compute it: align_corners=False, source = (dst + 0.5) * in/out - 0.5, cubic
+    convolution A = -0.75 on taps floor-1..floor+2, taps clamped to the border. NumPy, so that
+    the cache never holds a tensor created under tracing."""
+    a = -0.75
+    u = np.zeros((out_size, in_size), np.float64)
+    scale = in_size / out_size
+    for dst in range(out_size):
+        src = (dst + 0.5) * scale - 0.5
+        base = int(np.floor(src))
+        t = src - base
+        for tap, x in zip(range(base - 1, base + 3), (1 + t, t, 1 - t, 2 - t)):
+            if x <= 1:
+                w = ((a + 2) * x - (a + 3)) * x * x + 1
+            else:
+                w = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+            u[dst, min(max(tap, 0), in_size - 1)] += w
+    return u.astype(np.float32)
+
+
 def bicubic_matrix(out_size: int, in_size: int) -> torch.Tensor:
-    """`U (out, in)` with `U @ v` = torch's 1-D bicubic resize of v (align_corners=False, border
-    clamped, A = -0.75; the same weights as OpenCV INTER_CUBIC): built by resizing the identity."""
-    eye = torch.eye(in_size, dtype=torch.float64).reshape(in_size, 1, in_size, 1)
-    cols = F.interpolate(eye, size=(out_size, 1), mode="bicubic", align_corners=False)
-    return cols.reshape(in_size, out_size).t().contiguous().float()
+    """The bicubic resize matrix as a tensor (a constant in exported graphs)."""
+    return torch.from_numpy(_bicubic_weights(out_size, in_size))
 
 
 def score_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
