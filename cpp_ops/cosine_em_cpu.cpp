@@ -3,6 +3,7 @@
 // the same tile (now in cache) feeds the M-step sums sum_i z_i x_i and sum_i x_i. Images run
 // in parallel; a single image splits its tiles across threads with per-thread partial sums.
 #include <torch/extension.h>
+#include "cosine_em_checks.h"
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -125,11 +126,7 @@ void em_image(const float* x, const float* mu, int64_t k, int64_t n, int64_t ite
 // features (B,K,h,w) float32, centroids (B,2,K) float32 -> z_fg (B,h,w)
 torch::Tensor cosine_em_cpu(const torch::Tensor& features, const torch::Tensor& centroids, int64_t iterations,
                             double beta) {
-  TORCH_CHECK(features.dim() == 4, "cosine_em: features must be (B,K,h,w), got ", features.sizes());
-  TORCH_CHECK(centroids.dim() == 3 && centroids.size(0) == features.size(0) && centroids.size(1) == 2 &&
-                  centroids.size(2) == features.size(1),
-              "cosine_em: centroids must be (B,2,K) matching features, got ", centroids.sizes());
-  TORCH_CHECK(iterations >= 1, "cosine_em: iterations must be >= 1");
+  cream::check_cosine_em_inputs(features, centroids, iterations);
   auto x = features.contiguous().to(torch::kFloat);
   auto mu = centroids.contiguous().to(torch::kFloat);
   const int64_t b = x.size(0), k = x.size(1), h = x.size(2), w = x.size(3), n = h * w;

@@ -1,5 +1,6 @@
 // CUDA binding of cream::cosine_em for the torch extension (kernels in cosine_em_kernels.cuh).
 #include <torch/extension.h>
+#include "cosine_em_checks.h"
 #include <ATen/cuda/CUDAContext.h>
 
 #include "cosine_em_kernels.cuh"
@@ -7,11 +8,7 @@
 torch::Tensor cosine_em_cuda(const torch::Tensor& features, const torch::Tensor& centroids, int64_t iterations,
                              double beta) {
   TORCH_CHECK(features.is_cuda() && centroids.is_cuda(), "cosine_em (CUDA): tensors must be on a CUDA device");
-  TORCH_CHECK(features.dim() == 4, "cosine_em: features must be (B,K,h,w), got ", features.sizes());
-  TORCH_CHECK(centroids.dim() == 3 && centroids.size(0) == features.size(0) && centroids.size(1) == 2 &&
-                  centroids.size(2) == features.size(1),
-              "cosine_em: centroids must be (B,2,K) matching features, got ", centroids.sizes());
-  TORCH_CHECK(iterations >= 1, "cosine_em: iterations must be >= 1");
+  cream::check_cosine_em_inputs(features, centroids, iterations);
   auto x = features.contiguous().to(torch::kFloat);
   auto mu = centroids.contiguous().to(torch::kFloat);
   const int64_t b = x.size(0), k = x.size(1), h = x.size(2), w = x.size(3), n = h * w;

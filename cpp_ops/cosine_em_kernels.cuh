@@ -4,16 +4,14 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include "cosine_em.h"
+
 namespace cream_cuda {
 
-constexpr float kEps = 1e-6f;
+using cream::kEps;
+using cream::responsibility;
 constexpr int kTilePixels = 32;  // threadIdx.x: one pixel per lane (coalesced channel rows)
 constexpr int kChannelGroups = 8;  // threadIdx.y: channels split across 8 warps
-
-__device__ inline float responsibility(float cos_fg, float cos_bg, float beta, float log_pi_fg, float log_pi_bg) {
-  const float d = beta * (cos_fg - cos_bg) + (log_pi_fg - log_pi_bg);
-  return d >= 0.f ? 1.f / (1.f + __expf(-d)) : __expf(d) / (1.f + __expf(d));
-}
 
 __device__ inline float block_sum(float v, float* scratch) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
