@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-from cream_rt.bench.latency import measure, measure_interleaved  # noqa: E402
+from cream_rt.bench.latency import measure_interleaved  # noqa: E402
 from cream_rt.model.reactivate import reactivate  # noqa: E402
 
 RESULTS: dict = {"op": [], "end_to_end": []}
@@ -42,8 +42,10 @@ def test_fused_vs_torch_reactivate(device, k, side, batch):
         ref = reactivate(features, cam, centroids, 2)
         got = reactivate(features, cam, centroids, 2, fused=True)
         assert (ref - got).abs().max().item() < 1e-5
-        t_torch = measure(lambda: reactivate(features, cam, centroids, 2), budget_s=2, sync=sync)["p50_ms"]
-        t_fused = measure(lambda: reactivate(features, cam, centroids, 2, fused=True), budget_s=2, sync=sync)["p50_ms"]
+        stats = measure_interleaved({"torch": lambda: reactivate(features, cam, centroids, 2),
+                                     "fused": lambda: reactivate(features, cam, centroids, 2, fused=True)},
+                                    budget_s=6, sync=sync)
+        t_torch, t_fused = stats["torch"]["p50_ms"], stats["fused"]["p50_ms"]
     ratio = t_torch / t_fused
     RESULTS["op"].append({"device": device, "K": k, "side": side, "batch": batch, "torch_ms": t_torch,
                           "fused_ms": t_fused, "speedup": ratio})

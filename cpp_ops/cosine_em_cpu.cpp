@@ -13,7 +13,21 @@
 
 namespace {
 
-constexpr int64_t kTile = 64;  // pixels per tile: 64 floats per channel row = 4 cache lines
+constexpr int64_t kMaxTile = 256;  // pixels per tile at most; tiles are balanced over the image
+
+// Channel rows of a tile are short (a few hundred floats), too short for the hardware
+// prefetcher to ramp up: fetch the row kPrefetchRows ahead, one cache line at a time.
+constexpr int64_t kPrefetchRows = 4;
+
+inline void prefetch_row(const float* row, int64_t len) {
+  for (int64_t i = 0; i < len; i += 16) __builtin_prefetch(row + i, 0, 3);
+}
+
+// Balanced tile width (a multiple of 16 floats) so that a 14x14 or 28x28 map splits evenly.
+int64_t tile_width(int64_t n) {
+  const int64_t tiles = (n + kMaxTile - 1) / kMaxTile;
+  return std::min(kMaxTile, ((n + tiles - 1) / tiles + 15) / 16 * 16);
+}
 
 struct Centroid {
   std::vector<float> fg, bg;  // unit-normalised directions
@@ -33,28 +47,45 @@ Centroid normalise(const float* mu_fg, const float* mu_bg, int64_t k, float pi_f
 
 // E-step over pixels [p0, p1) of one image (features x: K rows of n floats); writes z and,
 // if sums != nullptr, adds sum_i z_i x_i to sums[0..K) and sum_i x_i to sums[K..2K), and
-// sum_i z_i to *mass.
+// sum_i z_i to *mass. inv_norm[i] = 1/(|x_i| + eps) is computed on the first step (have_norms
+// false) and reused afterwards.
 void e_step(const float* x, int64_t k, int64_t n, int64_t p0, int64_t p1, const Centroid& c, float beta,
-            float* z, float* sums, double* mass) {
-  float dot_f[kTile], dot_b[kTile], norm[kTile];
-  for (int64_t t0 = p0; t0 < p1; t0 += kTile) {
-    const int64_t len = std::min(kTile, p1 - t0);
+            float* z, float* sums, double* mass, float* inv_norm, bool have_norms) {
+  alignas(64) float dot_f[kMaxTile], dot_b[kMaxTile], norm[kMaxTile];
+  const int64_t tile = tile_width(n);
+  for (int64_t t0 = p0; t0 < p1; t0 += tile) {
+    const int64_t len = std::min(tile, p1 - t0);
     std::fill(dot_f, dot_f + len, 0.f);
     std::fill(dot_b, dot_b + len, 0.f);
-    std::fill(norm, norm + len, 0.f);
-    for (int64_t j = 0; j < k; ++j) {
-      const float* row = x + j * n + t0;
-      const float mf = c.fg[j], mb = c.bg[j];
+    if (have_norms) {
+      for (int64_t j = 0; j < k; ++j) {
+        const float* row = x + j * n + t0;
+        if (j + kPrefetchRows < k) prefetch_row(row + kPrefetchRows * n, len);
+        const float mf = c.fg[j], mb = c.bg[j];
 #pragma omp simd
-      for (int64_t i = 0; i < len; ++i) {
-        const float v = row[i];
-        dot_f[i] += v * mf;
-        dot_b[i] += v * mb;
-        norm[i] += v * v;
+        for (int64_t i = 0; i < len; ++i) {
+          dot_f[i] += row[i] * mf;
+          dot_b[i] += row[i] * mb;
+        }
       }
+    } else {
+      std::fill(norm, norm + len, 0.f);
+      for (int64_t j = 0; j < k; ++j) {
+        const float* row = x + j * n + t0;
+        if (j + kPrefetchRows < k) prefetch_row(row + kPrefetchRows * n, len);
+        const float mf = c.fg[j], mb = c.bg[j];
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i) {
+          const float v = row[i];
+          dot_f[i] += v * mf;
+          dot_b[i] += v * mb;
+          norm[i] += v * v;
+        }
+      }
+      for (int64_t i = 0; i < len; ++i) inv_norm[t0 + i] = 1.f / (std::sqrt(norm[i]) + cream::kEps);
     }
     for (int64_t i = 0; i < len; ++i) {
-      const float inv = 1.f / (std::sqrt(norm[i]) + cream::kEps);
+      const float inv = inv_norm[t0 + i];
       z[t0 + i] = cream::responsibility(dot_f[i] * inv, dot_b[i] * inv, beta, c.log_pi_fg, c.log_pi_bg);
     }
     if (sums == nullptr) continue;
@@ -75,31 +106,37 @@ void e_step(const float* x, int64_t k, int64_t n, int64_t p0, int64_t p1, const 
   }
 }
 
-// All EM steps of one image; `threads` > 1 splits the pixel range (single-image batches).
+// All EM steps of one image; `split` spreads the tiles over threads (single-image batches).
 void em_image(const float* x, const float* mu, int64_t k, int64_t n, int64_t iterations, float beta, float* z,
               bool split) {
   Centroid c = normalise(mu, mu + k, k, 0.5f);
+  std::vector<float> inv_norm(n);
+  const int64_t tile = tile_width(n);
+  split = split && n > tile;  // one tile: threads would only add overhead
   for (int64_t step = 0; step < iterations; ++step) {
     const bool last = step == iterations - 1;
+    const bool have_norms = step > 0;
     if (last) {
       if (split) {
-        at::parallel_for(0, n, kTile, [&](int64_t a, int64_t b) { e_step(x, k, n, a, b, c, beta, z, nullptr, nullptr); });
+        at::parallel_for(0, n, tile, [&](int64_t a, int64_t b) {
+          e_step(x, k, n, a, b, c, beta, z, nullptr, nullptr, inv_norm.data(), have_norms);
+        });
       } else {
-        e_step(x, k, n, 0, n, c, beta, z, nullptr, nullptr);
+        e_step(x, k, n, 0, n, c, beta, z, nullptr, nullptr, inv_norm.data(), have_norms);
       }
       break;
     }
     std::vector<float> sums(2 * k, 0.f);
     double mass = 0;
     if (split) {
-      const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (n + kTile - 1) / kTile));
+      const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (n + tile - 1) / tile));
       std::vector<std::vector<float>> partial(chunks, std::vector<float>(2 * k, 0.f));
       std::vector<double> partial_mass(chunks, 0.0);
-      const int64_t per = ((n + chunks - 1) / chunks + kTile - 1) / kTile * kTile;
+      const int64_t per = ((n + chunks - 1) / chunks + tile - 1) / tile * tile;
       at::parallel_for(0, chunks, 1, [&](int64_t a, int64_t b) {
         for (int64_t q = a; q < b; ++q) {
           const int64_t lo = q * per, hi = std::min(n, lo + per);
-          if (lo < hi) e_step(x, k, n, lo, hi, c, beta, z, partial[q].data(), &partial_mass[q]);
+          if (lo < hi) e_step(x, k, n, lo, hi, c, beta, z, partial[q].data(), &partial_mass[q], inv_norm.data(), have_norms);
         }
       });
       for (int64_t q = 0; q < chunks; ++q) {
@@ -107,7 +144,7 @@ void em_image(const float* x, const float* mu, int64_t k, int64_t n, int64_t ite
         for (int64_t j = 0; j < 2 * k; ++j) sums[j] += partial[q][j];
       }
     } else {
-      e_step(x, k, n, 0, n, c, beta, z, sums.data(), &mass);
+      e_step(x, k, n, 0, n, c, beta, z, sums.data(), &mass, inv_norm.data(), have_norms);
     }
     // M-step: mu_fg = sum z x / (sum z + eps); mu_bg = (sum x - sum z x) / (sum (1-z) + eps)
     const float mass_fg = float(mass), mass_bg = float(double(n) - mass);
