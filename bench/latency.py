@@ -30,14 +30,16 @@ def measure(fn: Callable[[], object], warmup: int = 3, min_repeats: int = 10, ma
             "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "repeats": len(t)}
 
 
-def measure_interleaved(fns: dict[str, Callable[[], object]], rounds: int = 3, min_per_block: int = 3,
+def measure_interleaved(fns: dict[str, Callable[[], object]], rounds: int = 5, min_per_block: int = 3,
                         budget_s: float = 6.0, sync: Callable[[], None] | None = None) -> dict[str, dict]:
     """Time several variants in rotating blocks (A-block, B-block, ..., repeated `rounds` times)
     so that slow drift of the machine hits all of them alike and their ratios can be trusted,
     while each timed call runs with its own engine warm. The first two calls of a block are not
     timed: thread pools of the previous engine (ONNX Runtime's and OpenMP's spin after a run)
-    would otherwise steal the cores. Same statistics as `measure`, per variant."""
+    would otherwise steal the cores. Same statistics as `measure`, per variant, plus the median
+    of each round (`round_p50_ms`) for `paired_ratio`."""
     times: dict[str, list[float]] = {name: [] for name in fns}
+    rounds_p50: dict[str, list[float]] = {name: [] for name in fns}
     block_s = budget_s / max(1, rounds * len(fns))
     for _ in range(rounds):
         for name, fn in fns.items():
@@ -54,9 +56,21 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], rounds: int = 3, m
                     sync()
                 times[name].append((time.perf_counter() - t0) * 1e3)
                 count += 1
+            rounds_p50[name].append(float(np.median(times[name][-count:])))
     out = {}
     for name, values in times.items():
         t = np.array(values)
         out[name] = {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
-                     "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "repeats": len(t)}
+                     "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "repeats": len(t),
+                     "round_p50_ms": rounds_p50[name]}
     return out
+
+
+def paired_ratio(a: dict, b: dict) -> float:
+    """Latency of `a` over `b` (two `measure_interleaved` results of one run): the median over
+    rounds of the ratio of their medians in that round, so that drift between rounds cancels.
+    Falls back to the ratio of overall medians where rounds are missing."""
+    ra, rb = a.get("round_p50_ms") or [], b.get("round_p50_ms") or []
+    if ra and len(ra) == len(rb):
+        return float(np.median(np.array(ra) / np.array(rb)))
+    return a["p50_ms"] / b["p50_ms"]

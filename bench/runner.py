@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .engines import EngineUnavailable, build_engine
-from .latency import measure_interleaved
+from .latency import measure_interleaved, paired_ratio
 
 
 @dataclass
@@ -184,11 +184,15 @@ def pipeline_breakdown(onnx_models: dict, images: list[np.ndarray], config: Benc
 
 def ratios(rows: list[dict], pipeline: list[dict]) -> list[str]:
     """The headline comparisons, each from numbers measured in this run."""
-    def find(engine, mode, batch, t=None):
+    def row(engine, mode, batch, t=None):
         for r in rows:
             if r["engine"] == engine and r["mode"] == mode and r["batch"] == batch and (t is None or r["iterations"] == t):
-                return r["p50_ms"]
+                return r
         return None
+
+    def find(engine, mode, batch, t=None):
+        r = row(engine, mode, batch, t)
+        return r["p50_ms"] if r else None
 
     lines = []
     batches = sorted({r["batch"] for r in rows})
@@ -201,9 +205,9 @@ def ratios(rows: list[dict], pipeline: list[dict]) -> list[str]:
                 lines.append(f"onnxruntime vs eager, {mode}{'' if mode == 'cam' else f' T={tt}'}, batch {b}: "
                              f"speed-up {e / o:.2f}x")
         for engine in ("eager", "onnxruntime", "eager-channels-last", "torch-compile"):
-            c, r = find(engine, "cam", b), find(engine, "cream", b, t)
+            c, r = row(engine, "cam", b), row(engine, "cream", b, t)
             if c and r:
-                lines.append(f"{engine} CREAM T={t} vs CAM, batch {b}: {r / c:.3f}x the latency")
+                lines.append(f"{engine} CREAM T={t} vs CAM, batch {b}: {paired_ratio(r, c):.3f}x the latency")
         ours = [v for v in (find("eager", "cam", b), find("onnxruntime", "cam", b)) if v]
         for other in ("grad-cam", "torchcam"):
             o = find(other, "cam", b)

@@ -3,6 +3,7 @@
 // the same tile (now in cache) feeds the M-step sums sum_i z_i x_i and sum_i x_i. Images run
 // in parallel; a single image splits its tiles across threads with per-thread partial sums.
 #include <torch/extension.h>
+#include <torch/library.h>
 #include "cosine_em_checks.h"
 #include <ATen/Parallel.h>
 
@@ -183,6 +184,5 @@ torch::Tensor cosine_em_cpu(const torch::Tensor& features, const torch::Tensor& 
   return z;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("cosine_em", &cosine_em_cpu, "fused cosine EM (CPU): features (B,K,h,w), centroids (B,2,K) -> z_fg (B,h,w)");
-}
+// The schema is defined in Python (cream_rt/model/fused.py); this library adds the CPU kernel.
+TORCH_LIBRARY_IMPL(cream, CPU, m) { m.impl("cosine_em", &cosine_em_cpu); }

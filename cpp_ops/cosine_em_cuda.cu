@@ -1,5 +1,6 @@
 // CUDA binding of cream::cosine_em for the torch extension (kernels in cosine_em_kernels.cuh).
 #include <torch/extension.h>
+#include <torch/library.h>
 #include "cosine_em_checks.h"
 #include <ATen/cuda/CUDAContext.h>
 
@@ -25,6 +26,5 @@ torch::Tensor cosine_em_cuda(const torch::Tensor& features, const torch::Tensor&
   return z;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("cosine_em", &cosine_em_cuda, "fused cosine EM (CUDA): features (B,K,h,w), centroids (B,2,K) -> z_fg (B,h,w)");
-}
+// The schema is defined in Python (cream_rt/model/fused.py); this library adds the CUDA kernel.
+TORCH_LIBRARY_IMPL(cream, CUDA, m) { m.impl("cosine_em", &cosine_em_cuda); }

@@ -92,6 +92,8 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", type=int, default=600)
     p.add_argument("--body-tint", type=float, default=0.0,
                    help="faint class tint of the shared body (0: identical bodies)")
+    p.add_argument("--decoys", type=int, default=0,
+                   help="at most this many bodiless heads of other classes per image")
 
 
 @command("backbones", "list the registered backbones", "cream_rt.commands.train_cmd:backbones")

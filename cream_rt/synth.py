@@ -35,6 +35,9 @@ class SynthConfig:
     # plumage, the body then carries weak class evidence, so a classifier represents it, while
     # the head stays by far the most discriminative part.
     body_tint: float = 0.0
+    # Decoy heads: up to this many heads of other classes lying on the background without a
+    # body, so that only the body tells which head is the object's.
+    decoys: int = 0
 
 
 def class_color(label: int) -> tuple[int, int, int]:
@@ -106,10 +109,31 @@ def _draw_object(img: np.ndarray, label: int, rng: np.random.Generator, tint: fl
     return mask
 
 
-def make_example(label: int, size: int, rng: np.random.Generator, tint: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def _draw_decoys(img: np.ndarray, mask: np.ndarray, label: int, classes: int, count: int,
+                 rng: np.random.Generator) -> None:
+    """Heads of other classes, off the object, with no body."""
+    size = img.shape[0]
+    keep_out = cv2.dilate(mask, np.ones((5, 5), np.uint8))
+    for _ in range(int(rng.integers(0, count + 1))):
+        r = max(2, int(rng.uniform(0.22, 0.34) * size * rng.uniform(0.28, 0.36)))  # as real heads
+        for _attempt in range(20):
+            cx, cy = (int(v) for v in rng.integers(r, size - r, 2))
+            disk = np.zeros_like(mask)
+            cv2.circle(disk, (cx, cy), r, 1, -1)
+            if not (disk & keep_out).any():
+                other = (label + int(rng.integers(1, classes))) % classes
+                _head(img, (cx, cy), r, other)
+                keep_out |= cv2.dilate(disk, np.ones((5, 5), np.uint8))
+                break
+
+
+def make_example(label: int, size: int, rng: np.random.Generator, tint: float = 0.0,
+                 decoys: int = 0, classes: int = 6) -> tuple[np.ndarray, np.ndarray]:
     """One image (BGR uint8) of class `label` and its object mask."""
     img = _background(size, rng)
     mask = _draw_object(img, label, rng, tint)
+    if decoys:
+        _draw_decoys(img, mask, label, classes, decoys, rng)
     img = cv2.GaussianBlur(img, (3, 3), 0.6)
     return img, mask
 
@@ -134,7 +158,7 @@ def generate(out: str | os.PathLike, config: SynthConfig = SynthConfig(), show_p
         rows = []
         for n in progress(range(count), f"synth {split}", unit="img", enabled=None if show_progress else False):
             label = n % config.classes
-            img, mask = make_example(label, config.size, rng, config.body_tint)
+            img, mask = make_example(label, config.size, rng, config.body_tint, config.decoys, config.classes)
             image_id = f"{split}/{names[label]}/{n:06d}.png"
             for folder, array in (("images", img), ("masks", mask * 255)):
                 path = root / folder / image_id

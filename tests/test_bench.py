@@ -8,13 +8,28 @@ import time
 import pytest
 
 pytest.importorskip("torch")
-from cream_rt.bench.latency import measure  # noqa: E402
+from cream_rt.bench.latency import measure, measure_interleaved, paired_ratio  # noqa: E402
 from cream_rt.cli import main  # noqa: E402
 
 
 def test_measure_percentiles_of_a_known_delay():
     stats = measure(lambda: time.sleep(0.002), warmup=1, min_repeats=5, max_repeats=5, budget_s=0)
     assert stats["repeats"] == 5 and 2.0 <= stats["p50_ms"] < 20 and stats["p50_ms"] <= stats["p99_ms"]
+
+
+def test_paired_ratio_cancels_drift_between_rounds():
+    # round medians drift 10x between rounds; within each round b is twice as slow as a
+    a = {"p50_ms": 5.0, "round_p50_ms": [1.0, 10.0, 100.0]}
+    b = {"p50_ms": 20.0, "round_p50_ms": [2.0, 20.0, 200.0]}
+    assert paired_ratio(b, a) == pytest.approx(2.0) and paired_ratio(a, b) == pytest.approx(0.5)
+    assert paired_ratio({"p50_ms": 3.0}, {"p50_ms": 1.5}) == pytest.approx(2.0)  # no rounds: plain ratio
+
+
+def test_measure_interleaved_records_one_median_per_round():
+    stats = measure_interleaved({"fast": lambda: time.sleep(0.001), "slow": lambda: time.sleep(0.003)},
+                                rounds=3, min_per_block=2, budget_s=0)
+    assert [len(s["round_p50_ms"]) for s in stats.values()] == [3, 3] and stats["slow"]["repeats"] == 6
+    assert 1.5 < paired_ratio(stats["slow"], stats["fast"]) < 4
 
 
 def test_bench_cli_json_and_plot(tmp_path, capsys):

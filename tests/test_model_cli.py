@@ -33,6 +33,40 @@ def test_synth_is_deterministic(tmp_path):
     assert SynthConfig().classes == 6
 
 
+def test_synth_decoy_heads_lie_off_the_object():
+    from cream_rt.synth import class_color, make_example
+
+    plain, mask = make_example(2, 96, np.random.default_rng([5, 0]))
+    with_decoys, mask2 = make_example(2, 96, np.random.default_rng([5, 0]), decoys=3, classes=6)
+    assert np.array_equal(mask, mask2)  # decoys never change the object or its mask
+    changed = (plain != with_decoys).any(axis=2)
+    assert changed.any() and not (changed & (mask > 0)).any()
+    # what was drawn is a head of another class: its colour, never the object's own
+    colours = {tuple(int(v) for v in px) for px in with_decoys[changed]}
+    others = {class_color(c) for c in range(6) if c != 2}
+    assert colours & others and class_color(2) not in colours
+
+
+def test_precise_batchnorm_statistics_are_the_plain_average():
+    from cream_rt.train.trainer import recalibrate_batchnorm
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm2d(2)
+
+        def features(self, x):
+            return self.bn(x)
+
+    net = Net()
+    batches = [(torch.full((4, 2, 3, 3), float(v)) + torch.arange(4.0).view(4, 1, 1, 1), 0) for v in (1, 5, 9)]
+    recalibrate_batchnorm(net, batches, 2, "cpu")  # only the first two batches count
+    # batch means 2.5 and 6.5; each batch's unbiased variance of 0..3 offsets is 1.25 * 36/35
+    assert torch.allclose(net.bn.running_mean, torch.tensor([4.5, 4.5]))
+    assert torch.allclose(net.bn.running_var, torch.full((2,), 1.25 * 36 / 35))
+    assert net.bn.momentum == 0.1
+
+
 def test_train_writes_loadable_checkpoint(tiny):
     from cream_rt.model.checkpoint import load_checkpoint
 

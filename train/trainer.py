@@ -34,6 +34,9 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 0.01  # pretrained layers; new layers get 10x
     lr_decay_epochs: tuple[int, ...] = (4,)
+    # Batches used to re-estimate BatchNorm statistics with the epoch's final weights before
+    # validation and saving (0: keep the running averages, which lag behind fast training).
+    bn_batches: int = 40
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "cpu"
@@ -157,6 +160,7 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
             total += len(y)
             correct += int((logits.argmax(1) == y).sum())
             loss_sum += float(loss.detach()) * len(y)
+        recalibrate_batchnorm(model, loader, config.bn_batches, config.device)
         record = {"epoch": epoch + 1, "loss": loss_sum / max(total, 1), "train_acc": 100.0 * correct / max(total, 1),
                   "seconds": round(time.time() - started, 1)}
         if val_meta is not None:
@@ -172,6 +176,28 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
                     "machine": platform.machine(), "command": " ".join(sys.argv)}
         save_checkpoint(out, model, training, optimizer.state_dict())
     return {"history": history, "checkpoint": os.fspath(out)}
+
+
+def recalibrate_batchnorm(model: CamModel, loader, batches: int, device: str) -> None:
+    """Replace BatchNorm running statistics by their plain average over `batches` training
+    batches under the current weights ("precise BN"): the exponential running averages trail
+    weights that moved fast during the epoch, and eval-mode features (used for maps and
+    validation) would otherwise differ from the training-time ones."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for index, (x, _) in enumerate(loader):
+            if index >= batches:
+                break
+            model.features(x.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
 
 
 def _jsonable(config: TrainConfig) -> dict:

@@ -12,7 +12,8 @@ def synth(args: argparse.Namespace) -> int:
     from ..synth import SynthConfig, generate
 
     cfg = SynthConfig(size=args.size, classes=args.classes, train=args.train, val=args.val,
-                      test=args.test, seed=args.seed, body_tint=args.body_tint)
+                      test=args.test, seed=args.seed, body_tint=args.body_tint,
+                      decoys=args.decoys)
     try:
         root = generate(args.out, cfg)
     except ValueError as exc:

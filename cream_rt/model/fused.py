@@ -1,5 +1,5 @@
-"""The fused cosine-EM op `cream::cosine_em` (cpp_ops/): a torch.library custom op with a fake
-(meta) implementation, backed by a C++ CPU kernel and a CUDA kernel built by JIT on first use
+"""The fused cosine-EM op `cream::cosine_em` (cpp_ops/): a torch.library op defined here with a
+fake (meta) implementation, whose C++ CPU kernel and CUDA kernel are built by JIT on first use
 (cached under CREAM_EXT_DIR or torch's extension folder). `z_fg` of `em_foreground`, faster."""
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def _build_dir(name: str) -> str | None:
 
 @lru_cache(maxsize=None)
 def load_extension(device_type: str = "cpu"):
-    """Build (once, cached) and import the kernel for `device_type` ('cpu' or 'cuda')."""
+    """Build (once, cached) and load the kernel library for `device_type` ('cpu' or 'cuda'),
+    which registers its implementation of `torch.ops.cream.cosine_em`."""
     from torch.utils import cpp_extension
 
     if shutil.which(os.environ.get("CXX", "c++")) is None:
@@ -42,10 +43,10 @@ def load_extension(device_type: str = "cpu"):
                 raise CreamError("the CUDA fused op needs a CUDA GPU")
             return cpp_extension.load(name="cream_cosine_em_cuda", sources=[str(SOURCES / "cosine_em_cuda.cu")],
                                       extra_cuda_cflags=["-O3", "--use_fast_math"], build_directory=_build_dir("cuda"),
-                                      verbose=False)
+                                      is_python_module=False, verbose=False)
         return cpp_extension.load(name="cream_cosine_em_cpu", sources=[str(SOURCES / "cosine_em_cpu.cpp")],
                                   extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
-                                  build_directory=_build_dir("cpu"), verbose=False)
+                                  build_directory=_build_dir("cpu"), is_python_module=False, verbose=False)
     except CreamError:
         raise
     except Exception as exc:
@@ -53,13 +54,22 @@ def load_extension(device_type: str = "cpu"):
                          f"{str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}") from None
 
 
-@torch.library.custom_op("cream::cosine_em", mutates_args=())
-def cosine_em(features: torch.Tensor, centroids: torch.Tensor, iterations: int, beta: float) -> torch.Tensor:
-    """z_fg `(B,h,w)` after `iterations` E-steps (M-steps between) from `centroids (B,2,K)`."""
-    return load_extension(features.device.type).cosine_em(features, centroids, iterations, beta)
+# The schema lives here, so that export and fake tensors need no compiler; the CPU and CUDA
+# kernels register themselves with TORCH_LIBRARY_IMPL when their extension loads, so an eager
+# call goes straight from the dispatcher to C++ (no Python in between).
+torch.library.define("cream::cosine_em",
+                     "(Tensor features, Tensor centroids, int iterations, float beta) -> Tensor")
 
 
-@cosine_em.register_fake
+@torch.library.register_fake("cream::cosine_em")
 def _(features, centroids, iterations, beta):
     b, _, h, w = features.shape
     return features.new_empty((b, h, w))
+
+
+def cosine_em(features: torch.Tensor, centroids: torch.Tensor, iterations: int, beta: float) -> torch.Tensor:
+    """z_fg `(B,h,w)` after `iterations` E-steps (M-steps between) from `centroids (B,2,K)`,
+    through `torch.ops.cream.cosine_em` (building its kernel for the device on first use)."""
+    if type(features) is torch.Tensor and features.device.type != "meta":  # not while tracing (fake)
+        load_extension(features.device.type)
+    return torch.ops.cream.cosine_em(features, centroids, iterations, beta)
