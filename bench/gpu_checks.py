@@ -30,6 +30,19 @@ def reference_z(features: np.ndarray, centroids: np.ndarray, iterations: int, be
     return np.stack(out)
 
 
+def reference_map(features: np.ndarray, cam: np.ndarray, centroids: np.ndarray, iterations: int, beta: float,
+                  tau: float) -> np.ndarray:
+    """float64 z~ + minmax(CAM) (method.md 3.3-3.4) on top of `reference_z`."""
+    out = []
+    for z, c in zip(reference_z(features, centroids, iterations, beta), cam.astype(np.float64)):
+        span = c.max() - c.min()
+        c_n = (c - c.min()) / span if span > 0 else np.zeros_like(c)
+        omega = c_n >= tau
+        keep = z[omega].sum() >= (1 - z[omega]).sum()
+        out.append((z if keep else 1 - z) + c_n)
+    return np.stack(out)
+
+
 def timed(fn, repeats: int = 50) -> float:
     """Median milliseconds with CUDA events, after warm-up."""
     for _ in range(5):
@@ -56,8 +69,10 @@ def main(out_path: str) -> int:
         f = np.maximum(rng.normal(0, 1, (b, k, side, side)), 0).astype(np.float32)
         f[0, :, 0, :] = 0  # zero pixels
         mu = rng.random((b, 2, k)).astype(np.float32)
-        z = cosine_em(torch.from_numpy(f).cuda(), torch.from_numpy(mu).cuda(), t, 8.0).cpu().numpy()
-        ref = reference_z(f, mu, t, 8.0)
+        cam = rng.normal(0, 1, (b, side, side)).astype(np.float32)
+        z = cosine_em(torch.from_numpy(f).cuda(), torch.from_numpy(cam).cuda(), torch.from_numpy(mu).cuda(), t, 8.0,
+                      0.2).cpu().numpy()
+        ref = reference_map(f, cam, mu, t, 8.0, 0.2)
         rel = float(np.linalg.norm(z - ref) / np.linalg.norm(ref))
         result["correctness"].append({"shape": [b, k, side, side], "iterations": t, "max_abs": float(np.abs(z - ref).max()),
                                       "rel_l2": rel, "finite": bool(np.isfinite(z).all())})
@@ -71,7 +86,8 @@ def main(out_path: str) -> int:
     for b, k, side in [(32, 2048, 28), (32, 1024, 14), (256, 2048, 28)]:
         x = torch.relu(torch.randn(b, k, side, side, device="cuda"))
         mu = torch.rand(b, 2, k, device="cuda")
-        ms = timed(lambda: cosine_em(x, mu, 2, 8.0))
+        cam = torch.randn(b, side, side, device="cuda")
+        ms = timed(lambda: cosine_em(x, cam, mu, 2, 8.0, 0.2))
         bytes_min = 2 * x.numel() * 4  # T=2: the features are read twice (E+M sums, then E)
         gbs = bytes_min / ms / 1e6
         result["bandwidth"].append({"shape": [b, k, side, side], "ms": ms, "GBps": gbs, "fraction_of_copy": gbs / copy_gbs})

@@ -1,4 +1,4 @@
-// CPU kernel of cream::cosine_em. One pass over the features per EM step: for a tile of
+// CPU kernel of cream::cosine_em (EM, calibration, fusion). One pass over the features per EM step: for a tile of
 // pixels, all K channels are read once to get the norms and both dot products (so z), then
 // the same tile (now in cache) feeds the M-step sums sum_i z_i x_i and sum_i x_i. Images run
 // in parallel; a single image splits its tiles across threads with per-thread partial sums.
@@ -159,26 +159,46 @@ void em_image(const float* x, const float* mu, int64_t k, int64_t n, int64_t ite
   }
 }
 
+// Calibration against the CAM and fusion (method.md 3.3-3.4), in place: z_fg -> z~ + minmax(CAM).
+void calibrate_image(const float* cam, int64_t n, float tau, float* z) {
+  float lo = cam[0], hi = cam[0];
+  for (int64_t i = 1; i < n; ++i) { lo = std::min(lo, cam[i]); hi = std::max(hi, cam[i]); }
+  const float span = hi - lo;
+  float s_fg = 0.f, s_bg = 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    if (cream::cam_minmax(cam[i], lo, span) >= tau) { s_fg += z[i]; s_bg += 1.f - z[i]; }
+  }
+  const bool keep = cream::keep_foreground(s_fg, s_bg);
+  for (int64_t i = 0; i < n; ++i) z[i] = cream::fused_map(z[i], keep, cream::cam_minmax(cam[i], lo, span));
+}
+
 }  // namespace
 
-// features (B,K,h,w) float32, centroids (B,2,K) float32 -> z_fg (B,h,w)
-torch::Tensor cosine_em_cpu(const torch::Tensor& features, const torch::Tensor& centroids, int64_t iterations,
-                            double beta) {
-  cream::check_cosine_em_inputs(features, centroids, iterations);
+// features (B,K,h,w), cam (B,h,w), centroids (B,2,K), float32 -> z~ + minmax(CAM) (B,h,w)
+torch::Tensor cosine_em_cpu(const torch::Tensor& features, const torch::Tensor& cam, const torch::Tensor& centroids,
+                            int64_t iterations, double beta, double tau) {
+  cream::check_cosine_em_inputs(features, cam, centroids, iterations);
   auto x = features.contiguous().to(torch::kFloat);
+  auto c = cam.contiguous().to(torch::kFloat);
   auto mu = centroids.contiguous().to(torch::kFloat);
   const int64_t b = x.size(0), k = x.size(1), h = x.size(2), w = x.size(3), n = h * w;
   auto z = torch::empty({b, h, w}, x.options());
   const float* xp = x.data_ptr<float>();
   const float* mp = mu.data_ptr<float>();
+  const float* cp = c.data_ptr<float>();
   float* zp = z.data_ptr<float>();
   const bool split = b < at::get_num_threads();
   if (split) {
-    for (int64_t i = 0; i < b; ++i) em_image(xp + i * k * n, mp + i * 2 * k, k, n, iterations, float(beta), zp + i * n, true);
+    for (int64_t i = 0; i < b; ++i) {
+      em_image(xp + i * k * n, mp + i * 2 * k, k, n, iterations, float(beta), zp + i * n, true);
+      calibrate_image(cp + i * n, n, float(tau), zp + i * n);
+    }
   } else {
     at::parallel_for(0, b, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i)
+      for (int64_t i = lo; i < hi; ++i) {
         em_image(xp + i * k * n, mp + i * 2 * k, k, n, iterations, float(beta), zp + i * n, false);
+        calibrate_image(cp + i * n, n, float(tau), zp + i * n);
+      }
     });
   }
   return z;

@@ -1,6 +1,7 @@
 // CUDA kernels of cream::cosine_em, free of torch so that nvcc compiles them anywhere.
 // Per EM step one kernel reads the features once for the E-step of a 32-pixel tile and, from
 // the same (L2-resident) tile, accumulates the M-step sums with warp reductions + atomics.
+// A last small kernel calibrates z_fg against the CAM and adds minmax(CAM), in place.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -27,6 +28,53 @@ __device__ inline float block_sum(float v, float* scratch) {
   total = scratch[0];
   __syncthreads();
   return total;
+}
+
+template <typename Op>
+__device__ inline float block_reduce(float v, float* scratch, Op op) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_down_sync(0xffffffffu, v, o));
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = scratch[0];
+    for (int w = 1; w < (blockDim.x + 31) / 32; ++w) total = op(total, scratch[w]);
+    scratch[0] = total;
+  }
+  __syncthreads();
+  const float total = scratch[0];
+  __syncthreads();
+  return total;
+}
+
+struct MinOp { __device__ float operator()(float a, float b) const { return fminf(a, b); } };
+struct MaxOp { __device__ float operator()(float a, float b) const { return fmaxf(a, b); } };
+struct SumOp { __device__ float operator()(float a, float b) const { return a + b; } };
+
+// One block per image (blockDim a multiple of 32): z_fg (B,n) -> z~ + minmax(CAM), in place.
+__global__ void calibrate_kernel(const float* __restrict__ cam, int n, float tau, float* __restrict__ z) {
+  __shared__ float scratch[32];
+  const float* c = cam + size_t(blockIdx.x) * n;
+  float* zb = z + size_t(blockIdx.x) * n;
+  float lo = INFINITY, hi = -INFINITY;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    lo = fminf(lo, c[i]);
+    hi = fmaxf(hi, c[i]);
+  }
+  lo = block_reduce(lo, scratch, MinOp());
+  hi = block_reduce(hi, scratch, MaxOp());
+  const float span = hi - lo;
+  float s_fg = 0.f, s_bg = 0.f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    if (cream::cam_minmax(c[i], lo, span) >= tau) {
+      s_fg += zb[i];
+      s_bg += 1.f - zb[i];
+    }
+  }
+  s_fg = block_reduce(s_fg, scratch, SumOp());
+  s_bg = block_reduce(s_bg, scratch, SumOp());
+  const bool keep = cream::keep_foreground(s_fg, s_bg);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) zb[i] = cream::fused_map(zb[i], keep, cream::cam_minmax(c[i], lo, span));
 }
 
 // One block per image: centroids from the M-step sums (or the initial centroids when `sums`
@@ -131,11 +179,12 @@ __global__ void e_step_kernel(const float* __restrict__ x, const float* __restri
   }
 }
 
-// Host side: all EM steps. x (B,K,n), init (B,2,K), z (B,n); workspace: unit (B,2,K),
-// logpi (B,2), sums (B,2,K), mass (B). Returns the first CUDA error, if any.
-inline cudaError_t cosine_em_launch(const float* x, const float* init, int b, int k, int n, int iterations,
-                                    float beta, float* z, float* unit, float* logpi, float* sums, float* mass,
-                                    cudaStream_t stream) {
+// Host side: all EM steps, then calibration and fusion. x (B,K,n), cam (B,n), init (B,2,K),
+// out (B,n); workspace: unit (B,2,K), logpi (B,2), sums (B,2,K), mass (B). Returns the first
+// CUDA error, if any.
+inline cudaError_t cosine_em_launch(const float* x, const float* cam, const float* init, int b, int k, int n,
+                                    int iterations, float beta, float tau, float* z, float* unit, float* logpi,
+                                    float* sums, float* mass, cudaStream_t stream) {
   centroids_kernel<<<b, 256, 0, stream>>>(init, nullptr, nullptr, k, n, unit, logpi);
   const dim3 grid((n + kTilePixels - 1) / kTilePixels, b), block(kTilePixels, kChannelGroups);
   for (int step = 0; step < iterations; ++step) {
@@ -150,6 +199,7 @@ inline cudaError_t cosine_em_launch(const float* x, const float* init, int b, in
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
+  calibrate_kernel<<<b, 256, 0, stream>>>(cam, n, tau, z);
   return cudaGetLastError();
 }
 

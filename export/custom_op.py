@@ -22,22 +22,25 @@ def register_schema() -> None:
     kind = onnx.defs.OpSchema.AttrType
     schema = onnx.defs.OpSchema(
         OP_TYPE, DOMAIN, VERSION,
-        doc="CREAM's cosine EM: z_fg (B,h,w) after `iterations` E-steps from centroids (B,2,K).",
+        doc="CREAM's re-activation: cosine EM (`iterations` E-steps from centroids (B,2,K)), "
+            "calibration against the CAM over {minmax(CAM) >= tau}, and z~ + minmax(CAM) (B,h,w).",
         inputs=[onnx.defs.OpSchema.FormalParameter("features", "T", "(B,K,h,w) pixel features"),
+                onnx.defs.OpSchema.FormalParameter("cam", "T", "(B,h,w) CAM of the chosen class"),
                 onnx.defs.OpSchema.FormalParameter("centroids", "T", "(B,2,K) fg/bg initial centroids")],
-        outputs=[onnx.defs.OpSchema.FormalParameter("z_fg", "T", "(B,h,w) foreground responsibility")],
+        outputs=[onnx.defs.OpSchema.FormalParameter("map", "T", "(B,h,w) z~ + minmax(CAM), in [0,2]")],
         type_constraints=[("T", ["tensor(float)"], "float32 only")],
         attributes=[attr("iterations", kind.INT, "E-steps T (M-steps between)"),
                     attr("beta", kind.FLOAT, "concentration of the cosine base model"),
+                    attr("tau", kind.FLOAT, "CAM level of the calibration region"),
                     attr("plugin_namespace", kind.STRING, "TensorRT plugin namespace", required=False),
                     attr("plugin_version", kind.STRING, "TensorRT plugin version", required=False)],
     )
     onnx.defs.register_schema(schema)
 
 
-def cosine_em_onnx(features, centroids, iterations: int, beta: float):
+def cosine_em_onnx(features, cam, centroids, iterations: int, beta: float, tau: float):
     """Translation of torch.ops.cream.cosine_em for the torch.export-based exporter."""
-    return CREAM_OPSET.CosineEM(features, centroids, iterations=iterations, beta=beta,
+    return CREAM_OPSET.CosineEM(features, cam, centroids, iterations=iterations, beta=beta, tau=tau,
                                 plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION)
 
 

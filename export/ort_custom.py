@@ -25,16 +25,18 @@ def _register_kernel() -> str:
 
     from cream_rt.model.fused import cosine_em
 
-    @onnx_op(op_type=OP_TYPE, inputs=[PyCustomOpDef.dt_float, PyCustomOpDef.dt_float],
-             outputs=[PyCustomOpDef.dt_float],
+    @onnx_op(op_type=OP_TYPE, inputs=[PyCustomOpDef.dt_float] * 3, outputs=[PyCustomOpDef.dt_float],
              attrs={"iterations": PyCustomOpDef.dt_int64, "beta": PyCustomOpDef.dt_float,
-                    "plugin_namespace": PyCustomOpDef.dt_string, "plugin_version": PyCustomOpDef.dt_string})
-    def _cosine_em(features, centroids, **attrs):
+                    "tau": PyCustomOpDef.dt_float, "plugin_namespace": PyCustomOpDef.dt_string,
+                    "plugin_version": PyCustomOpDef.dt_string})
+    def _cosine_em(features, cam, centroids, **attrs):
+        def tensor(a):
+            return torch.from_numpy(np.ascontiguousarray(a, np.float32))
+
         with torch.no_grad():
-            z = cosine_em(torch.from_numpy(np.ascontiguousarray(features, np.float32)),
-                          torch.from_numpy(np.ascontiguousarray(centroids, np.float32)),
-                          int(attrs["iterations"]), float(attrs["beta"]))
-        return z.numpy()
+            out = cosine_em(tensor(features), tensor(cam), tensor(centroids), int(attrs["iterations"]),
+                            float(attrs["beta"]), float(attrs["tau"]))
+        return out.numpy()
 
     return get_library_path()
 

@@ -32,6 +32,15 @@ def test_fused_reactivate_matches_float64_reference(iterations, shape):
     np.testing.assert_allclose(got.numpy(), np_reactivate(f, c, mu, iterations, 8.0, 0.2), atol=1e-5)
 
 
+def test_gpu_check_reference_equals_the_test_reference():
+    """bench/gpu_checks.py judges the CUDA op with its own float64 reference: check it here."""
+    from cream_rt.bench.gpu_checks import reference_map
+
+    f, c, mu = _random_case(np.random.default_rng(7), 3, 24, 6, 5)
+    for t in (1, 2, 3):
+        np.testing.assert_allclose(reference_map(f, c, mu, t, 8.0, 0.2), np_reactivate(f, c, mu, t, 8.0, 0.2), atol=1e-9)
+
+
 def test_fused_equals_torch_path_on_edge_cases():
     rng = np.random.default_rng(5)
     f, c, mu = (torch.from_numpy(a) for a in _random_case(rng, 4, 24, 6, 6))
@@ -45,11 +54,14 @@ def test_fused_equals_torch_path_on_edge_cases():
 
 def test_custom_op_registration():
     f = torch.relu(torch.randn(2, 8, 4, 5))
+    c = torch.randn(2, 4, 5)
     mu = torch.rand(2, 2, 8)
-    out = cosine_em(f, mu, 2, 8.0)  # builds and loads the CPU kernel
-    torch.library.opcheck(torch.ops.cream.cosine_em.default, (f, mu, 2, 8.0))
-    assert torch.equal(torch.ops.cream.cosine_em(f, mu, 2, 8.0), out)
-    assert out.shape == (2, 4, 5) and ((out >= 0) & (out <= 1)).all()
+    out = cosine_em(f, c, mu, 2, 8.0, 0.2)  # builds and loads the CPU kernel
+    torch.library.opcheck(torch.ops.cream.cosine_em.default, (f, c, mu, 2, 8.0, 0.2))
+    assert torch.equal(torch.ops.cream.cosine_em(f, c, mu, 2, 8.0, 0.2), out)
+    assert out.shape == (2, 4, 5) and ((out >= 0) & (out <= 2)).all()
+    with pytest.raises(RuntimeError, match="cam must be"):
+        cosine_em(f, c[:, :3], mu, 2, 8.0, 0.2)
 
 
 def test_model_fused_flag_gives_the_same_maps():

@@ -1,6 +1,8 @@
 """The fused cosine-EM op `cream::cosine_em` (cpp_ops/): a torch.library op defined here with a
 fake (meta) implementation, whose C++ CPU kernel and CUDA kernel are built by JIT on first use
-(cached under CREAM_EXT_DIR or torch's extension folder). `z_fg` of `em_foreground`, faster."""
+(cached under CREAM_EXT_DIR or torch's extension folder). It computes what `reactivate` does
+for T >= 1 (EM, calibration against the CAM, fusion z~ + minmax(CAM)) in one call that reads
+the features once per EM step."""
 from __future__ import annotations
 
 import os
@@ -57,19 +59,21 @@ def load_extension(device_type: str = "cpu"):
 # The schema lives here, so that export and fake tensors need no compiler; the CPU and CUDA
 # kernels register themselves with TORCH_LIBRARY_IMPL when their extension loads, so an eager
 # call goes straight from the dispatcher to C++ (no Python in between).
-torch.library.define("cream::cosine_em",
-                     "(Tensor features, Tensor centroids, int iterations, float beta) -> Tensor")
+torch.library.define("cream::cosine_em", "(Tensor features, Tensor cam, Tensor centroids, int iterations, "
+                                          "float beta, float tau) -> Tensor")
 
 
 @torch.library.register_fake("cream::cosine_em")
-def _(features, centroids, iterations, beta):
+def _(features, cam, centroids, iterations, beta, tau):
     b, _, h, w = features.shape
     return features.new_empty((b, h, w))
 
 
-def cosine_em(features: torch.Tensor, centroids: torch.Tensor, iterations: int, beta: float) -> torch.Tensor:
-    """z_fg `(B,h,w)` after `iterations` E-steps (M-steps between) from `centroids (B,2,K)`,
-    through `torch.ops.cream.cosine_em` (building its kernel for the device on first use)."""
+def cosine_em(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor, iterations: int, beta: float,
+              tau: float) -> torch.Tensor:
+    """CREAM's final map `z~ + minmax(CAM)` `(B,h,w)`: `iterations` E-steps (M-steps between)
+    from `centroids (B,2,K)` over `features (B,K,h,w)`, calibrated against `cam (B,h,w)` over
+    {minmax(CAM) >= tau}; through `torch.ops.cream.cosine_em` (kernel built on first use)."""
     if type(features) is torch.Tensor and features.device.type != "meta":  # not while tracing (fake)
         load_extension(features.device.type)
-    return torch.ops.cream.cosine_em(features, centroids, iterations, beta)
+    return torch.ops.cream.cosine_em(features, cam, centroids, iterations, beta, tau)

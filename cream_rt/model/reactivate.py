@@ -49,19 +49,18 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
     features `(B,K,h,w)` (after ReLU), cam `(B,h,w)` of the chosen class, centroids `(B,2,K)`
     (row 0 foreground, row 1 background). `iterations=0` returns `minmax(CAM)` (plain CAM).
     Calibration: the component with the larger mean responsibility over
-    `{minmax(CAM) >= tau}` is the foreground. `fused` runs the EM in the C++/CUDA op
-    `cream::cosine_em` (one pass over the features per step); calibration and fusion stay here."""
+    `{minmax(CAM) >= tau}` is the foreground. `fused` runs all of it (EM, calibration, fusion)
+    in the C++/CUDA op `cream::cosine_em`, which reads the features once per EM step."""
     b, k, h, w = features.shape
+    if fused and iterations > 0:
+        from .fused import cosine_em
+
+        return cosine_em(features.float(), cam.reshape(b, h, w).float(), centroids.float(), iterations,
+                         float(beta), float(tau))
     cam_n = minmax(cam.reshape(b, h * w), (1,))
     if iterations <= 0:
         return cam_n.reshape(b, h, w)
-    if fused:
-        from .fused import cosine_em
-
-        z_fg = cosine_em(features.float(), centroids.float(), iterations, float(beta)).reshape(b, h * w)
-        z_bg = 1.0 - z_fg
-    else:
-        z_fg, z_bg = em_foreground(features.reshape(b, k, h * w).float(), centroids.float(), iterations, beta)
+    z_fg, z_bg = em_foreground(features.reshape(b, k, h * w).float(), centroids.float(), iterations, beta)
     omega = (cam_n >= tau).to(z_fg.dtype)
     keep_fg = (z_fg * omega).sum(dim=1, keepdim=True) >= (z_bg * omega).sum(dim=1, keepdim=True)
     calibrated = torch.where(keep_fg, z_fg, z_bg)
