@@ -120,6 +120,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=0.01, help="learning rate of pretrained layers (new: 10x)")
     p.add_argument("--lr-decay-epochs", type=int, nargs="*", default=[4], help="epochs where lr drops 10x")
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--bn-batches", type=int, default=40,
+                   help="training batches that re-estimate BatchNorm statistics after each epoch (0: off)")
     p.add_argument("--input-size", type=int, default=None, help="default: the backbone's (small-cnn 96, others 224)")
     p.add_argument("--large-feature-map", action="store_true")
     p.add_argument("--tap", action="store_true", help="RCAM thresholded average pooling")
@@ -152,6 +154,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--train", type=int, default=3000, help="training images")
     p.add_argument("--body-tint", type=float, default=0.0, help="synthetic body class tint (see `cream synth`)")
+    p.add_argument("--decoys", type=int, default=0, help="synthetic decoy heads per image (see `cream synth`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
 

@@ -32,6 +32,16 @@ def test_measure_interleaved_records_one_median_per_round():
     assert 1.5 < paired_ratio(stats["slow"], stats["fast"]) < 4
 
 
+def test_separability_means_inside_and_outside_the_mask():
+    import torch
+
+    from cream_rt.bench.separability import inside_outside
+
+    maps = torch.tensor([[1.0, 0.5, 0.2, 0.0]])
+    masks = torch.tensor([[1.0, 0.6, 0.3, 0.0]])  # 0.3: neither inside (> 0.5) nor outside (< 0.05)
+    assert inside_outside(maps, masks) == (pytest.approx(0.75), pytest.approx(0.0))
+
+
 def test_bench_cli_json_and_plot(tmp_path, capsys):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     args = ["bench", "--backbone", "small-cnn", "--classes", "3", "--input-size", "48", "--engines",

@@ -195,8 +195,11 @@ def test_localizer_load_does_not_import_torch(trained):
 
 def test_demo_smoke(tmp_path, capsys):
     """The whole demo at toy size: every stage runs and the results file holds each table."""
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--train", "64", "--epochs", "1"]) == 0
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--train", "64", "--epochs", "1", "--json"]) == 0
+    printed = capsys.readouterr()
     summary = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
+    assert json.loads(printed.out) == summary  # --json: stdout is the summary alone
+    assert "[7/7]" in printed.err
     assert set(summary["accuracy_test"]) == {"T=0", "T=1", "T=2", "T=3", "T=4"}
     assert summary["parity"]["maps_max_abs_diff"] <= 1e-4 and summary["parity"]["top1_agreement"] == 1.0
     assert {"eager/cream/b1", "onnxruntime/cream/b8", "eager/cam/b8"} <= set(summary["latency"])

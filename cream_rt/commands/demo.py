@@ -4,7 +4,9 @@ localize a batch through ONNX Runtime and write overlays."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +41,18 @@ def latency_table(checkpoint: Path, models: dict[str, Path], input_size: int, ba
 
 
 def run(args: argparse.Namespace) -> int:
+    """The demo; with --json every human-readable line goes to stderr and stdout holds only the
+    summary JSON."""
+    if not args.json:
+        _demo(args)
+        return 0
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = _demo(args)
+    print_json(summary)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> dict:
     import cv2
 
     from ..export.onnx_export import export_checkpoint
@@ -55,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     if not (data / "metadata" / "test" / "image_ids.txt").is_file():
         step(1, f"synthesizing the benchmark into {data}")
         generate(data, SynthConfig(train=args.train, val=max(30, args.train // 10), test=max(60, args.train // 5),
-                                   seed=args.seed, body_tint=args.body_tint))
+                                   seed=args.seed, body_tint=args.body_tint,
+                                   decoys=args.decoys))
     else:
         step(1, f"reusing the benchmark in {data}")
     ckpt = out / "small-cnn.pt"
@@ -123,8 +138,6 @@ def run(args: argparse.Namespace) -> int:
                "overlays": str(overlay_path), "seconds": round(time.time() - started, 1),
                "machine": {"platform": platform.platform(), "processor": platform.processor()}}
     write_json(out / "demo_results.json", summary)
-    if args.json:
-        print_json(summary)
     print(f"done in {summary['seconds']} s; results: {out / 'demo_results.json'}; overlays: {overlay_path} "
           "(green: predicted box, red: ground truth)")
-    return 0
+    return summary

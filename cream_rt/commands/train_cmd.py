@@ -43,7 +43,8 @@ def train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          lr_decay_epochs=tuple(args.lr_decay_epochs), weight_decay=args.weight_decay,
-                         seed=args.seed, device=args.device, workers=args.workers, pretrained=args.pretrained)
+                         seed=args.seed, device=args.device, workers=args.workers, pretrained=args.pretrained,
+                         bn_batches=args.bn_batches)
     cream = CreamConfig(iterations=args.iterations, beta=args.beta, tau=args.tau, momentum=args.momentum)
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     record = run_train(args.backbone, args.data, args.out, args.images, args.metadata, config, cream,
