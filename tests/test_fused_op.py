@@ -41,6 +41,24 @@ def test_gpu_check_reference_equals_the_test_reference():
         np.testing.assert_allclose(reference_map(f, c, mu, t, 8.0, 0.2), np_reactivate(f, c, mu, t, 8.0, 0.2), atol=1e-9)
 
 
+@pytest.mark.parametrize("batch", [1, 5])
+def test_fused_op_gives_the_same_maps_on_one_and_two_threads(batch):
+    """Batches split over images, single images over pixel tiles (partial M-step sums added
+    in another order): the parallel paths agree with the serial one."""
+    gen = torch.Generator().manual_seed(batch)
+    f = torch.relu(torch.randn(batch, 64, 24, 24, generator=gen))
+    c, mu = torch.randn(batch, 24, 24, generator=gen), torch.rand(batch, 2, 64, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = cosine_em(f, c, mu, 3, 8.0, 0.2)
+        torch.set_num_threads(2)
+        parallel = cosine_em(f, c, mu, 3, 8.0, 0.2)
+    finally:
+        torch.set_num_threads(threads)
+    assert (serial - parallel).abs().max() < 1e-5
+
+
 def test_fused_equals_torch_path_on_edge_cases():
     rng = np.random.default_rng(5)
     f, c, mu = (torch.from_numpy(a) for a in _random_case(rng, 4, 24, 6, 6))

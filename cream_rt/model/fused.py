@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,9 +47,18 @@ def load_extension(device_type: str = "cpu"):
             return cpp_extension.load(name="cream_cosine_em_cuda", sources=[str(SOURCES / "cosine_em_cuda.cu")],
                                       extra_cuda_cflags=["-O3", "--use_fast_math"], build_directory=_build_dir("cuda"),
                                       is_python_module=False, verbose=False)
-        return cpp_extension.load(name="cream_cosine_em_cpu", sources=[str(SOURCES / "cosine_em_cpu.cpp")],
-                                  extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
-                                  build_directory=_build_dir("cpu"), is_python_module=False, verbose=False)
+        # -fopenmp: at::parallel_for in the kernel is an inline OpenMP region, serial without it
+        try:
+            return cpp_extension.load(name="cream_cosine_em_cpu", sources=[str(SOURCES / "cosine_em_cpu.cpp")],
+                                      extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                                      build_directory=_build_dir("cpu"), is_python_module=False, verbose=False)
+        except Exception:  # a compiler without OpenMP: the same kernel, one thread
+            warnings.warn("building the fused op with OpenMP failed; it runs on one thread", stacklevel=2)
+            return cpp_extension.load(name="cream_cosine_em_cpu_serial",
+                                      sources=[str(SOURCES / "cosine_em_cpu.cpp")],
+                                      extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
+                                      build_directory=_build_dir("cpu-serial"), is_python_module=False,
+                                      verbose=False)
     except CreamError:
         raise
     except Exception as exc:
