@@ -8,11 +8,12 @@ import numpy as np
 
 
 def cam_like_map(gt_boxes: np.ndarray, size: tuple[int, int], rng: np.random.Generator,
-                 feature: int = 14) -> np.ndarray:
-    """One float32 map `size` in [0, 1] for GT boxes given at map resolution."""
+                 feature: int = 14, noise: float = 0.08) -> np.ndarray:
+    """One float32 map `size` in [0, 1] for GT boxes given at map resolution; `noise` is the
+    standard deviation of the low-resolution background (0: blobs only, no holes)."""
     height, width = size
     yy, xx = np.mgrid[0:feature, 0:feature].astype(np.float64) + 0.5
-    low = rng.normal(0.0, 0.08, (feature, feature))
+    low = rng.normal(0.0, noise, (feature, feature)) if noise > 0 else np.zeros((feature, feature))
     for x0, y0, x1, y1 in np.asarray(gt_boxes, dtype=np.float64):
         cx = (x0 + (x1 - x0) * rng.uniform(0.2, 0.8)) * feature / width
         cy = (y0 + (y1 - y0) * rng.uniform(0.2, 0.8)) * feature / height

@@ -303,13 +303,34 @@ def _outside_levels(img):
 
 
 @njit(cache=True, nogil=True)
-def _largest(img, need, gt, largest_iou, tied):
+def _hole_levels(img, outside):
+    """hole[t]: some contour of `img > t` has a hole, i.e. a pixel p with img[p] <= t < outside[p]
+    (background, yet cut off from the border)."""
+    diff = np.zeros(257, np.int64)
+    flat = img.ravel()
+    for p in range(flat.shape[0]):
+        lo, hi = np.int64(flat[p]), np.int64(outside[p])
+        if hi > lo:
+            diff[lo] += 1
+            diff[hi] -= 1
+    hole = np.zeros(256, np.bool_)
+    running = 0
+    for t in range(256):
+        running += diff[t]
+        hole[t] = running > 0
+    return hole
+
+
+@njit(cache=True, nogil=True)
+def _largest(img, outside, need, gt, largest_iou, tied, hole, all_iou):
     """For every level t with need[t]: largest_iou[t] = IoU with the GT boxes of the contour of
     largest area (the protocol's v1 box); tied[t] when two top-level contours share that area
-    (then OpenCV's contour order must decide). Sweeps the filled regions `outside > t`."""
+    (then OpenCV's contour order must decide). Sweeps the filled regions `outside > t`. Where
+    `img > t` has no hole (not hole[t]) the filled regions are its components, so all_iou[t]
+    (best IoU over all contours) comes from the same sweep."""
     height, width = img.shape
     n = height * width
-    order, start = _pixel_order_values(_outside_levels(img))
+    order, start = _pixel_order_values(outside)
     parent = np.empty(n, np.int32)
     size = np.empty(n, np.int32)
     box = np.empty((n, 4), np.int32)
@@ -332,28 +353,43 @@ def _largest(img, need, gt, largest_iou, tied):
             continue
         if n_roots == 0:
             largest_iou[t] = _box_gt_iou(0, 0, 0, 0, gt)
+            if not hole[t]:
+                all_iou[t] = max(all_iou[t], largest_iou[t])
             continue
         best_root, best_area, count = -1, np.int64(-1), 0
+        best_any = 0.0
         for r in range(n_roots):
             root = roots[r]
             if area2[root] > best_area:
                 best_root, best_area, count = root, area2[root], 1
             elif area2[root] == best_area:
                 count += 1
+            if not hole[t]:
+                best_any = max(best_any, _box_gt_iou(np.int64(box[root, 0]), np.int64(box[root, 1]),
+                                                     min(np.int64(box[root, 2]) + 1, width - 1),
+                                                     min(np.int64(box[root, 3]) + 1, height - 1), gt))
         tied[t] = count > 1
         x0, y0 = np.int64(box[best_root, 0]), np.int64(box[best_root, 1])
         x1 = min(np.int64(box[best_root, 2]) + 1, width - 1)
         y1 = min(np.int64(box[best_root, 3]) + 1, height - 1)
         largest_iou[t] = _box_gt_iou(x0, y0, x1, y1, gt)
+        if not hole[t]:
+            all_iou[t] = max(all_iou[t], best_any)
 
 
 @njit(cache=True, nogil=True)
 def _sweep(img, need, gt, all_iou, largest_iou, tied):
-    """Best IoU with the GT boxes at every needed level: over all contours, and of the largest."""
-    order, start = _pixel_order_values(img.ravel())
-    _components(img, order, start, True, need, gt, all_iou)
-    _components(img, order, start, False, need, gt, all_iou)
-    _largest(img, need, gt, largest_iou, tied)
+    """Best IoU with the GT boxes at every needed level: over all contours, and of the largest.
+    Levels whose contours have no holes (all levels of most maps) need only the filled-region
+    sweep; the foreground and hole sweeps run when a needed level has a hole."""
+    outside = _outside_levels(img)
+    hole = _hole_levels(img, outside)
+    with_holes = need & hole
+    if with_holes.any():
+        order, start = _pixel_order_values(img.ravel())
+        _components(img, order, start, True, with_holes, gt, all_iou)
+        _components(img, order, start, False, with_holes, gt, all_iou)
+    _largest(img, outside, need, gt, largest_iou, tied, hole, all_iou)
 
 
 def level_ious(img: np.ndarray, levels: np.ndarray, gt_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
