@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -133,6 +133,31 @@ def scale_boxes(boxes: np.ndarray, map_size: int, width: int, height: int) -> li
         out.append([round(x0 * sx, 2), round(y0 * sy, 2), round(min((x1 + 1) * sx - 1, width - 1), 2),
                     round(min((y1 + 1) * sy - 1, height - 1), 2)])
     return out
+
+
+def decode_ahead(images: Sequence, batch_size: int, depth: int = 3) -> Iterator[tuple[list, list]]:
+    """Yield (inputs, decoded RGB arrays or the CreamError each raised) per batch, decoded by a
+    background thread up to `depth` batches ahead, so that decoding overlaps the model."""
+    import queue
+    import threading
+
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+
+    def work():
+        for start in range(0, len(images), batch_size):
+            chunk = list(images[start:start + batch_size])
+            decoded = []
+            for image in chunk:
+                try:
+                    decoded.append(as_rgb_array(image))
+                except CreamError as exc:
+                    decoded.append(exc)
+            slots.put((chunk, decoded))
+        slots.put(None)
+
+    threading.Thread(target=work, daemon=True, name="cream-decode-ahead").start()
+    while (item := slots.get()) is not None:
+        yield item
 
 
 class Localizer:

@@ -58,7 +58,7 @@ def test_bench_cli_json_and_plot(tmp_path, capsys):
     combos = {(r["engine"], r["mode"], r["batch"]) for r in result["rows"]}
     assert combos == {(e, m, b) for e in ("eager", "onnxruntime") for m in ("cam", "cream") for b in (1, 2)}
     assert all(r["p50_ms"] > 0 and r["images_per_s"] > 0 for r in result["rows"])
-    assert [p["batch"] for p in result["pipeline"]] == [1, 2]
+    assert [p["batch"] for p in result["pipeline"]] == [1, 2] and all(p["streamed_ms"] > 0 for p in result["pipeline"])
     assert any(s["engine"] == "tensorrt" for s in result["skipped"]) or "tensorrt" in result["machine"]["versions"]
     assert "onnxruntime vs eager, cream T=2, batch 1: speed-up" in printed
     assert result["machine"]["cpus"] and result["command"].startswith("cream bench")

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from ..atomic import atomic_open
 from ..errors import CreamError
-from ..preprocess import read_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -40,27 +37,6 @@ def collect_inputs(inputs: list[str], image_root: str | None) -> list[Path]:
     return paths
 
 
-def prefetch(paths: list[Path], batch_size: int, depth: int = 3):
-    """Yield (paths, decoded images or exceptions) per batch, decoded in a background thread."""
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-
-    def work():
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            decoded = []
-            for p in chunk:
-                try:
-                    decoded.append(read_image(p))
-                except CreamError as exc:
-                    decoded.append(exc)
-            slots.put((chunk, decoded))
-        slots.put(None)
-
-    threading.Thread(target=work, daemon=True).start()
-    while (item := slots.get()) is not None:
-        yield item
-
-
 def resolve_threshold(value: str) -> float:
     """A number, or the best threshold recorded by `cream eval --json` (MaxBoxAcc_threshold)."""
     try:
@@ -78,7 +54,7 @@ def resolve_threshold(value: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime import Localizer
+    from ..runtime import Localizer, decode_ahead
 
     providers = args.providers.split(",") if args.providers else None
     localizer = Localizer.load(args.model, providers, resolve_threshold(args.threshold), args.all_contours)
@@ -91,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import progress_enabled
 
     bar = tqdm(total=len(paths), desc="localize", unit="img", disable=not progress_enabled(), file=sys.stderr)
-    for chunk, decoded in prefetch(paths, args.batch_size):
+    for chunk, decoded in decode_ahead(paths, args.batch_size):
         bar.update(len(chunk))
         good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
         results = localizer([decoded[i] for i in good], return_maps=bool(args.save_maps or args.overlays))
