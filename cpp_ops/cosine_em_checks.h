@@ -1,4 +1,4 @@
-// Input checks of cream::cosine_em shared by the CPU and CUDA bindings (needs torch headers).
+// Input checks and preparation of cream::cosine_em shared by the CPU and CUDA bindings (needs torch headers).
 #pragma once
 #include <torch/extension.h>
 
@@ -14,6 +14,24 @@ inline void check_cosine_em_inputs(const torch::Tensor& features, const torch::T
                   cam.size(2) == features.size(3),
               "cosine_em: cam must be (B,h,w) matching features, got ", cam.sizes());
   TORCH_CHECK(iterations >= 1, "cosine_em: iterations must be >= 1");
+}
+
+// The inputs checked, contiguous float32, with their sizes, and the (B,h,w) output allocated.
+struct CosineEmInputs {
+  torch::Tensor x, cam, mu, out;
+  int64_t b, k, h, w, n;
+};
+
+inline CosineEmInputs prepare_cosine_em_inputs(const torch::Tensor& features, const torch::Tensor& cam,
+                                               const torch::Tensor& centroids, int64_t iterations) {
+  check_cosine_em_inputs(features, cam, centroids, iterations);
+  CosineEmInputs in;
+  in.x = features.contiguous().to(torch::kFloat);
+  in.cam = cam.contiguous().to(torch::kFloat);
+  in.mu = centroids.contiguous().to(torch::kFloat);
+  in.b = in.x.size(0), in.k = in.x.size(1), in.h = in.x.size(2), in.w = in.x.size(3), in.n = in.h * in.w;
+  in.out = torch::empty({in.b, in.h, in.w}, in.x.options());
+  return in;
 }
 
 }  // namespace cream

@@ -177,16 +177,12 @@ void calibrate_image(const float* cam, int64_t n, float tau, float* z) {
 // features (B,K,h,w), cam (B,h,w), centroids (B,2,K), float32 -> z~ + minmax(CAM) (B,h,w)
 torch::Tensor cosine_em_cpu(const torch::Tensor& features, const torch::Tensor& cam, const torch::Tensor& centroids,
                             int64_t iterations, double beta, double tau) {
-  cream::check_cosine_em_inputs(features, cam, centroids, iterations);
-  auto x = features.contiguous().to(torch::kFloat);
-  auto c = cam.contiguous().to(torch::kFloat);
-  auto mu = centroids.contiguous().to(torch::kFloat);
-  const int64_t b = x.size(0), k = x.size(1), h = x.size(2), w = x.size(3), n = h * w;
-  auto z = torch::empty({b, h, w}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* mp = mu.data_ptr<float>();
-  const float* cp = c.data_ptr<float>();
-  float* zp = z.data_ptr<float>();
+  const auto in = cream::prepare_cosine_em_inputs(features, cam, centroids, iterations);
+  const int64_t b = in.b, k = in.k, n = in.n;
+  const float* xp = in.x.data_ptr<float>();
+  const float* mp = in.mu.data_ptr<float>();
+  const float* cp = in.cam.data_ptr<float>();
+  float* zp = in.out.data_ptr<float>();
   const bool split = b < at::get_num_threads();
   if (split) {
     for (int64_t i = 0; i < b; ++i) {
@@ -201,7 +197,7 @@ torch::Tensor cosine_em_cpu(const torch::Tensor& features, const torch::Tensor& 
       }
     });
   }
-  return z;
+  return in.out;
 }
 
 // The schema is defined in Python (cream_rt/model/fused.py); this library adds the CPU kernel.

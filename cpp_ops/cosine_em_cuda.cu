@@ -3,6 +3,7 @@
 #include <torch/library.h>
 #include "cosine_em_checks.h"
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
 
 #include "cosine_em_kernels.cuh"
 
@@ -11,22 +12,18 @@ torch::Tensor cosine_em_cuda(const torch::Tensor& features, const torch::Tensor&
                              int64_t iterations, double beta, double tau) {
   TORCH_CHECK(features.is_cuda() && cam.is_cuda() && centroids.is_cuda(),
               "cosine_em (CUDA): tensors must be on a CUDA device");
-  cream::check_cosine_em_inputs(features, cam, centroids, iterations);
-  auto x = features.contiguous().to(torch::kFloat);
-  auto c = cam.contiguous().to(torch::kFloat);
-  auto mu = centroids.contiguous().to(torch::kFloat);
-  const int64_t b = x.size(0), k = x.size(1), h = x.size(2), w = x.size(3), n = h * w;
-  auto z = torch::empty({b, h, w}, x.options());
-  auto unit = torch::empty({b, 2, k}, x.options());
-  auto logpi = torch::empty({b, 2}, x.options());
-  auto sums = torch::empty({b, 2, k}, x.options());
-  auto mass = torch::empty({b}, x.options());
+  const at::cuda::OptionalCUDAGuard guard(device_of(features));  // the tensors' GPU, not the current one
+  const auto in = cream::prepare_cosine_em_inputs(features, cam, centroids, iterations);
+  auto unit = torch::empty({in.b, 2, in.k}, in.x.options());
+  auto logpi = torch::empty({in.b, 2}, in.x.options());
+  auto sums = torch::empty({in.b, 2, in.k}, in.x.options());
+  auto mass = torch::empty({in.b}, in.x.options());
   const cudaError_t err = cream_cuda::cosine_em_launch(
-      x.data_ptr<float>(), c.data_ptr<float>(), mu.data_ptr<float>(), int(b), int(k), int(n), int(iterations),
-      float(beta), float(tau), z.data_ptr<float>(), unit.data_ptr<float>(), logpi.data_ptr<float>(), sums.data_ptr<float>(),
-      mass.data_ptr<float>(), at::cuda::getCurrentCUDAStream());
+      in.x.data_ptr<float>(), in.cam.data_ptr<float>(), in.mu.data_ptr<float>(), int(in.b), int(in.k), int(in.n),
+      int(iterations), float(beta), float(tau), in.out.data_ptr<float>(), unit.data_ptr<float>(),
+      logpi.data_ptr<float>(), sums.data_ptr<float>(), mass.data_ptr<float>(), at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "cosine_em (CUDA) failed: ", cudaGetErrorString(err));
-  return z;
+  return in.out;
 }
 
 // The schema is defined in Python (cream_rt/model/fused.py); this library adds the CUDA kernel.
