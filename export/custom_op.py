@@ -8,9 +8,9 @@ import onnxscript
 
 DOMAIN = "cream"
 OP_TYPE = "CosineEM"
-VERSION = 1
+VERSION = 2  # 1: z_fg only (features, centroids); 2: the final map (features, cam, centroids; tau)
 PLUGIN_NAMESPACE = "cream"
-PLUGIN_VERSION = "1"
+PLUGIN_VERSION = "1"  # tensorrt.plugin (QDP) registers its plugins as version "1"
 CREAM_OPSET = onnxscript.values.Opset(DOMAIN, VERSION)
 
 

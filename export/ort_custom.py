@@ -11,7 +11,7 @@ import numpy as np
 
 from cream_rt.errors import CreamError
 
-from .custom_op import DOMAIN, OP_TYPE
+from .custom_op import DOMAIN, OP_TYPE, VERSION
 
 
 @lru_cache(maxsize=None)
@@ -47,8 +47,14 @@ def custom_op_session(path: str, threads: int | None = None):
     import onnxruntime as ort
     from onnxruntime_extensions import default_opset_domain
 
+    from cream_rt.errors import ModelFileError
+
     library = _register_kernel()
     proto = onnx.load(path)
+    found = [entry.version for entry in proto.opset_import if entry.domain == DOMAIN]
+    if found and found[0] != VERSION:
+        raise ModelFileError(f"{path}: uses cream::{OP_TYPE} version {found[0]}, this cream-rt runs version "
+                             f"{VERSION}: re-export it with `cream export --fused`")
     contrib = default_opset_domain()
     for node in proto.graph.node:
         if node.domain == DOMAIN and node.op_type == OP_TYPE:

@@ -132,3 +132,12 @@ def test_fused_onnx_export_runs_in_onnxruntime_with_extensions(tmp_path):
     with torch.no_grad():
         le, me, _ = model(torch.from_numpy(x), torch.tensor([-1, 0, 2]))
     np.testing.assert_allclose(maps, me.numpy(), atol=1e-4)
+    proto = onnx.load(tmp_path / "f.onnx")
+    assert [(e.domain, e.version) for e in proto.opset_import if e.domain == "cream"] == [("cream", 2)]
+    # a --fused export of the op's first version (z_fg only) is refused with one clear line
+    for entry in proto.opset_import:
+        if entry.domain == "cream":
+            entry.version = 1
+    onnx.save(proto, tmp_path / "old.onnx")
+    with pytest.raises(ModelFileError, match="version 1, this cream-rt runs version 2: re-export"):
+        OnnxPredictor.load(tmp_path / "old.onnx", allow_custom_ops=True)
