@@ -46,6 +46,28 @@ Centroid normalise(const float* mu_fg, const float* mu_bg, int64_t k, float pi_f
   return c;
 }
 
+// Dot products of the `len` pixels from t0 with both unit centroids over all K channel rows
+// (one read of the tile), plus the squared norms when kNorms (first EM step only).
+template <bool kNorms>
+void accumulate_dots(const float* x, int64_t k, int64_t n, int64_t t0, int64_t len, const Centroid& c,
+                     float* dot_f, float* dot_b, float* norm) {
+  std::fill(dot_f, dot_f + len, 0.f);
+  std::fill(dot_b, dot_b + len, 0.f);
+  if (kNorms) std::fill(norm, norm + len, 0.f);
+  for (int64_t j = 0; j < k; ++j) {
+    const float* row = x + j * n + t0;
+    if (j + kPrefetchRows < k) prefetch_row(row + kPrefetchRows * n, len);
+    const float mf = c.fg[j], mb = c.bg[j];
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) {
+      const float v = row[i];
+      dot_f[i] += v * mf;
+      dot_b[i] += v * mb;
+      if (kNorms) norm[i] += v * v;
+    }
+  }
+}
+
 // E-step over pixels [p0, p1) of one image (features x: K rows of n floats); writes z and,
 // if sums != nullptr, adds sum_i z_i x_i to sums[0..K) and sum_i x_i to sums[K..2K), and
 // sum_i z_i to *mass. inv_norm[i] = 1/(|x_i| + eps) is computed on the first step (have_norms
@@ -56,33 +78,10 @@ void e_step(const float* x, int64_t k, int64_t n, int64_t p0, int64_t p1, const 
   const int64_t tile = tile_width(n);
   for (int64_t t0 = p0; t0 < p1; t0 += tile) {
     const int64_t len = std::min(tile, p1 - t0);
-    std::fill(dot_f, dot_f + len, 0.f);
-    std::fill(dot_b, dot_b + len, 0.f);
     if (have_norms) {
-      for (int64_t j = 0; j < k; ++j) {
-        const float* row = x + j * n + t0;
-        if (j + kPrefetchRows < k) prefetch_row(row + kPrefetchRows * n, len);
-        const float mf = c.fg[j], mb = c.bg[j];
-#pragma omp simd
-        for (int64_t i = 0; i < len; ++i) {
-          dot_f[i] += row[i] * mf;
-          dot_b[i] += row[i] * mb;
-        }
-      }
+      accumulate_dots<false>(x, k, n, t0, len, c, dot_f, dot_b, norm);
     } else {
-      std::fill(norm, norm + len, 0.f);
-      for (int64_t j = 0; j < k; ++j) {
-        const float* row = x + j * n + t0;
-        if (j + kPrefetchRows < k) prefetch_row(row + kPrefetchRows * n, len);
-        const float mf = c.fg[j], mb = c.bg[j];
-#pragma omp simd
-        for (int64_t i = 0; i < len; ++i) {
-          const float v = row[i];
-          dot_f[i] += v * mf;
-          dot_b[i] += v * mb;
-          norm[i] += v * v;
-        }
-      }
+      accumulate_dots<true>(x, k, n, t0, len, c, dot_f, dot_b, norm);
       for (int64_t i = 0; i < len; ++i) inv_norm[t0 + i] = 1.f / (std::sqrt(norm[i]) + cream::kEps);
     }
     for (int64_t i = 0; i < len; ++i) {
