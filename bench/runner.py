@@ -40,7 +40,7 @@ def machine_info() -> dict:
     except OSError:
         pass
     versions = {}
-    for module in ("numpy", "cv2", "onnxruntime", "onnx", "torch", "pytorch_grad_cam", "torchcam", "tensorrt"):
+    for module in ("numpy", "numba", "cv2", "onnxruntime", "onnx", "torch", "pytorch_grad_cam", "torchcam", "tensorrt"):
         try:
             mod = __import__(module)
             versions[module] = str(getattr(mod, "__version__", "?"))

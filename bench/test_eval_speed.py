@@ -1,15 +1,14 @@
 """Evaluator speed: the plain per-threshold reference vs the fast path on the same maps, at
 100 and 1,000 thresholds, printed as ratios measured in one run. Maps: clean (blobs on real
-CUB test boxes, bicubic from 14x14, no holes at any level), CAM-like (the same plus a bumpy
-low-resolution background: holes at about 40 of the 100 levels) and noisy (CAM-like plus pixel
-noise, many small contours).
+CUB test boxes, bicubic from 14x14; holes at 12 of 2,400 levels, several regions at 13%),
+CAM-like (the same plus a bumpy low-resolution background: holes at a third of the levels,
+several regions at half) and noisy (CAM-like plus pixel noise, many small contours).
 Run: `.venv/bin/python -m pytest bench/test_eval_speed.py -s --benchmark-enable`
 (set CREAM_BENCH_JSON=path to record the numbers)."""
 from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from cream_rt.bench.maps_from_boxes import cam_like_map
 from cream_rt.bench.reference_protocol import reference_max_box_acc
+from cream_rt.bench.runner import machine_info
 from cream_rt.evaluate import gt_boxes_at
 from cream_rt.metadata import read_split
 from cream_rt.metrics import BoxEvaluator, parallel_map
@@ -50,10 +50,14 @@ def _fast(maps, gts, interval, workers):
 def test_evaluator_speed(kind, interval):
     maps, gts = _maps(kind)
     _fast(maps, gts, interval, 1)  # compile and warm up on every map
-    t0 = time.perf_counter()
-    ref2 = reference_max_box_acc(maps, [g.tolist() for g in gts], interval, all_contours=True)
-    ref1 = reference_max_box_acc(maps, [g.tolist() for g in gts], interval, all_contours=False)
-    t_ref = time.perf_counter() - t0
+    t_ref = float("inf")
+    for _ in range(2):  # best of two, like the fast path, unless one run already takes long
+        t0 = time.perf_counter()
+        ref2 = reference_max_box_acc(maps, [g.tolist() for g in gts], interval, all_contours=True)
+        ref1 = reference_max_box_acc(maps, [g.tolist() for g in gts], interval, all_contours=False)
+        t_ref = min(t_ref, time.perf_counter() - t0)
+        if t_ref > 5:
+            break
     timings = {}
     for workers in (1, 2):
         best = float("inf")
@@ -76,5 +80,4 @@ def test_evaluator_speed(kind, interval):
     if target:
         Path(target).write_text(json.dumps({
             "command": "CREAM_BENCH_JSON=... python -m pytest bench/test_eval_speed.py -s",
-            "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
-            "numpy": np.__version__, "results": RESULTS}, indent=2))
+            "machine": machine_info(), "results": RESULTS}, indent=2))

@@ -11,7 +11,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from .boxes import level_ious, quantize, threshold_levels
+from .boxes import quantize_checked, threshold_ious
 from .errors import MetadataError, ScoreMapError
 
 IOU_THRESHOLDS = (30, 50, 70)
@@ -25,8 +25,9 @@ def threshold_list(interval: float) -> np.ndarray:
     return np.arange(0, 1, interval)
 
 
-def check_scoremap(scoremap: np.ndarray, shape: tuple[int, int] | None, name: str) -> None:
-    """Raise ScoreMapError naming the image if the map is not a finite 2-D map in [0, 1]."""
+def check_scoremap(scoremap: np.ndarray, shape: tuple[int, int] | None, name: str) -> np.ndarray:
+    """The uint8 quantised map; raises ScoreMapError naming the image if the map is not a
+    finite 2-D float map in [0, 1] (of `shape` when given)."""
     if not isinstance(scoremap, np.ndarray) or scoremap.ndim != 2:
         got = getattr(scoremap, "shape", type(scoremap).__name__)
         raise ScoreMapError(f"{name}: score map must be a 2-D array, got shape {got}")
@@ -34,11 +35,12 @@ def check_scoremap(scoremap: np.ndarray, shape: tuple[int, int] | None, name: st
         raise ScoreMapError(f"{name}: score map must have shape {tuple(shape)}, got {scoremap.shape}")
     if not np.issubdtype(scoremap.dtype, np.floating):
         raise ScoreMapError(f"{name}: score map must be float, got {scoremap.dtype}")
-    if np.isnan(scoremap).any():
+    img, has_nan, lo, hi = quantize_checked(scoremap)
+    if has_nan:
         raise ScoreMapError(f"{name}: score map contains NaN")
-    lo, hi = float(scoremap.min()), float(scoremap.max())
     if lo < 0 or hi > 1:
         raise ScoreMapError(f"{name}: score map values must lie in [0, 1], got [{lo:g}, {hi:g}]")
+    return img
 
 
 @dataclass
@@ -49,12 +51,10 @@ class ImageBoxResult:
     iou_largest: np.ndarray
 
 
-def image_box_ious(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray) -> ImageBoxResult:
-    """Best IoU with the GT boxes at each threshold, for both contour rules, for one map."""
-    img = quantize(scoremap)
-    levels = threshold_levels(int(img.max()), thresholds)
-    iou_all, iou_largest = level_ious(img, levels, gt_boxes)
-    return ImageBoxResult(iou_all, iou_largest)
+def image_box_ious(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray,
+                   shape: tuple[int, int] | None = None, name: str = "map") -> ImageBoxResult:
+    """Check one map, then its best IoU with the GT boxes at each threshold for both contour rules."""
+    return ImageBoxResult(*threshold_ious(check_scoremap(scoremap, shape, name), thresholds, gt_boxes))
 
 
 class BoxEvaluator:
@@ -77,8 +77,7 @@ class BoxEvaluator:
 
     def compute(self, scoremap: np.ndarray, gt_boxes: np.ndarray, name: str = "map") -> ImageBoxResult:
         """Check one map and compute its per-threshold IoUs (thread-safe; no accumulation)."""
-        check_scoremap(scoremap, self.map_size, name)
-        return image_box_ious(scoremap, gt_boxes, self.thresholds)
+        return image_box_ious(scoremap, gt_boxes, self.thresholds, self.map_size, name)
 
     def accumulate(self, result: ImageBoxResult | None, top1_correct: bool | None = None,
                    top5_correct: bool | None = None, name: str | None = None) -> None:

@@ -50,8 +50,7 @@ def test_sweep_equals_reference(kind):
         scoremap = make_map(kind, height, width, rng)
         gt = random_gt_boxes(height, width, rng, many=True)
         img = B.quantize(scoremap)
-        levels = B.threshold_levels(int(img.max()), thresholds)
-        fast_all, fast_largest = B.level_ious(img, levels, gt)
+        fast_all, fast_largest = B.threshold_ious(img, thresholds, gt)
         for k, tau in enumerate(thresholds):
             for fast, all_contours in ((fast_all, True), (fast_largest, False)):
                 ref = max(reference_iou(b, g) for b in reference_boxes(scoremap, float(tau), all_contours)
@@ -71,6 +70,20 @@ def test_largest_contour_box_matches_reference():
                 sorted(reference_boxes(scoremap, tau, True))
 
 
-def test_levels_outside_range_rejected():
+def test_thresholds_outside_range_rejected():
     with pytest.raises(ValueError):
-        B.level_ious(np.zeros((4, 4), np.uint8), np.array([255]), np.array([[0, 0, 1, 1]]))
+        B.threshold_ious(np.zeros((4, 4), np.uint8), np.array([1.0]), np.array([[0, 0, 1, 1]]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_quantize_checked_equals_numpy(dtype):
+    rng = np.random.default_rng(3)
+    # values at and next to every k/255, where float32 and float64 products round differently
+    edges = np.arange(256) / 255.0
+    m = np.concatenate([edges, np.nextafter(edges, 0), np.nextafter(edges, 1), rng.random(2000)])
+    m = np.clip(m, 0, 1).astype(dtype)[: 48 * 48].reshape(48, 48)
+    img, has_nan, lo, hi = B.quantize_checked(m)
+    assert np.array_equal(img, (m * 255).astype(np.uint8))
+    assert (has_nan, lo, hi) == (False, float(m.min()), float(m.max()))
+    m[3, 4] = np.nan
+    assert B.quantize_checked(m)[1]
