@@ -2,9 +2,10 @@
 constant and all-zero maps, one-pixel objects, objects touching the border)."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
-KINDS = ("noise", "blobs", "rings", "blocky", "constant", "zeros", "pixel", "border", "bars")
+KINDS = ("noise", "blobs", "rings", "blocky", "constant", "zeros", "pixel", "border", "bars", "camlike")
 
 
 def make_map(kind: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -34,6 +35,9 @@ def make_map(kind: str, height: int, width: int, rng: np.random.Generator) -> np
     elif kind == "border":  # mass on the image border
         m = np.maximum(np.exp(-xx / rng.uniform(1, 6)), np.exp(-(height - 1 - yy) / rng.uniform(1, 6)))
         m += rng.uniform(0, 0.2) * rng.random((height, width))
+    elif kind == "camlike":  # smooth bumps with holes and islands at many levels, like real CAMs
+        m = cv2.resize(rng.normal(0, 1, (max(2, height // 8), max(2, width // 8))), (width, height),
+                       interpolation=cv2.INTER_CUBIC)
     elif kind == "bars":  # thin lines, diagonals, touching corners
         m = np.zeros((height, width))
         m[:, rng.integers(0, width)] = 1
