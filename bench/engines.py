@@ -23,7 +23,8 @@ class Engine:
     sync: Callable[[], None] | None = None
 
 
-ENGINE_NAMES = ("eager", "eager-channels-last", "torch-compile", "onnxruntime", "tensorrt", "grad-cam", "torchcam")
+ENGINE_NAMES = ("eager", "eager-fused", "eager-channels-last", "torch-compile", "onnxruntime", "tensorrt", "grad-cam",
+                "torchcam")
 
 
 class LogitsOnly:
@@ -58,7 +59,9 @@ def _last_conv_module(module):
 def build_engine(name: str, model, onnx_path: str | None, mode: str, iterations: int, x: np.ndarray,
                  class_ids: np.ndarray, device: str = "cpu") -> Engine:
     """An Engine for `name`; raises EngineUnavailable with the reason where it cannot run."""
-    if name in ("eager", "eager-channels-last", "torch-compile"):
+    if name in ("eager", "eager-fused", "eager-channels-last", "torch-compile"):
+        import copy
+
         import torch
 
         from cream_rt.model.eager import EagerPredictor
@@ -66,6 +69,16 @@ def build_engine(name: str, model, onnx_path: str | None, mode: str, iterations:
         net = model
         images = torch.from_numpy(x).to(device)
         ids = torch.from_numpy(class_ids).to(device)
+        if name == "eager-fused":  # the eager model with CREAM's EM in the fused C++/CUDA op
+            from cream_rt.model.fused import load_extension
+
+            try:
+                load_extension("cuda" if device.startswith("cuda") else "cpu")
+            except Exception as exc:  # no compiler, no CUDA toolkit
+                raise EngineUnavailable(f"the fused op could not be built here: {str(exc).splitlines()[0][:160]}") \
+                    from None
+            net = copy.deepcopy(model)
+            net.config.fused = True
         if name == "eager-channels-last":
             net = model.to(memory_format=torch.channels_last)
             images = images.contiguous(memory_format=torch.channels_last)

@@ -222,10 +222,15 @@ def ratios(rows: list[dict], pipeline: list[dict]) -> list[str]:
             if e and o:
                 lines.append(f"onnxruntime vs eager, {mode}{'' if mode == 'cam' else f' T={tt}'}, batch {b}: "
                              f"speed-up {e / o:.2f}x")
-        for engine in ("eager", "onnxruntime", "eager-channels-last", "torch-compile"):
+        for engine in ("eager", "eager-fused", "onnxruntime", "eager-channels-last", "torch-compile"):
             c, r = row(engine, "cam", b), row(engine, "cream", b, t)
             if c and r:
                 lines.append(f"{engine} CREAM T={t} vs CAM, batch {b}: {paired_ratio(r, c):.3f}x the latency")
+        o = find("onnxruntime", "cream", b, t)
+        for engine in ("eager-fused",):
+            e = find(engine, "cream", b, t)
+            if e and o:
+                lines.append(f"onnxruntime vs {engine}, cream T={t}, batch {b}: speed-up {e / o:.2f}x")
         ours = [v for v in (find("eager", "cam", b), find("onnxruntime", "cam", b)) if v]
         for other in ("grad-cam", "torchcam"):
             o = find(other, "cam", b)

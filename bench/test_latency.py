@@ -36,7 +36,7 @@ def test_engines_side_by_side(backbone):
         for mode, t in (("cam", 0), ("cream", 2)):
             onnx_models[(mode, t)] = str(Path(tmp) / f"{mode}.onnx")
             export_model(model, onnx_models[(mode, t)], mode, t)
-        config = BenchConfig(engines=("eager", "onnxruntime") + THIRD_PARTY, batch_sizes=(1, 8),
+        config = BenchConfig(engines=("eager", "eager-fused", "onnxruntime") + THIRD_PARTY, batch_sizes=(1, 8),
                              budget_s=float(os.environ.get("CREAM_BENCH_BUDGET", "3")))
         result = run_bench(model, onnx_models, config, log=print)
     result["backbone"] = backbone

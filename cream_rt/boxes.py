@@ -47,7 +47,7 @@ def threshold_levels(img_max: int, thresholds: np.ndarray) -> np.ndarray:
 
 
 def _contours(img: np.ndarray, level: int, mode: int = cv2.RETR_TREE):
-    foreground = np.where(img > level, np.uint8(255), np.uint8(0))
+    _, foreground = cv2.threshold(img, level, 255, cv2.THRESH_BINARY)  # 255 where img > level
     return cv2.findContours(foreground, mode, cv2.CHAIN_APPROX_SIMPLE)[0]
 
 
@@ -79,6 +79,8 @@ def boxes_at_threshold(img: np.ndarray, level: int, all_contours: bool) -> np.nd
         outer = _contours(img, level, cv2.RETR_EXTERNAL)
         if len(outer) == 0:
             return NO_BOX.copy()
+        if len(outer) == 1:
+            return _rects_to_boxes(outer, width, height)
         areas = _contour_areas(outer)
         if (areas == areas.max()).sum() == 1:
             return _rects_to_boxes([outer[int(np.argmax(areas))]], width, height)

@@ -223,8 +223,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=int, default=None, help="input size of the --backbone model")
     p.add_argument("--model", help="an exported ONNX model to time for its mode and T (others are exported)")
     p.add_argument("--engines", type=_name_list, default=("eager", "onnxruntime"),
-                   help="comma-separated: eager, eager-channels-last, torch-compile, onnxruntime, tensorrt, "
-                        "grad-cam, torchcam (default eager,onnxruntime)")
+                   help="comma-separated: eager, eager-fused (CREAM's EM in the C++/CUDA op), "
+                        "eager-channels-last, torch-compile, onnxruntime, tensorrt, grad-cam, torchcam "
+                        "(default eager,onnxruntime)")
     p.add_argument("--batch-sizes", type=_int_list, default=(1, 8))
     p.add_argument("--modes", type=_name_list, default=("cam", "cream"))
     p.add_argument("--iterations", type=_int_list, default=(2,), help="CREAM T values (default 2)")
