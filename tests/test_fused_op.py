@@ -141,3 +141,20 @@ def test_fused_onnx_export_runs_in_onnxruntime_with_extensions(tmp_path):
     onnx.save(proto, tmp_path / "old.onnx")
     with pytest.raises(ModelFileError, match="version 1, this cream-rt runs version 2: re-export"):
         OnnxPredictor.load(tmp_path / "old.onnx", allow_custom_ops=True)
+
+
+def test_eager_fused_bench_engine_gives_the_eager_maps():
+    """`cream bench --engines eager-fused` times the same model with the EM in the op: its maps
+    equal the eager engine's, and the model it was given keeps the torch path."""
+    from cream_rt.bench.engines import build_engine
+    from cream_rt.model.config import ModelConfig
+    from cream_rt.model.network import CamModel
+
+    torch.manual_seed(0)
+    model = CamModel(ModelConfig(backbone="small-cnn", num_classes=5, input_size=64)).eval()
+    x = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    ids = np.array([0, 4, 2], np.int64)
+    eager = build_engine("eager", model, None, "cream", 2, x, ids).run()[1]
+    fused = build_engine("eager-fused", model, None, "cream", 2, x, ids).run()[1]
+    assert not model.config.fused
+    np.testing.assert_allclose(fused.numpy(), eager.numpy(), atol=1e-5)
