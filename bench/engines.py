@@ -23,8 +23,8 @@ class Engine:
     sync: Callable[[], None] | None = None
 
 
-ENGINE_NAMES = ("eager", "eager-fused", "eager-channels-last", "torch-compile", "onnxruntime", "tensorrt", "grad-cam",
-                "torchcam")
+ENGINE_NAMES = ("eager", "eager-fused", "eager-channels-last", "torch-compile", "onnxruntime", "onnxruntime-int8",
+                "tensorrt", "grad-cam", "torchcam")
 
 
 class LogitsOnly:
@@ -100,12 +100,15 @@ def build_engine(name: str, model, onnx_path: str | None, mode: str, iterations:
 
         sync = torch.cuda.synchronize if device.startswith("cuda") else None
         return Engine(name, mode, iterations, run, sync=sync)
-    if name == "onnxruntime":
+    if name in ("onnxruntime", "onnxruntime-int8"):
         from cream_rt.runtime import OnnxPredictor
 
         if onnx_path is None:
             raise EngineUnavailable("no ONNX model for this mode")
         predictor = OnnxPredictor.load(onnx_path)
+        wanted = "int8" if name == "onnxruntime-int8" else "fp32"
+        if predictor.manifest.precision != wanted:
+            raise EngineUnavailable(f"{onnx_path} is a {predictor.manifest.precision} export, {name} times {wanted}")
         return Engine(name, mode, iterations, lambda: predictor(x, class_ids))
     if name == "tensorrt":
         try:

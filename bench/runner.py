@@ -87,8 +87,25 @@ def sample_images(count: int, size: int, seed: int) -> list[np.ndarray]:
     return [cv2.cvtColor(make_example(i % 6, size, rng)[0], cv2.COLOR_BGR2RGB) for i in range(count)]
 
 
-def run_bench(model, onnx_models: dict[tuple[str, int], str], config: BenchConfig, log=print) -> dict:
-    """Time each engine x batch size x (mode, T); `onnx_models` maps (mode, T) to an export."""
+def int8_exports(onnx_models: dict[tuple[str, int], str], model_config, folder: str, seed: int = 0,
+                 calibration_images: int = 32) -> dict[tuple[str, int], str]:
+    """The fp32 exports with int8 convolutions, calibrated on synthetic benchmark images (enough
+    for timing; `cream export --int8 --calibration-data` calibrates on real data)."""
+    from cream_rt.export.quantize import calibration_batches, quantize_export
+
+    images = sample_images(calibration_images, model_config.input_size, seed + 1)
+    out = {}
+    for (mode, t), path in onnx_models.items():
+        out[(mode, t)] = str(Path(folder) / f"{mode}{t}-int8.onnx")
+        quantize_export(path, out[(mode, t)], calibration_batches(images, model_config.input_size, model_config.mean,
+                                                                  model_config.std))
+    return out
+
+
+def run_bench(model, onnx_models: dict[tuple[str, int], str], config: BenchConfig, log=print,
+              int8_models: dict[tuple[str, int], str] | None = None) -> dict:
+    """Time each engine x batch size x (mode, T); `onnx_models` maps (mode, T) to an fp32 export,
+    `int8_models` to its int8 version (for the onnxruntime-int8 engine)."""
     from cream_rt.preprocess import preprocess_batch
 
     cfg = model.config
@@ -105,7 +122,8 @@ def run_bench(model, onnx_models: dict[tuple[str, int], str], config: BenchConfi
         for engine_name in config.engines:
             for mode, t in variants:
                 try:
-                    engines[(engine_name, mode, t)] = build_engine(engine_name, model, onnx_models.get((mode, t)),
+                    exports = (int8_models or {}) if engine_name == "onnxruntime-int8" else onnx_models
+                    engines[(engine_name, mode, t)] = build_engine(engine_name, model, exports.get((mode, t)),
                                                                    mode, t, x, ids, config.device)
                 except EngineUnavailable as exc:
                     skipped.setdefault(engine_name, str(exc))
@@ -218,11 +236,13 @@ def ratios(rows: list[dict], pipeline: list[dict]) -> list[str]:
     t = max(cream_ts) if cream_ts else None
     for b in batches:
         for mode, tt in (("cream", t), ("cam", 0)):
-            e, o = find("eager", mode, b, tt), find("onnxruntime", mode, b, tt)
-            if e and o:
-                lines.append(f"onnxruntime vs eager, {mode}{'' if mode == 'cam' else f' T={tt}'}, batch {b}: "
-                             f"speed-up {e / o:.2f}x")
-        for engine in ("eager", "eager-fused", "onnxruntime", "eager-channels-last", "torch-compile"):
+            for ort_engine in ("onnxruntime", "onnxruntime-int8"):
+                e, o = find("eager", mode, b, tt), find(ort_engine, mode, b, tt)
+                if e and o:
+                    lines.append(f"{ort_engine} vs eager, {mode}{'' if mode == 'cam' else f' T={tt}'}, batch {b}: "
+                                 f"speed-up {e / o:.2f}x")
+        for engine in ("eager", "eager-fused", "onnxruntime", "onnxruntime-int8", "eager-channels-last",
+                       "torch-compile"):
             c, r = row(engine, "cam", b), row(engine, "cream", b, t)
             if c and r:
                 lines.append(f"{engine} CREAM T={t} vs CAM, batch {b}: {paired_ratio(r, c):.3f}x the latency")

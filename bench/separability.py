@@ -4,6 +4,9 @@ learned embeddings, and for z_fg started from per-image oracle centroids (mean f
 outside the ground-truth mask), prints the mean map value inside the mask and outside it.
 If even the oracle centroids do not separate, the features do not represent the whole object
 and no EM can re-activate it; if only the learned ones fail, the embeddings are the weak link.
+Also prints, for head-like cells (minmax CAM >= 0.5), body cells CAM misses (in the mask, CAM
+< tau) and background cells, the mean feature norm and cosine to the learned foreground and
+background embeddings: the E-step puts a cell in the foreground where cos_fg - cos_bg > 0.
 `python -m cream_rt.bench.separability --checkpoint m.pt --data DATA [--split test] [--images 200] [--json]`"""
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ def separability(checkpoint: str, data: str, split: str = "test", count: int = 2
     ids = meta.image_ids[:count]
     beta = cfg.cream.beta
     sums: dict[str, list[float]] = {}
+    cells: dict[str, list[float]] = {}
     for start in range(0, len(ids), batch):
         chunk = ids[start:start + batch]
         x = torch.from_numpy(preprocess_batch([read_image(root / "images" / i) for i in chunk], cfg.input_size,
@@ -57,13 +61,33 @@ def separability(checkpoint: str, data: str, split: str = "test", count: int = 2
         for t in (1, 2):
             maps[f"z_fg learned T={t}"] = em_foreground(flat, model.embeddings[labels], t, beta)[0]
         maps["z_fg oracle T=1"] = em_foreground(flat, oracle, 1, beta)[0]
+        add_cell_stats(cells, flat, maps["cam"], masks, model.embeddings[labels], cfg.cream.tau)
         for name, m in maps.items():
             i, o = inside_outside(m, masks)
             sums.setdefault(name, [0.0, 0.0])
             sums[name][0] += i * b
             sums[name][1] += o * b
     n = len(ids)
-    return {name: {"inside": v[0] / n, "outside": v[1] / n} for name, v in sums.items()}
+    result = {name: {"inside": v[0] / n, "outside": v[1] / n} for name, v in sums.items()}
+    result["cells"] = {g: {"count": int(v[0]), "norm": v[1] / max(v[0], 1), "cos_fg": v[2] / max(v[0], 1),
+                           "cos_bg": v[3] / max(v[0], 1)} for g, v in cells.items()}
+    return result
+
+
+def add_cell_stats(cells: dict[str, list[float]], flat: torch.Tensor, cam: torch.Tensor, masks: torch.Tensor,
+                   centroids: torch.Tensor, tau: float) -> None:
+    """Accumulate count, feature norm and cosine to each learned embedding per cell group."""
+    norm = flat.norm(dim=1)
+    unit = centroids / (centroids.norm(dim=2, keepdim=True) + 1e-6)
+    cos = torch.einsum("bck,bkn->bcn", unit, flat / (norm.unsqueeze(1) + 1e-6))
+    groups = {"head (CAM >= 0.5)": cam >= 0.5, "body CAM misses": (masks > 0.5) & (cam < tau),
+              "background": masks < 0.05}
+    for name, sel in groups.items():
+        acc = cells.setdefault(name, [0.0, 0.0, 0.0, 0.0])
+        acc[0] += float(sel.sum())
+        acc[1] += float(norm[sel].sum())
+        acc[2] += float(cos[:, 0][sel].sum())
+        acc[3] += float(cos[:, 1][sel].sum())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
     else:
         for name, v in result.items():
-            print(f"{name:20s} inside {v['inside']:.3f}  outside {v['outside']:.3f}")
+            if name != "cells":
+                print(f"{name:20s} inside {v['inside']:.3f}  outside {v['outside']:.3f}")
+        for name, v in result["cells"].items():
+            print(f"{name:20s} cells {v['count']:6d}  norm {v['norm']:.2f}  cos_fg {v['cos_fg']:.3f}  "
+                  f"cos_bg {v['cos_bg']:.3f}")
     return 0
 
 

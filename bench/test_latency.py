@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from cream_rt.atomic import write_json  # noqa: E402
 from cream_rt.bench.engines import build_engine  # noqa: E402
-from cream_rt.bench.runner import BenchConfig, run_bench  # noqa: E402
+from cream_rt.bench.runner import BenchConfig, int8_exports, run_bench  # noqa: E402
 from cream_rt.export.onnx_export import export_model  # noqa: E402
 from cream_rt.model.config import ModelConfig  # noqa: E402
 from cream_rt.model.network import CamModel  # noqa: E402
@@ -36,9 +36,10 @@ def test_engines_side_by_side(backbone):
         for mode, t in (("cam", 0), ("cream", 2)):
             onnx_models[(mode, t)] = str(Path(tmp) / f"{mode}.onnx")
             export_model(model, onnx_models[(mode, t)], mode, t)
-        config = BenchConfig(engines=("eager", "eager-fused", "onnxruntime") + THIRD_PARTY, batch_sizes=(1, 8),
-                             budget_s=float(os.environ.get("CREAM_BENCH_BUDGET", "3")))
-        result = run_bench(model, onnx_models, config, log=print)
+        config = BenchConfig(engines=("eager", "eager-fused", "onnxruntime", "onnxruntime-int8") + THIRD_PARTY,
+                             batch_sizes=(1, 8), budget_s=float(os.environ.get("CREAM_BENCH_BUDGET", "3")))
+        result = run_bench(model, onnx_models, config, log=print, int8_models=int8_exports(onnx_models, model.config,
+                                                                                          tmp))
     result["backbone"] = backbone
     result["command"] = "pytest bench/test_latency.py -s"
     print(f"\n{backbone}:")

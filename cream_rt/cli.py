@@ -175,6 +175,12 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-profile", type=_int_list, default=(1, 8, 32), metavar="MIN,OPT,MAX",
                    help="TensorRT dynamic batch profile (default 1,8,32)")
     p.add_argument("--timing-cache", help="TensorRT timing cache file, read and updated")
+    p.add_argument("--int8", action="store_true",
+                   help="ONNX Runtime: int8 convolutions (QDQ), calibrated on --calibration-data; the rest stays fp32")
+    p.add_argument("--calibration-data", metavar="DATA",
+                   help="data root (images/, metadata/<split>/) whose images calibrate --int8")
+    p.add_argument("--calibration-split", default="train", help="split of --calibration-data (default: train)")
+    p.add_argument("--calibration-images", type=int, default=256, help="images to calibrate on (default 256)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
 
@@ -224,7 +230,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="an exported ONNX model to time for its mode and T (others are exported)")
     p.add_argument("--engines", type=_name_list, default=("eager", "onnxruntime"),
                    help="comma-separated: eager, eager-fused (CREAM's EM in the C++/CUDA op), "
-                        "eager-channels-last, torch-compile, onnxruntime, tensorrt, grad-cam, torchcam "
+                        "eager-channels-last, torch-compile, onnxruntime, onnxruntime-int8 (int8 convolutions, "
+                        "calibrated on synthetic images: timing only), tensorrt, grad-cam, torchcam "
                         "(default eager,onnxruntime)")
     p.add_argument("--batch-sizes", type=_int_list, default=(1, 8))
     p.add_argument("--modes", type=_name_list, default=("cam", "cream"))

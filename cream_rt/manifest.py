@@ -29,6 +29,7 @@ class Manifest:
     checkpoint_sha256: str
     versions: dict = field(default_factory=dict)
     fused: bool = False
+    precision: str = "fp32"  # "int8": convolutions quantized (`cream export --int8`)
     format: str = MANIFEST_FORMAT
     version: int = MANIFEST_VERSION
 

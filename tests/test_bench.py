@@ -42,6 +42,23 @@ def test_separability_means_inside_and_outside_the_mask():
     assert inside_outside(maps, masks) == (pytest.approx(0.75), pytest.approx(0.0))
 
 
+def test_separability_cell_statistics_hand_computed():
+    import torch
+
+    from cream_rt.bench.separability import add_cell_stats
+
+    flat = torch.tensor([[[3.0, 1.0, 0.0], [4.0, 0.0, 2.0]]])  # cells (3,4), (1,0), (0,2)
+    cam = torch.tensor([[0.9, 0.1, 0.0]])
+    masks = torch.tensor([[1.0, 1.0, 0.0]])
+    centroids = torch.tensor([[[2.0, 0.0], [0.0, 5.0]]])  # fg along x, bg along y
+    cells: dict = {}
+    add_cell_stats(cells, flat, cam, masks, centroids, tau=0.2)
+    expected = {"head (CAM >= 0.5)": [1, 5.0, 0.6, 0.8], "body CAM misses": [1, 1.0, 1.0, 0.0],
+                "background": [1, 2.0, 0.0, 1.0]}
+    for name, values in expected.items():
+        assert cells[name] == pytest.approx(values, abs=1e-5)
+
+
 def test_bench_cli_json_and_plot(tmp_path, capsys):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     args = ["bench", "--backbone", "small-cnn", "--classes", "3", "--input-size", "48", "--engines",

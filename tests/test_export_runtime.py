@@ -236,3 +236,74 @@ def test_localize_metadata_split_and_eval_threshold(trained, tmp_path, capsys):
     assert main(["localize", str(data / "metadata" / "test"), "--model", str(onnx_path), "--out",
                  str(tmp_path / "x.jsonl")]) == 2
     assert "needs --images" in capsys.readouterr().err
+
+
+def test_int8_export_quantizes_only_convolutions(trained, tmp_path, capsys):
+    """`cream export --int8`: every Conv reads dequantized int8 weights that are the fp32 weights
+    rounded per output channel (checked against the fp32 export's initializers), the rest of the
+    graph stays float, and the maps stay close to the fp32 model's."""
+    from onnx import numpy_helper
+
+    data, ckpt, fp32_path = trained
+    q_path = tmp_path / "int8.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(q_path), "--int8", "--calibration-data", str(data),
+                 "--calibration-images", "16", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["precision"] == "int8" and report["quantization"]["calibration_images"] == 16
+    fp32, q = onnx.load(fp32_path), onnx.load(q_path)
+    weights = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    assert len(convs) == sum(n.op_type == "Conv" for n in fp32.graph.node) > 0
+    for conv in convs:
+        x_dq, w_dq = producer[conv.input[0]], producer[conv.input[1]]
+        assert x_dq.op_type == w_dq.op_type == "DequantizeLinear"
+        w_q, scale = inits[w_dq.input[0]], inits[w_dq.input[1]]
+        original = weights[w_dq.input[0].removesuffix("_quantized")]
+        assert w_q.dtype == np.int8 and scale.shape == (original.shape[0],)  # per output channel
+        restored = w_q.astype(np.float64) * scale.reshape(-1, 1, 1, 1)
+        assert np.all(np.abs(restored - original) <= scale.reshape(-1, 1, 1, 1) / 2 + 1e-7)
+    quantized_inputs = {i for n in q.graph.node if n.op_type == "DequantizeLinear" for i in n.output}
+    for node in q.graph.node:  # the head (GAP, classifier, CAM, EM, upsampling) reads no int8 tensor
+        if node.op_type not in ("Conv", "Relu", "QuantizeLinear", "DequantizeLinear"):
+            assert not quantized_inputs & set(node.input), node.op_type
+    f, i8 = OnnxPredictor.load(fp32_path), OnnxPredictor.load(q_path)
+    assert i8.manifest.precision == "int8" and f.manifest.precision == "fp32"
+    from cream_rt.metadata import read_split
+    from cream_rt.preprocess import preprocess_batch
+
+    test_ids = read_split(data / "metadata" / "test").image_ids  # images like the calibration ones
+    x = preprocess_batch([data / "images" / i for i in test_ids], 64, f.manifest.mean, f.manifest.std)
+    (lf, mf), (lq, mq) = f(x), i8(x)
+    assert np.abs(lf - lq).mean() <= 0.05 * np.abs(lf).max()  # measured 0.018
+    assert np.abs(mf - mq).mean() <= 0.05  # measured 0.016
+
+
+def test_int8_export_rejects_bad_requests(trained, tmp_path, capsys):
+    from cream_rt.bench.engines import EngineUnavailable, build_engine
+    from cream_rt.errors import CreamError
+    from cream_rt.export.quantize import quantize_export
+
+    data, ckpt, fp32_path = trained
+    out = tmp_path / "q.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--int8"]) != 0
+    assert "--int8 needs --calibration-data" in capsys.readouterr().err and not out.exists()
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--int8", "--fused",
+                 "--calibration-data", str(data)]) != 0
+    assert "does not combine with --fused" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(CreamError, match="no calibration images"):
+        quantize_export(fp32_path, out, iter([]))
+    assert not out.exists()
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    with pytest.raises(EngineUnavailable, match="is a fp32 export"):
+        build_engine("onnxruntime-int8", None, str(fp32_path), "cream", 2, x, np.zeros(1, np.int64))
+
+
+def test_manifest_without_precision_reads_as_fp32():
+    from cream_rt.manifest import Manifest
+
+    fields = dict(input_size=64, mean=[0.0] * 3, std=[1.0] * 3, class_names=["a"], mode="cam", iterations=0,
+                  beta=8.0, tau=0.2, backbone="small-cnn", feature_size=8, checkpoint_sha256="")
+    text = json.dumps({**fields, "format": "cream_rt.onnx", "version": 1})
+    assert Manifest.from_json(text, "old.onnx").precision == "fp32"

@@ -14,7 +14,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..bench.engines import ENGINE_NAMES
-    from ..bench.runner import BenchConfig, plot, run_bench
+    from ..bench.runner import BenchConfig, int8_exports, plot, run_bench
     from ..export.onnx_export import export_model
     from ..model.checkpoint import file_sha256, load_checkpoint
 
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_models = {}
-        if "onnxruntime" in config.engines or config.pipeline:
+        if {"onnxruntime", "onnxruntime-int8"} & set(config.engines) or config.pipeline:
             for mode, t in variants:
                 if args.model:
                     from ..runtime import OnnxPredictor
@@ -61,7 +61,12 @@ def run(args: argparse.Namespace) -> int:
                 path = str(Path(tmp) / f"{mode}{t}.onnx")
                 export_model(model, path, mode, t)
                 onnx_models[(mode, t)] = path
-        result = run_bench(model, onnx_models, config, log=lambda line: print(line, file=sys.stderr))
+        int8_models = None
+        if "onnxruntime-int8" in config.engines:
+            fp32 = {k: v for k, v in onnx_models.items() if v != args.model}  # a given --model stays as it is
+            int8_models = int8_exports(fp32, model.config, tmp)
+        result = run_bench(model, onnx_models, config, log=lambda line: print(line, file=sys.stderr),
+                           int8_models=int8_models)
     result["backbone"] = model.config.backbone
     result["input_size"] = model.config.input_size
     result["model_sha256"] = model_hash

@@ -17,6 +17,15 @@ def run(args: argparse.Namespace) -> int:
         if len(args.batch_profile) != 3 or not 1 <= args.batch_profile[0] <= args.batch_profile[1] <= args.batch_profile[2]:
             raise CreamError(f"--batch-profile must be MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got {args.batch_profile}")
 
+    if args.int8:
+        if args.fused or args.trt or args.external_data:
+            raise CreamError("--int8 quantizes a standard-op ONNX Runtime export; it does not combine with "
+                             "--fused, --trt or --external-data")
+        if not args.calibration_data:
+            raise CreamError("--int8 needs --calibration-data DATA (images to calibrate the int8 ranges on)")
+        if args.calibration_images < 1:
+            raise CreamError(f"--calibration-images must be at least 1, got {args.calibration_images}")
+        return _export_int8(args)
     manifest = export_checkpoint(args.checkpoint, args.out, args.mode, args.iterations, args.opset,
                                  args.external_data, args.fused)
     if args.trt:
@@ -29,4 +38,27 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {args.out}: {manifest.backbone}, mode {manifest.mode}, T={manifest.iterations}, "
               f"input {manifest.input_size}x{manifest.input_size}, {len(manifest.class_names)} classes")
+    return 0
+
+
+def _export_int8(args: argparse.Namespace) -> int:
+    """Export fp32 to a temporary file, then quantize its convolutions into `--out`."""
+    import tempfile
+    from pathlib import Path
+
+    from ..export.onnx_export import export_checkpoint
+    from ..export.quantize import calibration_batches, quantize_export, split_images
+
+    paths = split_images(args.calibration_data, args.calibration_split, args.calibration_images)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = str(Path(tmp) / "fp32.onnx")
+        manifest = export_checkpoint(args.checkpoint, fp32, args.mode, args.iterations, args.opset)
+        report = quantize_export(fp32, args.out, calibration_batches(paths, manifest.input_size, manifest.mean,
+                                                                     manifest.std))
+    if args.json:
+        manifest.precision = "int8"
+        print(json.dumps({**asdict(manifest), "quantization": report}, indent=2))
+    else:
+        print(f"wrote {args.out}: {manifest.backbone}, mode {manifest.mode}, T={manifest.iterations}, int8 "
+              f"convolutions ({report['quantized_convs']}) calibrated on {report['calibration_images']} images")
     return 0
