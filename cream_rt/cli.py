@@ -180,7 +180,11 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-data", metavar="DATA",
                    help="data root (images/, metadata/<split>/) whose images calibrate --int8")
     p.add_argument("--calibration-split", default="train", help="split of --calibration-data (default: train)")
-    p.add_argument("--calibration-images", type=int, default=256, help="images to calibrate on (default 256)")
+    p.add_argument("--calibration-metadata", metavar="SPLIT_DIR",
+                   help="instead of --calibration-data: a metadata split folder (image_ids.txt, ...)")
+    p.add_argument("--calibration-image-root", metavar="DIR",
+                   help="image root for the calibration ids (default DATA/images)")
+    p.add_argument("--calibration-count", type=int, default=256, help="images to calibrate on (default 256)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
 

@@ -9,8 +9,8 @@ import itertools
 import logging
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -35,18 +35,16 @@ def calibration_batches(images: Iterable, input_size: int, mean, std, batch_size
         yield preprocess_batch(chunk, input_size, mean, std)
 
 
-def split_images(data: str, split: str, count: int, images: str | None = None) -> list[Path]:
-    """The first `count` image paths of a wsolevaluation split (`DATA/metadata/SPLIT`), spread
-    over the split's classes by taking every k-th id."""
+def split_images(split_dir: Path, image_root: Path, count: int) -> list[Path]:
+    """`count` image paths of a wsolevaluation split folder, every k-th id so that they spread
+    over the split (ids are usually grouped by class)."""
     from cream_rt.metadata import read_split
 
-    root = Path(data)
-    meta = read_split(root / "metadata" / split, require_localization=False)
-    ids = meta.image_ids
+    ids = read_split(split_dir, require_localization=False).image_ids
     if not ids:
-        raise CreamError(f"{root / 'metadata' / split}: no images to calibrate on")
+        raise CreamError(f"{split_dir}: no images to calibrate on")
     step = max(1, len(ids) // max(count, 1))
-    return [Path(images or root / "images") / i for i in ids[::step][:count]]
+    return [image_root / i for i in ids[::step][:count]]
 
 
 def quantize_export(fp32_path: str | os.PathLike, out: str | os.PathLike, batches: Iterable[np.ndarray]) -> dict:

@@ -247,7 +247,7 @@ def test_int8_export_quantizes_only_convolutions(trained, tmp_path, capsys):
     data, ckpt, fp32_path = trained
     q_path = tmp_path / "int8.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(q_path), "--int8", "--calibration-data", str(data),
-                 "--calibration-images", "16", "--json"]) == 0
+                 "--calibration-count", "16", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["precision"] == "int8" and report["quantization"]["calibration_images"] == 16
     fp32, q = onnx.load(fp32_path), onnx.load(q_path)
@@ -289,6 +289,10 @@ def test_int8_export_rejects_bad_requests(trained, tmp_path, capsys):
     out = tmp_path / "q.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--int8"]) != 0
     assert "--int8 needs --calibration-data" in capsys.readouterr().err and not out.exists()
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--int8", "--calibration-metadata",
+                 str(data / "metadata" / "train"), "--calibration-image-root", str(tmp_path / "nowhere")]) != 0
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "not found" in err and len(err.strip().splitlines()) == 1 and not out.exists()
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--int8", "--fused",
                  "--calibration-data", str(data)]) != 0
     assert "does not combine with --fused" in capsys.readouterr().err and not out.exists()

@@ -48,23 +48,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"cream bench: {model.config.backbone}, input {model.config.input_size}, engines {', '.join(config.engines)}",
           file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_models = {}
+        given = None  # the --model file's (mode, T) and precision: it replaces that export
+        if args.model:
+            from ..runtime import OnnxPredictor
+
+            m = OnnxPredictor.load(args.model).manifest
+            given = ((m.mode, m.iterations), m.precision)
+        onnx_models, int8_models = {}, {}
         if {"onnxruntime", "onnxruntime-int8"} & set(config.engines) or config.pipeline:
             for mode, t in variants:
-                if args.model:
-                    from ..runtime import OnnxPredictor
-
-                    m = OnnxPredictor.load(args.model).manifest
-                    if (m.mode, m.iterations) == (mode, t):
-                        onnx_models[(mode, t)] = args.model
-                        continue
+                if given == ((mode, t), "fp32"):
+                    onnx_models[(mode, t)] = args.model
+                    continue
                 path = str(Path(tmp) / f"{mode}{t}.onnx")
                 export_model(model, path, mode, t)
                 onnx_models[(mode, t)] = path
-        int8_models = None
         if "onnxruntime-int8" in config.engines:
-            fp32 = {k: v for k, v in onnx_models.items() if v != args.model}  # a given --model stays as it is
-            int8_models = int8_exports(fp32, model.config, tmp)
+            own_int8 = given[0] if given and given[1] == "int8" else None
+            int8_models = int8_exports({k: v for k, v in onnx_models.items() if k != own_int8}, model.config, tmp)
+            if own_int8 in onnx_models:
+                int8_models[own_int8] = args.model
         result = run_bench(model, onnx_models, config, log=lambda line: print(line, file=sys.stderr),
                            int8_models=int8_models)
     result["backbone"] = model.config.backbone

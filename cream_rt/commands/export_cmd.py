@@ -21,10 +21,11 @@ def run(args: argparse.Namespace) -> int:
         if args.fused or args.trt or args.external_data:
             raise CreamError("--int8 quantizes a standard-op ONNX Runtime export; it does not combine with "
                              "--fused, --trt or --external-data")
-        if not args.calibration_data:
-            raise CreamError("--int8 needs --calibration-data DATA (images to calibrate the int8 ranges on)")
-        if args.calibration_images < 1:
-            raise CreamError(f"--calibration-images must be at least 1, got {args.calibration_images}")
+        if not args.calibration_data and not (args.calibration_metadata and args.calibration_image_root):
+            raise CreamError("--int8 needs --calibration-data DATA, or --calibration-metadata SPLIT_DIR with "
+                             "--calibration-image-root DIR (images to calibrate the int8 ranges on)")
+        if args.calibration_count < 1:
+            raise CreamError(f"--calibration-count must be at least 1, got {args.calibration_count}")
         return _export_int8(args)
     manifest = export_checkpoint(args.checkpoint, args.out, args.mode, args.iterations, args.opset,
                                  args.external_data, args.fused)
@@ -49,7 +50,12 @@ def _export_int8(args: argparse.Namespace) -> int:
     from ..export.onnx_export import export_checkpoint
     from ..export.quantize import calibration_batches, quantize_export, split_images
 
-    paths = split_images(args.calibration_data, args.calibration_split, args.calibration_images)
+    if args.calibration_metadata:
+        split_dir = Path(args.calibration_metadata)
+    else:
+        split_dir = Path(args.calibration_data) / "metadata" / args.calibration_split
+    image_root = Path(args.calibration_image_root or Path(args.calibration_data) / "images")
+    paths = split_images(split_dir, image_root, args.calibration_count)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = str(Path(tmp) / "fp32.onnx")
         manifest = export_checkpoint(args.checkpoint, fp32, args.mode, args.iterations, args.opset)
