@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--split", default="test")
     parser.add_argument("--lambdas", type=float, nargs="*", default=[0.2, 0.8, 1.0])
+    parser.add_argument("--feature-mean", choices=["raw", "unit"], default=None,
+                        help="for the lambda refits (default: the checkpoint's)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
@@ -31,12 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     result = {"checkpoint": args.checkpoint, "split": args.split, "by_T": {}, "by_lambda": {},
               "machine": platform.platform(), "command": "python -m cream_rt.bench.ablation " + " ".join(argv or [])}
     model, _ = load_checkpoint(args.checkpoint)
+    result["feature_mean"] = args.feature_mean or model.config.cream.feature_mean
     metrics = evaluate_split(model, meta, images, {f"T={t}": ("cream", t) for t in range(5)}, 64)
     result["by_T"] = {name: {k: m[k] for k in keys} for name, m in metrics.items()}
     with tempfile.TemporaryDirectory() as tmp:
         for lam in args.lambdas:
             path = str(Path(tmp) / f"lam{lam}.pt")
-            fit_embeddings(args.checkpoint, args.data, path, momentum=lam)
+            fit_embeddings(args.checkpoint, args.data, path, momentum=lam, feature_mean=args.feature_mean)
             refit, _ = load_checkpoint(path)
             m = evaluate_split(refit, meta, images, {"T=2": ("cream", 2)}, 64)["T=2"]
             result["by_lambda"][str(lam)] = {k: m[k] for k in keys}

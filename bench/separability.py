@@ -20,7 +20,7 @@ import torch
 
 from cream_rt.metadata import read_split
 from cream_rt.model.checkpoint import load_checkpoint
-from cream_rt.model.reactivate import em_foreground, minmax
+from cream_rt.model.reactivate import em_foreground, l2_normalize, minmax
 from cream_rt.preprocess import preprocess_batch, read_image
 
 
@@ -38,7 +38,7 @@ def separability(checkpoint: str, data: str, split: str = "test", count: int = 2
     root = Path(data)
     meta = read_split(root / "metadata" / split)
     ids = meta.image_ids[:count]
-    beta = cfg.cream.beta
+    beta, unit = cfg.cream.beta, cfg.cream.feature_mean == "unit"
     sums: dict[str, list[float]] = {}
     cells: dict[str, list[float]] = {}
     for start in range(0, len(ids), batch):
@@ -59,7 +59,7 @@ def separability(checkpoint: str, data: str, split: str = "test", count: int = 2
                               (flat * outside[:, None]).sum(2) / outside.sum(1, keepdim=True).clamp(min=1)], 1)
         maps = {"cam": minmax(cam.reshape(b, -1), (1,))}
         for t in (1, 2):
-            maps[f"z_fg learned T={t}"] = em_foreground(flat, model.embeddings[labels], t, beta)[0]
+            maps[f"z_fg learned T={t}"] = em_foreground(flat, model.embeddings[labels], t, beta, unit)[0]
         maps["z_fg oracle T=1"] = em_foreground(flat, oracle, 1, beta)[0]
         add_cell_stats(cells, flat, maps["cam"], masks, model.embeddings[labels], cfg.cream.tau)
         for name, m in maps.items():
@@ -78,8 +78,7 @@ def add_cell_stats(cells: dict[str, list[float]], flat: torch.Tensor, cam: torch
                    centroids: torch.Tensor, tau: float) -> None:
     """Accumulate count, feature norm and cosine to each learned embedding per cell group."""
     norm = flat.norm(dim=1)
-    unit = centroids / (centroids.norm(dim=2, keepdim=True) + 1e-6)
-    cos = torch.einsum("bck,bkn->bcn", unit, flat / (norm.unsqueeze(1) + 1e-6))
+    cos = torch.einsum("bck,bkn->bcn", l2_normalize(centroids, 2), l2_normalize(flat, 1))
     groups = {"head (CAM >= 0.5)": cam >= 0.5, "body CAM misses": (masks > 0.5) & (cam < tau),
               "background": masks < 0.05}
     for name, sel in groups.items():

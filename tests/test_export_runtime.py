@@ -197,8 +197,10 @@ def test_localizer_load_does_not_import_torch(trained):
 
 
 def test_demo_smoke(tmp_path, capsys):
-    """The whole demo at toy size: every stage runs and the results file holds each table."""
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--train", "64", "--epochs", "1", "--json"]) == 0
+    """The whole demo at toy size: every stage runs and the results file holds each table (with
+    decoys and the L2-normalised feature mean, so that those paths run end to end too)."""
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--train", "64", "--epochs", "1", "--decoys", "1",
+                 "--feature-mean", "unit", "--json"]) == 0
     printed = capsys.readouterr()
     summary = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
     assert json.loads(printed.out) == summary  # --json: stdout is the summary alone
@@ -311,3 +313,15 @@ def test_manifest_without_precision_reads_as_fp32():
                   beta=8.0, tau=0.2, backbone="small-cnn", feature_size=8, checkpoint_sha256="")
     text = json.dumps({**fields, "format": "cream_rt.onnx", "version": 1})
     assert Manifest.from_json(text, "old.onnx").precision == "fp32"
+
+
+def test_export_with_unit_feature_mean_matches_eager(tmp_path):
+    model = _model("small-cnn", 48, classes=5)
+    model.config.cream.feature_mean, model.config.cream.iterations = "unit", 3
+    export_model(model, tmp_path / "unit.onnx")
+    _compare(model, tmp_path / "unit.onnx")
+    raw = _model("small-cnn", 48, classes=5)
+    raw.config.cream.iterations = 3
+    export_model(raw, tmp_path / "raw.onnx")
+    x = np.random.default_rng(1).normal(0, 1, (2, 3, 48, 48)).astype(np.float32)
+    assert np.abs(OnnxPredictor.load(tmp_path / "unit.onnx")(x)[1] - OnnxPredictor.load(tmp_path / "raw.onnx")(x)[1]).max() > 1e-3

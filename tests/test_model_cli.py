@@ -132,3 +132,45 @@ def test_every_subcommand_has_help():
     for name in COMMANDS:
         out = subprocess.run([sys.executable, "-m", "cream_rt.cli", name, "--help"], capture_output=True, text=True)
         assert out.returncode == 0 and "usage: cream" in out.stdout
+
+
+@pytest.mark.parametrize("feature_mean,fg,bg", [("raw", [1.5, 2.0], [0.5, 0.0]), ("unit", [0.3, 0.4], [0.5, 0.0])])
+def test_embedding_update_hand_computed(feature_mean, fg, bg):
+    """Pixel 0 = (3, 4) has CAM 3 (foreground), pixel 1 = (1, 0) has CAM 1 (background); lambda 0.5
+    from zero embeddings: V = 0.5 * mean, of the raw or of the L2-normalised features."""
+    from cream_rt.model.config import CreamConfig, ModelConfig
+    from cream_rt.model.network import CamModel
+
+    model = CamModel(ModelConfig(backbone="small-cnn", num_classes=2, input_size=32,
+                                 cream=CreamConfig(momentum=0.5, feature_mean=feature_mean)))
+    k = model.backbone.out_channels
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.weight[0, 0] = 1.0
+        model.embeddings.zero_()
+    features = torch.zeros(1, k, 1, 2)
+    features[0, 0, 0, 0], features[0, 1, 0, 0], features[0, 0, 0, 1] = 3.0, 4.0, 1.0
+    model.update_embeddings(features, torch.tensor([0]))
+    np.testing.assert_allclose(model.embeddings[0, 0, :2].numpy(), fg, atol=1e-6)
+    np.testing.assert_allclose(model.embeddings[0, 1, :2].numpy(), bg, atol=1e-6)
+    assert float(model.embeddings[1].abs().max()) == 0.0  # other classes untouched
+
+
+def test_feature_mean_option_end_to_end(tiny, tmp_path, capsys):
+    from cream_rt.model.config import CreamConfig
+
+    data, ckpt = tiny
+    out = tmp_path / "unit.pt"
+    assert main(["fit-embeddings", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out),
+                 "--feature-mean", "unit"]) == 0
+    payload = torch.load(out, weights_only=True)
+    assert payload["config"]["cream"]["feature_mean"] == "unit"
+    assert payload["training"]["fit_embeddings"]["feature_mean"] == "unit"
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--data", str(data), "--json"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["MaxBoxAccV2"] <= 100
+    assert main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "f.onnx"), "--fused"]) != 0
+    err = capsys.readouterr().err
+    assert "raw-feature M-step only" in err and not (tmp_path / "f.onnx").exists()
+    with pytest.raises(ValueError, match="feature_mean must be one of"):
+        CreamConfig(feature_mean="mean")

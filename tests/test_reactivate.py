@@ -16,8 +16,9 @@ def np_minmax(m):
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
-def np_reactivate(features, cam, centroids, iterations, beta, tau):
-    """One image at a time, loops over the EM steps, float64, straight from the spec."""
+def np_reactivate(features, cam, centroids, iterations, beta, tau, unit=False):
+    """One image at a time, loops over the EM steps, float64, straight from the spec; `unit`:
+    the M-step averages the L2-normalised features (feature_mean "unit")."""
     out = []
     for f, c, mu0 in zip(features.astype(np.float64), cam.astype(np.float64), centroids.astype(np.float64)):
         k, h, w = f.shape
@@ -35,7 +36,7 @@ def np_reactivate(features, cam, centroids, iterations, beta, tau):
             logit -= logit.max(axis=0)
             z = np.exp(logit) / np.exp(logit).sum(axis=0)
             if t < iterations - 1:
-                mu = [(z[j][:, None] * x).sum(0) / (z[j].sum() + EPS) for j in range(2)]
+                mu = [(z[j][:, None] * (xn if unit else x)).sum(0) / (z[j].sum() + EPS) for j in range(2)]
                 pi = [z[j].sum() / len(x) for j in range(2)]
         omega = cam_n >= tau
         s_fg = z[0][omega].sum()
@@ -61,6 +62,28 @@ def test_reactivate_matches_float64_reference(iterations, beta, tau):
         got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), iterations, beta, tau)
         assert got.dtype == torch.float32 and got.shape == c.shape
         np.testing.assert_allclose(got.numpy(), np_reactivate(f, c, mu, iterations, beta, tau), atol=1e-5)
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_unit_feature_mean_matches_float64_reference(iterations):
+    rng = np.random.default_rng(40 + iterations)
+    for _ in range(5):
+        f, c, mu = _random_case(rng)
+        f[0] *= rng.uniform(0.1, 50, (1,) + f.shape[2:]).astype(np.float32)  # norms that differ per pixel
+        got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), iterations, 8.0, 0.2,
+                         unit_mean=True)
+        np.testing.assert_allclose(got.numpy(), np_reactivate(f, c, mu, iterations, 8.0, 0.2, unit=True), atol=1e-5)
+    raw = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2)
+    unit = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2, unit_mean=True)
+    assert iterations == 1 or float((raw - unit).abs().max()) > 1e-3  # the option changes the M-step
+
+
+def test_fused_op_refuses_the_unit_mean():
+    from cream_rt.errors import CreamError
+
+    f, c, mu = _random_case(np.random.default_rng(3))
+    with pytest.raises(CreamError, match="raw-feature M-step only"):
+        reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, fused=True, unit_mean=True)
 
 
 def test_edge_cases():

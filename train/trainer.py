@@ -18,7 +18,7 @@ from cream_rt.errors import CreamError
 from cream_rt.metadata import SplitMetadata, read_split
 from cream_rt.model.backbones import get_backbone, load_imagenet_weights
 from cream_rt.model.checkpoint import load_checkpoint, save_checkpoint
-from cream_rt.model.config import CreamConfig, ModelConfig
+from cream_rt.model.config import FEATURE_MEANS, CreamConfig, ModelConfig
 from cream_rt.model.network import CamModel
 from cream_rt.model.reactivate import score_maps
 from cream_rt.progress import progress
@@ -208,7 +208,8 @@ def _jsonable(config: TrainConfig) -> dict:
 
 def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | None = None,
                    metadata: str | None = None, momentum: float | None = None, epochs: int = 1,
-                   batch_size: int = 32, seed: int = 0, device: str = "cpu", reset: bool = True) -> dict:
+                   batch_size: int = 32, seed: int = 0, device: str = "cpu", reset: bool = True,
+                   feature_mean: str | None = None) -> dict:
     """Learn the context embeddings of a trained CAM model over the train split with the
     classifier frozen and no gradient (method.md 3.1), so any CAM model gets CREAM."""
     image_root, meta_root = resolve_data(data, images, metadata)
@@ -219,6 +220,10 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
                          f"model with {model.config.num_classes} classes")
     if momentum is not None:
         model.config.cream.momentum = momentum
+    if feature_mean is not None:
+        if feature_mean not in FEATURE_MEANS:
+            raise CreamError(f"feature_mean must be one of {FEATURE_MEANS}, got {feature_mean!r}")
+        model.config.cream.feature_mean = feature_mean
     seed_everything(seed)
     if reset:
         model.embeddings.copy_(torch.randn_like(model.embeddings))
@@ -234,6 +239,6 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
                 model.update_embeddings(model.features(x.to(device)), y.to(device))
     training = dict(payload.get("training", {}))
     training["fit_embeddings"] = {"from": str(checkpoint), "epochs": epochs, "momentum": cfg.cream.momentum,
-                                  "seed": seed}
+                                  "feature_mean": cfg.cream.feature_mean, "seed": seed}
     save_checkpoint(out, model, training)
     return {"checkpoint": os.fspath(out), "images": len(data_set) * epochs}

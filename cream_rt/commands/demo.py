@@ -57,6 +57,7 @@ def _demo(args: argparse.Namespace) -> dict:
 
     from ..export.onnx_export import export_checkpoint
     from ..model.checkpoint import load_checkpoint
+    from ..model.config import CreamConfig
     from ..runtime import Localizer
     from ..synth import SynthConfig, generate
     from ..train.trainer import TrainConfig, evaluate_split, train
@@ -75,7 +76,8 @@ def _demo(args: argparse.Namespace) -> dict:
         step(1, f"reusing the benchmark in {data}")
     ckpt = out / "small-cnn.pt"
     step(2, f"training small-cnn for {args.epochs} epochs -> {ckpt}")
-    train("small-cnn", str(data), str(ckpt), config=TrainConfig(epochs=args.epochs, seed=args.seed))
+    train("small-cnn", str(data), str(ckpt), config=TrainConfig(epochs=args.epochs, seed=args.seed),
+          cream=CreamConfig(feature_mean=args.feature_mean))
     model, _ = load_checkpoint(ckpt)
     test = read_split(data / "metadata" / "test")
 

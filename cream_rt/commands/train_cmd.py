@@ -45,7 +45,8 @@ def train(args: argparse.Namespace) -> int:
                          lr_decay_epochs=tuple(args.lr_decay_epochs), weight_decay=args.weight_decay,
                          seed=args.seed, device=args.device, workers=args.workers, pretrained=args.pretrained,
                          bn_batches=args.bn_batches)
-    cream = CreamConfig(iterations=args.iterations, beta=args.beta, tau=args.tau, momentum=args.momentum)
+    cream = CreamConfig(iterations=args.iterations, beta=args.beta, tau=args.tau, momentum=args.momentum,
+                        feature_mean=args.feature_mean)
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     record = run_train(args.backbone, args.data, args.out, args.images, args.metadata, config, cream,
                        args.input_size, args.large_feature_map, args.tap, args.nwc, args.resume, log)
@@ -58,6 +59,6 @@ def fit_embeddings(args: argparse.Namespace) -> int:
     from ..train.trainer import fit_embeddings as run_fit
 
     record = run_fit(args.checkpoint, args.data, args.out, args.images, args.metadata, args.momentum,
-                     args.epochs, args.batch_size, args.seed, args.device)
+                     args.epochs, args.batch_size, args.seed, args.device, feature_mean=args.feature_mean)
     print(json.dumps(record) if args.json else f"wrote {record['checkpoint']} ({record['images']} images seen)")
     return 0

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+FEATURE_MEANS = ("raw", "unit")
 
 
 @dataclass
@@ -15,6 +16,15 @@ class CreamConfig:
     beta: float = 8.0
     tau: float = 0.2
     momentum: float = 0.8  # lambda of the context-embedding update
+    # What the context embeddings and the EM's M-step average: "raw" features, as method.md
+    # and the paper write; or "unit": L2-normalised features, the maximum-likelihood mean
+    # direction of the cosine (von Mises-Fisher-like) base model, which keeps the high-norm
+    # features of the most discriminative part from outweighing the rest of the object.
+    feature_mean: str = "raw"
+
+    def __post_init__(self) -> None:
+        if self.feature_mean not in FEATURE_MEANS:
+            raise ValueError(f"feature_mean must be one of {FEATURE_MEANS}, got {self.feature_mean!r}")
 
 
 @dataclass

@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from .backbones import get_backbone
 from .config import ModelConfig
-from .reactivate import minmax, reactivate, score_maps
+from .reactivate import l2_normalize, minmax, reactivate, score_maps
 
 
 class CamModel(nn.Module):
@@ -73,17 +73,21 @@ class CamModel(nn.Module):
         if mode != "cream":
             raise ValueError(f"mode must be 'cam' or 'cream', got {mode!r}")
         c = self.config.cream
-        return reactivate(features, cam, self.embeddings[class_ids], t, c.beta, c.tau, self.config.fused)
+        return reactivate(features, cam, self.embeddings[class_ids], t, c.beta, c.tau, self.config.fused,
+                          c.feature_mean == "unit")
 
     @torch.no_grad()
     def update_embeddings(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Context-embedding learning (method.md 3.1), no gradient: per sample in batch order,
         V[y] <- lambda V[y] + (1 - lambda) f, for the foreground {minmax(CAM_y) >= tau} and the
-        background means of the raw features; a side with an empty mask is skipped."""
+        background means of the raw (or, with feature_mean "unit", L2-normalised) features; a
+        side with an empty mask is skipped."""
         features = features.detach().float()
         b, k = features.shape[:2]
-        flat = features.flatten(2)  # (B,K,N)
         cam = minmax(self.cam(features, labels).flatten(1), (1,))
+        flat = features.flatten(2)  # (B,K,N)
+        if self.config.cream.feature_mean == "unit":
+            flat = l2_normalize(flat, 1)
         fg = (cam >= self.config.cream.tau).to(flat.dtype)  # (B,N)
         bg = 1.0 - fg
         n_fg, n_bg = fg.sum(1), bg.sum(1)

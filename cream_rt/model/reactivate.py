@@ -21,37 +21,49 @@ def minmax(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
                        torch.zeros_like(x))
 
 
+def l2_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x / (||x|| + EPS) along `dim`: an all-zero vector stays zero (cos 0 to anything)."""
+    return x / (x.norm(dim=dim, keepdim=True) + EPS)
+
+
 def em_foreground(features: torch.Tensor, centroids: torch.Tensor, iterations: int,
-                  beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  beta: float, unit_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """EM with p(x|k) ~ exp(beta cos(x, mu_k)) started from `centroids (B,2,K)`; `features
-    (B,K,N)`. T E-steps with an M-step between consecutive ones; returns (z_fg, z_bg) `(B,N)`."""
+    (B,K,N)`. T E-steps with an M-step between consecutive ones; returns (z_fg, z_bg) `(B,N)`.
+    The M-step averages the raw features, or with `unit_mean` the L2-normalised ones."""
     x = features
-    xn = x / (x.norm(dim=1, keepdim=True) + EPS)
+    xn = l2_normalize(x, 1)
     mu = centroids
     n = x.shape[-1]
     log_pi = torch.full_like(centroids[:, :, 0], math.log(0.5))  # (B,2)
     z = torch.empty(0)
     for step in range(iterations):
-        mun = mu / (mu.norm(dim=2, keepdim=True) + EPS)
+        mun = l2_normalize(mu, 2)
         logits = beta * torch.bmm(mun, xn) + log_pi.unsqueeze(-1)  # (B,2,N), log space
         z = torch.softmax(logits, dim=1)
         if step < iterations - 1:
             mass = z.sum(dim=2)  # (B,2)
-            mu = torch.bmm(z, x.transpose(1, 2)) / (mass.unsqueeze(-1) + EPS)
+            mu = torch.bmm(z, (xn if unit_mean else x).transpose(1, 2)) / (mass.unsqueeze(-1) + EPS)
             log_pi = torch.log(torch.clamp(mass / n, min=EPS))
     return z[:, 0], z[:, 1]
 
 
 def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor,
-               iterations: int = 2, beta: float = 8.0, tau: float = 0.2, fused: bool = False) -> torch.Tensor:
+               iterations: int = 2, beta: float = 8.0, tau: float = 0.2, fused: bool = False,
+               unit_mean: bool = False) -> torch.Tensor:
     """CREAM's final map `z~ + minmax(CAM)` at feature resolution `(B,h,w)`, values in [0,2].
 
     features `(B,K,h,w)` (after ReLU), cam `(B,h,w)` of the chosen class, centroids `(B,2,K)`
     (row 0 foreground, row 1 background). `iterations=0` returns `minmax(CAM)` (plain CAM).
     Calibration: the component with the larger mean responsibility over
     `{minmax(CAM) >= tau}` is the foreground. `fused` runs all of it (EM, calibration, fusion)
-    in the C++/CUDA op `cream::cosine_em`, which reads the features once per EM step."""
+    in the C++/CUDA op `cream::cosine_em`, which reads the features once per EM step.
+    `unit_mean`: the M-step averages L2-normalised features (CreamConfig.feature_mean "unit")."""
     b, k, h, w = features.shape
+    if fused and iterations > 1 and unit_mean:
+        from ..errors import CreamError
+
+        raise CreamError("the fused cosine-EM op implements the raw-feature M-step only (feature_mean 'raw')")
     if fused and iterations > 0:
         from .fused import cosine_em
 
@@ -60,7 +72,7 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
     cam_n = minmax(cam.reshape(b, h * w), (1,))
     if iterations <= 0:
         return cam_n.reshape(b, h, w)
-    z_fg, z_bg = em_foreground(features.reshape(b, k, h * w).float(), centroids.float(), iterations, beta)
+    z_fg, z_bg = em_foreground(features.reshape(b, k, h * w).float(), centroids.float(), iterations, beta, unit_mean)
     omega = (cam_n >= tau).to(z_fg.dtype)
     keep_fg = (z_fg * omega).sum(dim=1, keepdim=True) >= (z_bg * omega).sum(dim=1, keepdim=True)
     calibrated = torch.where(keep_fg, z_fg, z_bg)
