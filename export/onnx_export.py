@@ -60,9 +60,10 @@ def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", i
     t = model.config.cream.iterations if iterations is None else iterations
     if t < 0:
         raise CreamError(f"iterations must be >= 0, got {t}")
-    if fused and mode == "cream" and t > 1 and model.config.cream.feature_mean != "raw":
-        raise CreamError("--fused: the cosine-EM op implements the raw-feature M-step only; this model uses "
-                         f"feature_mean {model.config.cream.feature_mean!r} (export without --fused)")
+    if fused and mode == "cream":
+        from cream_rt.model.reactivate import check_fused
+
+        check_fused(t, model.config.cream.feature_mean == "unit")
     if opset < 18:
         raise CreamError(f"opset must be >= 18 for the torch.export-based exporter, got {opset}")
     model = model.eval()

@@ -23,15 +23,10 @@ QUANTIZED_OPS = ("Conv",)
 
 def calibration_batches(images: Iterable, input_size: int, mean, std, batch_size: int = 16) -> Iterator[np.ndarray]:
     """Normalised float32 batches `(B,3,S,S)` of `images` (paths or RGB arrays), as the model is fed."""
+    from cream_rt.commands.model_eval import batches
     from cream_rt.preprocess import preprocess_batch
 
-    chunk: list = []
-    for image in images:
-        chunk.append(image)
-        if len(chunk) == batch_size:
-            yield preprocess_batch(chunk, input_size, mean, std)
-            chunk = []
-    if chunk:
+    for chunk in batches(list(images), batch_size):
         yield preprocess_batch(chunk, input_size, mean, std)
 
 

@@ -2,6 +2,7 @@
 new layers, step decay) with CREAM's context-embedding learning on every training batch."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -18,7 +19,7 @@ from cream_rt.errors import CreamError
 from cream_rt.metadata import SplitMetadata, read_split
 from cream_rt.model.backbones import get_backbone, load_imagenet_weights
 from cream_rt.model.checkpoint import load_checkpoint, save_checkpoint
-from cream_rt.model.config import FEATURE_MEANS, CreamConfig, ModelConfig
+from cream_rt.model.config import CreamConfig, ModelConfig
 from cream_rt.model.network import CamModel
 from cream_rt.model.reactivate import score_maps
 from cream_rt.progress import progress
@@ -221,9 +222,10 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
     if momentum is not None:
         model.config.cream.momentum = momentum
     if feature_mean is not None:
-        if feature_mean not in FEATURE_MEANS:
-            raise CreamError(f"feature_mean must be one of {FEATURE_MEANS}, got {feature_mean!r}")
-        model.config.cream.feature_mean = feature_mean
+        try:
+            model.config.cream = dataclasses.replace(model.config.cream, feature_mean=feature_mean)
+        except ValueError as exc:
+            raise CreamError(str(exc)) from None
     seed_everything(seed)
     if reset:
         model.embeddings.copy_(torch.randn_like(model.embeddings))
