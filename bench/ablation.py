@@ -5,8 +5,9 @@ lambda = 1 they stay random). Writes one JSON.
 from __future__ import annotations
 
 import argparse
-import platform
+import sys
 import tempfile
+from datetime import date
 from pathlib import Path
 
 from cream_rt.atomic import write_json
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
+    from cream_rt.bench.runner import machine_info
     from cream_rt.metadata import read_split
     from cream_rt.model.checkpoint import load_checkpoint
     from cream_rt.train.trainer import evaluate_split, fit_embeddings
@@ -31,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     images = Path(args.data) / "images"
     keys = ("MaxBoxAccV2", "GT_known_Loc", "Top1_Loc")
     result = {"checkpoint": args.checkpoint, "split": args.split, "by_T": {}, "by_lambda": {},
-              "machine": platform.platform(), "command": "python -m cream_rt.bench.ablation " + " ".join(argv or [])}
+              "machine": machine_info(), "date": date.today().isoformat(),
+              "command": " ".join(["python -m cream_rt.bench.ablation"] + (sys.argv[1:] if argv is None else argv))}
     model, _ = load_checkpoint(args.checkpoint)
     result["feature_mean"] = args.feature_mean or model.config.cream.feature_mean
     metrics = evaluate_split(model, meta, images, {f"T={t}": ("cream", t) for t in range(5)}, 64)

@@ -4,6 +4,7 @@ ratios of issue 6 measured in one run. Run on an idle machine:
 (CREAM_BENCH_DIR=bench/results records one JSON per backbone)."""
 from __future__ import annotations
 
+import datetime
 import os
 import tempfile
 from pathlib import Path
@@ -41,7 +42,8 @@ def test_engines_side_by_side(backbone):
         result = run_bench(model, onnx_models, config, log=print, int8_models=int8_exports(onnx_models, model.config,
                                                                                           tmp))
     result["backbone"] = backbone
-    result["command"] = "pytest bench/test_latency.py -s"
+    result["command"] = "CREAM_BENCH_DIR=bench/results python -m pytest bench/test_latency.py -s -k side_by_side"
+    result["date"] = datetime.date.today().isoformat()
     print(f"\n{backbone}:")
     for line in result["ratios"]:
         print("  " + line)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -86,3 +87,26 @@ def test_bench_cli_json_and_plot(tmp_path, capsys):
 def test_bench_rejects_unknown_engine(capsys):
     assert main(["bench", "--backbone", "small-cnn", "--engines", "warp-drive"]) == 2
     assert "unknown engine 'warp-drive'" in capsys.readouterr().err
+
+
+def test_graph_flops_counts_conv_and_gemm_by_hand(tmp_path):
+    """Conv 3->4, 3x3, stride 2, pad 1 on 8x8 (4x4 out): 2 * (2*4*4*4) * (3*3*3) = 6912 flops at
+    batch 2; Gemm (2,64) x (64,5): 2 * 2*5 * 64 = 1280; a dynamic batch axis is fixed first."""
+    import onnx
+    import onnx.helper as oh
+    from onnx import TensorProto, numpy_helper
+
+    from cream_rt.bench.roofline import graph_flops
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((64, 5)).astype(np.float32), "g"),
+             numpy_helper.from_array(np.array([-1, 64], np.int64), "shape")]
+    nodes = [oh.make_node("Conv", ["x", "w"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             oh.make_node("Reshape", ["c", "shape"], ["flat"]),
+             oh.make_node("Gemm", ["flat", "g"], ["y"])]
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5])], inits)
+    path = str(tmp_path / "m.onnx")
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 20)]), path)
+    assert graph_flops(path, 2) == {"Conv": 6912.0, "Gemm": 1280.0}
