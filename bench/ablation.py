@@ -25,9 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from cream_rt.bench.runner import machine_info
+    from cream_rt.train.trainer import evaluate_split, fit_embeddings
+
     from cream_rt.metadata import read_split
     from cream_rt.model.checkpoint import load_checkpoint
-    from cream_rt.train.trainer import evaluate_split, fit_embeddings
 
     meta = read_split(Path(args.data) / "metadata" / args.split)
     images = Path(args.data) / "images"

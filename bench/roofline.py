@@ -36,11 +36,12 @@ def graph_flops(path: str, batch: int) -> dict[str, float]:
             if not weight or not out or 0 in out:
                 raise ValueError(f"{path}: no static shape for Conv {node.name}")
             count = 2.0 * np.prod(out, dtype=np.float64) * np.prod(weight[1:], dtype=np.float64)
-        elif node.op_type in ("Gemm", "MatMul", "FusedMatMul"):
+        elif node.op_type in ("Gemm", "MatMul"):
             a, out = shapes.get(node.input[0]), shapes.get(node.output[0])
             if not a or not out or 0 in out or 0 in a:
                 continue  # shape unknown: a small head op
-            count = 2.0 * np.prod(out, dtype=np.float64) * a[-1]
+            trans_a = any(att.name == "transA" and att.i for att in node.attribute)
+            count = 2.0 * np.prod(out, dtype=np.float64) * a[-2 if trans_a else -1]  # x the inner dimension
         else:
             continue
         flops[node.op_type] = flops.get(node.op_type, 0.0) + float(count)
@@ -53,8 +54,8 @@ def gemm_peak(size: int = 1536, budget_s: float = 3.0) -> dict[str, float]:
     import onnx
     import onnx.helper as oh
     import torch
-
     from cream_rt.bench.latency import measure
+
     from cream_rt.runtime import make_session
 
     a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
@@ -75,20 +76,16 @@ def gemm_peak(size: int = 1536, budget_s: float = 3.0) -> dict[str, float]:
 def roofline(backbone: str, batch: int, mode: str = "cream", iterations: int = 2, budget_s: float = 4.0) -> dict:
     """The model's GFLOP per image, each engine's GFLOP/s on it and on a GEMM, and the bound on
     ONNX Runtime vs eager that follows (ORT's best GEMM rate over eager's rate on the model)."""
-    import torch
-
     from cream_rt.bench.engines import build_engine
     from cream_rt.bench.latency import measure_interleaved, paired_ratio
-    from cream_rt.bench.runner import machine_info, sample_images
+    from cream_rt.bench.runner import machine_info, sample_images, untrained_model
     from cream_rt.export.onnx_export import export_model
-    from cream_rt.model.config import ModelConfig
-    from cream_rt.model.network import CamModel
+
     from cream_rt.preprocess import preprocess_batch
 
-    torch.manual_seed(0)
-    size = 96 if backbone == "small-cnn" else 224
-    model = CamModel(ModelConfig(backbone=backbone, num_classes=200, input_size=size)).eval()
+    model = untrained_model(backbone)
     cfg = model.config
+    size = cfg.input_size
     x = preprocess_batch(sample_images(batch, size, 0), size, cfg.mean, cfg.std)
     ids = (np.arange(batch) % cfg.num_classes).astype(np.int64)
     with tempfile.TemporaryDirectory() as tmp:

@@ -77,6 +77,19 @@ def reset_peak_rss() -> None:
         pass
 
 
+def untrained_model(backbone: str, classes: int = 200):
+    """The model the latency benchmarks time: `backbone` with seed-0 random weights, 224 px
+    (small-cnn 96 px), in eval mode. Speed does not depend on training."""
+    import torch
+
+    from cream_rt.model.config import ModelConfig
+    from cream_rt.model.network import CamModel
+
+    torch.manual_seed(0)
+    size = 96 if backbone == "small-cnn" else 224
+    return CamModel(ModelConfig(backbone=backbone, num_classes=classes, input_size=size)).eval()
+
+
 def sample_images(count: int, size: int, seed: int) -> list[np.ndarray]:
     """RGB uint8 images from the synthetic benchmark (any content would do for timing)."""
     import cv2

@@ -13,25 +13,18 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from cream_rt.atomic import write_json  # noqa: E402
 from cream_rt.bench.engines import build_engine  # noqa: E402
-from cream_rt.bench.runner import BenchConfig, int8_exports, run_bench  # noqa: E402
+from cream_rt.bench.runner import BenchConfig, int8_exports, run_bench, untrained_model  # noqa: E402
 from cream_rt.export.onnx_export import export_model  # noqa: E402
-from cream_rt.model.config import ModelConfig  # noqa: E402
-from cream_rt.model.network import CamModel  # noqa: E402
+
+from cream_rt.atomic import write_json  # noqa: E402
 
 THIRD_PARTY = ("grad-cam", "torchcam")
 
 
-def _model(backbone: str, classes: int = 200):
-    torch.manual_seed(0)
-    size = 224 if backbone != "small-cnn" else 96
-    return CamModel(ModelConfig(backbone=backbone, num_classes=classes, input_size=size)).eval()
-
-
 @pytest.mark.parametrize("backbone", ["resnet50", "efficientnet-lite0", "small-cnn"])
 def test_engines_side_by_side(backbone):
-    model = _model(backbone)
+    model = untrained_model(backbone)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_models = {}
         for mode, t in (("cam", 0), ("cream", 2)):
@@ -56,7 +49,7 @@ def test_engines_side_by_side(backbone):
 
 def test_onnxruntime_cream_batch8(benchmark):
     """pytest-benchmark's own statistics for the deployment path (small-cnn, CREAM T=2, batch 8)."""
-    model = _model("small-cnn", 6)
+    model = untrained_model("small-cnn", 6)
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "m.onnx")
         export_model(model, path, "cream", 2)

@@ -110,3 +110,21 @@ def test_graph_flops_counts_conv_and_gemm_by_hand(tmp_path):
     path = str(tmp_path / "m.onnx")
     onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 20)]), path)
     assert graph_flops(path, 2) == {"Conv": 6912.0, "Gemm": 1280.0}
+
+
+def test_graph_flops_reads_the_inner_dimension_of_a_transposed_gemm(tmp_path):
+    """Gemm with transA: A is (K=64, M=2), B (64, 5), out (2, 5): 2 * 2*5 * 64 = 1280 flops
+    (not 2 * 10 * 2, which reading A's last axis would give)."""
+    import onnx
+    import onnx.helper as oh
+    from onnx import TensorProto, numpy_helper
+
+    from cream_rt.bench.roofline import graph_flops
+
+    b = numpy_helper.from_array(np.ones((64, 5), np.float32), "b")
+    graph = oh.make_graph([oh.make_node("Gemm", ["a", "b"], ["y"], transA=1)], "g",
+                          [oh.make_tensor_value_info("a", TensorProto.FLOAT, [64, 2])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])], [b])
+    path = str(tmp_path / "t.onnx")
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 20)]), path)
+    assert graph_flops(path, 1) == {"Gemm": 1280.0}

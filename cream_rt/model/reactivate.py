@@ -84,7 +84,7 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
     if iterations <= 0:
         return cam_n.reshape(b, h, w)
     z_fg, z_bg = em_foreground(features.reshape(b, k, h * w).float(), centroids.float(), iterations, beta, unit_mean)
-    in_omega = torch.where(cam_n >= tau, z_fg - z_bg, torch.zeros((), dtype=z_fg.dtype))
+    in_omega = torch.where(cam_n >= tau, z_fg - z_bg, 0.0)
     keep_fg = in_omega.sum(dim=1, keepdim=True) >= 0  # s_fg >= s_bg over omega = {minmax(CAM) >= tau}
     calibrated = torch.where(keep_fg, z_fg, z_bg)
     return (calibrated + cam_n).reshape(b, h, w)
