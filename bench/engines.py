@@ -70,14 +70,7 @@ def build_engine(name: str, model, onnx_path: str | None, mode: str, iterations:
         images = torch.from_numpy(x).to(device)
         ids = torch.from_numpy(class_ids).to(device)
         if name == "eager-fused":  # the eager model with CREAM's EM in the fused C++/CUDA op
-            from cream_rt.errors import CreamError
             from cream_rt.model.fused import load_extension
-            from cream_rt.model.reactivate import check_fused
-
-            try:
-                check_fused(iterations if mode == "cream" else 0, model.config.cream.feature_mean == "unit")
-            except CreamError as exc:
-                raise EngineUnavailable(str(exc)) from None
 
             try:
                 load_extension("cuda" if device.startswith("cuda") else "cpu")

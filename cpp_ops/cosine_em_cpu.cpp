@@ -70,11 +70,12 @@ void accumulate_dots(const float* x, int64_t k, int64_t n, int64_t t0, int64_t l
 
 // E-step over pixels [p0, p1) of one image (features x: K rows of n floats); writes z and,
 // if sums != nullptr, adds sum_i z_i x_i to sums[0..K) and sum_i x_i to sums[K..2K), and
-// sum_i z_i to *mass. inv_norm[i] = 1/(|x_i| + eps) is computed on the first step (have_norms
-// false) and reused afterwards.
+// sum_i z_i to *mass; with unit_mean the sums are of the L2-normalised x_i / (|x_i| + eps).
+// inv_norm[i] = 1/(|x_i| + eps) is computed on the first step (have_norms false) and reused
+// afterwards.
 void e_step(const float* x, int64_t k, int64_t n, int64_t p0, int64_t p1, const Centroid& c, float beta,
-            float* z, float* sums, double* mass, float* inv_norm, bool have_norms) {
-  alignas(64) float dot_f[kMaxTile], dot_b[kMaxTile], norm[kMaxTile];
+            float* z, float* sums, double* mass, float* inv_norm, bool have_norms, bool unit_mean) {
+  alignas(64) float dot_f[kMaxTile], dot_b[kMaxTile], norm[kMaxTile], w_z[kMaxTile], w_1[kMaxTile];
   const int64_t tile = tile_width(n);
   for (int64_t t0 = p0; t0 < p1; t0 += tile) {
     const int64_t len = std::min(tile, p1 - t0);
@@ -90,15 +91,19 @@ void e_step(const float* x, int64_t k, int64_t n, int64_t p0, int64_t p1, const 
     }
     if (sums == nullptr) continue;
     double m = 0;
-    for (int64_t i = 0; i < len; ++i) m += z[t0 + i];
+    for (int64_t i = 0; i < len; ++i) {
+      m += z[t0 + i];
+      w_1[i] = unit_mean ? inv_norm[t0 + i] : 1.f;  // per-pixel weight of the M-step sums
+      w_z[i] = z[t0 + i] * w_1[i];
+    }
     *mass += m;
     for (int64_t j = 0; j < k; ++j) {
       const float* row = x + j * n + t0;
       float sz = 0.f, s = 0.f;
 #pragma omp simd reduction(+ : sz, s)
       for (int64_t i = 0; i < len; ++i) {
-        sz += z[t0 + i] * row[i];
-        s += row[i];
+        sz += w_z[i] * row[i];
+        s += w_1[i] * row[i];
       }
       sums[j] += sz;
       sums[k + j] += s;
@@ -108,7 +113,7 @@ void e_step(const float* x, int64_t k, int64_t n, int64_t p0, int64_t p1, const 
 
 // All EM steps of one image; `split` spreads the tiles over threads (single-image batches).
 void em_image(const float* x, const float* mu, int64_t k, int64_t n, int64_t iterations, float beta, float* z,
-              bool split) {
+              bool split, bool unit_mean) {
   Centroid c = normalise(mu, mu + k, k, 0.5f);
   std::vector<float> inv_norm(n);
   const int64_t tile = tile_width(n);
@@ -119,10 +124,10 @@ void em_image(const float* x, const float* mu, int64_t k, int64_t n, int64_t ite
     if (last) {
       if (split) {
         at::parallel_for(0, n, tile, [&](int64_t a, int64_t b) {
-          e_step(x, k, n, a, b, c, beta, z, nullptr, nullptr, inv_norm.data(), have_norms);
+          e_step(x, k, n, a, b, c, beta, z, nullptr, nullptr, inv_norm.data(), have_norms, unit_mean);
         });
       } else {
-        e_step(x, k, n, 0, n, c, beta, z, nullptr, nullptr, inv_norm.data(), have_norms);
+        e_step(x, k, n, 0, n, c, beta, z, nullptr, nullptr, inv_norm.data(), have_norms, unit_mean);
       }
       break;
     }
@@ -136,7 +141,8 @@ void em_image(const float* x, const float* mu, int64_t k, int64_t n, int64_t ite
       at::parallel_for(0, chunks, 1, [&](int64_t a, int64_t b) {
         for (int64_t q = a; q < b; ++q) {
           const int64_t lo = q * per, hi = std::min(n, lo + per);
-          if (lo < hi) e_step(x, k, n, lo, hi, c, beta, z, partial[q].data(), &partial_mass[q], inv_norm.data(), have_norms);
+          if (lo < hi) e_step(x, k, n, lo, hi, c, beta, z, partial[q].data(), &partial_mass[q], inv_norm.data(), have_norms,
+                                unit_mean);
         }
       });
       for (int64_t q = 0; q < chunks; ++q) {
@@ -144,9 +150,10 @@ void em_image(const float* x, const float* mu, int64_t k, int64_t n, int64_t ite
         for (int64_t j = 0; j < 2 * k; ++j) sums[j] += partial[q][j];
       }
     } else {
-      e_step(x, k, n, 0, n, c, beta, z, sums.data(), &mass, inv_norm.data(), have_norms);
+      e_step(x, k, n, 0, n, c, beta, z, sums.data(), &mass, inv_norm.data(), have_norms, unit_mean);
     }
     // M-step: mu_fg = sum z x / (sum z + eps); mu_bg = (sum x - sum z x) / (sum (1-z) + eps)
+    // (x L2-normalised under unit_mean)
     const float mass_fg = float(mass), mass_bg = float(double(n) - mass);
     std::vector<float> mu_fg(k), mu_bg(k);
     for (int64_t j = 0; j < k; ++j) {
@@ -173,9 +180,10 @@ void calibrate_image(const float* cam, int64_t n, float tau, float* z) {
 
 }  // namespace
 
-// features (B,K,h,w), cam (B,h,w), centroids (B,2,K), float32 -> z~ + minmax(CAM) (B,h,w)
+// features (B,K,h,w), cam (B,h,w), centroids (B,2,K), float32 -> z~ + minmax(CAM) (B,h,w);
+// unit_mean: the M-step averages L2-normalised features (feature_mean "unit")
 torch::Tensor cosine_em_cpu(const torch::Tensor& features, const torch::Tensor& cam, const torch::Tensor& centroids,
-                            int64_t iterations, double beta, double tau) {
+                            int64_t iterations, double beta, double tau, bool unit_mean) {
   const auto in = cream::prepare_cosine_em_inputs(features, cam, centroids, iterations);
   const int64_t b = in.b, k = in.k, n = in.n;
   const float* xp = in.x.data_ptr<float>();
@@ -185,13 +193,13 @@ torch::Tensor cosine_em_cpu(const torch::Tensor& features, const torch::Tensor& 
   const bool split = b < at::get_num_threads();
   if (split) {
     for (int64_t i = 0; i < b; ++i) {
-      em_image(xp + i * k * n, mp + i * 2 * k, k, n, iterations, float(beta), zp + i * n, true);
+      em_image(xp + i * k * n, mp + i * 2 * k, k, n, iterations, float(beta), zp + i * n, true, unit_mean);
       calibrate_image(cp + i * n, n, float(tau), zp + i * n);
     }
   } else {
     at::parallel_for(0, b, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
-        em_image(xp + i * k * n, mp + i * 2 * k, k, n, iterations, float(beta), zp + i * n, false);
+        em_image(xp + i * k * n, mp + i * 2 * k, k, n, iterations, float(beta), zp + i * n, false, unit_mean);
         calibrate_image(cp + i * n, n, float(tau), zp + i * n);
       }
     });

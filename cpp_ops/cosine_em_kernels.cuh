@@ -118,12 +118,14 @@ __global__ void centroids_kernel(const float* __restrict__ init, const float* __
 }
 
 // grid (ceil(n/32), B), block (32, 8). Writes z_fg; with `sums` also adds sum_i z_i x_i to
-// sums[b,0,:], sum_i x_i to sums[b,1,:] and sum_i z_i to mass[b].
+// sums[b,0,:], sum_i x_i to sums[b,1,:] and sum_i z_i to mass[b]; with unit_mean the sums are
+// of the L2-normalised x_i / (|x_i| + eps).
 __global__ void e_step_kernel(const float* __restrict__ x, const float* __restrict__ unit,
                               const float* __restrict__ logpi, int k, int n, float beta, float* __restrict__ z,
-                              float* __restrict__ sums, float* __restrict__ mass) {
+                              float* __restrict__ sums, float* __restrict__ mass, bool unit_mean) {
   __shared__ float part[3][kChannelGroups][kTilePixels];
   __shared__ float tile_z[kTilePixels];
+  __shared__ float tile_w[kTilePixels];  // weight of pixel tx in the M-step sums: 1, or 1/(|x|+eps)
   const int b = blockIdx.y, tx = threadIdx.x, ty = threadIdx.y;
   const int i = blockIdx.x * kTilePixels + tx;
   const bool valid = i < n;
@@ -153,11 +155,12 @@ __global__ void e_step_kernel(const float* __restrict__ x, const float* __restri
     const float inv = 1.f / (sqrtf(sn) + kEps);
     const float zi = valid ? responsibility(sf * inv, sb * inv, beta, logpi[b * 2], logpi[b * 2 + 1]) : 0.f;
     tile_z[tx] = zi;
+    tile_w[tx] = unit_mean ? inv : 1.f;
     if (valid) z[size_t(b) * n + i] = zi;
   }
   __syncthreads();
   if (sums == nullptr) return;
-  const float zi = tile_z[tx];
+  const float zi = tile_z[tx], wi = tile_w[tx];
   if (ty == 0) {
     float m = zi;
     for (int o = 16; o > 0; o >>= 1) m += __shfl_down_sync(0xffffffffu, m, o);
@@ -166,7 +169,7 @@ __global__ void e_step_kernel(const float* __restrict__ x, const float* __restri
   float* sz_out = sums + size_t(b) * 2 * k;
   float* s_out = sz_out + k;
   for (int j = ty; j < k; j += kChannelGroups) {
-    const float v = valid ? xb[size_t(j) * n + i] : 0.f;  // second read: the tile is in L2
+    const float v = valid ? xb[size_t(j) * n + i] * wi : 0.f;  // second read: the tile is in L2
     float sz = zi * v, s = v;
     for (int o = 16; o > 0; o >>= 1) {
       sz += __shfl_down_sync(0xffffffffu, sz, o);
@@ -180,11 +183,11 @@ __global__ void e_step_kernel(const float* __restrict__ x, const float* __restri
 }
 
 // Host side: all EM steps, then calibration and fusion. x (B,K,n), cam (B,n), init (B,2,K),
-// out (B,n); workspace: unit (B,2,K), logpi (B,2), sums (B,2,K), mass (B). Returns the first
+// out (B,n); unit_mean: M-steps over L2-normalised features; workspace: unit (B,2,K), logpi (B,2), sums (B,2,K), mass (B). Returns the first
 // CUDA error, if any.
 inline cudaError_t cosine_em_launch(const float* x, const float* cam, const float* init, int b, int k, int n,
-                                    int iterations, float beta, float tau, float* z, float* unit, float* logpi,
-                                    float* sums, float* mass, cudaStream_t stream) {
+                                    int iterations, float beta, float tau, bool unit_mean, float* z, float* unit,
+                                    float* logpi, float* sums, float* mass, cudaStream_t stream) {
   centroids_kernel<<<b, 256, 0, stream>>>(init, nullptr, nullptr, k, n, unit, logpi);
   const dim3 grid((n + kTilePixels - 1) / kTilePixels, b), block(kTilePixels, kChannelGroups);
   for (int step = 0; step < iterations; ++step) {
@@ -194,7 +197,7 @@ inline cudaError_t cosine_em_launch(const float* x, const float* cam, const floa
       cudaMemsetAsync(mass, 0, sizeof(float) * size_t(b), stream);
     }
     e_step_kernel<<<grid, block, 0, stream>>>(x, unit, logpi, k, n, beta, z, last ? nullptr : sums,
-                                              last ? nullptr : mass);
+                                              last ? nullptr : mass, unit_mean);
     if (!last) centroids_kernel<<<b, 256, 0, stream>>>(nullptr, sums, mass, k, n, unit, logpi);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;

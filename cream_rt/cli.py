@@ -92,8 +92,8 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", type=int, default=600)
     p.add_argument("--body-tint", type=float, default=0.0,
                    help="faint class tint of the shared body (0: identical bodies)")
-    p.add_argument("--decoys", type=int, default=0,
-                   help="at most this many bodiless heads of other classes per image")
+    p.add_argument("--decoys", type=int, default=2,
+                   help="at most this many bodiless heads of other classes per image (default 2)")
 
 
 @command("backbones", "list the registered backbones", "cream_rt.commands.train_cmd:backbones")
@@ -130,8 +130,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, default=8.0)
     p.add_argument("--tau", type=float, default=0.2)
     p.add_argument("--momentum", type=float, default=0.8, help="lambda of the embedding update")
-    p.add_argument("--feature-mean", choices=["raw", "unit"], default="raw",
-                   help="embeddings and EM M-step average raw features (method.md, default) or L2-normalised ones")
+    p.add_argument("--feature-mean", choices=["raw", "unit"], default="unit",
+                   help="embeddings and EM M-step average L2-normalised features (unit, default) or raw ones")
     p.add_argument("--pretrained", help="ImageNet weights file or URL (default: the usual source)")
     p.add_argument("--resume", help="checkpoint to resume from")
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
@@ -158,9 +158,9 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--train", type=int, default=3000, help="training images")
     p.add_argument("--body-tint", type=float, default=0.0, help="synthetic body class tint (see `cream synth`)")
-    p.add_argument("--decoys", type=int, default=0, help="synthetic decoy heads per image (see `cream synth`)")
-    p.add_argument("--feature-mean", choices=["raw", "unit"], default="raw",
-                   help="CREAM's embeddings and M-step average raw (method.md) or L2-normalised features")
+    p.add_argument("--decoys", type=int, default=2, help="synthetic decoy heads per image (see `cream synth`)")
+    p.add_argument("--feature-mean", choices=["raw", "unit"], default="unit",
+                   help="CREAM's embeddings and M-step average L2-normalised (unit, default) or raw features")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
 

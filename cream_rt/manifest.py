@@ -30,6 +30,7 @@ class Manifest:
     versions: dict = field(default_factory=dict)
     fused: bool = False
     precision: str = "fp32"  # "int8": convolutions quantized (`cream export --int8`)
+    feature_mean: str = "raw"  # the EM's M-step mean ("unit" or "raw"); files without the field are raw
     format: str = MANIFEST_FORMAT
     version: int = MANIFEST_VERSION
 

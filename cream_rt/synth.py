@@ -36,8 +36,9 @@ class SynthConfig:
     # the head stays by far the most discriminative part.
     body_tint: float = 0.0
     # Decoy heads: up to this many heads of other classes lying on the background without a
-    # body, so that only the body tells which head is the object's.
-    decoys: int = 0
+    # body, so that only the body tells which head is the object's (and the network must
+    # encode the body: without decoys no EM can re-activate it).
+    decoys: int = 2
 
 
 def class_color(label: int) -> tuple[int, int, int]:

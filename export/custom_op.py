@@ -8,7 +8,9 @@ import onnxscript
 
 DOMAIN = "cream"
 OP_TYPE = "CosineEM"
-VERSION = 2  # 1: z_fg only (features, centroids); 2: the final map (features, cam, centroids; tau)
+# 1: z_fg only (features, centroids); 2: the final map (features, cam, centroids; tau), raw M-step;
+# 3: as 2 with the unit_mean attribute (M-steps over L2-normalised features)
+VERSION = 3
 PLUGIN_NAMESPACE = "cream"
 PLUGIN_VERSION = "1"  # tensorrt.plugin (QDP) registers its plugins as version "1"
 CREAM_OPSET = onnxscript.values.Opset(DOMAIN, VERSION)
@@ -32,16 +34,18 @@ def register_schema() -> None:
         attributes=[attr("iterations", kind.INT, "E-steps T (M-steps between)"),
                     attr("beta", kind.FLOAT, "concentration of the cosine base model"),
                     attr("tau", kind.FLOAT, "CAM level of the calibration region"),
+                    attr("unit_mean", kind.INT, "1: M-steps average L2-normalised features, 0: raw ones"),
                     attr("plugin_namespace", kind.STRING, "TensorRT plugin namespace", required=False),
                     attr("plugin_version", kind.STRING, "TensorRT plugin version", required=False)],
     )
     onnx.defs.register_schema(schema)
 
 
-def cosine_em_onnx(features, cam, centroids, iterations: int, beta: float, tau: float):
+def cosine_em_onnx(features, cam, centroids, iterations: int, beta: float, tau: float, unit_mean: bool = False):
     """Translation of torch.ops.cream.cosine_em for the torch.export-based exporter."""
     return CREAM_OPSET.CosineEM(features, cam, centroids, iterations=iterations, beta=beta, tau=tau,
-                                plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION)
+                                unit_mean=int(unit_mean), plugin_namespace=PLUGIN_NAMESPACE,
+                                plugin_version=PLUGIN_VERSION)
 
 
 def translation_table() -> dict:

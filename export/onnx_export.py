@@ -45,7 +45,7 @@ def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str 
                     checkpoint_sha256=file_sha256(checkpoint) if checkpoint else "",
                     versions={"cream_rt": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
                               "python": platform.python_version()},
-                    fused=fused and mode == "cream" and iterations > 0)
+                    fused=fused and mode == "cream" and iterations > 0, feature_mean=cfg.cream.feature_mean)
 
 
 def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", iterations: int | None = None,
@@ -60,10 +60,6 @@ def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", i
     t = model.config.cream.iterations if iterations is None else iterations
     if t < 0:
         raise CreamError(f"iterations must be >= 0, got {t}")
-    if fused and mode == "cream":
-        from cream_rt.model.reactivate import check_fused
-
-        check_fused(t, model.config.cream.feature_mean == "unit")
     if opset < 18:
         raise CreamError(f"opset must be >= 18 for the torch.export-based exporter, got {opset}")
     model = model.eval()

@@ -27,7 +27,8 @@ def _register_kernel() -> str:
 
     @onnx_op(op_type=OP_TYPE, inputs=[PyCustomOpDef.dt_float] * 3, outputs=[PyCustomOpDef.dt_float],
              attrs={"iterations": PyCustomOpDef.dt_int64, "beta": PyCustomOpDef.dt_float,
-                    "tau": PyCustomOpDef.dt_float, "plugin_namespace": PyCustomOpDef.dt_string,
+                    "tau": PyCustomOpDef.dt_float, "unit_mean": PyCustomOpDef.dt_int64,
+                    "plugin_namespace": PyCustomOpDef.dt_string,
                     "plugin_version": PyCustomOpDef.dt_string})
     def _cosine_em(features, cam, centroids, **attrs):
         def tensor(a):
@@ -35,7 +36,7 @@ def _register_kernel() -> str:
 
         with torch.no_grad():
             out = cosine_em(tensor(features), tensor(cam), tensor(centroids), int(attrs["iterations"]),
-                            float(attrs["beta"]), float(attrs["tau"]))
+                            float(attrs["beta"]), float(attrs["tau"]), bool(attrs["unit_mean"]))
         return out.numpy()
 
     return get_library_path()

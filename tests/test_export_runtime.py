@@ -321,7 +321,7 @@ def test_export_with_unit_feature_mean_matches_eager(tmp_path):
     export_model(model, tmp_path / "unit.onnx")
     _compare(model, tmp_path / "unit.onnx")
     raw = _model("small-cnn", 48, classes=5)
-    raw.config.cream.iterations = 3
+    raw.config.cream.feature_mean, raw.config.cream.iterations = "raw", 3
     export_model(raw, tmp_path / "raw.onnx")
     x = np.random.default_rng(1).normal(0, 1, (2, 3, 48, 48)).astype(np.float32)
     assert np.abs(OnnxPredictor.load(tmp_path / "unit.onnx")(x)[1] - OnnxPredictor.load(tmp_path / "raw.onnx")(x)[1]).max() > 1e-3

@@ -21,15 +21,32 @@ from cream_rt.model.reactivate import reactivate  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.parametrize("unit", [True, False], ids=["unit", "raw"])
 @pytest.mark.parametrize("iterations", [1, 2, 3, 4])
 @pytest.mark.parametrize("shape", [(1, 16, 7, 9), (4, 33, 5, 13), (3, 256, 14, 14)])
-def test_fused_reactivate_matches_float64_reference(iterations, shape):
+def test_fused_reactivate_matches_float64_reference(iterations, shape, unit):
     rng = np.random.default_rng(iterations)
     b, k, h, w = shape
     f, c, mu = _random_case(rng, b, k, h, w)
     f[0, :, :2] = 0  # zero pixels
-    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), iterations, 8.0, 0.2, fused=True)
-    np.testing.assert_allclose(got.numpy(), np_reactivate(f, c, mu, iterations, 8.0, 0.2), atol=1e-5)
+    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), iterations, 8.0, 0.2, fused=True,
+                     unit_mean=unit)
+    np.testing.assert_allclose(got.numpy(), np_reactivate(f, c, mu, iterations, 8.0, 0.2, unit=unit), atol=1e-5)
+
+
+@pytest.mark.parametrize("unit", [True, False], ids=["unit", "raw"])
+def test_fused_equals_unfused_reactivate(unit):
+    """fused = unfused within 1e-5 on CPU for both feature means, on features whose norms vary
+    by 10x across pixels (where the two M-steps differ most)."""
+    gen = torch.Generator().manual_seed(3)
+    f = torch.relu(torch.randn(3, 96, 12, 12, generator=gen)) * torch.rand(3, 1, 12, 12, generator=gen).mul(9).add(1)
+    c, mu = torch.randn(3, 12, 12, generator=gen), torch.rand(3, 2, 96, generator=gen)
+    for t in (2, 3):
+        plain = reactivate(f, c, mu, t, 8.0, 0.2, unit_mean=unit)
+        fused = reactivate(f, c, mu, t, 8.0, 0.2, fused=True, unit_mean=unit)
+        assert float((plain - fused).abs().max()) < 1e-5
+    other = reactivate(f, c, mu, 2, 8.0, 0.2, fused=True, unit_mean=not unit)
+    assert float((other - fused).abs().max()) > 1e-3  # the flag reaches the kernel
 
 
 def test_gpu_check_reference_equals_the_test_reference():
@@ -38,7 +55,9 @@ def test_gpu_check_reference_equals_the_test_reference():
 
     f, c, mu = _random_case(np.random.default_rng(7), 3, 24, 6, 5)
     for t in (1, 2, 3):
-        np.testing.assert_allclose(reference_map(f, c, mu, t, 8.0, 0.2), np_reactivate(f, c, mu, t, 8.0, 0.2), atol=1e-9)
+        for unit in (True, False):
+            np.testing.assert_allclose(reference_map(f, c, mu, t, 8.0, 0.2, unit),
+                                       np_reactivate(f, c, mu, t, 8.0, 0.2, unit=unit), atol=1e-9)
 
 
 @pytest.mark.parametrize("batch", [1, 5])
@@ -78,6 +97,7 @@ def test_custom_op_registration():
     torch.library.opcheck(torch.ops.cream.cosine_em.default, (f, c, mu, 2, 8.0, 0.2))
     assert torch.equal(torch.ops.cream.cosine_em(f, c, mu, 2, 8.0, 0.2), out)
     assert out.shape == (2, 4, 5) and ((out >= 0) & (out <= 2)).all()
+    torch.library.opcheck(torch.ops.cream.cosine_em.default, (f, c, mu, 2, 8.0, 0.2, True))
     with pytest.raises(RuntimeError, match="cam must be"):
         cosine_em(f, c[:, :3], mu, 2, 8.0, 0.2)
 
@@ -133,13 +153,16 @@ def test_fused_onnx_export_runs_in_onnxruntime_with_extensions(tmp_path):
         le, me, _ = model(torch.from_numpy(x), torch.tensor([-1, 0, 2]))
     np.testing.assert_allclose(maps, me.numpy(), atol=1e-4)
     proto = onnx.load(tmp_path / "f.onnx")
-    assert [(e.domain, e.version) for e in proto.opset_import if e.domain == "cream"] == [("cream", 2)]
-    # a --fused export of the op's first version (z_fg only) is refused with one clear line
+    assert [(e.domain, e.version) for e in proto.opset_import if e.domain == "cream"] == [("cream", 3)]
+    assert model.config.cream.feature_mean == "unit"  # the default config exports fused
+    unit_attr = [a.i for n in proto.graph.node if n.domain == "cream" for a in n.attribute if a.name == "unit_mean"]
+    assert unit_attr == [1]
+    # a --fused export of an earlier version of the op is refused with one clear line
     for entry in proto.opset_import:
         if entry.domain == "cream":
-            entry.version = 1
+            entry.version = 2
     onnx.save(proto, tmp_path / "old.onnx")
-    with pytest.raises(ModelFileError, match="version 1, this cream-rt runs version 2: re-export"):
+    with pytest.raises(ModelFileError, match="version 2, this cream-rt runs version 3: re-export"):
         OnnxPredictor.load(tmp_path / "old.onnx", allow_custom_ops=True)
 
 

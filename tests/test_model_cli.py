@@ -160,17 +160,37 @@ def test_feature_mean_option_end_to_end(tiny, tmp_path, capsys):
     from cream_rt.model.config import CreamConfig
 
     data, ckpt = tiny
-    out = tmp_path / "unit.pt"
+    assert torch.load(ckpt, weights_only=True)["config"]["cream"]["feature_mean"] == "unit"  # the default
+    out = tmp_path / "raw.pt"
     assert main(["fit-embeddings", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out),
-                 "--feature-mean", "unit"]) == 0
+                 "--feature-mean", "raw"]) == 0
     payload = torch.load(out, weights_only=True)
-    assert payload["config"]["cream"]["feature_mean"] == "unit"
-    assert payload["training"]["fit_embeddings"]["feature_mean"] == "unit"
+    assert payload["config"]["cream"]["feature_mean"] == "raw"
+    assert payload["training"]["fit_embeddings"]["feature_mean"] == "raw"
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out), "--data", str(data), "--json"]) == 0
     assert 0 <= json.loads(capsys.readouterr().out)["MaxBoxAccV2"] <= 100
-    assert main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "f.onnx"), "--fused"]) != 0
-    err = capsys.readouterr().err
-    assert "raw-feature M-step only" in err and not (tmp_path / "f.onnx").exists()
     with pytest.raises(ValueError, match="feature_mean must be one of"):
         CreamConfig(feature_mean="mean")
+
+
+def test_checkpoint_saved_before_feature_mean_loads_as_raw(tiny, tmp_path):
+    """A checkpoint written before `feature_mean` existed (no field) keeps its raw-mean EM: same
+    maps as the model with feature_mean 'raw', different from 'unit'."""
+    from cream_rt.model.checkpoint import load_checkpoint
+
+    _, ckpt = tiny
+    payload = torch.load(ckpt, weights_only=True)
+    del payload["config"]["cream"]["feature_mean"]
+    torch.save(payload, tmp_path / "old.pt")
+    old, _ = load_checkpoint(tmp_path / "old.pt")
+    assert old.config.cream.feature_mean == "raw"
+    unit, _ = load_checkpoint(ckpt)
+    x = torch.randn(2, 3, unit.config.input_size, unit.config.input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        maps_old = old(x, mode="cream", iterations=3)[1]
+        unit.config.cream.feature_mean = "raw"
+        maps_raw = unit(x, mode="cream", iterations=3)[1]
+        unit.config.cream.feature_mean = "unit"
+        maps_unit = unit(x, mode="cream", iterations=3)[1]
+    assert torch.equal(maps_old, maps_raw) and float((maps_old - maps_unit).abs().max()) > 1e-4

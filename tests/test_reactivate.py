@@ -78,14 +78,6 @@ def test_unit_feature_mean_matches_float64_reference(iterations):
     assert iterations == 1 or float((raw - unit).abs().max()) > 1e-3  # the option changes the M-step
 
 
-def test_fused_op_refuses_the_unit_mean():
-    from cream_rt.errors import CreamError
-
-    f, c, mu = _random_case(np.random.default_rng(3))
-    with pytest.raises(CreamError, match="raw-feature M-step only"):
-        reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, fused=True, unit_mean=True)
-
-
 def test_edge_cases():
     rng = np.random.default_rng(1)
     f, c, mu = _random_case(rng, b=4)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_MEANS = ("raw", "unit")
+LEGACY_FEATURE_MEAN = "raw"  # what a saved config without `feature_mean` was computed with
 
 
 @dataclass
@@ -16,11 +17,12 @@ class CreamConfig:
     beta: float = 8.0
     tau: float = 0.2
     momentum: float = 0.8  # lambda of the context-embedding update
-    # What the context embeddings and the EM's M-step average: "raw" features, as method.md
-    # and the paper write; or "unit": L2-normalised features, the maximum-likelihood mean
-    # direction of the cosine (von Mises-Fisher-like) base model, which keeps the high-norm
-    # features of the most discriminative part from outweighing the rest of the object.
-    feature_mean: str = "raw"
+    # What the context embeddings and the EM's M-step average: "unit" (default): L2-normalised
+    # features, the maximum-likelihood mean direction of the cosine (von Mises-Fisher-like) base
+    # model, which keeps the high-norm features of the most discriminative part from outweighing
+    # the rest of the object; or "raw" features, the paper's literal wording. Checkpoints saved
+    # without this field predate it and load as "raw" (LEGACY_FEATURE_MEAN).
+    feature_mean: str = "unit"
 
     def __post_init__(self) -> None:
         if self.feature_mean not in FEATURE_MEANS:
@@ -54,7 +56,9 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         d = dict(d)
-        cream = CreamConfig(**d.pop("cream", {}))
+        cream_fields = dict(d.pop("cream", {}))
+        cream_fields.setdefault("feature_mean", LEGACY_FEATURE_MEAN)  # saved before the field existed
+        cream = CreamConfig(**cream_fields)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known

@@ -70,20 +70,21 @@ def load_extension(device_type: str = "cpu"):
 # kernels register themselves with TORCH_LIBRARY_IMPL when their extension loads, so an eager
 # call goes straight from the dispatcher to C++ (no Python in between).
 torch.library.define("cream::cosine_em", "(Tensor features, Tensor cam, Tensor centroids, int iterations, "
-                                          "float beta, float tau) -> Tensor")
+                                          "float beta, float tau, bool unit_mean=False) -> Tensor")
 
 
 @torch.library.register_fake("cream::cosine_em")
-def _(features, cam, centroids, iterations, beta, tau):
+def _(features, cam, centroids, iterations, beta, tau, unit_mean=False):
     b, _, h, w = features.shape
     return features.new_empty((b, h, w))
 
 
 def cosine_em(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor, iterations: int, beta: float,
-              tau: float) -> torch.Tensor:
+              tau: float, unit_mean: bool = False) -> torch.Tensor:
     """CREAM's final map `z~ + minmax(CAM)` `(B,h,w)`: `iterations` E-steps (M-steps between)
     from `centroids (B,2,K)` over `features (B,K,h,w)`, calibrated against `cam (B,h,w)` over
-    {minmax(CAM) >= tau}; through `torch.ops.cream.cosine_em` (kernel built on first use)."""
+    {minmax(CAM) >= tau}; through `torch.ops.cream.cosine_em` (kernel built on first use).
+    `unit_mean`: the M-steps average L2-normalised features (feature_mean "unit")."""
     if type(features) is torch.Tensor and features.device.type != "meta":  # not while tracing (fake)
         load_extension(features.device.type)
-    return torch.ops.cream.cosine_em(features, cam, centroids, iterations, beta, tau)
+    return torch.ops.cream.cosine_em(features, cam, centroids, iterations, beta, tau, unit_mean)

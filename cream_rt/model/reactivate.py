@@ -25,15 +25,6 @@ def l2_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x / (x.norm(dim=dim, keepdim=True) + EPS)
 
 
-def check_fused(iterations: int, unit_mean: bool) -> None:
-    """CreamError where the fused cosine-EM op cannot compute this EM: it implements the
-    raw-feature M-step only (with T <= 1 there is no M-step)."""
-    if iterations > 1 and unit_mean:
-        from ..errors import CreamError
-
-        raise CreamError("the fused cosine-EM op implements the raw-feature M-step only (feature_mean 'raw')")
-
-
 def em_foreground(features: torch.Tensor, centroids: torch.Tensor, iterations: int,
                   beta: float, unit_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """EM with p(x|k) ~ exp(beta cos(x, mu_k)) started from `centroids (B,2,K)`; `features
@@ -73,13 +64,11 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
     in the C++/CUDA op `cream::cosine_em`, which reads the features once per EM step.
     `unit_mean`: the M-step averages L2-normalised features (CreamConfig.feature_mean "unit")."""
     b, k, h, w = features.shape
-    if fused:
-        check_fused(iterations, unit_mean)
     if fused and iterations > 0:
         from .fused import cosine_em
 
         return cosine_em(features.float(), cam.reshape(b, h, w).float(), centroids.float(), iterations,
-                         float(beta), float(tau))
+                         float(beta), float(tau), bool(unit_mean))
     cam_n = minmax(cam.reshape(b, h * w), (1,))
     if iterations <= 0:
         return cam_n.reshape(b, h, w)
