@@ -94,10 +94,11 @@ def sample_images(count: int, size: int, seed: int) -> list[np.ndarray]:
     """RGB uint8 images from the synthetic benchmark (any content would do for timing)."""
     import cv2
 
-    from cream_rt.synth import make_example
+    from cream_rt.synth import SynthConfig, make_example
 
     rng = np.random.default_rng(seed)
-    return [cv2.cvtColor(make_example(i % 6, size, rng)[0], cv2.COLOR_BGR2RGB) for i in range(count)]
+    config = SynthConfig(size=size)
+    return [cv2.cvtColor(make_example(i % 6, rng, config)[0], cv2.COLOR_BGR2RGB) for i in range(count)]
 
 
 def int8_exports(onnx_models: dict[tuple[str, int], str], model_config, folder: str, seed: int = 0,

@@ -84,16 +84,21 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
          "cream_rt.commands.train_cmd:synth")
 def _synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--preset", default="default",
+                   help="named data design: default, no-decoys, tinted, small, clutter, photo (see the docs); "
+                        "the flags below override it")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--classes", type=int, default=6)
-    p.add_argument("--size", type=int, default=96, help="image side in pixels")
+    p.add_argument("--classes", type=int, default=None, help="(default 6)")
+    p.add_argument("--size", type=int, default=None, help="image side in pixels (default 96)")
     p.add_argument("--train", type=int, default=3000)
     p.add_argument("--val", type=int, default=300)
     p.add_argument("--test", type=int, default=600)
-    p.add_argument("--body-tint", type=float, default=0.0,
+    p.add_argument("--body-tint", type=float, default=None,
                    help="faint class tint of the shared body (0: identical bodies)")
-    p.add_argument("--decoys", type=int, default=2,
+    p.add_argument("--decoys", type=int, default=None,
                    help="at most this many bodiless heads of other classes per image (default 2)")
+    p.add_argument("--body-patches", type=int, default=None,
+                   help="at most this many head-less body-texture patches on the background (default 0)")
 
 
 @command("backbones", "list the registered backbones", "cream_rt.commands.train_cmd:backbones")

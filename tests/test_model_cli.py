@@ -26,18 +26,18 @@ def tiny(tmp_path_factory):
 def test_synth_is_deterministic(tmp_path):
     from cream_rt.synth import SynthConfig, make_example
 
-    a = make_example(1, 64, np.random.default_rng([3, 0]))
-    b = make_example(1, 64, np.random.default_rng([3, 0]))
+    a = make_example(1, np.random.default_rng([3, 0]), SynthConfig(size=64))
+    b = make_example(1, np.random.default_rng([3, 0]), SynthConfig(size=64))
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert a[1].sum() > 0.05 * 64 * 64  # the object (body + head) is large, not a small part
     assert SynthConfig().classes == 6
 
 
 def test_synth_decoy_heads_lie_off_the_object():
-    from cream_rt.synth import class_color, make_example
+    from cream_rt.synth import SynthConfig, class_color, make_example
 
-    plain, mask = make_example(2, 96, np.random.default_rng([5, 0]))
-    with_decoys, mask2 = make_example(2, 96, np.random.default_rng([5, 0]), decoys=3, classes=6)
+    plain, mask = make_example(2, np.random.default_rng([5, 0]), SynthConfig(decoys=0))
+    with_decoys, mask2 = make_example(2, np.random.default_rng([5, 0]), SynthConfig(decoys=3))
     assert np.array_equal(mask, mask2)  # decoys never change the object or its mask
     changed = (plain != with_decoys).any(axis=2)
     assert changed.any() and not (changed & (mask > 0)).any()

@@ -16,9 +16,11 @@ def np_minmax(m):
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
-def np_reactivate(features, cam, centroids, iterations, beta, tau, unit=False):
+def np_reactivate(features, cam, centroids, iterations, beta, tau, unit=False, border=0, calibration="omega"):
     """One image at a time, loops over the EM steps, float64, straight from the spec; `unit`:
-    the M-step averages the L2-normalised features (feature_mean "unit")."""
+    the M-step averages the L2-normalised features (feature_mean "unit"); `border`: the outer
+    rings of cells are left out of the M-step (means and priors) and of Omega; calibration
+    "none" keeps z_fg."""
     out = []
     for f, c, mu0 in zip(features.astype(np.float64), cam.astype(np.float64), centroids.astype(np.float64)):
         k, h, w = f.shape
@@ -30,18 +32,22 @@ def np_reactivate(features, cam, centroids, iterations, beta, tau, unit=False):
         mu = [mu0[0], mu0[1]]
         pi = [0.5, 0.5]
         xn = x / (np.linalg.norm(x, axis=1, keepdims=True) + EPS)
+        inner = np.zeros((h, w), bool)
+        inner[border:h - border, border:w - border] = True
+        inner = inner.reshape(-1)
         for t in range(iterations):
             logit = np.stack([beta * xn @ (m / (np.linalg.norm(m) + EPS)) + np.log(max(p, EPS))
                               for m, p in zip(mu, pi)])
             logit -= logit.max(axis=0)
             z = np.exp(logit) / np.exp(logit).sum(axis=0)
             if t < iterations - 1:
-                mu = [(z[j][:, None] * (xn if unit else x)).sum(0) / (z[j].sum() + EPS) for j in range(2)]
-                pi = [z[j].sum() / len(x) for j in range(2)]
-        omega = cam_n >= tau
+                means = (xn if unit else x)[inner]
+                mu = [(z[j][inner][:, None] * means).sum(0) / (z[j][inner].sum() + EPS) for j in range(2)]
+                pi = [z[j][inner].sum() / inner.sum() for j in range(2)]
+        omega = (cam_n >= tau) & inner
         s_fg = z[0][omega].sum()
         s_bg = z[1][omega].sum()
-        calibrated = z[0] if s_fg >= s_bg else z[1]
+        calibrated = z[0] if s_fg >= s_bg or calibration == "none" else z[1]
         out.append((calibrated + cam_n).reshape(h, w))
     return np.stack(out)
 
@@ -126,3 +132,51 @@ def test_score_maps_bicubic_equals_torch_interpolate_and_opencv():
         cv = np.stack([cv2.resize(x, (out[1], out[0]), interpolation=cv2.INTER_CUBIC) for x in m])
         cv = (cv - cv.min(axis=(1, 2), keepdims=True)) / np.ptp(cv, axis=(1, 2), keepdims=True)
         np.testing.assert_allclose(got, cv, atol=1e-4)
+
+
+@pytest.mark.parametrize("border", [1, 2])
+@pytest.mark.parametrize("unit", [True, False], ids=["unit", "raw"])
+def test_border_rings_match_float64_reference(border, unit):
+    """CreamConfig.border: the outer rings stay out of the M-step and of Omega (reference
+    written with boolean indexing, not weights)."""
+    rng = np.random.default_rng(60 + border)
+    for iterations in (1, 2, 3):
+        f, c, mu = _random_case(rng, b=3, k=12, h=8, w=9)
+        f[:, :, 0, :] *= 6.0  # a bright border row, as zero padding gives
+        got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), iterations, 8.0, 0.2,
+                         unit_mean=unit, border=border)
+        np.testing.assert_allclose(got.numpy(), np_reactivate(f, c, mu, iterations, 8.0, 0.2, unit, border),
+                                   atol=1e-5)
+    plain = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2, unit_mean=unit)
+    assert float((plain - got).abs().max()) > 1e-4
+
+
+def test_calibration_none_keeps_the_foreground_component():
+    from cream_rt.model.reactivate import reactivation
+
+    rng = np.random.default_rng(9)
+    f, c, mu = _random_case(rng, b=6)
+    out = reactivation(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2, True,
+                       calibration="none")
+    assert bool(out.keep_fg.all())
+    np.testing.assert_allclose(out.map.numpy(), np_reactivate(f, c, mu, 2, 8.0, 0.2, True, calibration="none"),
+                               atol=1e-5)
+    paper = reactivation(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2, True)
+    flipped = ~paper.keep_fg.reshape(-1)
+    assert flipped.any() and not flipped.all()  # both cases occur in this draw
+    # where the paper's calibration flips, the maps differ by exactly the swap z_fg <-> 1 - z_fg
+    np.testing.assert_allclose((paper.calibrated + out.calibrated)[flipped].numpy(), 1.0, atol=1e-6)
+    np.testing.assert_allclose(paper.calibrated[~flipped].numpy(), out.calibrated[~flipped].numpy())
+
+
+def test_deviation_fields_are_validated_and_refused_by_the_fused_op():
+    from cream_rt.errors import CreamError
+    from cream_rt.model.config import CreamConfig
+
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        CreamConfig(calibration="cam")
+    with pytest.raises(ValueError, match="border must be a non-negative integer"):
+        CreamConfig(border=-1)
+    f, c, mu = (torch.from_numpy(a) for a in _random_case(np.random.default_rng(2)))
+    with pytest.raises(CreamError, match="fused cosine-EM op implements border 0"):
+        reactivate(f, c, mu, 2, fused=True, border=1)

@@ -9,18 +9,19 @@ from ..cli import print_json, print_table
 
 
 def synth(args: argparse.Namespace) -> int:
-    from ..synth import SynthConfig, generate
+    from ..synth import generate, preset
 
-    cfg = SynthConfig(size=args.size, classes=args.classes, train=args.train, val=args.val,
-                      test=args.test, seed=args.seed, body_tint=args.body_tint,
-                      decoys=args.decoys)
+    flags = {"size": args.size, "classes": args.classes, "body_tint": args.body_tint, "decoys": args.decoys,
+             "body_patches": args.body_patches}
     try:
+        cfg = preset(args.preset, train=args.train, val=args.val, test=args.test, seed=args.seed,
+                     **{k: v for k, v in flags.items() if v is not None})
         root = generate(args.out, cfg)
     except ValueError as exc:
         from ..errors import CreamError
 
         raise CreamError(str(exc)) from None
-    print(f"wrote {cfg.train}/{cfg.val}/{cfg.test} images of {cfg.classes} classes to {root}")
+    print(f"wrote {cfg.train}/{cfg.val}/{cfg.test} images of {cfg.classes} classes ({args.preset}) to {root}")
     return 0
 
 

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_MEANS = ("raw", "unit")
+CALIBRATIONS = ("omega", "none")
 LEGACY_FEATURE_MEAN = "raw"  # what a saved config without `feature_mean` was computed with
 
 
@@ -23,10 +24,22 @@ class CreamConfig:
     # the rest of the object; or "raw" features, the paper's literal wording. Checkpoints saved
     # without this field predate it and load as "raw" (LEGACY_FEATURE_MEAN).
     feature_mean: str = "unit"
+    # Deviations from the paper, off by default (ablated by the accuracy suite):
+    # rings of border feature cells left out of the M-step and the calibration region
+    # (zero padding gives them features of their own) ...
+    border: int = 0
+    # ... and the calibration: "omega" (the paper: keep the component with the larger mean
+    # responsibility where minmax(CAM) >= tau) or "none" (keep the one started from the
+    # foreground embedding).
+    calibration: str = "omega"
 
     def __post_init__(self) -> None:
         if self.feature_mean not in FEATURE_MEANS:
             raise ValueError(f"feature_mean must be one of {FEATURE_MEANS}, got {self.feature_mean!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        if not isinstance(self.border, int) or self.border < 0:
+            raise ValueError(f"border must be a non-negative integer, got {self.border!r}")
 
 
 @dataclass

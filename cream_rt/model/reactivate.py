@@ -4,6 +4,7 @@ the eager model, the ONNX exporter (T unrolled) and the benchmarks."""
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,10 +27,12 @@ def l2_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def em_foreground(features: torch.Tensor, centroids: torch.Tensor, iterations: int,
-                  beta: float, unit_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                  beta: float, unit_mean: bool = False, m_weights: torch.Tensor | None = None) \
+        -> tuple[torch.Tensor, torch.Tensor]:
     """EM with p(x|k) ~ exp(beta cos(x, mu_k)) started from `centroids (B,2,K)`; `features
     (B,K,N)`. T E-steps with an M-step between consecutive ones; returns (z_fg, z_bg) `(B,N)`.
-    The M-step averages the raw features, or with `unit_mean` the L2-normalised ones.
+    The M-step averages the raw features, or with `unit_mean` the L2-normalised ones;
+    `m_weights (N,)` (0/1) leaves pixels out of the M-step (means and priors).
     Written for few exported nodes, same maths: the softmax over the two components ignores any
     offset common to both, so the first E-step (pi = 0.5, 0.5) adds no prior and later ones use
     log(mass) for log(mass / N). (The M-step keeps its division by the mass: the cosine's EPS is
@@ -46,37 +49,77 @@ def em_foreground(features: torch.Tensor, centroids: torch.Tensor, iterations: i
             logits = logits + log_mass
         z = torch.softmax(logits, dim=1)
         if step < iterations - 1:
-            mass = z.sum(dim=2, keepdim=True)  # (B,2,1)
-            mu = torch.bmm(z, (xn if unit_mean else x).transpose(1, 2)) / (mass + EPS)
+            zw = z if m_weights is None else z * m_weights
+            mass = zw.sum(dim=2, keepdim=True)  # (B,2,1)
+            mu = torch.bmm(zw, (xn if unit_mean else x).transpose(1, 2)) / (mass + EPS)
             log_mass = torch.log(torch.clamp(mass, min=EPS * n))  # log(max(pi, EPS)) + log N
     return z[:, 0], z[:, 1]
 
 
+def border_weights(h: int, w: int, rings: int) -> torch.Tensor:
+    """`(h*w,)` float32: 0 on the outer `rings` rings of feature cells, 1 inside (a constant)."""
+    keep = np.zeros((h, w), np.float32)
+    if h > 2 * rings and w > 2 * rings:
+        keep[rings:h - rings, rings:w - rings] = 1.0
+    return torch.from_numpy(keep.reshape(-1))
+
+
+class Reactivation(NamedTuple):
+    """What `reactivation` computes: the final map `(B,h,w)`, the calibrated responsibilities
+    z~ `(B,N)` and whether the calibration kept the foreground component `(B,1)`."""
+
+    map: torch.Tensor
+    calibrated: torch.Tensor
+    keep_fg: torch.Tensor
+
+
+def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor, iterations: int = 2,
+                 beta: float = 8.0, tau: float = 0.2, unit_mean: bool = False, border: int = 0,
+                 calibration: str = "omega") -> Reactivation:
+    """CREAM's re-activation with its parts (torch ops, exportable), iterations >= 1.
+
+    EM from `centroids (B,2,K)`, then calibration: with "omega" (the paper) the component with
+    the larger mean responsibility over `{minmax(CAM) >= tau}` is the foreground; "none" keeps
+    the component started from the foreground embedding. `border` rings of feature cells stay
+    out of the M-step and of the calibration region (zero-padding cells cluster apart)."""
+    b, k, h, w = features.shape
+    cam_n = minmax(cam.reshape(b, h * w), (1,))
+    m_weights = border_weights(h, w, border).to(features.device) if border > 0 else None
+    z_fg, z_bg = em_foreground(features.reshape(b, k, h * w).float(), centroids.float(), iterations, beta, unit_mean,
+                               m_weights)
+    if calibration == "none":
+        keep_fg = torch.ones(b, 1, dtype=torch.bool, device=features.device)
+    else:
+        in_omega = cam_n >= tau if m_weights is None else (cam_n >= tau) & (m_weights > 0)
+        keep_fg = torch.where(in_omega, z_fg - z_bg, 0.0).sum(dim=1, keepdim=True) >= 0  # s_fg >= s_bg over omega
+    calibrated = torch.where(keep_fg, z_fg, z_bg)
+    return Reactivation((calibrated + cam_n).reshape(b, h, w), calibrated, keep_fg)
+
+
 def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor,
                iterations: int = 2, beta: float = 8.0, tau: float = 0.2, fused: bool = False,
-               unit_mean: bool = False) -> torch.Tensor:
+               unit_mean: bool = False, border: int = 0, calibration: str = "omega") -> torch.Tensor:
     """CREAM's final map `z~ + minmax(CAM)` at feature resolution `(B,h,w)`, values in [0,2].
 
     features `(B,K,h,w)` (after ReLU), cam `(B,h,w)` of the chosen class, centroids `(B,2,K)`
     (row 0 foreground, row 1 background). `iterations=0` returns `minmax(CAM)` (plain CAM).
-    Calibration: the component with the larger mean responsibility over
-    `{minmax(CAM) >= tau}` is the foreground. `fused` runs all of it (EM, calibration, fusion)
-    in the C++/CUDA op `cream::cosine_em`, which reads the features once per EM step.
-    `unit_mean`: the M-step averages L2-normalised features (CreamConfig.feature_mean "unit")."""
+    `fused` runs all of it (EM, calibration, fusion) in the C++/CUDA op `cream::cosine_em`,
+    which reads the features once per EM step. `unit_mean`: the M-step averages L2-normalised
+    features (CreamConfig.feature_mean "unit"). `border`, `calibration`: see `reactivation`
+    (the fused op implements the defaults, 0 and "omega")."""
     b, k, h, w = features.shape
-    if fused and iterations > 0:
+    if iterations <= 0:
+        return minmax(cam.reshape(b, h * w), (1,)).reshape(b, h, w)
+    if fused:
+        if border or calibration != "omega":
+            from ..errors import CreamError
+
+            raise CreamError("the fused cosine-EM op implements border 0 and calibration 'omega' only")
         from .fused import cosine_em
 
         return cosine_em(features.float(), cam.reshape(b, h, w).float(), centroids.float(), iterations,
                          float(beta), float(tau), bool(unit_mean))
-    cam_n = minmax(cam.reshape(b, h * w), (1,))
-    if iterations <= 0:
-        return cam_n.reshape(b, h, w)
-    z_fg, z_bg = em_foreground(features.reshape(b, k, h * w).float(), centroids.float(), iterations, beta, unit_mean)
-    in_omega = torch.where(cam_n >= tau, z_fg - z_bg, 0.0)
-    keep_fg = in_omega.sum(dim=1, keepdim=True) >= 0  # s_fg >= s_bg over omega = {minmax(CAM) >= tau}
-    calibrated = torch.where(keep_fg, z_fg, z_bg)
-    return (calibrated + cam_n).reshape(b, h, w)
+    return reactivation(features, cam, centroids, iterations, beta, tau, unit_mean, border, calibration).map
 
 
 @functools.lru_cache(maxsize=32)

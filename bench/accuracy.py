@@ -1,0 +1,357 @@
+"""The accuracy suite: where does CREAM's re-activation beat CAM? For every cell (synthetic preset x
+backbone x seed) it synthesizes a small data set, trains the CAM model with CREAM's embedding
+learning (default settings), and scores on the test split, from one backbone pass per batch:
+CAM, CREAM T=1..3 (default: unit means), CREAM with raw means (embeddings refitted with raw
+means), the oracle-centroid EM (per-image centroids from the ground-truth mask: the ceiling of any
+learned embedding), and one row per named deviation (ablation). Per row: MaxBoxAccV2, GT-known
+Loc, the mean map inside / outside the object at feature resolution, and the calibration flips.
+EfficientNet-Lite0 cells also score the int8 export next to the fp32 one (ONNX Runtime).
+Writes one JSON (every cell) and one Markdown table (means over seeds). A benchmark, not a test.
+
+`python -m cream_rt.bench.accuracy --suite default --seeds 0,1,2 --backbones small-cnn,efficientnet-lite0 \\
+    --out bench/results/accuracy_suite.json`"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+SUITES: dict[str, tuple[str, ...]] = {
+    "default": ("default", "no-decoys", "tinted", "small", "clutter", "photo"),
+    "quick": ("default", "tinted"),
+}
+
+
+@dataclass(frozen=True)
+class CellRecipe:
+    """How one backbone is trained in a cell: image side, input size, epochs, data sizes."""
+
+    image_size: int
+    input_size: int
+    epochs: int
+    lr_decay_epochs: tuple[int, ...]
+    train: int = 1500
+    val: int = 150
+    test: int = 300
+
+
+RECIPES = {
+    "small-cnn": CellRecipe(image_size=96, input_size=96, epochs=6, lr_decay_epochs=(4,)),
+    "efficientnet-lite0": CellRecipe(image_size=160, input_size=160, epochs=2, lr_decay_epochs=(1,), train=1200),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row: how the map is made from the features (None: the checkpoint's setting)."""
+
+    iterations: int
+    centroids: str = "learned"  # learned | raw (refitted with raw means) | oracle (ground-truth mask)
+    unit_mean: bool | None = None
+    beta: float | None = None
+    tau: float | None = None
+    extra: dict = field(default_factory=dict)  # CreamConfig fields of a named deviation
+
+
+def variants() -> dict[str, Variant]:
+    """The rows of the suite: the method, its references and the ablations."""
+    rows = {"CAM": Variant(0)}
+    rows.update({f"CREAM T={t}": Variant(t) for t in (1, 2, 3)})
+    rows["CREAM raw T=2"] = Variant(2, centroids="raw", unit_mean=False)
+    rows["oracle EM T=1"] = Variant(1, centroids="oracle")
+    rows["oracle EM T=2"] = Variant(2, centroids="oracle")
+    rows["beta=4"] = Variant(2, beta=4.0)
+    rows["beta=16"] = Variant(2, beta=16.0)
+    rows["tau=0.1"] = Variant(2, tau=0.1)
+    rows["tau=0.35"] = Variant(2, tau=0.35)
+    rows.update({name: Variant(2, extra=fields) for name, fields in DEVIATIONS.items()})
+    return rows
+
+
+# Named deviations from the paper's method (CreamConfig fields) that the suite ablates.
+DEVIATIONS: dict[str, dict] = {"border=1": {"border": 1}, "calibration=none": {"calibration": "none"}}
+
+
+def masks_at(root: Path, ids: list[str], h: int, w: int) -> np.ndarray:
+    """Ground-truth masks `(B, h*w)` in [0,1] at feature resolution (area-averaged)."""
+    return np.stack([cv2.resize(cv2.imread(str(root / "masks" / i), cv2.IMREAD_GRAYSCALE), (w, h),
+                                interpolation=cv2.INTER_AREA).reshape(-1) / 255.0 for i in ids])
+
+
+def oracle_centroids(features, masks, unit: bool):
+    """Per-image mean feature (L2-normalised first when `unit`) inside (mask > 0.5) and outside
+    (mask < 0.05) the object: `(B,2,K)`."""
+    import torch
+
+    from cream_rt.model.reactivate import l2_normalize
+
+    flat = features.flatten(2)
+    if unit:
+        flat = l2_normalize(flat, 1)
+    inside, outside = (masks > 0.5).float(), (masks < 0.05).float()
+    mean = lambda m: (flat * m[:, None]).sum(2) / m.sum(1, keepdim=True).clamp(min=1)  # noqa: E731
+    return torch.stack([mean(inside), mean(outside)], 1)
+
+
+class CellScorer:
+    """Scores every variant of one trained model over the test split."""
+
+    def __init__(self, model, raw_embeddings, meta, data_root: Path, interval: float = 0.01):
+        from cream_rt.commands.model_eval import SplitScorer
+
+        self.model, self.raw_embeddings, self.meta, self.root = model, raw_embeddings, meta, data_root
+        self.rows = variants()
+        self.scorers = {name: SplitScorer(meta, model.config.input_size, interval) for name in self.rows}
+        # per row: sums of the final map (over its max) and of z~ inside / outside the object
+        self.inside = {name: np.zeros(4) for name in self.rows}
+        self.pixels = np.zeros(2)  # pixels inside, outside
+        self.flips = {name: 0 for name in self.rows}
+        self.count = 0
+
+    def maps(self, variant: Variant, features, cam, labels, masks):
+        """Feature-resolution map `(B,h,w)`, its re-activation part z~ `(B,N)` (minmax(CAM) for
+        CAM) and the calibration-flip flags `(B,)` of one variant."""
+        import dataclasses
+
+        import torch
+
+        from cream_rt.model.reactivate import minmax, reactivation
+
+        cfg = dataclasses.replace(self.model.config.cream, **variant.extra)
+        unit = (cfg.feature_mean == "unit") if variant.unit_mean is None else variant.unit_mean
+        beta = cfg.beta if variant.beta is None else variant.beta
+        tau = cfg.tau if variant.tau is None else variant.tau
+        b, k, h, w = features.shape
+        if variant.iterations == 0:
+            cam_n = minmax(cam.reshape(b, -1), (1,))
+            return cam_n.reshape(b, h, w), cam_n, torch.zeros(b, dtype=torch.bool)
+        if variant.centroids == "oracle":
+            centroids = oracle_centroids(features, masks, unit)
+        elif variant.centroids == "raw":
+            centroids = self.raw_embeddings[labels]
+        else:
+            centroids = self.model.embeddings[labels]
+        out = reactivation(features, cam, centroids, variant.iterations, beta, tau, unit, cfg.border, cfg.calibration)
+        return out.map, out.calibrated, ~out.keep_fg.reshape(b)
+
+    def add(self, ids: list[str], x, labels) -> None:
+        import torch
+
+        from cream_rt.model.reactivate import score_maps
+
+        with torch.no_grad():
+            features = self.model.features(x)
+            logits = self.model.logits(features).numpy()
+            cam = self.model.cam(features, labels)
+            b, _, h, w = features.shape
+            masks = torch.from_numpy(masks_at(self.root, ids, h, w)).float()
+            inside, outside = masks > 0.5, masks < 0.05
+            self.pixels += np.array([float(inside.sum()), float(outside.sum())])
+            for name, variant in self.rows.items():
+                fmap, z, flipped = self.maps(variant, features, cam, labels, masks)
+                self.scorers[name].add(ids, logits, score_maps(fmap, x.shape[-2:]).numpy())
+                norm = fmap.reshape(b, -1) / fmap.reshape(b, -1).amax(1, keepdim=True).clamp(min=1e-12)
+                self.inside[name] += [float(norm[inside].sum()), float(norm[outside].sum()),
+                                      float(z[inside].sum()), float(z[outside].sum())]
+                self.flips[name] += int(flipped.sum())
+        self.count += len(ids)
+
+    def result(self) -> dict:
+        out = {}
+        for name, scorer in self.scorers.items():
+            m = scorer.result()
+            s, (n_in, n_out) = self.inside[name], np.maximum(self.pixels, 1)
+            out[name] = {"MaxBoxAccV2": m["MaxBoxAccV2"], "GT_known_Loc": m["GT_known_Loc"],
+                         "MaxBoxAccV2_per_iou": m["MaxBoxAccV2_per_iou"],
+                         "classification_top1": m["classification_top1"],
+                         "inside": s[0] / n_in, "outside": s[1] / n_out, "z_inside": s[2] / n_in,
+                         "z_outside": s[3] / n_out, "calibration_flips": self.flips[name] / max(self.count, 1)}
+        return out
+
+
+def score_cell(checkpoint: Path, raw_checkpoint: Path, data: Path, batch_size: int = 50) -> dict:
+    """All variants of a trained checkpoint on the test split of `data`."""
+    import torch
+
+    from cream_rt.metadata import read_split
+    from cream_rt.model.checkpoint import load_checkpoint
+    from cream_rt.preprocess import preprocess_batch, read_image
+
+    model, _ = load_checkpoint(checkpoint)
+    raw, _ = load_checkpoint(raw_checkpoint)
+    meta = read_split(data / "metadata" / "test")
+    cfg = model.config
+    scorer = CellScorer(model.eval(), raw.embeddings, meta, data)
+    ids = meta.image_ids
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        x = torch.from_numpy(preprocess_batch([read_image(data / "images" / i) for i in chunk], cfg.input_size,
+                                              cfg.mean, cfg.std))
+        scorer.add(chunk, x, torch.tensor([meta.class_labels[i] for i in chunk]))
+    return scorer.result()
+
+
+def cli_json(argv: list[str]) -> dict:
+    """Run a `cream` subcommand with --json and return what it printed (its log lines dropped)."""
+    from cream_rt.cli import main
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(io.StringIO()):
+        status = main(argv + ["--json"])
+    if status != 0:
+        raise RuntimeError(f"cream {' '.join(argv)} exited with {status}")
+    return json.loads(buffer.getvalue())
+
+
+def int8_rows(checkpoint: Path, data: Path, work: Path) -> dict:
+    """MaxBoxAccV2 / GT-known of the fp32 and int8 ONNX exports (CREAM, default T) on the test split,
+    through the CLI as a user runs it."""
+    rows = {}
+    for name, extra in (("fp32", []), ("int8", ["--int8", "--calibration-data", str(data)])):
+        model = work / f"{name}.onnx"
+        cli_json(["export", "--checkpoint", str(checkpoint), "--out", str(model)] + extra)
+        m = cli_json(["eval", "--model", str(model), "--data", str(data), "--split", "test"])
+        rows[f"ONNX {name}"] = {"MaxBoxAccV2": m["MaxBoxAccV2"], "GT_known_Loc": m["GT_known_Loc"]}
+    return rows
+
+
+def run_cell(preset_name: str, backbone: str, seed: int, work: Path, log) -> dict:
+    """Synthesize, train (default CREAM settings), refit raw embeddings, score; returns the cell."""
+    from cream_rt.synth import generate, preset
+    from cream_rt.train.trainer import TrainConfig, fit_embeddings, train
+
+    recipe = RECIPES[backbone]
+    cell_dir = work / f"{preset_name}-{backbone}-s{seed}"
+    data = work / f"data-{preset_name}-{recipe.image_size}-s{seed}"
+    started = time.time()
+    if not (data / "metadata" / "test" / "localization.txt").is_file():
+        generate(data, preset(preset_name, size=recipe.image_size, train=recipe.train, val=recipe.val,
+                              test=recipe.test, seed=seed), show_progress=False)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    ckpt, raw = cell_dir / "model.pt", cell_dir / "raw.pt"
+    quiet = lambda line: None  # noqa: E731
+    if not ckpt.is_file():
+        train(backbone, str(data), str(ckpt), config=TrainConfig(epochs=recipe.epochs, seed=seed,
+                                                                 lr_decay_epochs=recipe.lr_decay_epochs),
+              input_size=recipe.input_size, log=quiet)
+    if not raw.is_file():
+        fit_embeddings(str(ckpt), str(data), str(raw), seed=seed, feature_mean="raw")
+    rows = score_cell(ckpt, raw, data)
+    if backbone != "small-cnn":
+        rows.update(int8_rows(ckpt, data, cell_dir))
+    cell = {"preset": preset_name, "backbone": backbone, "seed": seed, "rows": rows,
+            "seconds": round(time.time() - started, 1)}
+    log(f"{preset_name:10s} {backbone:18s} seed {seed}: CAM {rows['CAM']['MaxBoxAccV2']:.2f}  "
+        f"CREAM T=2 {rows['CREAM T=2']['MaxBoxAccV2']:.2f}  raw {rows['CREAM raw T=2']['MaxBoxAccV2']:.2f}  "
+        f"oracle {rows['oracle EM T=1']['MaxBoxAccV2']:.2f}  acc {rows['CAM']['classification_top1']:.1f}  "
+        f"({cell['seconds']:.0f} s)")
+    return cell
+
+
+def summarize(cells: list[dict]) -> dict:
+    """Means over seeds per (preset, backbone): every row's metrics, the oracle's separation
+    (inside - outside of its map) and the targets' verdicts."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for cell in cells:
+        groups.setdefault((cell["preset"], cell["backbone"]), []).append(cell)
+    summary = {}
+    for (preset_name, backbone), group in groups.items():
+        rows = {}
+        for name in group[0]["rows"]:
+            values = [c["rows"][name] for c in group if name in c["rows"]]
+            rows[name] = {k: float(np.mean([v[k] for v in values])) for k, v0 in values[0].items()
+                          if isinstance(v0, (int, float))}
+        oracle_sep = rows["oracle EM T=1"]["z_inside"] - rows["oracle EM T=1"]["z_outside"]
+        gain = rows["CREAM T=2"]["MaxBoxAccV2"] - rows["CAM"]["MaxBoxAccV2"]
+        summary[f"{preset_name}/{backbone}"] = {
+            "preset": preset_name, "backbone": backbone, "seeds": [c["seed"] for c in group], "rows": rows,
+            "oracle_separation": oracle_sep, "gain_T2_over_CAM": gain,
+            "target": ">= +3" if oracle_sep >= 0.4 else ">= -1",
+            "target_met": bool(gain >= 3.0) if oracle_sep >= 0.4 else bool(gain >= -1.0)}
+    return summary
+
+
+def markdown(summary: dict, command: str) -> str:
+    """The suite's table: MaxBoxAccV2 (GT-known) per cell and row, means over seeds."""
+    keys = list(summary)
+    row_names = list(dict.fromkeys(name for s in summary.values() for name in s["rows"]))
+    lines = [f"<!-- written by: {command} -->",
+             "MaxBoxAccV2 (GT-known Loc), test split, mean over the seeds listed; inside/outside: mean map "
+             "in / out of the object at feature resolution; flips: images whose calibration swapped the components.",
+             "", "| row | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for name in row_names:
+        cells = []
+        for key in keys:
+            r = summary[key]["rows"].get(name)
+            cells.append("" if r is None else f"{r['MaxBoxAccV2']:.1f} ({r['GT_known_Loc']:.1f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for label, fn in (("CREAM T=2 - CAM", lambda s: f"{s['gain_T2_over_CAM']:+.1f}"),
+                      ("oracle separation", lambda s: f"{s['oracle_separation']:.2f}"),
+                      ("CREAM T=2 in / out", lambda s: f"{s['rows']['CREAM T=2']['inside']:.2f} / "
+                                                       f"{s['rows']['CREAM T=2']['outside']:.2f}"),
+                      ("CAM in / out", lambda s: f"{s['rows']['CAM']['inside']:.2f} / {s['rows']['CAM']['outside']:.2f}"),
+                      ("calibration flips T=2", lambda s: f"{100 * s['rows']['CREAM T=2']['calibration_flips']:.1f}%"),
+                      ("classification top-1", lambda s: f"{s['rows']['CAM']['classification_top1']:.1f}"),
+                      ("target (met?)", lambda s: f"{s['target']} ({'yes' if s['target_met'] else 'NO'})"),
+                      ("seeds", lambda s: ",".join(str(v) for v in s["seeds"]))):
+        lines.append(f"| {label} | " + " | ".join(fn(summary[k]) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="default", help=f"one of {', '.join(SUITES)}")
+    parser.add_argument("--presets", help="comma-separated presets instead of the suite's")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--backbones", default="small-cnn,efficientnet-lite0")
+    parser.add_argument("--work", default="accuracy_work", help="data and checkpoints (reused when present)")
+    parser.add_argument("--out", default="bench/results/accuracy_suite.json",
+                        help="JSON of every cell; the Markdown table goes beside it (.md)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the cells already in --out (other backbones or seeds; a re-run cell is replaced)")
+    args = parser.parse_args(argv)
+    from cream_rt.atomic import atomic_path, write_json
+    from cream_rt.bench.runner import machine_info
+    from cream_rt.synth import PRESETS
+
+    presets = args.presets.split(",") if args.presets else list(SUITES[args.suite])
+    unknown = [p for p in presets if p not in PRESETS]
+    backbones = args.backbones.split(",")
+    if unknown or any(b not in RECIPES for b in backbones):
+        parser.error(f"unknown preset or backbone: {unknown or backbones}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    command = "python -m cream_rt.bench.accuracy " + " ".join(sys.argv[1:] if argv is None else argv)
+    work = Path(args.work)
+    cells, commands = [], [command]
+    if args.append and Path(args.out).is_file():
+        previous = json.loads(Path(args.out).read_text())
+        cells, commands = previous["cells"], previous.get("commands", [previous["command"]]) + [command]
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    for backbone in backbones:
+        for preset_name in presets:
+            for seed in seeds:
+                cell = run_cell(preset_name, backbone, seed, work, log)
+                cells = [c for c in cells if (c["preset"], c["backbone"], c["seed"]) != (preset_name, backbone, seed)]
+                cells.append(cell)
+                summary = summarize(cells)
+                record = {"command": command, "commands": commands, "date": date.today().isoformat(),
+                          "machine": machine_info(), "recipes": {b: RECIPES[b].__dict__ for b in RECIPES},
+                          "summary": summary, "cells": cells}
+                write_json(args.out, record)  # after every cell: a long run keeps what it measured
+                with atomic_path(Path(args.out).with_suffix(".md")) as tmp:
+                    tmp.write_text(markdown(summary, " && ".join(commands)))
+    print(markdown(summarize(cells), command))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
