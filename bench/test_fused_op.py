@@ -30,26 +30,29 @@ def _save():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("unit", [True, False], ids=["unit", "raw"])
 @pytest.mark.parametrize("k,side", [(2048, 28), (1024, 14)])
 @pytest.mark.parametrize("batch", [1, 32])
-def test_fused_vs_torch_reactivate(device, k, side, batch):
+def test_fused_vs_torch_reactivate(device, k, side, batch, unit):
     gen = torch.Generator().manual_seed(0)
     features = torch.relu(torch.randn(batch, k, side, side, generator=gen)).to(device)
     cam = torch.randn(batch, side, side, generator=gen).to(device)
     centroids = torch.rand(batch, 2, k, generator=gen).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else None
     with torch.no_grad():
-        ref = reactivate(features, cam, centroids, 2)
-        got = reactivate(features, cam, centroids, 2, fused=True)
+        ref = reactivate(features, cam, centroids, 2, unit_mean=unit)
+        got = reactivate(features, cam, centroids, 2, fused=True, unit_mean=unit)
         assert (ref - got).abs().max().item() < 1e-5
-        stats = measure_interleaved({"torch": lambda: reactivate(features, cam, centroids, 2),
-                                     "fused": lambda: reactivate(features, cam, centroids, 2, fused=True)},
+        stats = measure_interleaved({"torch": lambda: reactivate(features, cam, centroids, 2, unit_mean=unit),
+                                     "fused": lambda: reactivate(features, cam, centroids, 2, fused=True,
+                                                                 unit_mean=unit)},
                                     budget_s=6, sync=sync)
         t_torch, t_fused = stats["torch"]["p50_ms"], stats["fused"]["p50_ms"]
     ratio = t_torch / t_fused
-    RESULTS["op"].append({"device": device, "K": k, "side": side, "batch": batch, "torch_ms": t_torch,
-                          "fused_ms": t_fused, "speedup": ratio})
-    print(f"\n{device} K={k} {side}x{side} batch {batch}: torch {t_torch:.2f} ms vs fused {t_fused:.2f} ms: {ratio:.1f}x")
+    RESULTS["op"].append({"device": device, "unit_mean": unit, "K": k, "side": side, "batch": batch,
+                          "torch_ms": t_torch, "fused_ms": t_fused, "speedup": ratio})
+    print(f"\n{device} {'unit' if unit else 'raw'} K={k} {side}x{side} batch {batch}: torch {t_torch:.2f} ms vs fused "
+          f"{t_fused:.2f} ms: {ratio:.1f}x")
     _save()
 
 
@@ -75,7 +78,8 @@ def test_end_to_end_cream_vs_cam_with_fused_op(device, backbone, batch):
                                      "torch": run("cream", False)}, budget_s=15, sync=sync)
     cam, cream, unfused = (stats[k]["p50_ms"] for k in ("cam", "fused", "torch"))
     fused_ratio, torch_ratio = paired_ratio(stats["fused"], stats["cam"]), paired_ratio(stats["torch"], stats["cam"])
-    RESULTS["end_to_end"].append({"device": device, "backbone": backbone, "batch": batch, "cam_ms": cam,
+    RESULTS["end_to_end"].append({"device": device, "backbone": backbone, "batch": batch,
+                                  "feature_mean": model.config.cream.feature_mean, "cam_ms": cam,
                                   "cream_fused_ms": cream, "cream_torch_ms": unfused,
                                   "cream_fused_vs_cam": fused_ratio, "cream_torch_vs_cam": torch_ratio,
                                   "ratio": "median over 5 rotating rounds of the per-round median ratio"})
