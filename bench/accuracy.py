@@ -78,7 +78,8 @@ def variants() -> dict[str, Variant]:
 
 
 # Named deviations from the paper's method (CreamConfig fields) that the suite ablates.
-DEVIATIONS: dict[str, dict] = {"border=1": {"border": 1}, "calibration=none": {"calibration": "none"}}
+DEVIATIONS: dict[str, dict] = {"border=1": {"border": 1}, "calibration=none": {"calibration": "none"},
+                               "upsample=2": {"upsample": 2}}
 
 
 def masks_at(root: Path, ids: list[str], h: int, w: int) -> np.ndarray:
@@ -140,7 +141,8 @@ class CellScorer:
             centroids = self.raw_embeddings[labels]
         else:
             centroids = self.model.embeddings[labels]
-        out = reactivation(features, cam, centroids, variant.iterations, beta, tau, unit, cfg.border, cfg.calibration)
+        out = reactivation(features, cam, centroids, variant.iterations, beta, tau, unit, cfg.border, cfg.calibration,
+                           cfg.upsample)
         return out.map, out.calibrated, ~out.keep_fg.reshape(b)
 
     def add(self, ids: list[str], x, labels) -> None:
@@ -159,6 +161,10 @@ class CellScorer:
             for name, variant in self.rows.items():
                 fmap, z, flipped = self.maps(variant, features, cam, labels, masks)
                 self.scorers[name].add(ids, logits, score_maps(fmap, x.shape[-2:]).numpy())
+                if fmap.shape[-2:] != (h, w):  # a finer EM grid: statistics at feature resolution
+                    pool = torch.nn.functional.adaptive_avg_pool2d
+                    z = pool(z.reshape(fmap.shape)[:, None], (h, w)).reshape(b, -1)
+                    fmap = pool(fmap[:, None], (h, w))[:, 0]
                 norm = fmap.reshape(b, -1) / fmap.reshape(b, -1).amax(1, keepdim=True).clamp(min=1e-12)
                 self.inside[name] += [float(norm[inside].sum()), float(norm[outside].sum()),
                                       float(z[inside].sum()), float(z[outside].sum())]

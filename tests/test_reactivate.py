@@ -180,3 +180,16 @@ def test_deviation_fields_are_validated_and_refused_by_the_fused_op():
     f, c, mu = (torch.from_numpy(a) for a in _random_case(np.random.default_rng(2)))
     with pytest.raises(CreamError, match="fused cosine-EM op implements border 0"):
         reactivate(f, c, mu, 2, fused=True, border=1)
+
+
+def test_upsampled_em_grid_is_the_em_on_bilinearly_upsampled_inputs():
+    """CreamConfig.upsample: the EM, calibration and fusion run on features and CAM resized
+    bilinearly (align_corners False) by the factor; the reference runs on those inputs."""
+    f, c, mu = _random_case(np.random.default_rng(4), b=2, k=10, h=5, w=6)
+    up = lambda a: torch.nn.functional.interpolate(torch.from_numpy(a), scale_factor=2, mode="bilinear",  # noqa: E731
+                                                   align_corners=False).numpy()
+    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2, unit_mean=True,
+                     upsample=2)
+    assert got.shape == (2, 10, 12)
+    np.testing.assert_allclose(got.numpy(), np_reactivate(up(f), up(c[:, None])[:, 0], mu, 2, 8.0, 0.2, True),
+                               atol=1e-5)

@@ -32,6 +32,9 @@ class CreamConfig:
     # responsibility where minmax(CAM) >= tau) or "none" (keep the one started from the
     # foreground embedding).
     calibration: str = "omega"
+    # ... and the EM's grid: features and CAM bilinearly upsampled by this factor first, so the
+    # re-activation map has finer cells than the feature map.
+    upsample: int = 1
 
     def __post_init__(self) -> None:
         if self.feature_mean not in FEATURE_MEANS:
@@ -40,6 +43,8 @@ class CreamConfig:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
         if not isinstance(self.border, int) or self.border < 0:
             raise ValueError(f"border must be a non-negative integer, got {self.border!r}")
+        if not isinstance(self.upsample, int) or not 1 <= self.upsample <= 8:
+            raise ValueError(f"upsample must be an integer in [1, 8], got {self.upsample!r}")
 
 
 @dataclass

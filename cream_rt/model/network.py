@@ -74,7 +74,7 @@ class CamModel(nn.Module):
             raise ValueError(f"mode must be 'cam' or 'cream', got {mode!r}")
         c = self.config.cream
         return reactivate(features, cam, self.embeddings[class_ids], t, c.beta, c.tau, self.config.fused,
-                          c.feature_mean == "unit", c.border, c.calibration)
+                          c.feature_mean == "unit", c.border, c.calibration, c.upsample)
 
     @torch.no_grad()
     def update_embeddings(self, features: torch.Tensor, labels: torch.Tensor) -> None:

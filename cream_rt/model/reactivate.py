@@ -75,13 +75,20 @@ class Reactivation(NamedTuple):
 
 def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor, iterations: int = 2,
                  beta: float = 8.0, tau: float = 0.2, unit_mean: bool = False, border: int = 0,
-                 calibration: str = "omega") -> Reactivation:
+                 calibration: str = "omega", upsample: int = 1) -> Reactivation:
     """CREAM's re-activation with its parts (torch ops, exportable), iterations >= 1.
 
     EM from `centroids (B,2,K)`, then calibration: with "omega" (the paper) the component with
     the larger mean responsibility over `{minmax(CAM) >= tau}` is the foreground; "none" keeps
     the component started from the foreground embedding. `border` rings of feature cells stay
-    out of the M-step and of the calibration region (zero-padding cells cluster apart)."""
+    out of the M-step and of the calibration region (zero-padding cells cluster apart).
+    `upsample` > 1 runs all of it on features and CAM bilinearly upsampled by that factor, so the
+    map is `(B, h*upsample, w*upsample)` (border rings then count upsampled cells)."""
+    if upsample > 1:
+        features = torch.nn.functional.interpolate(features, scale_factor=upsample, mode="bilinear",
+                                                   align_corners=False)
+        cam = torch.nn.functional.interpolate(cam.reshape(features.shape[0], 1, *cam.shape[-2:]),
+                                              scale_factor=upsample, mode="bilinear", align_corners=False)
     b, k, h, w = features.shape
     cam_n = minmax(cam.reshape(b, h * w), (1,))
     m_weights = border_weights(h, w, border).to(features.device) if border > 0 else None
@@ -98,28 +105,30 @@ def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Ten
 
 def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor,
                iterations: int = 2, beta: float = 8.0, tau: float = 0.2, fused: bool = False,
-               unit_mean: bool = False, border: int = 0, calibration: str = "omega") -> torch.Tensor:
+               unit_mean: bool = False, border: int = 0, calibration: str = "omega",
+               upsample: int = 1) -> torch.Tensor:
     """CREAM's final map `z~ + minmax(CAM)` at feature resolution `(B,h,w)`, values in [0,2].
 
     features `(B,K,h,w)` (after ReLU), cam `(B,h,w)` of the chosen class, centroids `(B,2,K)`
     (row 0 foreground, row 1 background). `iterations=0` returns `minmax(CAM)` (plain CAM).
     `fused` runs all of it (EM, calibration, fusion) in the C++/CUDA op `cream::cosine_em`,
     which reads the features once per EM step. `unit_mean`: the M-step averages L2-normalised
-    features (CreamConfig.feature_mean "unit"). `border`, `calibration`: see `reactivation`
-    (the fused op implements the defaults, 0 and "omega")."""
+    features (CreamConfig.feature_mean "unit"). `border`, `calibration`, `upsample`: see
+    `reactivation` (the fused op implements the defaults, 0, "omega" and 1)."""
     b, k, h, w = features.shape
     if iterations <= 0:
         return minmax(cam.reshape(b, h * w), (1,)).reshape(b, h, w)
     if fused:
-        if border or calibration != "omega":
+        if border or calibration != "omega" or upsample != 1:
             from ..errors import CreamError
 
-            raise CreamError("the fused cosine-EM op implements border 0 and calibration 'omega' only")
+            raise CreamError("the fused cosine-EM op implements border 0, calibration 'omega' and upsample 1 only")
         from .fused import cosine_em
 
         return cosine_em(features.float(), cam.reshape(b, h, w).float(), centroids.float(), iterations,
                          float(beta), float(tau), bool(unit_mean))
-    return reactivation(features, cam, centroids, iterations, beta, tau, unit_mean, border, calibration).map
+    return reactivation(features, cam, centroids, iterations, beta, tau, unit_mean, border, calibration,
+                        upsample).map
 
 
 @functools.lru_cache(maxsize=32)
