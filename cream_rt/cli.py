@@ -137,6 +137,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=float, default=0.8, help="lambda of the embedding update")
     p.add_argument("--feature-mean", choices=["raw", "unit"], default="unit",
                    help="embeddings and EM M-step average L2-normalised features (unit, default) or raw ones")
+    p.add_argument("--border", type=int, default=0,
+                   help="deviation: rings of border feature cells left out of the M-step and calibration (default 0)")
+    p.add_argument("--calibration", choices=["omega", "none"], default="omega",
+                   help="deviation: 'none' skips the calibration against the CAM (default omega, the paper)")
+    p.add_argument("--upsample", type=int, default=1,
+                   help="deviation: run the EM on features upsampled by this factor (default 1)")
     p.add_argument("--pretrained", help="ImageNet weights file or URL (default: the usual source)")
     p.add_argument("--resume", help="checkpoint to resume from")
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")

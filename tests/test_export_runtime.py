@@ -325,3 +325,14 @@ def test_export_with_unit_feature_mean_matches_eager(tmp_path):
     export_model(raw, tmp_path / "raw.onnx")
     x = np.random.default_rng(1).normal(0, 1, (2, 3, 48, 48)).astype(np.float32)
     assert np.abs(OnnxPredictor.load(tmp_path / "unit.onnx")(x)[1] - OnnxPredictor.load(tmp_path / "raw.onnx")(x)[1]).max() > 1e-3
+
+
+def test_export_with_the_named_deviations_matches_eager(tmp_path):
+    """border, calibration 'none' and the upsampled EM grid are torch ops: the export equals eager."""
+    from cream_rt.model.config import CreamConfig
+
+    model = _model("small-cnn", 48, classes=5)
+    model.config.cream = CreamConfig(border=1, calibration="none", upsample=2)
+    manifest = export_model(model, tmp_path / "dev.onnx")
+    assert manifest.feature_mean == "unit"
+    _compare(model, tmp_path / "dev.onnx")

@@ -46,8 +46,14 @@ def train(args: argparse.Namespace) -> int:
                          lr_decay_epochs=tuple(args.lr_decay_epochs), weight_decay=args.weight_decay,
                          seed=args.seed, device=args.device, workers=args.workers, pretrained=args.pretrained,
                          bn_batches=args.bn_batches)
-    cream = CreamConfig(iterations=args.iterations, beta=args.beta, tau=args.tau, momentum=args.momentum,
-                        feature_mean=args.feature_mean)
+    from ..errors import CreamError
+
+    try:
+        cream = CreamConfig(iterations=args.iterations, beta=args.beta, tau=args.tau, momentum=args.momentum,
+                            feature_mean=args.feature_mean, border=args.border, calibration=args.calibration,
+                            upsample=args.upsample)
+    except ValueError as exc:
+        raise CreamError(str(exc)) from None
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     record = run_train(args.backbone, args.data, args.out, args.images, args.metadata, config, cream,
                        args.input_size, args.large_feature_map, args.tap, args.nwc, args.resume, log)
