@@ -139,8 +139,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="embeddings and EM M-step average L2-normalised features (unit, default) or raw ones")
     p.add_argument("--border", type=int, default=0,
                    help="deviation: rings of border feature cells left out of the M-step and calibration (default 0)")
-    p.add_argument("--calibration", choices=["omega", "none"], default="omega",
-                   help="deviation: 'none' skips the calibration against the CAM (default omega, the paper)")
+    p.add_argument("--calibration", choices=["omega", "cam-mean", "none"], default="omega",
+                   help="deviation: 'cam-mean' keeps the component with the higher mean CAM, 'none' skips the "
+                        "calibration (default omega, the paper)")
     p.add_argument("--upsample", type=int, default=1,
                    help="deviation: run the EM on features upsampled by this factor (default 1)")
     p.add_argument("--pretrained", help="ImageNet weights file or URL (default: the usual source)")

@@ -193,3 +193,29 @@ def test_upsampled_em_grid_is_the_em_on_bilinearly_upsampled_inputs():
     assert got.shape == (2, 10, 12)
     np.testing.assert_allclose(got.numpy(), np_reactivate(up(f), up(c[:, None])[:, 0], mu, 2, 8.0, 0.2, True),
                                atol=1e-5)
+
+
+def test_cam_mean_calibration_hand_computed():
+    """calibration 'cam-mean': 4 pixels, minmax(CAM) = (1, 0.6, 0, 0.2). The EM ends with z_fg =
+    (0.1, 0.1, 0.9, 0.9) (the component from the fg embedding sits on the low-CAM pixels): its
+    mean CAM (0.1*1 + 0.1*0.6 + 0.9*0.2) / 2 = 0.17 < z_bg's (0.9*1 + 0.9*0.6 + 0.1*0.2) / 2 = 0.73:
+    swap. With Omega = {CAM >= 0.2} = pixels 0, 1, 3 the paper's rule also swaps (1.1 < 1.9)."""
+    from cream_rt.model import reactivate as module
+
+    z = torch.tensor([[0.1, 0.1, 0.9, 0.9]])
+    original = module.em_foreground
+    module.em_foreground = lambda *a, **k: (z, 1 - z)
+    try:
+        cam = torch.tensor([[[1.0, 0.6, 0.0, 0.2]]])
+        features, centroids = torch.ones(1, 3, 1, 4), torch.ones(1, 2, 3)
+        for calibration in ("cam-mean", "omega"):
+            out = module.reactivation(features, cam, centroids, 2, 8.0, 0.2, True, calibration=calibration)
+            assert not bool(out.keep_fg) and torch.allclose(out.calibrated, 1 - z)
+        # a small object: z_fg on pixel 0 only, Omega = pixels 0-2: the paper's rule swaps (0.9 < 2.1),
+        # cam-mean keeps it (mean CAM 0.9*1 / 0.9 = 1 vs (0.1*1 + 0.6 + 0.5 + 0) / 3.1 = 0.39)
+        z = torch.tensor([[0.9, 0.0, 0.0, 0.0]])
+        cam = torch.tensor([[[1.0, 0.6, 0.5, 0.0]]])
+        assert not bool(module.reactivation(features, cam, centroids, 2, 8.0, 0.2, True).keep_fg)
+        assert bool(module.reactivation(features, cam, centroids, 2, 8.0, 0.2, True, calibration="cam-mean").keep_fg)
+    finally:
+        module.em_foreground = original

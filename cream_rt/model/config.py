@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_MEANS = ("raw", "unit")
-CALIBRATIONS = ("omega", "none")
+CALIBRATIONS = ("omega", "cam-mean", "none")
 LEGACY_FEATURE_MEAN = "raw"  # what a saved config without `feature_mean` was computed with
 
 
@@ -29,8 +29,8 @@ class CreamConfig:
     # (zero padding gives them features of their own) ...
     border: int = 0
     # ... and the calibration: "omega" (the paper: keep the component with the larger mean
-    # responsibility where minmax(CAM) >= tau) or "none" (keep the one started from the
-    # foreground embedding).
+    # responsibility where minmax(CAM) >= tau), "cam-mean" (the component over which the CAM is
+    # higher on average) or "none" (keep the one started from the foreground embedding).
     calibration: str = "omega"
     # ... and the EM's grid: features and CAM bilinearly upsampled by this factor first, so the
     # re-activation map has finer cells than the feature map.

@@ -79,8 +79,10 @@ def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Ten
     """CREAM's re-activation with its parts (torch ops, exportable), iterations >= 1.
 
     EM from `centroids (B,2,K)`, then calibration: with "omega" (the paper) the component with
-    the larger mean responsibility over `{minmax(CAM) >= tau}` is the foreground; "none" keeps
-    the component started from the foreground embedding. `border` rings of feature cells stay
+    the larger mean responsibility over `{minmax(CAM) >= tau}` is the foreground; "cam-mean":
+    the component over which minmax(CAM) is higher on average (weighted by responsibility), which
+    does not depend on how much of Omega the object fills; "none" keeps the component started
+    from the foreground embedding. `border` rings of feature cells stay
     out of the M-step and of the calibration region (zero-padding cells cluster apart).
     `upsample` > 1 runs all of it on features and CAM bilinearly upsampled by that factor, so the
     map is `(B, h*upsample, w*upsample)` (border rings then count upsampled cells)."""
@@ -96,6 +98,10 @@ def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Ten
                                m_weights)
     if calibration == "none":
         keep_fg = torch.ones(b, 1, dtype=torch.bool, device=features.device)
+    elif calibration == "cam-mean":  # the component whose responsibility-weighted mean CAM is higher
+        weights = torch.stack([z_fg, z_bg], 1) if m_weights is None else torch.stack([z_fg, z_bg], 1) * m_weights
+        level = (weights * cam_n.unsqueeze(1)).sum(2) / (weights.sum(2) + EPS)  # (B,2)
+        keep_fg = level[:, :1] >= level[:, 1:]
     else:
         in_omega = cam_n >= tau if m_weights is None else (cam_n >= tau) & (m_weights > 0)
         keep_fg = torch.where(in_omega, z_fg - z_bg, 0.0).sum(dim=1, keepdim=True) >= 0  # s_fg >= s_bg over omega
