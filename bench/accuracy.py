@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/results/accuracy_suite.json",
                         help="JSON of every cell; the Markdown table goes beside it (.md)")
     parser.add_argument("--append", action="store_true",
-                        help="keep the cells already in --out (other backbones or seeds; a re-run cell is replaced)")
+                        help="keep the cells already in --out (other backbones or seeds; a re-run cell is replaced); "
+                             "read again before each write, so two runs may append to one file")
     args = parser.parse_args(argv)
     from cream_rt.atomic import atomic_path, write_json
     from cream_rt.bench.runner import machine_info
@@ -340,23 +341,26 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     command = "python -m cream_rt.bench.accuracy " + " ".join(sys.argv[1:] if argv is None else argv)
     work = Path(args.work)
-    cells, commands = [], [command]
-    if args.append and Path(args.out).is_file():
-        previous = json.loads(Path(args.out).read_text())
-        cells, commands = previous["cells"], previous.get("commands", [previous["command"]]) + [command]
+    out = Path(args.out)
+    cells: list[dict] = []
     log = lambda line: print(line, flush=True)  # noqa: E731
     for backbone in backbones:
         for preset_name in presets:
             for seed in seeds:
                 cell = run_cell(preset_name, backbone, seed, work, log)
-                cells = [c for c in cells if (c["preset"], c["backbone"], c["seed"]) != (preset_name, backbone, seed)]
-                cells.append(cell)
-                summary = summarize(cells)
+                key = (preset_name, backbone, seed)
+                cells = [c for c in cells if (c["preset"], c["backbone"], c["seed"]) != key] + [cell]
+                # --append: merge with what --out holds now (another run may be adding cells to it)
+                previous = json.loads(out.read_text()) if args.append and out.is_file() else {"cells": []}
+                mine = {(c["preset"], c["backbone"], c["seed"]) for c in cells}
+                merged = [c for c in previous["cells"] if (c["preset"], c["backbone"], c["seed"]) not in mine] + cells
+                commands = list(dict.fromkeys(previous.get("commands", []) + [command]))
+                summary = summarize(merged)
                 record = {"command": command, "commands": commands, "date": date.today().isoformat(),
                           "machine": machine_info(), "recipes": {b: RECIPES[b].__dict__ for b in RECIPES},
-                          "summary": summary, "cells": cells}
-                write_json(args.out, record)  # after every cell: a long run keeps what it measured
-                with atomic_path(Path(args.out).with_suffix(".md")) as tmp:
+                          "summary": summary, "cells": merged}
+                write_json(out, record)  # after every cell: a long run keeps what it measured
+                with atomic_path(out.with_suffix(".md")) as tmp:
                     tmp.write_text(markdown(summary, " && ".join(commands)))
     print(markdown(summarize(cells), command))
     return 0
