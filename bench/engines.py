@@ -70,8 +70,14 @@ def build_engine(name: str, model, onnx_path: str | None, mode: str, iterations:
         images = torch.from_numpy(x).to(device)
         ids = torch.from_numpy(class_ids).to(device)
         if name == "eager-fused":  # the eager model with CREAM's EM in the fused C++/CUDA op
+            from cream_rt.errors import CreamError
             from cream_rt.model.fused import load_extension
+            from cream_rt.model.reactivate import check_fused
 
+            try:
+                check_fused(model.config.cream.border, model.config.cream.calibration, model.config.cream.upsample)
+            except CreamError as exc:
+                raise EngineUnavailable(str(exc)) from None
             try:
                 load_extension("cuda" if device.startswith("cuda") else "cpu")
             except Exception as exc:  # no compiler, no CUDA toolkit

@@ -60,6 +60,11 @@ def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", i
     t = model.config.cream.iterations if iterations is None else iterations
     if t < 0:
         raise CreamError(f"iterations must be >= 0, got {t}")
+    if fused and mode == "cream" and t > 0:
+        from cream_rt.model.reactivate import check_fused
+
+        c = model.config.cream
+        check_fused(c.border, c.calibration, c.upsample)  # before tracing: one error line, not a trace
     if opset < 18:
         raise CreamError(f"opset must be >= 18 for the torch.export-based exporter, got {opset}")
     model = model.eval()

@@ -180,6 +180,14 @@ def test_deviation_fields_are_validated_and_refused_by_the_fused_op():
     f, c, mu = (torch.from_numpy(a) for a in _random_case(np.random.default_rng(2)))
     with pytest.raises(CreamError, match="fused cosine-EM op implements border 0"):
         reactivate(f, c, mu, 2, fused=True, border=1)
+    from cream_rt.export.onnx_export import export_model
+    from cream_rt.model.config import ModelConfig
+    from cream_rt.model.network import CamModel
+
+    model = CamModel(ModelConfig(backbone="small-cnn", num_classes=2, input_size=32,
+                                 cream=CreamConfig(calibration="cam-mean"))).eval()
+    with pytest.raises(CreamError, match="calibration 'cam-mean'"):  # refused before tracing (one line)
+        export_model(model, "/nonexistent/never-written.onnx", fused=True)
 
 
 def test_upsampled_em_grid_is_the_em_on_bilinearly_upsampled_inputs():

@@ -56,6 +56,16 @@ def em_foreground(features: torch.Tensor, centroids: torch.Tensor, iterations: i
     return z[:, 0], z[:, 1]
 
 
+def check_fused(border: int, calibration: str, upsample: int) -> None:
+    """CreamError where the fused cosine-EM op cannot compute this re-activation: it implements
+    the paper's calibration on the feature grid with every cell in the M-step."""
+    if border or calibration != "omega" or upsample != 1:
+        from ..errors import CreamError
+
+        raise CreamError(f"the fused cosine-EM op implements border 0, calibration 'omega' and upsample 1 only "
+                         f"(this model: border {border}, calibration {calibration!r}, upsample {upsample})")
+
+
 def border_weights(h: int, w: int, rings: int) -> torch.Tensor:
     """`(h*w,)` float32: 0 on the outer `rings` rings of feature cells, 1 inside (a constant)."""
     keep = np.zeros((h, w), np.float32)
@@ -125,10 +135,7 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
     if iterations <= 0:
         return minmax(cam.reshape(b, h * w), (1,)).reshape(b, h, w)
     if fused:
-        if border or calibration != "omega" or upsample != 1:
-            from ..errors import CreamError
-
-            raise CreamError("the fused cosine-EM op implements border 0, calibration 'omega' and upsample 1 only")
+        check_fused(border, calibration, upsample)
         from .fused import cosine_em
 
         return cosine_em(features.float(), cam.reshape(b, h, w).float(), centroids.float(), iterations,
