@@ -52,29 +52,24 @@ RECIPES = {
 
 @dataclass(frozen=True)
 class Variant:
-    """One row: how the map is made from the features (None: the checkpoint's setting)."""
+    """One row: how the map is made from the features."""
 
     iterations: int
     centroids: str = "learned"  # learned | raw (refitted with raw means) | oracle (ground-truth mask)
-    unit_mean: bool | None = None
-    beta: float | None = None
-    tau: float | None = None
-    extra: dict = field(default_factory=dict)  # CreamConfig fields of a named deviation
+    config: dict = field(default_factory=dict)  # CreamConfig fields that differ from the checkpoint's
 
 
 def variants() -> dict[str, Variant]:
     """The rows of the suite: the method, its references and the ablations."""
     rows = {"CAM": Variant(0)}
     rows.update({f"CREAM T={t}": Variant(t) for t in (1, 2, 3)})
-    rows["CREAM raw T=2"] = Variant(2, centroids="raw", unit_mean=False)
+    rows["CREAM raw T=2"] = Variant(2, centroids="raw", config={"feature_mean": "raw"})
     # the oracle knows which component is the object: no calibration (it would flip it wrongly)
-    rows["oracle EM T=1"] = Variant(1, centroids="oracle", extra={"calibration": "none"})
-    rows["oracle EM T=2"] = Variant(2, centroids="oracle", extra={"calibration": "none"})
-    rows["beta=4"] = Variant(2, beta=4.0)
-    rows["beta=16"] = Variant(2, beta=16.0)
-    rows["tau=0.1"] = Variant(2, tau=0.1)
-    rows["tau=0.35"] = Variant(2, tau=0.35)
-    rows.update({name: Variant(2, extra=fields) for name, fields in DEVIATIONS.items()})
+    rows["oracle EM T=1"] = Variant(1, centroids="oracle", config={"calibration": "none"})
+    rows["oracle EM T=2"] = Variant(2, centroids="oracle", config={"calibration": "none"})
+    rows.update({f"{name}={value:g}": Variant(2, config={name: value})
+                 for name, value in (("beta", 4.0), ("beta", 16.0), ("tau", 0.1), ("tau", 0.35))})
+    rows.update({name: Variant(2, config=fields) for name, fields in DEVIATIONS.items()})
     return rows
 
 
@@ -129,10 +124,8 @@ class CellScorer:
 
         from cream_rt.model.reactivate import minmax, reactivation
 
-        cfg = dataclasses.replace(self.model.config.cream, **variant.extra)
-        unit = (cfg.feature_mean == "unit") if variant.unit_mean is None else variant.unit_mean
-        beta = cfg.beta if variant.beta is None else variant.beta
-        tau = cfg.tau if variant.tau is None else variant.tau
+        cfg = dataclasses.replace(self.model.config.cream, **variant.config)
+        unit = cfg.feature_mean == "unit"
         b, k, h, w = features.shape
         if variant.iterations == 0:
             cam_n = minmax(cam.reshape(b, -1), (1,))
@@ -143,8 +136,8 @@ class CellScorer:
             centroids = self.raw_embeddings[labels]
         else:
             centroids = self.model.embeddings[labels]
-        out = reactivation(features, cam, centroids, variant.iterations, beta, tau, unit, cfg.border, cfg.calibration,
-                           cfg.upsample)
+        out = reactivation(features, cam, centroids, variant.iterations, cfg.beta, cfg.tau, unit, cfg.border,
+                           cfg.calibration, cfg.upsample)
         return out.map, out.calibrated, ~out.keep_fg.reshape(b)
 
     def add(self, ids: list[str], x, labels) -> None:
