@@ -109,7 +109,9 @@ def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Ten
     if calibration == "none":
         keep_fg = torch.ones(b, 1, dtype=torch.bool, device=features.device)
     elif calibration == "cam-mean":  # the component whose responsibility-weighted mean CAM is higher
-        weights = torch.stack([z_fg, z_bg], 1) if m_weights is None else torch.stack([z_fg, z_bg], 1) * m_weights
+        weights = torch.stack([z_fg, z_bg], 1)  # (B,2,N)
+        if m_weights is not None:
+            weights = weights * m_weights
         level = (weights * cam_n.unsqueeze(1)).sum(2) / (weights.sum(2) + EPS)  # (B,2)
         keep_fg = level[:, :1] >= level[:, 1:]
     else:
