@@ -1,41 +1,151 @@
-"""Atomic file output: write to a temporary file beside the target, then rename, so a
-reader never sees a half-written file."""
+"""Atomic outputs: a file is written to a temporary file beside the target and renamed, a
+folder of files is filled in a staging folder and moved in at the end, so a reader never sees
+a half-written result and a failed or interrupted run leaves the previous output as it was.
+
+An existing symlink is written through (its target is replaced, the link stays); an existing
+special file (`/dev/null`, a FIFO) is written to directly, since it cannot be renamed over."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from .errors import OutputError, os_error_line
+
+
+def _is_special(path: Path) -> bool:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or exc.__class__.__name__).lower()
+
+
+def _make_parent(target: Path, what: str) -> None:
+    parent = target.parent
+    for ancestor in [parent, *parent.parents]:
+        if ancestor.exists() and not ancestor.is_dir():
+            raise OutputError(f"{what} {target}: {ancestor} is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{what} {target}: cannot create its folder ({_reason(exc)})") from None
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
+    """Fail early, before any long work, if `path` cannot be written as a file; returns the
+    path atomic writes will replace (a symlink resolved to its target)."""
+    target = Path(path)
+    if target.is_symlink():
+        target = target.resolve()
+    if target.is_dir():
+        raise OutputError(f"{what} {path}: is a folder; expected a file path")
+    if _is_special(target):
+        return target
+    _make_parent(target, what)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=target.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{what} {path}: cannot write in {target.parent} ({_reason(exc)})") from None
+    return target
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, what: str = "output") -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto `path` on success."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    target = check_output_file(path, what)
+    if _is_special(target):
+        yield target
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise OutputError(f"{what} {path}: cannot write in {target.parent} ({_reason(exc)})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, target)
+        try:
+            os.replace(tmp_path, target)
+        except OSError as exc:
+            raise OutputError(f"{what} {path}: cannot replace it ({os_error_line(exc)})") from None
     finally:
-        if tmp_path.exists():
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+def atomic_open(path: str | os.PathLike, mode: str = "w", what: str = "output") -> Iterator[IO[Any]]:
     """Open a temporary file for writing that replaces `path` only when the block succeeds."""
-    with atomic_path(path) as tmp:
-        with open(tmp, mode) as handle:
+    with atomic_path(path, what) as tmp:
+        try:
+            handle = open(tmp, mode)
+        except OSError as exc:
+            raise OutputError(f"{what} {path}: {os_error_line(exc)}") from None
+        with handle:
             yield handle
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
+def write_json(path: str | os.PathLike, obj: Any, what: str = "output") -> None:
     """Write `obj` as indented JSON, atomically."""
-    with atomic_open(path) as handle:
+    with atomic_open(path, what=what) as handle:
         json.dump(obj, handle, indent=2, sort_keys=False)
         handle.write("\n")
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Fail early if `path` cannot become a folder we write into."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{what} {path}: is a file; expected a folder")
+    _make_parent(target, what)
+    probe_dir = target if target.is_dir() else target.parent
+    try:
+        tempfile.TemporaryDirectory(dir=probe_dir).cleanup()
+    except OSError as exc:
+        raise OutputError(f"{what} {path}: cannot write in {probe_dir} ({_reason(exc)})") from None
+    return target
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, what: str = "output folder") -> Iterator[Path]:
+    """Yield an empty staging folder beside `path`; on success its files move into `path`
+    (created if missing; files of the same name replaced, others kept); on failure or
+    interruption the staging folder is removed and `path` is untouched."""
+    target = check_output_dir(path, what)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield staging
+        _move_in(staging, target, what)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_in(staging: Path, target: Path, what: str) -> None:
+    try:
+        if not target.exists():
+            os.rename(staging, target)
+            return
+        for src in sorted(staging.rglob("*")):
+            dst = target / src.relative_to(staging)
+            if src.is_dir():
+                if dst.exists() and not dst.is_dir():
+                    raise OutputError(f"{what} {target}: {dst} is a file where a folder is written")
+                dst.mkdir(exist_ok=True)
+            else:
+                if dst.is_dir():
+                    raise OutputError(f"{what} {target}: {dst} is a folder where a file is written")
+                os.replace(src, dst)
+    except OSError as exc:
+        raise OutputError(f"{what} {target}: {os_error_line(exc)}") from None

@@ -22,16 +22,27 @@ import cv2
 import numpy as np
 
 try:  # numba is the `fast` extra; without it the evaluator uses OpenCV per level.
-    from numba import njit
+    import numba
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only on minimal installs
     HAVE_NUMBA = False
 
-    def njit(*args, **kwargs):  # type: ignore[no-redef]
-        if args and callable(args[0]):
-            return args[0]
-        return lambda fn: fn
+
+def njit(cache: bool = False, **options):
+    """numba's `njit`, or the plain function without numba. With `cache`, compiled code is
+    kept on disk when numba finds a writable place; a read-only install without a writable
+    HOME compiles at each start instead of failing at import."""
+    def decorate(fn):
+        if not HAVE_NUMBA:
+            return fn
+        if cache:
+            try:
+                return numba.njit(cache=True, **options)(fn)
+            except RuntimeError:  # "cannot cache function ...: no locator available"
+                pass
+        return numba.njit(**options)(fn)
+    return decorate
 
 NO_BOX = np.zeros((1, 4), dtype=np.int64)
 

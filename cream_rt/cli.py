@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from typing import Callable
 
 from . import __version__
-from .errors import CreamError
+from .argtypes import (BATCH_SIZE, EPOCHS, FRACTION, INPUT_SIZE, INTERVAL, ITERATIONS, NON_NEGATIVE, POSITIVE,
+                       THREADS, float_in, int_in, int_list, name_list)
+from .errors import CreamError, Terminated, os_error_line
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {}
@@ -40,19 +44,8 @@ def print_table(rows: list[tuple[str, object]], title: str | None = None) -> Non
 
 
 def _threads(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=THREADS, default=None,
                         help="threads for evaluation (default: up to 4, one per core)")
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _name_list(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 @command("eval", "evaluate score maps, a checkpoint or an exported model (wsolevaluation protocol)",
@@ -67,14 +60,14 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", help="image root, if not DATA/images")
     p.add_argument("--split", default="test", help="split name under DATA/metadata (default: test)")
     p.add_argument("--mask-root", help="root of the mask PNGs (OpenImages-style splits)")
-    p.add_argument("--interval", type=float, default=0.01, help="score-threshold step (default 0.01)")
+    p.add_argument("--interval", type=INTERVAL, default=0.01, help="score-threshold step (default 0.01)")
     p.add_argument("--allow-missing", action="store_true", help="count a missing map as a miss")
-    p.add_argument("--map-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"),
+    p.add_argument("--map-size", type=INPUT_SIZE, nargs=2, default=(224, 224), metavar=("H", "W"),
                    help="score-map size; GT boxes are scaled to it (default 224 224)")
     p.add_argument("--mode", choices=["cam", "cream"], default="cream", help="map type for --checkpoint")
-    p.add_argument("--iterations", type=int, default=None, help="EM steps T for --checkpoint (default: checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--iterations", type=ITERATIONS, default=None, help="EM steps T for --checkpoint (default: checkpoint's)")
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=16)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--save-maps", help="write the score maps as <image_id>.npy under this folder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _threads(p)
@@ -87,17 +80,17 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="default",
                    help="named data design: default, no-decoys, tinted, small, clutter, photo (see the docs); "
                         "the flags below override it")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--classes", type=int, default=None, help="(default 6)")
-    p.add_argument("--size", type=int, default=None, help="image side in pixels (default 96)")
-    p.add_argument("--train", type=int, default=3000)
-    p.add_argument("--val", type=int, default=300)
-    p.add_argument("--test", type=int, default=600)
-    p.add_argument("--body-tint", type=float, default=None,
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--classes", type=int_in(2, 64), default=None, help="(default 6)")
+    p.add_argument("--size", type=int_in(32, 4096), default=None, help="image side in pixels (default 96)")
+    p.add_argument("--train", type=int_in(1, 10_000_000), default=3000)
+    p.add_argument("--val", type=int_in(1, 10_000_000), default=300)
+    p.add_argument("--test", type=int_in(1, 10_000_000), default=600)
+    p.add_argument("--body-tint", type=float_in(0.0, 1.0), default=None,
                    help="faint class tint of the shared body (0: identical bodies)")
-    p.add_argument("--decoys", type=int, default=None,
+    p.add_argument("--decoys", type=int_in(0, 16), default=None,
                    help="at most this many bodiless heads of other classes per image (default 2)")
-    p.add_argument("--body-patches", type=int, default=None,
+    p.add_argument("--body-patches", type=int_in(0, 16), default=None,
                    help="at most this many head-less body-texture patches on the background (default 0)")
 
 
@@ -110,9 +103,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="data root: images/ and metadata/<split>/ (wsolevaluation layout)")
     p.add_argument("--images", help="image root (instead of DATA/images)")
     p.add_argument("--metadata", help="metadata root with train/ val/ test/ (instead of DATA/metadata)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=32)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
 
 @command("train", "train a CAM model with CREAM context-embedding learning",
@@ -121,32 +114,32 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     _data_args(p)
     p.add_argument("--backbone", default="small-cnn", help="see `cream backbones`")
     p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--lr", type=float, default=0.01, help="learning rate of pretrained layers (new: 10x)")
-    p.add_argument("--lr-decay-epochs", type=int, nargs="*", default=[4], help="epochs where lr drops 10x")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--bn-batches", type=int, default=40,
+    p.add_argument("--epochs", type=EPOCHS, default=6)
+    p.add_argument("--lr", type=float_in(0.0, 10.0, low_open=True), default=0.01, help="learning rate of pretrained layers (new: 10x)")
+    p.add_argument("--lr-decay-epochs", type=POSITIVE, nargs="*", default=[4], help="epochs where lr drops 10x")
+    p.add_argument("--weight-decay", type=float_in(0.0, 1.0), default=1e-4)
+    p.add_argument("--bn-batches", type=NON_NEGATIVE, default=40,
                    help="training batches that re-estimate BatchNorm statistics after each epoch (0: off)")
-    p.add_argument("--input-size", type=int, default=None, help="default: the backbone's (small-cnn 96, others 224)")
+    p.add_argument("--input-size", type=INPUT_SIZE, default=None, help="default: the backbone's (small-cnn 96, others 224)")
     p.add_argument("--large-feature-map", action="store_true")
     p.add_argument("--tap", action="store_true", help="RCAM thresholded average pooling")
     p.add_argument("--nwc", action="store_true", help="RCAM negative weight clamping")
-    p.add_argument("--iterations", type=int, default=2, help="CREAM EM steps T")
-    p.add_argument("--beta", type=float, default=8.0)
-    p.add_argument("--tau", type=float, default=0.2)
-    p.add_argument("--momentum", type=float, default=0.8, help="lambda of the embedding update")
+    p.add_argument("--iterations", type=ITERATIONS, default=2, help="CREAM EM steps T")
+    p.add_argument("--beta", type=float_in(0.0, 1000.0, low_open=True), default=8.0)
+    p.add_argument("--tau", type=FRACTION, default=0.2)
+    p.add_argument("--momentum", type=float_in(0.0, 1.0, high_open=True), default=0.8, help="lambda of the embedding update, in [0, 1)")
     p.add_argument("--feature-mean", choices=["raw", "unit"], default="unit",
                    help="embeddings and EM M-step average L2-normalised features (unit, default) or raw ones")
-    p.add_argument("--border", type=int, default=0,
+    p.add_argument("--border", type=int_in(0, 8), default=0,
                    help="deviation: rings of border feature cells left out of the M-step and calibration (default 0)")
     p.add_argument("--calibration", choices=["omega", "cam-mean", "none"], default="omega",
                    help="deviation: 'cam-mean' keeps the component with the higher mean CAM, 'none' skips the "
                         "calibration (default omega, the paper)")
-    p.add_argument("--upsample", type=int, default=1,
+    p.add_argument("--upsample", type=int_in(1, 8), default=1,
                    help="deviation: run the EM on features upsampled by this factor (default 1)")
     p.add_argument("--pretrained", help="ImageNet weights file or URL (default: the usual source)")
     p.add_argument("--resume", help="checkpoint to resume from")
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--workers", type=int_in(0, 256), default=0, help="data-loading processes")
     p.add_argument("--json", action="store_true", help="print the training record as JSON")
 
 
@@ -156,8 +149,9 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     _data_args(p)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--momentum", type=float, default=None, help="lambda (default: the checkpoint's)")
+    p.add_argument("--epochs", type=EPOCHS, default=1)
+    p.add_argument("--momentum", type=float_in(0.0, 1.0, high_open=True), default=None,
+                   help="lambda in [0, 1) (default: the checkpoint's)")
     p.add_argument("--feature-mean", choices=["raw", "unit"], default=None,
                    help="raw or L2-normalised feature means, for the embeddings and the EM (default: the checkpoint's)")
     p.add_argument("--json", action="store_true")
@@ -167,13 +161,13 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
          "cream_rt.commands.demo:run")
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="output folder")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--train", type=int, default=3000, help="training images")
-    p.add_argument("--body-tint", type=float, default=0.0, help="synthetic body class tint (see `cream synth`)")
-    p.add_argument("--decoys", type=int, default=2, help="synthetic decoy heads per image (see `cream synth`)")
+    p.add_argument("--epochs", type=EPOCHS, default=6)
+    p.add_argument("--train", type=int_in(16, 10_000_000), default=3000, help="training images")
+    p.add_argument("--body-tint", type=float_in(0.0, 1.0), default=0.0, help="synthetic body class tint (see `cream synth`)")
+    p.add_argument("--decoys", type=int_in(0, 16), default=2, help="synthetic decoy heads per image (see `cream synth`)")
     p.add_argument("--feature-mean", choices=["raw", "unit"], default="unit",
                    help="CREAM's embeddings and M-step average L2-normalised (unit, default) or raw features")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--json", action="store_true")
 
 
@@ -183,14 +177,14 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--mode", choices=["cream", "cam"], default="cream")
-    p.add_argument("--iterations", type=int, default=None, help="EM steps T (default: the checkpoint's)")
-    p.add_argument("--opset", type=int, default=20)
+    p.add_argument("--iterations", type=ITERATIONS, default=None, help="EM steps T (default: the checkpoint's)")
+    p.add_argument("--opset", type=int_in(17, 20), default=20, help="ONNX opset, 17..20 (default 20)")
     p.add_argument("--external-data", action="store_true", help="weights in OUT.data beside the graph")
     p.add_argument("--fused", action="store_true",
                    help="one cream::CosineEM custom node instead of the unrolled EM (for TensorRT's plugin)")
     p.add_argument("--trt", metavar="ENGINE", help="also build a TensorRT engine from the export (needs TensorRT)")
     p.add_argument("--fp16", action="store_true", help="TensorRT: allow fp16 kernels")
-    p.add_argument("--batch-profile", type=_int_list, default=(1, 8, 32), metavar="MIN,OPT,MAX",
+    p.add_argument("--batch-profile", type=int_list(1, 4096), default=(1, 8, 32), metavar="MIN,OPT,MAX",
                    help="TensorRT dynamic batch profile (default 1,8,32)")
     p.add_argument("--timing-cache", help="TensorRT timing cache file, read and updated")
     p.add_argument("--int8", action="store_true",
@@ -202,7 +196,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                    help="instead of --calibration-data: a metadata split folder (image_ids.txt, ...)")
     p.add_argument("--calibration-image-root", metavar="DIR",
                    help="image root for the calibration ids (default DATA/images)")
-    p.add_argument("--calibration-count", type=int, default=256, help="images to calibrate on (default 256)")
+    p.add_argument("--calibration-count", type=int_in(1, 100_000), default=256, help="images to calibrate on (default 256)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
 
@@ -213,7 +207,7 @@ def _localize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="exported ONNX model")
     p.add_argument("--out", required=True, help="results file (.jsonl, or .json with --format coco)")
     p.add_argument("--images", help="image root for metadata split inputs")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=8)
     p.add_argument("--threshold", default="0.2",
                    help="box threshold as a fraction of the map's max (default 0.2), or a `cream eval --json` "
                         "output file whose best threshold (MaxBoxAcc_threshold) to use")
@@ -233,10 +227,10 @@ def _parity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", help="image root (instead of DATA/images)")
     p.add_argument("--metadata", help="metadata split folder (instead of DATA/metadata/SPLIT)")
     p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--threshold", type=float, default=0.2, help="box threshold compared between engines")
-    p.add_argument("--interval", type=float, default=0.01)
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=16)
+    p.add_argument("--threshold", type=FRACTION, default=0.2, help="box threshold compared between engines")
+    p.add_argument("--interval", type=INTERVAL, default=0.01)
+    p.add_argument("--limit", type=POSITIVE, default=None, help="only the first N images")
     p.add_argument("--results", help="also write the JSON result to this file (e.g. bench/results/...)")
     p.add_argument("--json", action="store_true")
 
@@ -247,33 +241,39 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("model (one of)")
     src.add_argument("--checkpoint", help="a cream checkpoint")
     src.add_argument("--backbone", help="an untrained model of this backbone (timing only)")
-    p.add_argument("--classes", type=int, default=200, help="classes of the --backbone model (default 200)")
-    p.add_argument("--input-size", type=int, default=None, help="input size of the --backbone model")
+    p.add_argument("--classes", type=int_in(1, 100_000), default=200, help="classes of the --backbone model (default 200)")
+    p.add_argument("--input-size", type=INPUT_SIZE, default=None, help="input size of the --backbone model")
     p.add_argument("--model", help="an exported ONNX model to time for its mode and T (others are exported)")
-    p.add_argument("--engines", type=_name_list, default=("eager", "onnxruntime"),
+    p.add_argument("--engines", type=name_list, default=("eager", "onnxruntime"),
                    help="comma-separated: eager, eager-fused (CREAM's EM in the C++/CUDA op), "
                         "eager-channels-last, torch-compile, onnxruntime, onnxruntime-int8 (int8 convolutions, "
                         "calibrated on synthetic images: timing only), tensorrt, grad-cam, torchcam "
                         "(default eager,onnxruntime)")
-    p.add_argument("--batch-sizes", type=_int_list, default=(1, 8))
-    p.add_argument("--modes", type=_name_list, default=("cam", "cream"))
-    p.add_argument("--iterations", type=_int_list, default=(2,), help="CREAM T values (default 2)")
-    p.add_argument("--budget", type=float, default=2.0, help="seconds of timed runs per measurement")
+    p.add_argument("--batch-sizes", type=int_list(1, 4096), default=(1, 8))
+    p.add_argument("--modes", type=name_list, default=("cam", "cream"))
+    p.add_argument("--iterations", type=int_list(1, 32), default=(2,), help="CREAM T values (default 2)")
+    p.add_argument("--budget", type=float_in(0.0, 3600.0, low_open=True), default=2.0,
+                   help="seconds of timed runs per measurement")
     p.add_argument("--no-pipeline", action="store_true", help="skip the Localizer pipeline breakdown")
-    p.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all cores)")
+    p.add_argument("--threads", type=THREADS, default=None, help="torch and ONNX Runtime threads (default: all cores)")
     p.add_argument("--json", dest="json_out", help="write the results JSON here")
     p.add_argument("--plot", help="write a PNG of latency per image against batch size")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one `cream: error: ...` line, exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sub = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        self.exit(2, f"cream: error: {sub + ': ' if sub else ''}{message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every registered subcommand (modules register on import)."""
-    from . import commands  # noqa: F401  (registers the subcommands)
-
-    parser = argparse.ArgumentParser(
-        prog="cream", description="CAM / CREAM weakly supervised object localization: train, export, "
-        "localize, evaluate and benchmark.")
+    parser = Parser(prog="cream", description="CAM / CREAM weakly supervised object localization: train, "
+                    "export, localize, evaluate and benchmark.")
     parser.add_argument("--version", action="version", version=f"cream-rt {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, (help_text, add_args, target) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
@@ -281,8 +281,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _one_line(exc: BaseException) -> str:
+    """The last non-empty line of an exception's text (DataLoader workers and some libraries
+    wrap the original error in a traceback)."""
+    import re
+
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return exc.__class__.__name__
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1])[:300] if len(lines) > 1 else lines[0][:300]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; user errors print one line `cream: error: ...` and exit with status 2."""
+    """Run the CLI. A user error prints one line `cream: error: ...` and exits with status 2;
+    SIGINT exits 130 and SIGTERM 143, after the temporary outputs are removed."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
@@ -290,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_target", None):
         parser.print_help()
         return 2
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if _main_thread() else None
     module_name, func_name = args._target.split(":")
     try:
         import importlib
@@ -297,11 +314,35 @@ def main(argv: list[str] | None = None) -> int:
         handler: Handler = getattr(importlib.import_module(module_name), func_name)
         return int(handler(args) or 0)
     except CreamError as exc:
-        print(f"cream: error: {exc}", file=sys.stderr)
-        return 2
+        _error(_one_line(exc))
+    except OSError as exc:  # a path the command could not read or write
+        _error(os_error_line(exc))
+    except MemoryError:
+        _error("out of memory (a smaller --batch-size, or smaller images, may fit)")
     except KeyboardInterrupt:
         print("cream: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("cream: terminated", file=sys.stderr)
+        return 143
+    except Exception as exc:  # a bug or a case not handled above: still one line, the trace on request
+        if os.environ.get("CREAM_DEBUG"):
+            raise
+        _error(f"unexpected {exc.__class__.__name__}: {_one_line(exc)} (CREAM_DEBUG=1 prints the traceback)")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 2
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _error(line: str) -> None:
+    print(f"cream: error: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -19,3 +19,18 @@ class ModelFileError(CreamError):
 
 class ImageReadError(CreamError):
     """An image file is missing or cannot be decoded."""
+
+
+class OutputError(CreamError):
+    """An output path cannot be written (a folder where a file is expected, no permission, ...)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like KeyboardInterrupt so temporary outputs are removed."""
+
+
+def os_error_line(exc: OSError, what: str = "") -> str:
+    """`<file>: <reason>` of an OSError, without the errno noise."""
+    name = exc.filename if exc.filename is not None else what
+    reason = exc.strerror or exc.__class__.__name__
+    return f"{name}: {reason.lower()}" if name else reason.lower()

@@ -3,6 +3,7 @@ everything the torch-free runtime needs, validated on load. No torch, no onnx im
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 from .errors import ModelFileError
@@ -51,6 +52,32 @@ class Manifest:
                                  f"cream-rt (expected {MANIFEST_VERSION}); re-export the model")
         known = set(cls.__dataclass_fields__)
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+            manifest = cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:
             raise ModelFileError(f"{source}: incomplete cream_rt manifest ({exc})") from None
+        problem = manifest.problem()
+        if problem:
+            raise ModelFileError(f"{source}: invalid cream_rt manifest: {problem}")
+        return manifest
+
+    def problem(self) -> str | None:
+        """What is wrong with the values (a hand-edited or corrupted manifest), or None."""
+        def numbers(values, count):
+            return (isinstance(values, list) and len(values) == count
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                            for v in values))
+
+        if not isinstance(self.input_size, int) or not 16 <= self.input_size <= 8192:
+            return f"input_size must be an integer in [16, 8192], got {self.input_size!r}"
+        if not numbers(self.mean, 3):
+            return f"mean must be 3 finite numbers, got {self.mean!r}"
+        if not numbers(self.std, 3) or min(self.std) <= 0:
+            return f"std must be 3 finite positive numbers, got {self.std!r}"
+        if not isinstance(self.class_names, list) or not self.class_names or \
+                not all(isinstance(n, str) for n in self.class_names):
+            return "class_names must be a non-empty list of strings"
+        if self.mode not in ("cam", "cream"):
+            return f"mode must be 'cam' or 'cream', got {self.mode!r}"
+        if not isinstance(self.iterations, int) or not 0 <= self.iterations <= 64:
+            return f"iterations must be an integer in [0, 64], got {self.iterations!r}"
+        return None

@@ -2,6 +2,7 @@
 `image_sizes.txt`, `localization.txt` with boxes or mask files). No torch."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from .errors import MetadataError
 
 Box = tuple[float, float, float, float]
+MAX_CLASSES = 100_000  # labels are 0..C-1; a larger label is a broken file, not a classifier to size
 
 
 @dataclass
@@ -40,8 +42,13 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, stripped text) of the non-empty lines; tolerant of a missing final newline."""
     if not path.is_file():
         raise MetadataError(f"{path}: metadata file not found")
-    with open(path, encoding="utf-8") as handle:
-        return [(n, line.rstrip("\r\n")) for n, line in enumerate(handle, 1) if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [(n, line.rstrip("\r\n")) for n, line in enumerate(handle, 1) if line.strip()]
+    except UnicodeDecodeError:
+        raise MetadataError(f"{path}: not a UTF-8 text file") from None
+    except OSError as exc:
+        raise MetadataError(f"{path}: cannot read ({(exc.strerror or exc.__class__.__name__).lower()})") from None
 
 
 def _fields(path: Path, lineno: int, line: str, count: int, what: str) -> list[str]:
@@ -70,6 +77,8 @@ def read_split(split_dir: str | os.PathLike, require_localization: bool = True) 
         raise MetadataError(f"{root}: metadata split folder not found")
     ids_path = root / "image_ids.txt"
     image_ids = [line.strip() for _, line in _read_lines(ids_path)]
+    if not image_ids:
+        raise MetadataError(f"{ids_path}: the split lists no images")
     if len(set(image_ids)) != len(image_ids):
         seen: set[str] = set()
         dup = next(i for i in image_ids if i in seen or seen.add(i))
@@ -82,8 +91,10 @@ def read_split(split_dir: str | os.PathLike, require_localization: bool = True) 
         image_id, label = _fields(labels_path, n, line, 2, "'<image_id>,<label>'")
         _known(labels_path, n, image_id, ids)
         value = _number(labels_path, n, label, int, "the class label")
-        if value < 0:
-            raise MetadataError(f"{labels_path}:{n}: class label must be >= 0, got {value}")
+        if not 0 <= value < MAX_CLASSES:
+            raise MetadataError(f"{labels_path}:{n}: class label must lie in [0, {MAX_CLASSES - 1}], got {label}")
+        if image_id in labels:
+            raise MetadataError(f"{labels_path}:{n}: image id {image_id!r} is labelled twice")
         labels[image_id] = value
     _require_all(labels_path, image_ids, labels)
 
@@ -98,6 +109,8 @@ def read_split(split_dir: str | os.PathLike, require_localization: bool = True) 
             height = _number(sizes_path, n, h, int, "the height")
             if width <= 0 or height <= 0:
                 raise MetadataError(f"{sizes_path}:{n}: image size must be positive, got {w}x{h}")
+            if image_id in meta.image_sizes:
+                raise MetadataError(f"{sizes_path}:{n}: image id {image_id!r} has two sizes")
             meta.image_sizes[image_id] = (width, height)
         _require_all(sizes_path, image_ids, meta.image_sizes)
 
@@ -125,6 +138,8 @@ def _read_boxes(path: Path, lines, ids: set[str], meta: SplitMetadata) -> None:
         image_id, *coords = _fields(path, n, line, 5, "'<image_id>,<x0>,<y0>,<x1>,<y1>'")
         _known(path, n, image_id, ids)
         x0, y0, x1, y1 = (_number(path, n, c, float, "a box coordinate") for c in coords)
+        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+            raise MetadataError(f"{path}:{n}: box coordinates must be finite numbers, got {','.join(coords)}")
         if x1 < x0 or y1 < y0 or x0 < 0 or y0 < 0:
             raise MetadataError(f"{path}:{n}: box must have 0 <= x0 <= x1 and 0 <= y0 <= y1, "
                                 f"got {x0:g},{y0:g},{x1:g},{y1:g}")

@@ -5,21 +5,55 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from .errors import ImageReadError
 
+# Largest image decoded, in pixels (OpenCV refuses larger ones before allocating); a header
+# claiming 100000x100000 is an error for that image, not an out-of-memory kill.
+MAX_IMAGE_PIXELS = int(os.environ.get("CREAM_MAX_IMAGE_PIXELS", 1 << 27))
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
+
+import cv2  # noqa: E402  (reads OPENCV_IO_MAX_IMAGE_PIXELS when it decodes)
+
+try:  # silent: a bad image is reported once, as that image's error
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+except AttributeError:  # OpenCV built without the logging module
+    pass
+
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to RGB uint8 `(H,W,3)`; ImageReadError names the file otherwise."""
-    data = np.fromfile(str(path), dtype=np.uint8) if os.path.isfile(path) else None
-    if data is None:
+    """Decode an image file to RGB uint8 `(H,W,3)`; ImageReadError names the file otherwise
+    (missing, unreadable, truncated, too large, not an image)."""
+    if not os.path.isfile(path):
         raise ImageReadError(f"{path}: image file not found")
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot read ({(exc.strerror or str(exc)).lower()})") from None
+    truncated = _truncation(data)
+    if truncated:
+        raise ImageReadError(f"{path}: {truncated}")
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error as exc:
+        too_large = "MAX_IMAGE_PIXELS" in str(exc) or "validateInputImageSize" in str(exc)
+        reason = f"larger than {MAX_IMAGE_PIXELS} pixels (CREAM_MAX_IMAGE_PIXELS)" if too_large else "cannot decode"
+        raise ImageReadError(f"{path}: {reason}") from None
+    if img is None or img.size == 0:
         raise ImageReadError(f"{path}: not a decodable image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _truncation(data: np.ndarray) -> str | None:
+    """Why a PNG or JPEG byte string is cut short, or None: decoders fill a truncated file's
+    missing rows with grey and say so only on stderr, which would be a silent wrong result."""
+    head, tail = data[:8].tobytes(), data[-1024:].tobytes()
+    if head.startswith(b"\x89PNG") and b"IEND" not in tail:
+        return "truncated PNG (no IEND chunk)"
+    if head.startswith(b"\xff\xd8") and b"\xff\xd9" not in tail:
+        return "truncated JPEG (no end-of-image marker)"
+    return None
 
 
 def as_rgb_array(image) -> np.ndarray:
@@ -27,10 +61,14 @@ def as_rgb_array(image) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return read_image(image)
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL image, without importing PIL
-        return np.asarray(image.convert("RGB"))
+        image = image.convert("RGB")
     array = np.asarray(image)
+    if array.dtype == object:
+        raise ImageReadError(f"image must be a path, a PIL image or a uint8 array, got {type(image).__name__}")
     if array.dtype != np.uint8:
         raise ImageReadError(f"image array must be uint8, got {array.dtype}")
+    if array.size == 0:
+        raise ImageReadError(f"image array is empty (shape {array.shape})")
     if array.ndim == 2:
         return np.repeat(array[..., None], 3, axis=2)
     if array.ndim == 3 and array.shape[2] == 4:

@@ -2,7 +2,9 @@
 boxes in original image coordinates. Imports numpy, OpenCV and onnxruntime only."""
 from __future__ import annotations
 
+import numbers
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -10,7 +12,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .boxes import boxes_at_threshold, quantize
-from .errors import CreamError, ModelFileError
+from .errors import CreamError, ImageReadError, ModelFileError
 from .manifest import MANIFEST_KEY, Manifest
 from .preprocess import as_rgb_array, preprocess_batch
 
@@ -45,10 +47,33 @@ def make_session(path: str, providers: Sequence[str] | None = None, threads: int
 
 
 def read_manifest(session, path: str) -> Manifest:
+    """The export's manifest, checked against the graph's own outputs."""
     props = session.get_modelmeta().custom_metadata_map
     if MANIFEST_KEY not in props:
         raise ModelFileError(f"{path}: no cream_rt manifest in the model (not exported by `cream export`)")
-    return Manifest.from_json(props[MANIFEST_KEY], path)
+    manifest = Manifest.from_json(props[MANIFEST_KEY], path)
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    classes = outputs.get("logits", [None, None])[-1]
+    if isinstance(classes, int) and classes != len(manifest.class_names):
+        raise ModelFileError(f"{path}: the manifest names {len(manifest.class_names)} classes but the graph "
+                             f"outputs {classes}")
+    return manifest
+
+
+def class_id_array(class_ids, count: int, num_classes: int) -> np.ndarray:
+    """`count` class ids as int64, each -1 (the predicted class) or in 0..num_classes-1;
+    CreamError for floats, out-of-range values and the wrong length."""
+    if class_ids is None:
+        return np.full(count, -1, np.int64)
+    values = list(class_ids.tolist() if isinstance(class_ids, np.ndarray) else class_ids)
+    if len(values) != count:
+        raise CreamError(f"class_ids: expected {count} ids (one per image), got {len(values)}")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise CreamError(f"class id {value!r} is not an integer")
+        if not -1 <= value < num_classes:
+            raise CreamError(f"class id {value} is out of range: expected -1 (predicted) or 0..{num_classes - 1}")
+    return np.asarray(values, np.int64).reshape(count)
 
 
 class OnnxPredictor:
@@ -81,17 +106,11 @@ class OnnxPredictor:
             session = custom_op_session(path, threads)
         return cls(session, read_manifest(session, path), path)
 
-    def __call__(self, x: np.ndarray, class_ids: np.ndarray | None = None):
+    def __call__(self, x: np.ndarray, class_ids=None):
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 4 or x.shape[1:] != (3, self.input_size, self.input_size):
             raise CreamError(f"images must have shape (B, 3, {self.input_size}, {self.input_size}), got {x.shape}")
-        ids = np.full(len(x), -1, np.int64) if class_ids is None else np.asarray(class_ids, np.int64)
-        if ids.shape != (len(x),):
-            raise CreamError(f"class_ids must have shape ({len(x)},), got {ids.shape}")
-        n_classes = len(self.manifest.class_names)
-        if ((ids < -1) | (ids >= n_classes)).any():
-            bad = int(ids[(ids < -1) | (ids >= n_classes)][0])
-            raise CreamError(f"class id {bad} is out of range: expected -1 (predicted) or 0..{n_classes - 1}")
+        ids = class_id_array(class_ids, len(x), len(self.manifest.class_names))
         logits, maps, _ = self.session.run(None, {"images": x, "class_ids": ids})
         return logits, maps
 
@@ -142,41 +161,74 @@ def scale_boxes(boxes: np.ndarray, map_size: int, width: int, height: int) -> li
 
 def decode_ahead(images: Sequence, batch_size: int, depth: int = 3) -> Iterator[tuple[list, list]]:
     """Yield (inputs, decoded RGB arrays or the CreamError each raised) per batch, decoded by a
-    background thread up to `depth` batches ahead, so that decoding overlaps the model."""
+    background thread up to `depth` batches ahead, so that decoding overlaps the model. Any
+    failure to decode one image becomes that image's error; a failure of the thread itself is
+    re-raised here; closing the generator early stops and joins the thread."""
     import queue
-    import threading
 
+    if batch_size < 1:
+        raise CreamError(f"batch size must be at least 1, got {batch_size}")
     slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def work():
-        for start in range(0, len(images), batch_size):
-            chunk = list(images[start:start + batch_size])
-            decoded = []
-            for image in chunk:
-                try:
-                    decoded.append(as_rgb_array(image))
-                except CreamError as exc:
-                    decoded.append(exc)
-            slots.put((chunk, decoded))
-        slots.put(None)
+        try:
+            for start in range(0, len(images), batch_size):
+                chunk = list(images[start:start + batch_size])
+                if not put((chunk, [decode_or_error(image) for image in chunk])):
+                    return
+            put(None)
+        except BaseException as exc:  # noqa: BLE001  (handed to the consumer, never lost)
+            put(exc)
 
-    threading.Thread(target=work, daemon=True, name="cream-decode-ahead").start()
-    while (item := slots.get()) is not None:
-        yield item
+    thread = threading.Thread(target=work, daemon=True, name="cream-decode-ahead")
+    thread.start()
+    try:
+        while (item := slots.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def decode_or_error(image) -> np.ndarray | CreamError:
+    """The decoded RGB array, or the error that names why this one image failed."""
+    try:
+        return as_rgb_array(image)
+    except CreamError as exc:
+        return exc
+    except (OSError, ValueError, MemoryError) as exc:
+        return ImageReadError(f"{image if isinstance(image, (str, os.PathLike)) else 'image'}: cannot decode "
+                              f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})")
 
 
 class Localizer:
     """Batched localization over an exported model: images (paths, PIL images or uint8 RGB
-    arrays of any size) -> class, score, boxes in original coordinates, optionally maps."""
+    arrays of any size) -> class, score, boxes in original coordinates, optionally maps.
+
+    It owns a decoding thread pool: use it as a context manager (`with Localizer.load(p) as
+    loc:`) or call `close()`."""
 
     def __init__(self, predictor: OnnxPredictor, threshold: float = 0.2, all_contours: bool = False):
-        if not 0 <= threshold < 1:
+        if not isinstance(threshold, numbers.Real) or not 0 <= threshold < 1:
             raise CreamError(f"threshold must lie in [0, 1), got {threshold}")
         self.predictor, self.threshold, self.all_contours = predictor, threshold, all_contours
         self.manifest = predictor.manifest
         from concurrent.futures import ThreadPoolExecutor
 
         self._pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="cream-decode")
+        self._closed = False
 
     @classmethod
     def load(cls, path: str | os.PathLike, providers: Sequence[str] | None = None, threshold: float = 0.2,
@@ -184,6 +236,17 @@ class Localizer:
         """The model's intra-op threads do not spin between batches: the Localizer decodes and
         extracts boxes on the same cores (measured: decoding 8 images 3.0 -> 2.5 ms, small-cnn)."""
         return cls(OnnxPredictor.load(path, providers, threads, spinning=False), threshold, all_contours)
+
+    def close(self) -> None:
+        """Stop the decoding threads; the Localizer cannot be called afterwards."""
+        self._closed = True
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "Localizer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def preprocess(self, images: Sequence) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Decode (in parallel) and preprocess; returns the batch and each original (width, height)."""
@@ -206,10 +269,17 @@ class Localizer:
 
     def __call__(self, images: Sequence, class_ids: Sequence[int] | None = None,
                  return_maps: bool = False) -> list[Localization]:
+        """Localize a batch; `class_ids` (one per image, -1 = predicted) pick the map's class."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)  # a (B, H, W, 3) batch
+        elif isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "convert"):
+            images = [images]  # one image, not a sequence of rows
         if len(images) == 0:
             return []
+        ids = class_id_array(class_ids, len(images), len(self.manifest.class_names))
+        if self._closed:
+            raise CreamError("this Localizer is closed")
         x, sizes = self.preprocess(images)
-        ids = np.full(len(images), -1, np.int64) if class_ids is None else np.asarray(class_ids, np.int64)
         logits, maps = self.predictor(x, ids)
         return self.postprocess(logits, maps, ids, sizes, return_maps)
 

@@ -18,7 +18,7 @@ from cream_rt.commands.model_eval import SplitScorer
 from cream_rt.errors import CreamError
 from cream_rt.metadata import SplitMetadata, read_split
 from cream_rt.model.backbones import get_backbone, load_imagenet_weights
-from cream_rt.model.checkpoint import load_checkpoint, save_checkpoint
+from cream_rt.model.checkpoint import load_checkpoint, save_checkpoint, training_progress
 from cream_rt.model.config import CreamConfig, ModelConfig
 from cream_rt.model.network import CamModel
 from cream_rt.model.reactivate import score_maps
@@ -116,8 +116,10 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
     if resume:
         model, payload = load_checkpoint(resume)
         model.train()
-        history = payload["training"].get("history", [])
-        start_epoch = payload["training"].get("epoch", 0)
+        start_epoch, history = training_progress(payload, resume)
+        if train_meta.num_classes > model.config.num_classes:
+            raise CreamError(f"{meta_root / 'train'}: class label {train_meta.num_classes - 1} is out of range "
+                             f"for {resume} with {model.config.num_classes} classes")
     else:
         num_classes = train_meta.num_classes
         model_config = ModelConfig(backbone=backbone, num_classes=num_classes,
@@ -133,7 +135,10 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
     optimizer = torch.optim.SGD(param_groups(model, config.lr), lr=config.lr, momentum=0.9, nesterov=True,
                                 weight_decay=config.weight_decay)
     if resume and "optimizer" in payload:
-        optimizer.load_state_dict(payload["optimizer"])
+        try:
+            optimizer.load_state_dict(payload["optimizer"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CreamError(f"{resume}: its optimizer state does not fit the model ({exc})") from None
     cfg = model.config
     data_set = WsolImages(train_meta, image_root, cfg.input_size, cfg.mean, cfg.std, train=True, seed=config.seed)
     generator = torch.Generator().manual_seed(config.seed)

@@ -18,6 +18,11 @@ def run(args: argparse.Namespace) -> int:
     from ..export.onnx_export import export_model
     from ..model.checkpoint import file_sha256, load_checkpoint
 
+    from ..atomic import check_output_file
+
+    for flag, path in (("--json", args.json_out), ("--plot", args.plot)):
+        if path:
+            check_output_file(path, flag)
     if bool(args.checkpoint) == bool(args.backbone):
         raise CreamError("pass exactly one of --checkpoint, --backbone")
     unknown = [e for e in args.engines if e not in ENGINE_NAMES]
@@ -79,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     for skip in result["skipped"]:
         print(f"skipped {skip['engine']}: {skip['reason']}")
     if args.json_out:
-        write_json(args.json_out, result)
+        write_json(args.json_out, result, "--json")
     if args.plot:
         plot(result, args.plot)
     return 0

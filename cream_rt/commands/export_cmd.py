@@ -7,9 +7,13 @@ from dataclasses import asdict
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..atomic import check_output_file
     from ..errors import CreamError
     from ..export.onnx_export import export_checkpoint
 
+    check_output_file(args.out, "--out")
+    if args.trt:
+        check_output_file(args.trt, "--trt")
     if args.trt:
         from ..export.tensorrt_build import import_tensorrt
 

@@ -1,16 +1,19 @@
 """`cream localize`: batched localization through ONNX Runtime with a bounded prefetch queue;
-a bad image is reported (stderr and output) while the rest go on; the output is atomic."""
+a bad image is reported (stderr and output) while the rest go on. The results file and the
+map/overlay folders are written atomically: an error or a signal leaves the previous ones."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_open
-from ..errors import CreamError
+from ..atomic import atomic_dir, atomic_open, check_output_dir, check_output_file
+from ..errors import CreamError, OutputError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -29,7 +32,10 @@ def collect_inputs(inputs: list[str], image_root: str | None) -> list[Path]:
         elif path.is_dir():
             paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         elif path.suffix.lower() == ".txt" and path.is_file():
-            paths += [Path(line.strip()) for line in path.read_text().splitlines() if line.strip()]
+            try:
+                paths += [Path(line.strip()) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CreamError(f"{path}: not a readable text file of image paths ({exc.__class__.__name__})") from None
         else:
             paths.append(path)  # a missing file is reported per image, like a corrupt one
     if not paths:
@@ -54,47 +60,61 @@ def resolve_threshold(value: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime import Localizer, decode_ahead
+    from ..runtime import Localizer
 
-    providers = args.providers.split(",") if args.providers else None
-    localizer = Localizer.load(args.model, providers, resolve_threshold(args.threshold), args.all_contours)
+    check_output_file(args.out, "--out")
+    for flag, folder in (("--save-maps", args.save_maps), ("--overlays", args.overlays)):
+        if folder:
+            check_output_dir(folder, flag)
     paths = collect_inputs(args.inputs, args.images)
-    names = localizer.manifest.class_names
-    failures = 0
-    records: list[dict] = []
+    providers = args.providers.split(",") if args.providers else None
+    with contextlib.ExitStack() as stack:
+        localizer = stack.enter_context(Localizer.load(args.model, providers, resolve_threshold(args.threshold),
+                                                       args.all_contours))
+        maps_dir = stack.enter_context(atomic_dir(args.save_maps, "--save-maps")) if args.save_maps else None
+        overlay_dir = stack.enter_context(atomic_dir(args.overlays, "--overlays")) if args.overlays else None
+        records = localize_all(localizer, paths, args.batch_size, maps_dir, overlay_dir)
+        with atomic_open(args.out, what="--out") as handle:
+            if args.format == "coco":
+                json.dump(coco_detections(records, localizer.manifest.class_names), handle)
+            else:
+                for record in records:
+                    handle.write(json.dumps(record) + "\n")
+    failures = sum("error" in r for r in records)
+    print(f"localized {len(records) - failures} of {len(records)} images -> {args.out}"
+          + (f" ({failures} failed)" if failures else ""), file=sys.stderr)
+    return 1 if failures else 0
+
+
+def localize_all(localizer, paths: list[Path], batch_size: int, maps_dir: Path | None,
+                 overlay_dir: Path | None) -> list[dict]:
+    """One record per input in order: the result, or the image's error (also on stderr)."""
     from tqdm import tqdm
 
     from ..progress import progress_enabled
+    from ..runtime import decode_ahead
 
-    bar = tqdm(total=len(paths), desc="localize", unit="img", disable=not progress_enabled(), file=sys.stderr)
-    for chunk, decoded in decode_ahead(paths, args.batch_size):
-        bar.update(len(chunk))
-        good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
-        results = localizer([decoded[i] for i in good], return_maps=bool(args.save_maps or args.overlays))
-        by_index = dict(zip(good, results))
-        for i, path in enumerate(chunk):
-            if i not in by_index:
-                failures += 1
-                print(f"cream: error: {decoded[i]}", file=sys.stderr)
-                records.append({"image": str(path), "error": str(decoded[i])})
-                continue
-            result = by_index[i]
-            records.append({"image": str(path), **result.to_dict()})
-            if args.save_maps:
-                _save_map(Path(args.save_maps), path, result.map)
-            if args.overlays:
-                _save_overlay(Path(args.overlays), path, decoded[i], result)
-    bar.close()
-    with atomic_open(args.out) as handle:
-        if args.format == "coco":
-            json.dump(coco_detections(records, names), handle)
-        else:
-            for record in records:
-                handle.write(json.dumps(record) + "\n")
-    done = len(records) - failures
-    print(f"localized {done} of {len(records)} images -> {args.out}" + (f" ({failures} failed)" if failures else ""),
-          file=sys.stderr)
-    return 1 if failures else 0
+    names = output_names(paths)
+    records: list[dict] = []
+    with tqdm(total=len(paths), desc="localize", unit="img", disable=not progress_enabled(), file=sys.stderr) as bar:
+        for chunk, decoded in decode_ahead(paths, batch_size):
+            bar.update(len(chunk))
+            good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
+            results = localizer([decoded[i] for i in good], return_maps=bool(maps_dir or overlay_dir))
+            by_index = dict(zip(good, results))
+            for i, path in enumerate(chunk):
+                name = names[len(records)]
+                if i not in by_index:
+                    print(f"cream: error: {decoded[i]}", file=sys.stderr)
+                    records.append({"image": str(path), "error": str(decoded[i])})
+                    continue
+                result = by_index[i]
+                records.append({"image": str(path), **result.to_dict()})
+                if maps_dir:
+                    _save_map(maps_dir / f"{name}.npy", result.map)
+                if overlay_dir:
+                    _save_overlay(overlay_dir / f"{name}.png", decoded[i], result)
+    return records
 
 
 def coco_detections(records: list[dict], names: list[str]) -> dict:
@@ -113,20 +133,28 @@ def coco_detections(records: list[dict], names: list[str]) -> dict:
             "annotations": detections}
 
 
-def _flat_name(path: Path) -> str:
-    """`<parent>_<stem>`: unique enough for a folder of outputs, no double suffix."""
-    return f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
+def output_names(paths: list[Path]) -> list[str]:
+    """Per input, a relative output name without suffix that no other input shares: the path
+    below the inputs' common folder (`a/x/img`, `b/x/img`), with the suffix kept where two
+    inputs differ only by it (`img.jpg`, `img.png`)."""
+    absolute = [os.path.abspath(p) for p in paths]
+    parents = [os.path.dirname(a) for a in absolute]
+    common = os.path.commonpath(parents) if parents else ""
+    stems = [os.path.splitext(os.path.relpath(a, common))[0] for a in absolute]
+    owners: dict[str, set[str]] = {}
+    for stem, a in zip(stems, absolute):
+        owners.setdefault(stem, set()).add(a)
+    return [os.path.relpath(a, common) if len(owners[stem]) > 1 else stem for stem, a in zip(stems, absolute)]
 
 
-def _save_map(folder: Path, path: Path, scoremap: np.ndarray) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / f"{_flat_name(path)}.npy", scoremap)
+def _save_map(target: Path, scoremap: np.ndarray) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    np.save(target, scoremap)
 
 
-def _save_overlay(folder: Path, path: Path, image: np.ndarray, result) -> None:
+def _save_overlay(target: Path, image: np.ndarray, result) -> None:
     import cv2
 
-    folder.mkdir(parents=True, exist_ok=True)
     heat = cv2.resize((result.map * 255).astype(np.uint8), (image.shape[1], image.shape[0]),
                       interpolation=cv2.INTER_CUBIC)
     out = cv2.addWeighted(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), 0.55,
@@ -135,4 +163,6 @@ def _save_overlay(folder: Path, path: Path, image: np.ndarray, result) -> None:
         cv2.rectangle(out, (int(x0), int(y0)), (int(x1), int(y1)), (0, 255, 0), 2)
     cv2.putText(out, f"{result.class_name} {result.score:.2f}", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
                 (255, 255, 255), 1)
-    cv2.imwrite(str(folder / f"{_flat_name(path)}.png"), out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(target), out):
+        raise OutputError(f"--overlays: cannot write {target}")

@@ -39,11 +39,19 @@ def predict_split(predict, meta: SplitMetadata, images: Path, batch_size: int, i
         yield chunk, logits, maps
 
 
+def check_labels(meta: SplitMetadata, num_classes: int, model: str) -> None:
+    """Before any work: every class label of the split is one the model has."""
+    bad = next((i for i in meta.image_ids if meta.class_labels[i] >= num_classes), None)
+    if bad is not None:
+        raise CreamError(f"{meta.root / 'class_labels.txt'}: image {bad!r} has class label "
+                         f"{meta.class_labels[bad]}, out of range for {model} with {num_classes} classes")
+
+
 class SplitScorer:
     """Streaming scores of one kind of map over a split: box metrics of the GT-class maps, plus
     classification and Top-1/Top-5 Loc from the logits. Nothing per image is kept."""
 
-    def __init__(self, meta: SplitMetadata, map_size: int, interval: float, save_maps: str | None = None):
+    def __init__(self, meta: SplitMetadata, map_size: int, interval: float, save_maps: Path | None = None):
         self.meta, self.map_size, self.save_maps = meta, map_size, save_maps
         self.evaluator = BoxEvaluator(interval, (map_size, map_size))
         self.correct1 = 0
@@ -58,7 +66,7 @@ class SplitScorer:
             is_top1 = bool(top5[i, 0] == label)
             self.correct1 += is_top1
             if self.save_maps:
-                path = Path(self.save_maps) / f"{image_id}.npy"
+                path = self.save_maps / f"{image_id}.npy"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 np.save(path, maps[i])
             size = (self.map_size, self.map_size)
@@ -73,20 +81,32 @@ class SplitScorer:
 
 def evaluate_model(args: argparse.Namespace, meta: SplitMetadata) -> dict:
     """`cream eval --checkpoint` (eager torch) or `--model` (ONNX Runtime, no torch)."""
+    import contextlib
+
+    from ..atomic import atomic_dir, check_output_dir
+
     images = image_root(args)
+    if args.save_maps:
+        check_output_dir(args.save_maps, "--save-maps")
     if args.model:
         from ..runtime import OnnxPredictor
 
         predictor = OnnxPredictor.load(args.model)
+        num_classes = len(predictor.manifest.class_names)
     else:
+        from ..model.device import torch_device
         from ..model.eager import EagerPredictor
 
-        predictor = EagerPredictor.from_checkpoint(args.checkpoint, args.mode, args.iterations, args.device)
-    stream = predict_split(predictor, meta, images, args.batch_size, predictor.input_size,
-                           predictor.mean, predictor.std, "eval")
-    scorer = SplitScorer(meta, predictor.input_size, args.interval, args.save_maps)
-    for chunk, logits, maps in stream:
-        scorer.add(chunk, logits, maps)
-    out = scorer.result()
+        predictor = EagerPredictor.from_checkpoint(args.checkpoint, args.mode, args.iterations,
+                                                   str(torch_device(args.device)))
+        num_classes = predictor.model.config.num_classes
+    check_labels(meta, num_classes, args.model or args.checkpoint)
+    with contextlib.ExitStack() as stack:
+        maps_dir = stack.enter_context(atomic_dir(args.save_maps, "--save-maps")) if args.save_maps else None
+        scorer = SplitScorer(meta, predictor.input_size, args.interval, maps_dir)
+        for chunk, logits, maps in predict_split(predictor, meta, images, args.batch_size, predictor.input_size,
+                                                 predictor.mean, predictor.std, "eval"):
+            scorer.add(chunk, logits, maps)
+        out = scorer.result()
     out.update(predictor.describe())
     return out

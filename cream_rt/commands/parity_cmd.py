@@ -14,7 +14,7 @@ from ..errors import CreamError
 from ..metadata import read_split
 from ..preprocess import preprocess_batch, read_image
 from ..progress import progress
-from .model_eval import SplitScorer, batches
+from .model_eval import SplitScorer, batches, check_labels
 
 
 def box_agreement(eager_maps: np.ndarray, export_maps: np.ndarray, threshold: float) -> np.ndarray:
@@ -36,6 +36,7 @@ def compute_parity(checkpoint: str, model: str, meta, images: Path, batch_size: 
     m = exported.manifest
     eager = EagerPredictor.from_checkpoint(checkpoint, m.mode, m.iterations)
     cfg = eager.model.config
+    check_labels(meta, len(m.class_names), model)
     if (cfg.input_size, len(cfg.class_names) or cfg.num_classes) != (m.input_size, len(m.class_names)):
         raise CreamError(f"{model}: exported from a different model than {checkpoint} "
                          f"(input size or classes differ)")
@@ -78,6 +79,10 @@ def compute_parity(checkpoint: str, model: str, meta, images: Path, batch_size: 
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..atomic import check_output_file
+
+    if args.results:
+        check_output_file(args.results, "--results")
     split_dir = Path(args.metadata) if args.metadata else Path(args.data or ".") / "metadata" / args.split
     meta = read_split(split_dir)
     if args.limit:
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     out = compute_parity(args.checkpoint, args.model, meta, images, args.batch_size, args.threshold, args.interval)
     out["command"] = args.command_line
     if args.results:
-        write_json(args.results, out)
+        write_json(args.results, out, "--results")
     if args.json:
         print_json(out)
     else:

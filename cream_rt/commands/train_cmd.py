@@ -9,6 +9,7 @@ from ..cli import print_json, print_table
 
 
 def synth(args: argparse.Namespace) -> int:
+    from ..atomic import atomic_dir, check_output_dir
     from ..synth import generate, preset
 
     flags = {"size": args.size, "classes": args.classes, "body_tint": args.body_tint, "decoys": args.decoys,
@@ -16,12 +17,19 @@ def synth(args: argparse.Namespace) -> int:
     try:
         cfg = preset(args.preset, train=args.train, val=args.val, test=args.test, seed=args.seed,
                      **{k: v for k, v in flags.items() if v is not None})
-        root = generate(args.out, cfg)
     except ValueError as exc:
         from ..errors import CreamError
 
         raise CreamError(str(exc)) from None
-    print(f"wrote {cfg.train}/{cfg.val}/{cfg.test} images of {cfg.classes} classes ({args.preset}) to {root}")
+    check_output_dir(args.out, "--out")
+    with atomic_dir(args.out, "--out") as staging:
+        try:
+            generate(staging, cfg)
+        except ValueError as exc:
+            from ..errors import CreamError
+
+            raise CreamError(str(exc)) from None
+    print(f"wrote {cfg.train}/{cfg.val}/{cfg.test} images of {cfg.classes} classes ({args.preset}) to {args.out}")
     return 0
 
 
@@ -39,8 +47,13 @@ def backbones(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
+    from ..atomic import check_output_file
     from ..model.config import CreamConfig
+    from ..model.device import torch_device
     from ..train.trainer import TrainConfig, train as run_train
+
+    check_output_file(args.out, "--out")
+    torch_device(args.device)
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          lr_decay_epochs=tuple(args.lr_decay_epochs), weight_decay=args.weight_decay,
@@ -63,8 +76,12 @@ def train(args: argparse.Namespace) -> int:
 
 
 def fit_embeddings(args: argparse.Namespace) -> int:
+    from ..atomic import check_output_file
+    from ..model.device import torch_device
     from ..train.trainer import fit_embeddings as run_fit
 
+    check_output_file(args.out, "--out")
+    torch_device(args.device)
     record = run_fit(args.checkpoint, args.data, args.out, args.images, args.metadata, args.momentum,
                      args.epochs, args.batch_size, args.seed, args.device, feature_mean=args.feature_mean)
     print(json.dumps(record) if args.json else f"wrote {record['checkpoint']} ({record['images']} images seen)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -39,7 +41,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ModelFileError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is ours
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelFileError(f"{path}: not a readable cream checkpoint (it holds Python objects other than "
+                             f"tensors and plain data; refused without unpickling them)") from None
     except Exception as exc:
         raise ModelFileError(f"{path}: not a readable cream checkpoint ({exc.__class__.__name__}: "
                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
@@ -48,7 +55,25 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if payload.get("version") != VERSION:
         raise ModelFileError(f"{path}: checkpoint version {payload.get('version')!r} is not supported "
                              f"(expected {VERSION})")
+    payload.setdefault("training", {})  # optional: imported models have no training record
+    for key, kind in (("config", dict), ("state_dict", dict), ("training", dict)):
+        if not isinstance(payload.get(key), kind):
+            found = "missing" if key not in payload else f"a {type(payload[key]).__name__}"
+            raise ModelFileError(f"{path}: checkpoint field {key!r} must be a {kind.__name__}, found {found}")
     return payload
+
+
+def training_progress(payload: dict, path: str | os.PathLike) -> tuple[int, list]:
+    """(epochs done, history) from a checkpoint's training record, checked for `--resume`."""
+    training = payload["training"]
+    epoch, history = training.get("epoch"), training.get("history")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ModelFileError(f"{path}: cannot resume: the training record has no epoch count "
+                             f"(found {epoch!r}); was it written by `cream train`?")
+    if not isinstance(history, list):
+        raise ModelFileError(f"{path}: cannot resume: the training record's history must be a list, "
+                             f"found {type(history).__name__}")
+    return epoch, history
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[CamModel, dict]:
