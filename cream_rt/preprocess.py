@@ -46,14 +46,33 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def _truncation(data: np.ndarray) -> str | None:
-    """Why a PNG or JPEG byte string is cut short, or None: decoders fill a truncated file's
-    missing rows with grey and say so only on stderr, which would be a silent wrong result."""
-    head, tail = data[:8].tobytes(), data[-1024:].tobytes()
-    if head.startswith(b"\x89PNG") and b"IEND" not in tail:
-        return "truncated PNG (no IEND chunk)"
-    if head.startswith(b"\xff\xd8") and b"\xff\xd9" not in tail:
+    """Why a PNG or JPEG byte string is cut short or corrupt, or None: decoders fill a truncated
+    file's missing rows with grey, and libpng reports CRC errors on stderr by itself."""
+    head = data[:8].tobytes()
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png_problem(data.tobytes())
+    if head.startswith(b"\xff\xd8") and b"\xff\xd9" not in data[-1024:].tobytes():
         return "truncated JPEG (no end-of-image marker)"
     return None
+
+
+def _png_problem(raw: bytes) -> str | None:
+    """Walk the PNG chunks: each complete with a matching CRC, up to IEND."""
+    import zlib
+
+    pos = 8
+    while pos + 12 <= len(raw):
+        length = int.from_bytes(raw[pos:pos + 4], "big")
+        kind = raw[pos + 4:pos + 8]
+        end = pos + 12 + length
+        if end > len(raw):
+            break
+        if zlib.crc32(raw[pos + 4:end - 4]) != int.from_bytes(raw[end - 4:end], "big"):
+            return f"corrupt PNG (CRC error in the {kind.decode('latin-1')!r} chunk)"
+        if kind == b"IEND":
+            return None
+        pos = end
+    return "truncated PNG (no IEND chunk)"
 
 
 def as_rgb_array(image) -> np.ndarray:

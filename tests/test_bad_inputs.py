@@ -69,6 +69,9 @@ def world(tmp_path_factory) -> dict:
     png, jpg = (img / "good.png").read_bytes(), (img / "good.jpg").read_bytes()
     (img / "truncated.png").write_bytes(png[: len(png) // 2])
     (img / "truncated.jpg").write_bytes(jpg[: len(jpg) // 2])
+    corrupt = bytearray(png)
+    corrupt[60:62] = bytes(b ^ 0xFF for b in corrupt[60:62])  # inside the IDAT chunk
+    (img / "crc_error.png").write_bytes(bytes(corrupt))
     (img / "garbage.jpg").write_bytes(b"this is not an image")
     (img / "empty.png").write_bytes(b"")
     (img / "huge_header.png").write_bytes(_png_header_only(100_000, 100_000))
@@ -245,10 +248,11 @@ def _writers(world: dict, out: str) -> dict[str, list[str]]:
         "bench-plot": ["bench", "--backbone", "small-cnn", "--budget", "0.05", "--batch-sizes", "1", "--plot", out],
         "eval-maps": ["eval", "--checkpoint", w["ckpt"], "--data", w["data"], "--save-maps", out],
         "synth": ["synth", "--out", out, "--train", "3", "--val", "3", "--test", "3"],
+        "demo": ["demo", "--out", out, "--train", "16", "--epochs", "1"],
     }
 
 
-FOLDER_OUTPUTS = {"localize-maps", "localize-overlays", "eval-maps", "synth"}
+FOLDER_OUTPUTS = {"localize-maps", "localize-overlays", "eval-maps", "synth", "demo"}
 WRITERS = list(_writers({"img": Path(), "model": "", "ckpt": "", "data": "", "root": Path()}, ""))
 
 
@@ -270,7 +274,7 @@ def test_unwritable_output_is_one_line_before_any_work(world, tmp_path, writer, 
     assert_one_error(run(*_writers(world, str(out))[writer]), word)
     assert blocker.read_text() == "keep"
     no_leftovers(tmp_path)
-    if writer in ("train", "bench", "bench-plot"):
+    if writer in ("train", "bench", "bench-plot", "demo"):
         assert time.time() - started < 60  # refused before training or timing
 
 
@@ -314,7 +318,7 @@ def test_symlink_is_written_through_and_device_accepted(world, tmp_path):
 
 # ---------------------------------------------------------------- images -------------------------
 
-BAD_IMAGES = ["truncated.png", "truncated.jpg", "garbage.jpg", "empty.png", "huge_header.png", "missing.png"]
+BAD_IMAGES = ["truncated.png", "crc_error.png", "truncated.jpg", "garbage.jpg", "empty.png", "huge_header.png", "missing.png"]
 
 
 def test_localize_reports_each_bad_image_and_keeps_the_rest(world, tmp_path):
@@ -332,6 +336,7 @@ def test_localize_reports_each_bad_image_and_keeps_the_rest(world, tmp_path):
     assert [("error" in r) for r in records] == [False] + [True] * len(BAD_IMAGES) + [False]
     by_name = {Path(r["image"]).name: r.get("error", "") for r in records}
     assert "truncated PNG" in by_name["truncated.png"] and "truncated JPEG" in by_name["truncated.jpg"]
+    assert "CRC error" in by_name["crc_error.png"]
     assert "pixels" in by_name["huge_header.png"] and "not found" in by_name["missing.png"]
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["good.jpg.npy", "good.png.npy"]
 

@@ -43,6 +43,9 @@ def latency_table(checkpoint: Path, models: dict[str, Path], input_size: int, ba
 def run(args: argparse.Namespace) -> int:
     """The demo; with --json every human-readable line goes to stderr and stdout holds only the
     summary JSON."""
+    from ..atomic import check_output_dir
+
+    check_output_dir(args.out, "--out")
     if not args.json:
         _demo(args)
         return 0
