@@ -548,3 +548,26 @@ def test_decode_ahead_hands_thread_failures_to_the_consumer():
     import threading
 
     assert not any(t.name == "cream-decode-ahead" for t in threading.enumerate())
+
+
+def test_training_inputs_are_checked_before_training(world, tmp_path):
+    out = tmp_path / "t.pt"
+    data = world["data"]
+    weights = tmp_path / "other.pth"
+    import torch
+
+    torch.save({"not.a.resnet.key": torch.zeros(3)}, weights)
+    cases = [
+        (["--backbone", "resnet50", "--pretrained", world["img"] / "good.png"], "not a readable weights file"),
+        (["--backbone", "resnet50", "--pretrained", weights], "no tensor matches"),
+        (["--backbone", "resnet50", "--pretrained", tmp_path / "none.pth"], "not found"),
+        (["--backbone", "no-such-net"], "unknown backbone"),
+        (["--resume", world["ckpt"], "--epochs", "1"], "already trained 1 epochs"),
+        (["--images", tmp_path / "no_images", "--metadata", data / "metadata"], "and 47 more of 48"),
+    ]
+    for extra, words in cases:
+        argv = ["train", "--out", out, "--epochs", "2", *extra]
+        if "--images" not in extra:
+            argv += ["--data", data]
+        assert_one_error(run(*argv), words)
+        assert not out.exists()

@@ -64,6 +64,15 @@ def class_names_for(meta_root: Path, num_classes: int) -> list[str]:
     return [str(c) for c in range(num_classes)]
 
 
+def check_images_exist(meta: SplitMetadata, image_root: Path) -> None:
+    """Before training: every image of the split is a file (a stat each; decoding errors are
+    found when the image is read)."""
+    missing = [i for i in meta.image_ids if not (image_root / i).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more of {len(meta.image_ids)})" if len(missing) > 1 else ""
+        raise CreamError(f"{image_root / missing[0]}: image file not found{more}")
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -110,6 +119,9 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
     image_root, meta_root = resolve_data(data, images, metadata)
     train_meta = read_split(meta_root / "train", require_localization=False)
     val_meta = read_split(meta_root / "val") if (meta_root / "val").is_dir() else None
+    for split in (train_meta, val_meta):
+        if split is not None:
+            check_images_exist(split, image_root)
     seed_everything(config.seed)
     spec = get_backbone(backbone)
     start_epoch, history = 0, []
@@ -117,6 +129,9 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
         model, payload = load_checkpoint(resume)
         model.train()
         start_epoch, history = training_progress(payload, resume)
+        if start_epoch >= config.epochs:
+            raise CreamError(f"{resume}: already trained {start_epoch} epochs; pass --epochs above {start_epoch} "
+                             "to continue")
         if train_meta.num_classes > model.config.num_classes:
             raise CreamError(f"{meta_root / 'train'}: class label {train_meta.num_classes - 1} is out of range "
                              f"for {resume} with {model.config.num_classes} classes")
@@ -221,6 +236,7 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
     image_root, meta_root = resolve_data(data, images, metadata)
     model, payload = load_checkpoint(checkpoint)
     meta = read_split(meta_root / "train", require_localization=False)
+    check_images_exist(meta, image_root)
     if meta.num_classes > model.config.num_classes:
         raise CreamError(f"{meta_root / 'train'}: class label {meta.num_classes - 1} is out of range for a "
                          f"model with {model.config.num_classes} classes")

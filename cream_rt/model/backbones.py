@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -268,7 +269,13 @@ def load_imagenet_weights(name: str, module: Backbone, source: str | None) -> di
         source = lite0_weights_path()
     source = source or spec.weights_url
     if source and os.path.isfile(source):
-        state = torch.load(source, map_location="cpu", weights_only=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                state = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CreamError(f"{source}: not a readable weights file ({exc.__class__.__name__}); expected a "
+                             f"torch state dict of {name}") from None
     elif source and source.startswith(("http://", "https://")):
         try:
             state = torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True)
@@ -279,6 +286,11 @@ def load_imagenet_weights(name: str, module: Backbone, source: str | None) -> di
         raise CreamError(f"{source}: pretrained weights file not found")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CreamError(f"{source}: expected a state dict of tensors for {name}")
     report = module.load_pretrained(state)
+    if report["loaded"] == 0:
+        raise CreamError(f"{source}: no tensor matches the {name} backbone by name and shape (weights of another "
+                         f"architecture?)")
     report["source"] = str(source)
     return report
