@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_out
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test lint demo bench clean
 
 setup: $(STAMP)
 
@@ -19,12 +19,15 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 test: setup
 	$(VPY) -m pytest -n 2 -q
 
+lint: setup
+	$(VENV)/bin/ruff check .
+
 demo: setup
 	$(VENV)/bin/cream demo --out $(DEMO_DIR)
 
 bench: setup
 	$(VPY) -m pip install -q -r requirements-bench.txt -c constraints.txt
-	$(VPY) -m pytest bench -q --benchmark-enable -s
+	$(VPY) -m pytest bench/tests -q --benchmark-enable -s
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info

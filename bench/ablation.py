@@ -1,7 +1,8 @@
 """The paper's ablations on the synthetic benchmark: MaxBoxAccV2 / GT-known by T (0..4) and by
 lambda (0.2, 0.8, 1.0; embeddings re-learned with `fit-embeddings`, classifier frozen; with
 lambda = 1 they stay random). Writes one JSON.
-`python -m cream_rt.bench.ablation --checkpoint demo_out/small-cnn.pt --data demo_out/synth --out bench/results/ablation_synthetic.json`"""
+`python -m cream_rt.bench.ablation --checkpoint demo_out/small-cnn.pt --data demo_out/synth \
+--out bench/results/ablation_synthetic.json`"""
 from __future__ import annotations
 
 import argparse
@@ -24,14 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
-    from cream_rt.bench.runner import machine_info
+    from cream_rt.bench.machine import machine_info
+    from cream_rt.metadata import read_split, split_paths
+    from cream_rt.model.checkpoint import load_checkpoint
     from cream_rt.train.trainer import evaluate_split, fit_embeddings
 
-    from cream_rt.metadata import read_split
-    from cream_rt.model.checkpoint import load_checkpoint
-
-    meta = read_split(Path(args.data) / "metadata" / args.split)
-    images = Path(args.data) / "images"
+    split_dir, images = split_paths(args.data, args.split)
+    meta = read_split(split_dir)
     keys = ("MaxBoxAccV2", "GT_known_Loc", "Top1_Loc")
     result = {"checkpoint": args.checkpoint, "split": args.split, "by_T": {}, "by_lambda": {},
               "machine": machine_info(), "date": date.today().isoformat(),

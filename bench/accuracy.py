@@ -90,7 +90,7 @@ def oracle_centroids(features, masks, unit: bool):
     (mask < 0.05) the object: `(B,2,K)`."""
     import torch
 
-    from cream_rt.model.reactivate import l2_normalize
+    from cream_rt.model.em import l2_normalize
 
     flat = features.flatten(2)
     if unit:
@@ -104,7 +104,7 @@ class CellScorer:
     """Scores every variant of one trained model over the test split."""
 
     def __init__(self, model, raw_embeddings, meta, data_root: Path, interval: float = 0.01):
-        from cream_rt.commands.model_eval import SplitScorer
+        from cream_rt.scoring import SplitScorer
 
         self.model, self.raw_embeddings, self.meta, self.root = model, raw_embeddings, meta, data_root
         self.rows = variants()
@@ -122,7 +122,7 @@ class CellScorer:
 
         import torch
 
-        from cream_rt.model.reactivate import minmax, reactivation
+        from cream_rt.model.em import minmax, reactivation
 
         cfg = dataclasses.replace(self.model.config.cream, **variant.config)
         unit = cfg.feature_mean == "unit"
@@ -143,7 +143,7 @@ class CellScorer:
     def add(self, ids: list[str], x, labels) -> None:
         import torch
 
-        from cream_rt.model.reactivate import score_maps
+        from cream_rt.model.em import score_maps
 
         with torch.no_grad():
             features = self.model.features(x)
@@ -183,21 +183,18 @@ def score_cell(checkpoint: Path, raw_checkpoint: Path, data: Path, batch_size: i
     """All variants of a trained checkpoint on the test split of `data`."""
     import torch
 
-    from cream_rt.metadata import read_split
+    from cream_rt.metadata import read_split, split_paths
     from cream_rt.model.checkpoint import load_checkpoint
-    from cream_rt.preprocess import preprocess_batch, read_image
+    from cream_rt.scoring import split_batches
 
     model, _ = load_checkpoint(checkpoint)
     raw, _ = load_checkpoint(raw_checkpoint)
-    meta = read_split(data / "metadata" / "test")
+    split_dir, images = split_paths(data, "test")
+    meta = read_split(split_dir)
     cfg = model.config
     scorer = CellScorer(model.eval(), raw.embeddings, meta, data)
-    ids = meta.image_ids
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start:start + batch_size]
-        x = torch.from_numpy(preprocess_batch([read_image(data / "images" / i) for i in chunk], cfg.input_size,
-                                              cfg.mean, cfg.std))
-        scorer.add(chunk, x, torch.tensor([meta.class_labels[i] for i in chunk]))
+    for chunk, x, labels in split_batches(meta, images, batch_size, cfg.input_size, cfg.mean, cfg.std, "score"):
+        scorer.add(chunk, torch.from_numpy(x), torch.from_numpy(labels))
     return scorer.result()
 
 
@@ -300,7 +297,8 @@ def markdown(summary: dict, command: str) -> str:
                       ("oracle separation", lambda s: f"{s['oracle_separation']:.2f}"),
                       ("CREAM T=2 in / out", lambda s: f"{s['rows']['CREAM T=2']['inside']:.2f} / "
                                                        f"{s['rows']['CREAM T=2']['outside']:.2f}"),
-                      ("CAM in / out", lambda s: f"{s['rows']['CAM']['inside']:.2f} / {s['rows']['CAM']['outside']:.2f}"),
+                      ("CAM in / out", lambda s: f"{s['rows']['CAM']['inside']:.2f} / "
+                                                 f"{s['rows']['CAM']['outside']:.2f}"),
                       ("calibration flips T=2", lambda s: f"{100 * s['rows']['CREAM T=2']['calibration_flips']:.1f}%"),
                       ("classification top-1", lambda s: f"{s['rows']['CAM']['classification_top1']:.1f}"),
                       ("target (met?)", lambda s: f"{s['target']} ({'yes' if s['target_met'] else 'NO'})"),
@@ -323,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                              "read again before each write, so two runs may append to one file")
     args = parser.parse_args(argv)
     from cream_rt.atomic import atomic_path, write_json
-    from cream_rt.bench.runner import machine_info
+    from cream_rt.bench.machine import machine_info
     from cream_rt.synth import PRESETS
 
     presets = args.presets.split(",") if args.presets else list(SUITES[args.suite])

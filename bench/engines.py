@@ -3,8 +3,8 @@ callable that turns one prepared batch into score maps. Third-party CAM tools (p
 GradCAM, torchcam CAM) run on the same model and batch and are marked as such."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -60,87 +60,104 @@ def build_engine(name: str, model, onnx_path: str | None, mode: str, iterations:
                  class_ids: np.ndarray, device: str = "cpu") -> Engine:
     """An Engine for `name`; raises EngineUnavailable with the reason where it cannot run."""
     if name in ("eager", "eager-fused", "eager-channels-last", "torch-compile"):
-        import copy
-
-        import torch
-
-        from cream_rt.model.eager import EagerPredictor
-
-        net = model
-        images = torch.from_numpy(x).to(device)
-        ids = torch.from_numpy(class_ids).to(device)
-        if name == "eager-fused":  # the eager model with CREAM's EM in the fused C++/CUDA op
-            from cream_rt.errors import CreamError
-            from cream_rt.model.fused import load_extension
-            from cream_rt.model.reactivate import check_fused
-
-            c = model.config.cream
-            try:
-                if mode == "cream":  # CAM never reaches the op
-                    check_fused(c.border, c.calibration, c.upsample)
-            except CreamError as exc:
-                raise EngineUnavailable(str(exc)) from None
-            try:
-                load_extension("cuda" if device.startswith("cuda") else "cpu")
-            except Exception as exc:  # no compiler, no CUDA toolkit
-                raise EngineUnavailable(f"the fused op could not be built here: {str(exc).splitlines()[0][:160]}") \
-                    from None
-            net = copy.deepcopy(model)
-            net.config.fused = True
-        if name == "eager-channels-last":
-            net = model.to(memory_format=torch.channels_last)
-            images = images.contiguous(memory_format=torch.channels_last)
-        predictor = EagerPredictor(net, mode, iterations, device)
-        forward = lambda: predictor.model(images, ids, mode, iterations)  # noqa: E731
-        if name == "torch-compile":
-            try:
-                compiled = torch.compile(predictor.model)
-                with torch.no_grad():
-                    compiled(images, ids, mode, iterations)
-            except Exception as exc:  # no compiler, unsupported op
-                raise EngineUnavailable(f"torch.compile failed here: {exc.__class__.__name__}: "
-                                        f"{str(exc).splitlines()[0][:120] if str(exc) else ''}") from None
-            forward = lambda: compiled(images, ids, mode, iterations)  # noqa: E731
-
-        def run():
-            with torch.no_grad():
-                return forward()
-
-        sync = torch.cuda.synchronize if device.startswith("cuda") else None
-        return Engine(name, mode, iterations, run, sync=sync)
+        return _torch_engine(name, model, mode, iterations, x, class_ids, device)
     if name in ("onnxruntime", "onnxruntime-int8"):
         from cream_rt.runtime import OnnxPredictor
 
         if onnx_path is None:
             raise EngineUnavailable("no ONNX model for this mode")
-        predictor = OnnxPredictor.load(onnx_path)
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") \
+            else ["CPUExecutionProvider"]
+        predictor = OnnxPredictor.load(onnx_path, providers)
         wanted = "int8" if name == "onnxruntime-int8" else "fp32"
         if predictor.manifest.precision != wanted:
             raise EngineUnavailable(f"{onnx_path} is a {predictor.manifest.precision} export, {name} times {wanted}")
         return Engine(name, mode, iterations, lambda: predictor(x, class_ids))
     if name == "tensorrt":
-        try:
-            import tensorrt  # noqa: F401
-        except Exception as exc:
-            raise EngineUnavailable(f"TensorRT is not importable here ({exc.__class__.__name__})") from None
-        if not device.startswith("cuda") or onnx_path is None:
-            raise EngineUnavailable("TensorRT needs a CUDA device (--device cuda) and an ONNX export")
-        import tempfile
-
-        import torch
-
-        from cream_rt.export.tensorrt_build import TensorRTPredictor, build_engine
-
-        engine_path = tempfile.mkdtemp() + "/model.engine"
-        build_engine(onnx_path, engine_path, batch=(1, len(x), max(len(x), 32)))
-        predictor = TensorRTPredictor(engine_path, model.config.num_classes, model.config.input_size)
-        images, ids = torch.from_numpy(x).cuda(), torch.from_numpy(class_ids).cuda()
-        return Engine(name, mode, iterations, lambda: predictor.run_torch(images, ids), sync=torch.cuda.synchronize)
+        return _tensorrt_engine(model, onnx_path, mode, iterations, x, class_ids, device)
     if name in ("grad-cam", "torchcam"):
         if mode != "cam":
             raise EngineUnavailable(f"{name} computes CAM-style maps only (mode cam)")
         return _third_party(name, model, x, class_ids)
     raise EngineUnavailable(f"unknown engine {name!r}; expected one of {', '.join(ENGINE_NAMES)}")
+
+
+def _torch_engine(name: str, model, mode: str, iterations: int, x: np.ndarray, class_ids: np.ndarray,
+                  device: str) -> Engine:
+    """eager, eager-fused (CREAM's EM in the fused C++/CUDA op), eager-channels-last, torch-compile."""
+    import torch
+
+    from cream_rt.model.eager import EagerPredictor
+
+    net = model
+    images = torch.from_numpy(x).to(device)
+    ids = torch.from_numpy(class_ids).to(device)
+    fused = name == "eager-fused"
+    if fused:
+        _check_fused_op(model, mode, device)
+    if name == "eager-channels-last":
+        net = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    predictor = EagerPredictor(net, mode, iterations, device, fused)
+    forward = lambda: predictor.model(images, ids, mode, iterations, fused)  # noqa: E731
+    if name == "torch-compile":
+        try:
+            compiled = torch.compile(predictor.model)
+            with torch.no_grad():
+                compiled(images, ids, mode, iterations, fused)
+        except Exception as exc:  # no compiler, unsupported op
+            raise EngineUnavailable(f"torch.compile failed here: {exc.__class__.__name__}: "
+                                    f"{str(exc).splitlines()[0][:120] if str(exc) else ''}") from None
+        forward = lambda: compiled(images, ids, mode, iterations, fused)  # noqa: E731
+
+    def run():
+        with torch.no_grad():
+            return forward()
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    return Engine(name, mode, iterations, run, sync=sync)
+
+
+def _check_fused_op(model, mode: str, device: str) -> None:
+    """EngineUnavailable unless the fused op supports the model's config and builds here."""
+    from cream_rt.errors import CreamError
+    from cream_rt.model.em import check_fused
+    from cream_rt.model.fused import load_extension
+
+    c = model.config.cream
+    try:
+        if mode == "cream":  # CAM never reaches the op
+            check_fused(c.border, c.calibration, c.upsample)
+    except CreamError as exc:
+        raise EngineUnavailable(str(exc)) from None
+    try:
+        load_extension("cuda" if device.startswith("cuda") else "cpu")
+    except Exception as exc:  # no compiler, no CUDA toolkit
+        raise EngineUnavailable(f"the fused op could not be built here: {str(exc).splitlines()[0][:160]}") from None
+
+
+def _tensorrt_engine(model, onnx_path: str | None, mode: str, iterations: int, x: np.ndarray,
+                     class_ids: np.ndarray, device: str) -> Engine:
+    """An engine built from the ONNX export with TensorRT (GPU only)."""
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:
+        raise EngineUnavailable(f"TensorRT is not importable here ({exc.__class__.__name__})") from None
+    if not device.startswith("cuda") or onnx_path is None:
+        raise EngineUnavailable("TensorRT needs a CUDA device (--device cuda) and an ONNX export")
+    import tempfile
+
+    import torch
+
+    from cream_rt.export.tensorrt_build import TensorRTPredictor
+    from cream_rt.export.tensorrt_build import build_engine as build_trt
+
+    engine_path = tempfile.mkdtemp() + "/model.engine"
+    build_trt(onnx_path, engine_path, batch=(1, len(x), max(len(x), 32)))
+    predictor = TensorRTPredictor(engine_path, model.config.num_classes, model.config.input_size)
+    images, ids = torch.from_numpy(x).cuda(), torch.from_numpy(class_ids).cuda()
+    return Engine(name="tensorrt", mode=mode, iterations=iterations, run=lambda: predictor.run_torch(images, ids),
+                  sync=torch.cuda.synchronize)
 
 
 def _third_party(name: str, model, x: np.ndarray, class_ids: np.ndarray) -> Engine:
@@ -159,7 +176,8 @@ def _third_party(name: str, model, x: np.ndarray, class_ids: np.ndarray) -> Engi
             from pytorch_grad_cam import GradCAM
             from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
         except ImportError:
-            raise EngineUnavailable("pytorch-grad-cam is not installed (pip install -r requirements-bench.txt)") from None
+            raise EngineUnavailable("pytorch-grad-cam is not installed "
+                                    "(pip install -r requirements-bench.txt)") from None
         cam = GradCAM(model=net, target_layers=[_last_conv_module(net.backbone)])
         outputs = [ClassifierOutputTarget(c) for c in targets]
         return Engine(name, "cam", 0, lambda: cam(input_tensor=images, targets=outputs), third_party=True)
@@ -167,7 +185,8 @@ def _third_party(name: str, model, x: np.ndarray, class_ids: np.ndarray) -> Engi
         from torchcam.methods import CAM
     except ImportError:
         raise EngineUnavailable("torchcam is not installed (pip install -r requirements-bench.txt)") from None
-    extractor = CAM(net, target_layer=_last_conv_module(net.backbone), fc_layer=net.classifier, input_shape=tuple(x.shape[1:]))
+    extractor = CAM(net, target_layer=_last_conv_module(net.backbone),
+                    fc_layer=net.classifier, input_shape=tuple(x.shape[1:]))
 
     def run():
         with torch.no_grad():

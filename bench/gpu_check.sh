@@ -21,7 +21,7 @@ status=0
 $PY -m cream_rt.bench.gpu_checks "$OUT/gpu_checks.json" > "$OUT/gpu_checks.log" 2>&1 || status=1
 $PY -m pytest -q -rs -p no:cacheprovider tests/test_fused_op.py tests/test_tensorrt.py tests/test_reactivate.py \
     > "$OUT/tests.log" 2>&1 || status=1
-CREAM_BENCH_JSON="$OUT/fused_op_gpu.json" $PY -m pytest -q -s -p no:cacheprovider bench/test_fused_op.py \
+CREAM_BENCH_JSON="$OUT/fused_op_gpu.json" $PY -m pytest -q -s -p no:cacheprovider bench/tests/test_fused_op.py \
     > "$OUT/bench_fused.log" 2>&1 || status=1
 tail -n 30 "$OUT/gpu_checks.log" "$OUT/tests.log" "$OUT/bench_fused.log"
 exit $status

@@ -13,7 +13,7 @@ import torch
 
 def reference_z(features: np.ndarray, centroids: np.ndarray, iterations: int, beta: float,
                 unit: bool = False) -> np.ndarray:
-    """float64 EM straight from method.md, one image at a time (z_fg); `unit`: the M-step
+    """float64 EM straight from docs/method.md, one image at a time (z_fg); `unit`: the M-step
     averages the L2-normalised features."""
     eps = 1e-6
     out = []
@@ -23,7 +23,8 @@ def reference_z(features: np.ndarray, centroids: np.ndarray, iterations: int, be
         xn = x / (np.linalg.norm(x, axis=1, keepdims=True) + eps)
         mu, pi = [mu0[0], mu0[1]], [0.5, 0.5]
         for t in range(iterations):
-            logit = np.stack([beta * xn @ (m / (np.linalg.norm(m) + eps)) + np.log(max(p, eps)) for m, p in zip(mu, pi)])
+            logit = np.stack([beta * xn @ (m / (np.linalg.norm(m) + eps)) + np.log(max(p, eps))
+                              for m, p in zip(mu, pi)])
             z = np.exp(logit - logit.max(0)) / np.exp(logit - logit.max(0)).sum(0)
             if t < iterations - 1:
                 mu = [(z[j][:, None] * (xn if unit else x)).sum(0) / (z[j].sum() + eps) for j in range(2)]
@@ -34,7 +35,7 @@ def reference_z(features: np.ndarray, centroids: np.ndarray, iterations: int, be
 
 def reference_map(features: np.ndarray, cam: np.ndarray, centroids: np.ndarray, iterations: int, beta: float,
                   tau: float, unit: bool = False) -> np.ndarray:
-    """float64 z~ + minmax(CAM) (method.md 3.3-3.4) on top of `reference_z`."""
+    """float64 z~ + minmax(CAM) (docs/method.md 3.3-3.4) on top of `reference_z`."""
     out = []
     for z, c in zip(reference_z(features, centroids, iterations, beta, unit), cam.astype(np.float64)):
         span = c.max() - c.min()
@@ -91,10 +92,11 @@ def main(out_path: str) -> int:
         x = torch.relu(torch.randn(b, k, side, side, device="cuda"))
         mu = torch.rand(b, 2, k, device="cuda")
         cam = torch.randn(b, side, side, device="cuda")
-        ms = timed(lambda: cosine_em(x, cam, mu, 2, 8.0, 0.2, True))
+        ms = timed(lambda x=x, cam=cam, mu=mu: cosine_em(x, cam, mu, 2, 8.0, 0.2, True))
         bytes_min = 2 * x.numel() * 4  # T=2: the features are read twice (E+M sums, then E)
         gbs = bytes_min / ms / 1e6
-        result["bandwidth"].append({"shape": [b, k, side, side], "ms": ms, "GBps": gbs, "fraction_of_copy": gbs / copy_gbs})
+        result["bandwidth"].append({"shape": [b, k, side, side], "ms": ms, "GBps": gbs,
+                                   "fraction_of_copy": gbs / copy_gbs})
     with open(out_path, "w") as handle:
         json.dump(result, handle, indent=2)
     print(json.dumps(result, indent=2))

@@ -3,7 +3,7 @@ warm-up, then repeated timed calls until a time budget or a repeat cap; percenti
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

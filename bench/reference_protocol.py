@@ -1,7 +1,7 @@
 """A deliberately plain implementation of the wsolevaluation box protocol: per image, per
 threshold, OpenCV contours, Python loops, float64. It shares no code with cream_rt so that
 tests and benchmarks compare the fast evaluator against an independent reference.
-Written from ../shared/spec/evaluation.md (the protocol of clovaai/wsolevaluation)."""
+Written from docs/evaluation.md (the protocol of clovaai/wsolevaluation)."""
 from __future__ import annotations
 
 import cv2

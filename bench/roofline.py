@@ -54,8 +54,8 @@ def gemm_peak(size: int = 1536, budget_s: float = 3.0) -> dict[str, float]:
     import onnx
     import onnx.helper as oh
     import torch
-    from cream_rt.bench.latency import measure
 
+    from cream_rt.bench.latency import measure
     from cream_rt.runtime import make_session
 
     a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
@@ -78,9 +78,9 @@ def roofline(backbone: str, batch: int, mode: str = "cream", iterations: int = 2
     ONNX Runtime vs eager that follows (ORT's best GEMM rate over eager's rate on the model)."""
     from cream_rt.bench.engines import build_engine
     from cream_rt.bench.latency import measure_interleaved, paired_ratio
-    from cream_rt.bench.runner import machine_info, sample_images, untrained_model
+    from cream_rt.bench.machine import machine_info
+    from cream_rt.bench.runner import sample_images, untrained_model
     from cream_rt.export.onnx_export import export_model
-
     from cream_rt.preprocess import preprocess_batch
 
     model = untrained_model(backbone)

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import torch
 
-from cream_rt.metadata import read_split
+from cream_rt.metadata import read_split, split_paths
 from cream_rt.model.checkpoint import load_checkpoint
-from cream_rt.model.reactivate import em_foreground, l2_normalize, minmax
-from cream_rt.preprocess import preprocess_batch, read_image
+from cream_rt.model.em import em_foreground, l2_normalize, minmax
+from cream_rt.scoring import split_batches
 
 
 def inside_outside(maps: torch.Tensor, masks: torch.Tensor) -> tuple[float, float]:
@@ -36,16 +36,14 @@ def separability(checkpoint: str, data: str, split: str = "test", count: int = 2
     model.eval()
     cfg = model.config
     root = Path(data)
-    meta = read_split(root / "metadata" / split)
-    ids = meta.image_ids[:count]
+    split_dir, images = split_paths(root, split)
+    meta = read_split(split_dir)
+    meta.image_ids = meta.image_ids[:count]
     beta, unit = cfg.cream.beta, cfg.cream.feature_mean == "unit"
     sums: dict[str, list[float]] = {}
     cells: dict[str, list[float]] = {}
-    for start in range(0, len(ids), batch):
-        chunk = ids[start:start + batch]
-        x = torch.from_numpy(preprocess_batch([read_image(root / "images" / i) for i in chunk], cfg.input_size,
-                                              cfg.mean, cfg.std))
-        labels = torch.tensor([meta.class_labels[i] for i in chunk])
+    for chunk, x_np, labels_np in split_batches(meta, images, batch, cfg.input_size, cfg.mean, cfg.std, "separability"):
+        x, labels = torch.from_numpy(x_np), torch.from_numpy(labels_np)
         with torch.no_grad():
             features = model.features(x)
             cam = model.cam(features, labels)
@@ -67,7 +65,7 @@ def separability(checkpoint: str, data: str, split: str = "test", count: int = 2
             sums.setdefault(name, [0.0, 0.0])
             sums[name][0] += i * b
             sums[name][1] += o * b
-    n = len(ids)
+    n = len(meta.image_ids)
     result = {name: {"inside": v[0] / n, "outside": v[1] / n} for name, v in sums.items()}
     result["cells"] = {g: {"count": int(v[0]), "norm": v[1] / max(v[0], 1), "cos_fg": v[2] / max(v[0], 1),
                            "cos_bg": v[3] / max(v[0], 1)} for g, v in cells.items()}

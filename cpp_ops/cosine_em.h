@@ -1,4 +1,4 @@
-// CREAM's re-activation (method.md 3.2-3.4) fused into one op: the EM, the calibration against
+// CREAM's re-activation (docs/method.md 3.2-3.4) fused into one op: the EM, the calibration against
 // the CAM and the fusion z~ + minmax(CAM). Pieces shared by the CPU and CUDA kernels.
 #pragma once
 #include <math.h>

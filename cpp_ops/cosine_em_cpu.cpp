@@ -165,7 +165,7 @@ void em_image(const float* x, const float* mu, int64_t k, int64_t n, int64_t ite
   }
 }
 
-// Calibration against the CAM and fusion (method.md 3.3-3.4), in place: z_fg -> z~ + minmax(CAM).
+// Calibration against the CAM and fusion (docs/method.md 3.3-3.4), in place: z_fg -> z~ + minmax(CAM).
 void calibrate_image(const float* cam, int64_t n, float tau, float* z) {
   float lo = cam[0], hi = cam[0];
   for (int64_t i = 1; i < n; ++i) { lo = std::min(lo, cam[i]); hi = std::max(hi, cam[i]); }

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable
+from collections.abc import Callable
+
+__all__ = ["int_in", "float_in", "int_list", "name_list", "POSITIVE", "NON_NEGATIVE", "BATCH_SIZE", "ITERATIONS",
+           "EPOCHS", "THREADS", "INPUT_SIZE", "FRACTION", "INTERVAL"]
 
 
 def int_in(low: int | None = None, high: int | None = None) -> Callable[[str], int]:

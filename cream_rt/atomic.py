@@ -12,10 +12,13 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 from .errors import OutputError, os_error_line
+
+__all__ = ["check_output_file", "atomic_path", "atomic_open", "write_json", "check_output_dir", "atomic_dir"]
 
 
 def _is_special(path: Path) -> bool:

@@ -1,6 +1,6 @@
 """Boxes from score maps with the exact semantics of the wsolevaluation protocol, and IoU.
 
-Protocol (../shared/spec/evaluation.md): `img = uint8(map * 255)` (in the map's dtype),
+Protocol (docs/evaluation.md): `img = uint8(map * 255)` (in the map's dtype),
 `thr = int(tau * max(img))`, foreground = `img > thr`, OpenCV contours (RETR_TREE, holes
 included), box `[x, y, min(x+w, W-1), min(y+h, H-1)]` of each contour's bounding rect.
 
@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
+__all__ = ["NO_BOX", "quantize", "threshold_levels", "boxes_at_threshold", "iou_matrix", "quantize_checked",
+           "threshold_ious"]
 
 try:  # numba is the `fast` extra; without it the evaluator uses OpenCV per level.
     import numba

@@ -4,15 +4,27 @@ onnx) happen inside the subcommands that need them, so `cream localize` and `cre
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from . import __version__
-from .argtypes import (BATCH_SIZE, EPOCHS, FRACTION, INPUT_SIZE, INTERVAL, ITERATIONS, NON_NEGATIVE, POSITIVE,
-                       THREADS, float_in, int_in, int_list, name_list)
+from .argtypes import (
+    BATCH_SIZE,
+    EPOCHS,
+    FRACTION,
+    INPUT_SIZE,
+    INTERVAL,
+    ITERATIONS,
+    NON_NEGATIVE,
+    POSITIVE,
+    THREADS,
+    float_in,
+    int_in,
+    int_list,
+    name_list,
+)
 from .errors import CreamError, Terminated, os_error_line
 
 Handler = Callable[[argparse.Namespace], int]
@@ -27,25 +39,9 @@ def command(name: str, help_text: str, target: str):
     return decorate
 
 
-def print_json(obj) -> None:
-    """Machine-readable output: one JSON object on stdout."""
-    json.dump(obj, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-
-
-def print_table(rows: list[tuple[str, object]], title: str | None = None) -> None:
-    """A two-column human-readable table on stdout."""
-    if title:
-        print(title)
-    width = max((len(k) for k, _ in rows), default=0)
-    for key, value in rows:
-        text = f"{value:.4f}" if isinstance(value, float) else str(value)
-        print(f"  {key:<{width}}  {text}")
-
-
 def _threads(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=THREADS, default=None,
-                        help="threads for evaluation (default: up to 4, one per core)")
+    parser.add_argument("--threads", type=THREADS, default=None,
+                        help="threads scoring the maps (default: up to 4, one per core)")
 
 
 @command("eval", "evaluate score maps, a checkpoint or an exported model (wsolevaluation protocol)",
@@ -65,7 +61,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--map-size", type=INPUT_SIZE, nargs=2, default=(224, 224), metavar=("H", "W"),
                    help="score-map size; GT boxes are scaled to it (default 224 224)")
     p.add_argument("--mode", choices=["cam", "cream"], default="cream", help="map type for --checkpoint")
-    p.add_argument("--iterations", type=ITERATIONS, default=None, help="EM steps T for --checkpoint (default: checkpoint's)")
+    p.add_argument("--iterations", type=ITERATIONS, default=None,
+                   help="EM steps T for --checkpoint (default: checkpoint's)")
     p.add_argument("--batch-size", type=BATCH_SIZE, default=16)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--save-maps", help="write the score maps as <image_id>.npy under this folder")
@@ -74,7 +71,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("synth", "generate the synthetic WSOL benchmark (images, masks, metadata)",
-         "cream_rt.commands.train_cmd:synth")
+         "cream_rt.commands.synth_cmd:run")
 def _synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--preset", default="default",
@@ -94,7 +91,7 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
                    help="at most this many head-less body-texture patches on the background (default 0)")
 
 
-@command("backbones", "list the registered backbones", "cream_rt.commands.train_cmd:backbones")
+@command("backbones", "list the registered backbones", "cream_rt.commands.backbones_cmd:run")
 def _backbones_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
@@ -109,25 +106,28 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("train", "train a CAM model with CREAM context-embedding learning",
-         "cream_rt.commands.train_cmd:train")
+         "cream_rt.commands.train_cmd:run")
 def _train_args(p: argparse.ArgumentParser) -> None:
     _data_args(p)
     p.add_argument("--backbone", default="small-cnn", help="see `cream backbones`")
     p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
     p.add_argument("--epochs", type=EPOCHS, default=6)
-    p.add_argument("--lr", type=float_in(0.0, 10.0, low_open=True), default=0.01, help="learning rate of pretrained layers (new: 10x)")
+    p.add_argument("--lr", type=float_in(0.0, 10.0, low_open=True), default=0.01,
+                   help="learning rate of pretrained layers (new: 10x)")
     p.add_argument("--lr-decay-epochs", type=POSITIVE, nargs="*", default=[4], help="epochs where lr drops 10x")
     p.add_argument("--weight-decay", type=float_in(0.0, 1.0), default=1e-4)
     p.add_argument("--bn-batches", type=NON_NEGATIVE, default=40,
                    help="training batches that re-estimate BatchNorm statistics after each epoch (0: off)")
-    p.add_argument("--input-size", type=INPUT_SIZE, default=None, help="default: the backbone's (small-cnn 96, others 224)")
+    p.add_argument("--input-size", type=INPUT_SIZE, default=None,
+                   help="default: the backbone's (small-cnn 96, others 224)")
     p.add_argument("--large-feature-map", action="store_true")
     p.add_argument("--tap", action="store_true", help="RCAM thresholded average pooling")
     p.add_argument("--nwc", action="store_true", help="RCAM negative weight clamping")
     p.add_argument("--iterations", type=ITERATIONS, default=2, help="CREAM EM steps T")
     p.add_argument("--beta", type=float_in(0.0, 1000.0, low_open=True), default=8.0)
     p.add_argument("--tau", type=FRACTION, default=0.2)
-    p.add_argument("--momentum", type=float_in(0.0, 1.0, high_open=True), default=0.8, help="lambda of the embedding update, in [0, 1)")
+    p.add_argument("--momentum", type=float_in(0.0, 1.0, high_open=True), default=0.8,
+                   help="lambda of the embedding update, in [0, 1)")
     p.add_argument("--feature-mean", choices=["raw", "unit"], default="unit",
                    help="embeddings and EM M-step average L2-normalised features (unit, default) or raw ones")
     p.add_argument("--border", type=int_in(0, 8), default=0,
@@ -144,7 +144,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("fit-embeddings", "learn CREAM's context embeddings of a trained CAM model (frozen)",
-         "cream_rt.commands.train_cmd:fit_embeddings")
+         "cream_rt.commands.fit_cmd:run")
 def _fit_args(p: argparse.ArgumentParser) -> None:
     _data_args(p)
     p.add_argument("--checkpoint", required=True)
@@ -163,8 +163,10 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="output folder")
     p.add_argument("--epochs", type=EPOCHS, default=6)
     p.add_argument("--train", type=int_in(16, 10_000_000), default=3000, help="training images")
-    p.add_argument("--body-tint", type=float_in(0.0, 1.0), default=0.0, help="synthetic body class tint (see `cream synth`)")
-    p.add_argument("--decoys", type=int_in(0, 16), default=2, help="synthetic decoy heads per image (see `cream synth`)")
+    p.add_argument("--body-tint", type=float_in(0.0, 1.0), default=0.0,
+                   help="synthetic body class tint (see `cream synth`)")
+    p.add_argument("--decoys", type=int_in(0, 16), default=2,
+                   help="synthetic decoy heads per image (see `cream synth`)")
     p.add_argument("--feature-mean", choices=["raw", "unit"], default="unit",
                    help="CREAM's embeddings and M-step average L2-normalised (unit, default) or raw features")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
@@ -196,7 +198,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                    help="instead of --calibration-data: a metadata split folder (image_ids.txt, ...)")
     p.add_argument("--calibration-image-root", metavar="DIR",
                    help="image root for the calibration ids (default DATA/images)")
-    p.add_argument("--calibration-count", type=int_in(1, 100_000), default=256, help="images to calibrate on (default 256)")
+    p.add_argument("--calibration-count", type=int_in(1, 100_000), default=256,
+                   help="images to calibrate on (default 256)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
 
@@ -231,7 +234,8 @@ def _parity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=FRACTION, default=0.2, help="box threshold compared between engines")
     p.add_argument("--interval", type=INTERVAL, default=0.01)
     p.add_argument("--limit", type=POSITIVE, default=None, help="only the first N images")
-    p.add_argument("--results", help="also write the JSON result to this file (e.g. bench/results/...)")
+    p.add_argument("--json-out", "--results", dest="results", metavar="PATH",
+                   help="also write the JSON result to this file (e.g. bench/results/...)")
     p.add_argument("--json", action="store_true")
 
 
@@ -241,7 +245,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("model (one of)")
     src.add_argument("--checkpoint", help="a cream checkpoint")
     src.add_argument("--backbone", help="an untrained model of this backbone (timing only)")
-    p.add_argument("--classes", type=int_in(1, 100_000), default=200, help="classes of the --backbone model (default 200)")
+    p.add_argument("--classes", type=int_in(1, 100_000), default=200,
+                   help="classes of the --backbone model (default 200)")
     p.add_argument("--input-size", type=INPUT_SIZE, default=None, help="input size of the --backbone model")
     p.add_argument("--model", help="an exported ONNX model to time for its mode and T (others are exported)")
     p.add_argument("--engines", type=name_list, default=("eager", "onnxruntime"),
@@ -256,7 +261,10 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
                    help="seconds of timed runs per measurement")
     p.add_argument("--no-pipeline", action="store_true", help="skip the Localizer pipeline breakdown")
     p.add_argument("--threads", type=THREADS, default=None, help="torch and ONNX Runtime threads (default: all cores)")
-    p.add_argument("--json", dest="json_out", help="write the results JSON here")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the eager and ONNX Runtime engines run; tensorrt always runs on the GPU (default cpu)")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
+    p.add_argument("--json-out", metavar="PATH", help="write the results JSON to this file")
     p.add_argument("--plot", help="write a PNG of latency per image against batch size")
 
 
@@ -269,7 +277,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser with every registered subcommand (modules register on import)."""
+    """The parser with every subcommand registered above by `@command`."""
     parser = Parser(prog="cream", description="CAM / CREAM weakly supervised object localization: train, "
                     "export, localize, evaluate and benchmark.")
     parser.add_argument("--version", action="version", version=f"cream-rt {__version__}")

@@ -1,5 +1,8 @@
 """User-facing errors: one clear line naming the thing and what was expected."""
 
+__all__ = ["CreamError", "MetadataError", "ScoreMapError", "ModelFileError", "ImageReadError", "OutputError",
+           "Terminated", "os_error_line"]
+
 
 class CreamError(Exception):
     """An error caused by the user's input (file, shape, value); the CLI prints it as one line."""

@@ -12,6 +12,8 @@ from .metadata import SplitMetadata, resize_box
 from .metrics import BoxEvaluator, PxAPEvaluator, load_gt_mask, parallel_map
 from .progress import progress
 
+__all__ = ["gt_boxes_at", "evaluate_map_folder"]
+
 
 def gt_boxes_at(meta: SplitMetadata, image_id: str, map_size: tuple[int, int]) -> np.ndarray:
     """The image's GT boxes scaled to the map size (height, width) as the protocol does."""

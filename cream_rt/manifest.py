@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import ModelFileError
 
+__all__ = ["MANIFEST_KEY", "MANIFEST_FORMAT", "MANIFEST_VERSION", "Manifest"]
+
 MANIFEST_KEY = "cream_rt.manifest"
 MANIFEST_FORMAT = "cream_rt.onnx"
 MANIFEST_VERSION = 1

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from .errors import MetadataError
 
+__all__ = ["MAX_CLASSES", "SplitMetadata", "read_split", "data_paths", "split_paths", "resize_box"]
+
 Box = tuple[float, float, float, float]
 MAX_CLASSES = 100_000  # labels are 0..C-1; a larger label is a broken file, not a classifier to size
 
@@ -166,6 +168,29 @@ def _require_all(path: Path, image_ids: list[str], mapping: dict) -> None:
         missing = next(i for i in image_ids if i not in mapping)
         raise MetadataError(f"{path}: image id {missing!r} from image_ids.txt has no entry "
                             f"({len(image_ids) - len(mapping)} missing)")
+
+
+def data_paths(data: str | os.PathLike | None, images: str | os.PathLike | None = None,
+               metadata: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """(image root, metadata root with one folder per split) from a data root (`DATA/images`,
+    `DATA/metadata`), either part overridden, or from both parts given."""
+    if data:
+        return Path(images or Path(data) / "images"), Path(metadata or Path(data) / "metadata")
+    if images and metadata:
+        return Path(images), Path(metadata)
+    raise MetadataError("pass --data DIR (images/ and metadata/) or both --images and --metadata")
+
+
+def split_paths(data: str | os.PathLike | None, split: str = "test", images: str | os.PathLike | None = None,
+                split_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """(metadata split folder, image root): `DATA/metadata/SPLIT` and `DATA/images` unless
+    `split_dir` / `images` name them."""
+    if split_dir and images:
+        return Path(split_dir), Path(images)
+    if not data:
+        raise MetadataError("pass --data DIR [--split NAME], or --metadata SPLIT_DIR with --images DIR")
+    image_root, meta_root = data_paths(data, images)
+    return Path(split_dir or meta_root / split), image_root
 
 
 def resize_box(box: Box, image_size: tuple[int, int], resize: tuple[int, int]) -> tuple[int, int, int, int]:

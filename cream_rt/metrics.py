@@ -4,15 +4,18 @@ IoU 50), Top-1 / Top-5 Loc, and PxAP for mask data sets. No torch."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
 
 from .boxes import quantize_checked, threshold_ious
 from .errors import MetadataError, ScoreMapError
+
+__all__ = ["IOU_THRESHOLDS", "PXAP_EXTRA_EDGES", "threshold_list", "check_scoremap", "ImageBoxResult",
+           "image_box_ious", "BoxEvaluator", "parallel_map", "load_gt_mask", "PxAPEvaluator"]
 
 IOU_THRESHOLDS = (30, 50, 70)
 PXAP_EXTRA_EDGES = (1.0, 2.0, 3.0)

@@ -3,7 +3,7 @@ the ONNX runtime so that all of them see the same input tensors."""
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -15,6 +15,9 @@ MAX_IMAGE_PIXELS = int(os.environ.get("CREAM_MAX_IMAGE_PIXELS", 1 << 27))
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 
 import cv2  # noqa: E402  (reads OPENCV_IO_MAX_IMAGE_PIXELS when it decodes)
+
+__all__ = ["MAX_IMAGE_PIXELS", "read_image", "as_rgb_array", "normalize", "resize_for_model", "preprocess_batch",
+           "train_augment"]
 
 try:  # silent: a bad image is reported once, as that image's error
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)

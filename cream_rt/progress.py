@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Iterable, TypeVar
+from collections.abc import Iterable
+from typing import TypeVar
+
+__all__ = ["T", "progress_enabled", "progress"]
 
 T = TypeVar("T")
 

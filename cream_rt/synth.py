@@ -1,7 +1,8 @@
 """A synthetic WSOL benchmark that reproduces CAM's incomplete localization (no download).
 
 Each object is a large textured body shared by every class plus a small "head" whose colour
-and mark tell the class apart, on a cluttered textured background with distractor shapes. The head is the most discriminative part, so CAM peaks there, while the ground-truth box and mask
+and mark tell the class apart, on a cluttered textured background with distractor shapes.
+The head is the most discriminative part, so CAM peaks there, while the ground-truth box and mask
 cover head and body: the gap CREAM's re-activation is meant to close. Deterministic per
 seed. Writes wsolevaluation metadata (boxes) plus per-image masks. numpy + OpenCV only."""
 from __future__ import annotations
@@ -17,6 +18,9 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import CreamError
 from .progress import progress
+
+__all__ = ["BODY_COLORS", "SynthConfig", "PRESETS", "preset", "class_color", "photo_crop", "body_colors",
+           "make_example", "mask_box", "generate"]
 
 # Head colours (BGR) of up to 12 classes: distinct hues, saturated.
 _HUES = np.linspace(0, 180, 12, endpoint=False).astype(np.uint8)
@@ -212,9 +216,10 @@ def _draw_body_patches(img: np.ndarray, label: int, tint: float, count: int, rng
             keep_out |= cv2.dilate(disk, np.ones((5, 5), np.uint8))
 
 
-def make_example(label: int, rng: np.random.Generator, config: SynthConfig = SynthConfig()) \
+def make_example(label: int, rng: np.random.Generator, config: SynthConfig | None = None) \
         -> tuple[np.ndarray, np.ndarray]:
     """One image (BGR uint8) of class `label` and its object mask (uint8 0/1), as `config` says."""
+    config = config or SynthConfig()
     size = config.size
     img = _background(size, rng, config)
     mask = _draw_object(img, label, rng, config.body_tint, config.scale)
@@ -237,9 +242,10 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
 
 
-def generate(out: str | os.PathLike, config: SynthConfig = SynthConfig(), show_progress: bool = True) -> Path:
+def generate(out: str | os.PathLike, config: SynthConfig | None = None, show_progress: bool = True) -> Path:
     """Write `out/images/<split>/<class>/<n>.png`, `out/masks/...` and
     `out/metadata/<split>/*.txt`; returns `out`."""
+    config = config or SynthConfig()
     root = Path(out)
     if config.classes < 2 or config.classes > len(_HUES):
         raise ValueError(f"classes must lie in [2, {len(_HUES)}], got {config.classes}")

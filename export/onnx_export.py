@@ -18,6 +18,8 @@ from cream_rt.manifest import MANIFEST_KEY, Manifest
 from cream_rt.model.checkpoint import file_sha256, load_checkpoint
 from cream_rt.model.network import CamModel
 
+__all__ = ["INPUT_NAMES", "OUTPUT_NAMES", "ExportWrapper", "build_manifest", "export_model", "export_checkpoint"]
+
 INPUT_NAMES = ["images", "class_ids"]
 OUTPUT_NAMES = ["logits", "maps", "class_ids_used"]
 
@@ -25,12 +27,12 @@ OUTPUT_NAMES = ["logits", "maps", "class_ids_used"]
 class ExportWrapper(torch.nn.Module):
     """The model with mode and T fixed, as the exported graph computes it."""
 
-    def __init__(self, model: CamModel, mode: str, iterations: int):
+    def __init__(self, model: CamModel, mode: str, iterations: int, fused: bool = False):
         super().__init__()
-        self.model, self.mode, self.iterations = model, mode, iterations
+        self.model, self.mode, self.iterations, self.fused = model, mode, iterations, fused
 
     def forward(self, images: torch.Tensor, class_ids: torch.Tensor):
-        return self.model(images, class_ids, self.mode, self.iterations)
+        return self.model(images, class_ids, self.mode, self.iterations, self.fused)
 
 
 def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str | None,
@@ -51,8 +53,20 @@ def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str 
 def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", iterations: int | None = None,
                  opset: int = 20, checkpoint: str | None = None, external_data: bool = False,
                  fused: bool = False) -> Manifest:
-    """Export `model` to `out` (atomically), check it with full shape inference, embed the manifest.
-    `fused` emits one cream::CosineEM node instead of the unrolled EM (TensorRT plugin path)."""
+    """Export `model` to one ONNX graph, checked with full shape inference, with its manifest.
+
+    Args:
+        model: the CAM model (any backbone); its embeddings become initializers.
+        out: the ONNX file, written atomically.
+        mode: "cream" (EM unrolled `iterations` times) or "cam".
+        iterations: T (default: the model's `cream.iterations`).
+        opset: ONNX opset, 18..20.
+        checkpoint: the file the model came from (its SHA-256 goes into the manifest).
+        external_data: weights in `OUT.data` beside the graph.
+        fused: one cream::CosineEM node instead of the unrolled EM (the TensorRT plugin path).
+    Returns:
+        The manifest embedded in the file.
+    """
     import onnx
 
     if mode not in ("cam", "cream"):
@@ -61,14 +75,14 @@ def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", i
     if t < 0:
         raise CreamError(f"iterations must be >= 0, got {t}")
     if fused and mode == "cream" and t > 0:
-        from cream_rt.model.reactivate import check_fused
+        from cream_rt.model.em import check_fused
 
         c = model.config.cream
         check_fused(c.border, c.calibration, c.upsample)  # before tracing: one error line, not a trace
     if opset < 18:
         raise CreamError(f"opset must be >= 18 for the torch.export-based exporter, got {opset}")
     model = model.eval()
-    wrapper = ExportWrapper(model, mode, t).eval()
+    wrapper = ExportWrapper(model, mode, t, fused).eval()
     size = model.config.input_size
     images = torch.randn(2, 3, size, size)
     class_ids = torch.tensor([0, -1], dtype=torch.int64)
@@ -78,17 +92,12 @@ def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", i
         from .custom_op import translation_table
 
         table = translation_table()
-    was_fused = model.config.fused
-    model.config.fused = fused
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                wrapper, (images, class_ids), dynamo=True, opset_version=opset,
-                input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, custom_translation_table=table,
-                dynamic_shapes={"images": {0: batch}, "class_ids": {0: batch}}, optimize=True, verbose=False)
-    finally:
-        model.config.fused = was_fused
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper, (images, class_ids), dynamo=True, opset_version=opset,
+            input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, custom_translation_table=table,
+            dynamic_shapes={"images": {0: batch}, "class_ids": {0: batch}}, optimize=True, verbose=False)
     proto = program.model_proto
     manifest = build_manifest(model, mode, t, checkpoint, fused)
     entry = proto.metadata_props.add()

@@ -5,7 +5,7 @@ package registers Python kernels in its own domain, so the node is re-domained i
 Slow by design (a Python call per node); ONNX Runtime for speed keeps the standard-op export."""
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from cream_rt.errors import CreamError
 from .custom_op import DOMAIN, OP_TYPE, VERSION
 
 
-@lru_cache(maxsize=None)
+@cache
 def _register_kernel() -> str:
     try:
         from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op

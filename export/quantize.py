@@ -17,13 +17,15 @@ import numpy as np
 from cream_rt.atomic import atomic_path
 from cream_rt.errors import CreamError
 from cream_rt.manifest import MANIFEST_KEY, Manifest
+from cream_rt.scoring import batches
+
+__all__ = ["QUANTIZED_OPS", "calibration_batches", "split_images", "quantize_export"]
 
 QUANTIZED_OPS = ("Conv",)
 
 
 def calibration_batches(images: Iterable, input_size: int, mean, std, batch_size: int = 16) -> Iterator[np.ndarray]:
     """Normalised float32 batches `(B,3,S,S)` of `images` (paths or RGB arrays), as the model is fed."""
-    from cream_rt.commands.model_eval import batches
     from cream_rt.preprocess import preprocess_batch
 
     for chunk in batches(list(images), batch_size):

@@ -4,8 +4,6 @@ model (torch.ops.cream.cosine_em on CUDA) on TensorRT's stream. Imported lazily;
 (TensorRT cannot be installed on our machines): see the GPU check script."""
 from __future__ import annotations
 
-from typing import Tuple
-
 import tensorrt.plugin as trtp  # noqa: F401  (ImportError where TensorRT is missing: callers catch it)
 
 PLUGIN_ID = "cream::CosineEM"
@@ -21,7 +19,7 @@ def cosine_em_desc(features: trtp.TensorDesc, cam: trtp.TensorDesc, centroids: t
 
 @trtp.impl(PLUGIN_ID)
 def cosine_em_impl(features: trtp.Tensor, cam: trtp.Tensor, centroids: trtp.Tensor, iterations: int, beta: float,
-                   tau: float, unit_mean: int, outputs: Tuple[trtp.Tensor], stream: int) -> None:
+                   tau: float, unit_mean: int, outputs: tuple[trtp.Tensor], stream: int) -> None:
     import torch
 
     from cream_rt.model.fused import cosine_em

@@ -41,14 +41,13 @@ def test_cam_and_cream_rows_equal_cream_eval(tmp_path, capsys):
     """The suite scores every row from one backbone pass; its CAM and CREAM T=2 rows must be the
     numbers `cream eval --checkpoint` gives through the eager predictor."""
     from cream_rt.model.checkpoint import save_checkpoint
-    from cream_rt.model.config import ModelConfig
-    from cream_rt.model.network import CamModel
+    from cream_rt.model.network import create_model
 
     data = tmp_path / "d"
     assert main(["synth", "--out", str(data), "--train", "6", "--val", "6", "--test", "30", "--classes", "3",
                  "--size", "64"]) == 0
     torch.manual_seed(0)
-    model = CamModel(ModelConfig(backbone="small-cnn", num_classes=3, input_size=64)).eval()
+    model = create_model("small-cnn", 3, input_size=64).eval()
     model.embeddings.copy_(torch.rand_like(model.embeddings))
     save_checkpoint(tmp_path / "m.pt", model)
     rows = score_cell(tmp_path / "m.pt", tmp_path / "m.pt", data, batch_size=7)

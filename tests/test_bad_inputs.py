@@ -1,7 +1,12 @@
-"""Bad inputs against every command that takes them, run as a user runs them (a subprocess,
-with a timeout): exit status 2 and exactly one `cream: error:` line, no traceback, no hang, no
-output file left behind or half written. `cream localize` instead reports a bad image as that
-image's record (exit status 1) and localizes the rest. The corpus is generated here."""
+"""Bad inputs against every command that takes them: exit status 2 and exactly one
+`cream: error:` line, no traceback, no hang, no output file left behind or half written.
+`cream localize` instead reports a bad image as that image's record (exit status 1) and
+localizes the rest. The corpus is generated here.
+
+The case matrix runs `cream_rt.cli.main` in the test process (an uncaught exception fails the
+test just as a traceback would, and torch is imported once); what needs a process of its own
+(timeouts, signals, another user, the environment at import, stderr written by C libraries)
+runs `python -m cream_rt.cli` in a subprocess with a timeout."""
 from __future__ import annotations
 
 import json
@@ -31,7 +36,8 @@ def _png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0\0\0\0")) + chunk(b"IEND", b"")
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0\0\0\0")) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
 
 
 def _copy_data(src: Path, dst: Path) -> Path:
@@ -145,10 +151,31 @@ def world(tmp_path_factory) -> dict:
     return w
 
 
-def run(*argv, expect: int | None = None, timeout: float = TIMEOUT, user: bool = False, cwd=None):
-    """Run `cream ARGV`; with `expect`, assert the exit status (0 prints stderr on failure)."""
+def run(*argv, expect: int | None = None) -> subprocess.CompletedProcess:
+    """`cream ARGV` in this process (stdout and stderr captured); with `expect`, assert the
+    exit status."""
+    import contextlib
+    import io
+
+    from cream_rt.cli import main
+
     args = [str(a) for a in argv]
-    result = subprocess.run(CLI + args, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=cwd,
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(args)
+        except SystemExit as exc:  # argparse: usage errors and --help
+            code = exc.code if isinstance(exc.code, int) else 2
+    result = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    if expect is not None:
+        assert code == expect, f"cream {' '.join(args)} -> {code}\n{result.stderr[-2000:]}"
+    return result
+
+
+def run_process(*argv, expect: int | None = None, timeout: float = TIMEOUT, user: bool = False):
+    """`python -m cream_rt.cli ARGV` in a subprocess with a timeout (as another user with `user`)."""
+    args = [str(a) for a in argv]
+    result = subprocess.run(CLI + args, capture_output=True, text=True, timeout=timeout, env=ENV,
                             preexec_fn=_unprivileged if user else None)
     if expect is not None:
         assert result.returncode == expect, f"cream {' '.join(args)} -> {result.returncode}\n{result.stderr[-2000:]}"
@@ -244,7 +271,7 @@ def _writers(world: dict, out: str) -> dict[str, list[str]]:
         "train": ["train", "--data", w["data"], "--out", out, "--epochs", "1"],
         "fit-embeddings": ["fit-embeddings", "--checkpoint", w["ckpt"], "--data", w["data"], "--out", out],
         "parity": ["parity", "--checkpoint", w["ckpt"], "--model", w["model"], "--data", w["data"], "--results", out],
-        "bench": ["bench", "--backbone", "small-cnn", "--budget", "0.05", "--batch-sizes", "1", "--json", out],
+        "bench": ["bench", "--backbone", "small-cnn", "--budget", "0.05", "--batch-sizes", "1", "--json-out", out],
         "bench-plot": ["bench", "--backbone", "small-cnn", "--budget", "0.05", "--batch-sizes", "1", "--plot", out],
         "eval-maps": ["eval", "--checkpoint", w["ckpt"], "--data", w["data"], "--save-maps", out],
         "synth": ["synth", "--out", out, "--train", "3", "--val", "3", "--test", "3"],
@@ -292,13 +319,13 @@ def test_read_only_folder_as_unprivileged_user(world):
     os.chmod(unreadable, 0o000)
     good = world["img"] / "good.png"
     os.chmod(world["img"], 0o755)
-    result = run("localize", good, "--model", world["model"], "--out", folder / "r.jsonl", user=True)
+    result = run_process("localize", good, "--model", world["model"], "--out", folder / "r.jsonl", user=True)
     assert_one_error(result, "cannot write", "read_only")
-    result = run("localize", good, "--model", world["model"], "--out", world["root"] / "u.jsonl",
-                 "--overlays", folder / "ov", user=True)
+    result = run_process("localize", good, "--model", world["model"], "--out", world["root"] / "u.jsonl",
+                         "--overlays", folder / "ov", user=True)
     assert_one_error(result, "--overlays")
     out = world["root"] / "unreadable.jsonl"
-    result = run("localize", unreadable, good, "--model", world["model"], "--out", out, user=True)
+    result = run_process("localize", unreadable, good, "--model", world["model"], "--out", out, user=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert "error" in records[0] and "class_id" in records[1]
@@ -318,15 +345,16 @@ def test_symlink_is_written_through_and_device_accepted(world, tmp_path):
 
 # ---------------------------------------------------------------- images -------------------------
 
-BAD_IMAGES = ["truncated.png", "crc_error.png", "truncated.jpg", "garbage.jpg", "empty.png", "huge_header.png", "missing.png"]
+BAD_IMAGES = ["truncated.png", "crc_error.png", "truncated.jpg", "garbage.jpg", "empty.png", "huge_header.png",
+              "missing.png"]
 
 
 def test_localize_reports_each_bad_image_and_keeps_the_rest(world, tmp_path):
     img = world["img"]
     inputs = [img / "good.png", *(img / n for n in BAD_IMAGES), img / "good.jpg"]
     out = tmp_path / "r.jsonl"
-    result = run("localize", *inputs, "--model", world["model"], "--out", out, "--batch-size", "3",
-                 "--save-maps", tmp_path / "maps")
+    result = run_process("localize", *inputs, "--model", world["model"], "--out", out, "--batch-size", "3",
+                         "--save-maps", tmp_path / "maps")
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr and "libpng" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("cream: error:")]
@@ -392,7 +420,21 @@ def test_bad_data_is_one_line(world, tmp_path, variant, command, words):
         "train-workers": ["train", "--data", data, "--out", out, "--epochs", "1", "--workers", "1"],
         "fit-embeddings": ["fit-embeddings", "--checkpoint", world["ckpt"], "--data", data, "--out", out],
     }[command]
-    assert_one_error(run(*argv), words)
+    assert_one_error((run_process if command == "train-workers" else run)(*argv), words)
+    assert not out.exists()
+
+
+def test_real_processes_match_the_in_process_matrix(world, tmp_path):
+    """One case of each kind again as a user runs it: exit status and stderr of a real process."""
+    out = tmp_path / "out"
+    assert_one_error(run_process("eval", "--checkpoint", world["ckpt"], "--data", world["data"], "--interval", "0"),
+                     "--interval")
+    assert_one_error(run_process("export", "--checkpoint", world["ckpt"], "--out", tmp_path), "is a folder")
+    assert_one_error(run_process("export", "--checkpoint", world["ck"] / "pickle.pt", "--out", out),
+                     "not a readable cream checkpoint")
+    assert_one_error(run_process("localize", world["img"] / "good.png", "--model", world["mf"] / "std_zero.onnx",
+                                 "--out", out), "std must be")
+    assert_one_error(run_process("eval", "--checkpoint", world["ckpt"], "--data", world["d"] / "nan_box"), "finite")
     assert not out.exists()
 
 

@@ -63,7 +63,7 @@ def test_separability_cell_statistics_hand_computed():
 def test_bench_cli_json_and_plot(tmp_path, capsys):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     args = ["bench", "--backbone", "small-cnn", "--classes", "3", "--input-size", "48", "--engines",
-            "eager,onnxruntime,tensorrt", "--batch-sizes", "1,2", "--budget", "0.05", "--json", str(out)]
+            "eager,onnxruntime,tensorrt", "--batch-sizes", "1,2", "--budget", "0.05", "--json-out", str(out)]
     try:
         import matplotlib  # noqa: F401
 

@@ -12,7 +12,7 @@ from cream_rt.bench.reference_protocol import reference_boxes, reference_iou
 
 
 def test_iou_hand_computed():
-    # evaluation.md: boxes [1,2,5,6] and [3,1,4,5] have IoU 8/27
+    # docs/evaluation.md: boxes [1,2,5,6] and [3,1,4,5] have IoU 8/27
     assert B.iou_matrix(np.array([[1, 2, 5, 6]]), np.array([[3, 1, 4, 5]]))[0, 0] == 8 / 27
     assert reference_iou([1, 2, 5, 6], [3, 1, 4, 5]) == 8 / 27
     # a single pixel is a box of area 1 with the +1 convention

@@ -13,14 +13,13 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 from cream_rt.cli import main  # noqa: E402
 from cream_rt.export.onnx_export import export_model  # noqa: E402
-from cream_rt.model.config import ModelConfig  # noqa: E402
-from cream_rt.model.network import CamModel  # noqa: E402
+from cream_rt.model.network import CamModel, create_model  # noqa: E402
 from cream_rt.runtime import Localizer, OnnxPredictor  # noqa: E402
 
 
 def _model(backbone: str, size: int, classes: int = 5) -> CamModel:
     torch.manual_seed(0)
-    model = CamModel(ModelConfig(backbone=backbone, num_classes=classes, input_size=size)).eval()
+    model = create_model(backbone, classes, input_size=size).eval()
     model.embeddings.copy_(torch.rand_like(model.embeddings))  # non-negative, like learned ones
     return model
 
@@ -329,7 +328,8 @@ def test_export_with_unit_feature_mean_matches_eager(tmp_path):
     raw.config.cream.feature_mean, raw.config.cream.iterations = "raw", 3
     export_model(raw, tmp_path / "raw.onnx")
     x = np.random.default_rng(1).normal(0, 1, (2, 3, 48, 48)).astype(np.float32)
-    assert np.abs(OnnxPredictor.load(tmp_path / "unit.onnx")(x)[1] - OnnxPredictor.load(tmp_path / "raw.onnx")(x)[1]).max() > 1e-3
+    unit_maps = OnnxPredictor.load(tmp_path / "unit.onnx")(x)[1]
+    assert np.abs(unit_maps - OnnxPredictor.load(tmp_path / "raw.onnx")(x)[1]).max() > 1e-3
 
 
 def test_export_with_the_named_deviations_matches_eager(tmp_path):

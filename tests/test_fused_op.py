@@ -15,8 +15,8 @@ if shutil.which("c++") is None and shutil.which("g++") is None:
     pytest.skip("no C++ compiler: the fused op cannot be built here", allow_module_level=True)
 from test_reactivate import _random_case, np_reactivate  # noqa: E402
 
+from cream_rt.model.em import reactivate  # noqa: E402
 from cream_rt.model.fused import cosine_em  # noqa: E402
-from cream_rt.model.reactivate import reactivate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,17 +103,15 @@ def test_custom_op_registration():
 
 
 def test_model_fused_flag_gives_the_same_maps():
-    from cream_rt.model.config import ModelConfig
-    from cream_rt.model.network import CamModel
+    from cream_rt.model.network import create_model
 
     torch.manual_seed(0)
-    model = CamModel(ModelConfig(backbone="small-cnn", num_classes=3, input_size=48)).eval()
+    model = create_model("small-cnn", 3, input_size=48).eval()
     model.embeddings.copy_(torch.rand_like(model.embeddings))
     x = torch.randn(3, 3, 48, 48)
     with torch.no_grad():
         _, plain, _ = model(x)
-        model.config.fused = True
-        _, fused, _ = model(x)
+        _, fused, _ = model(x, fused=True)
     assert (plain - fused).abs().max() < 1e-5
 
 
@@ -133,12 +131,11 @@ def test_fused_onnx_export_runs_in_onnxruntime_with_extensions(tmp_path):
 
     from cream_rt.errors import ModelFileError
     from cream_rt.export.onnx_export import export_model
-    from cream_rt.model.config import ModelConfig
-    from cream_rt.model.network import CamModel
+    from cream_rt.model.network import create_model
     from cream_rt.runtime import OnnxPredictor
 
     torch.manual_seed(0)
-    model = CamModel(ModelConfig(backbone="small-cnn", num_classes=3, input_size=48)).eval()
+    model = create_model("small-cnn", 3, input_size=48).eval()
     model.embeddings.copy_(torch.rand_like(model.embeddings))
     manifest = export_model(model, tmp_path / "f.onnx", fused=True)
     assert manifest.fused
@@ -170,14 +167,12 @@ def test_eager_fused_bench_engine_gives_the_eager_maps():
     """`cream bench --engines eager-fused` times the same model with the EM in the op: its maps
     equal the eager engine's, and the model it was given keeps the torch path."""
     from cream_rt.bench.engines import build_engine
-    from cream_rt.model.config import ModelConfig
-    from cream_rt.model.network import CamModel
+    from cream_rt.model.network import create_model
 
     torch.manual_seed(0)
-    model = CamModel(ModelConfig(backbone="small-cnn", num_classes=5, input_size=64)).eval()
+    model = create_model("small-cnn", 5, input_size=64).eval()
     x = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
     ids = np.array([0, 4, 2], np.int64)
     eager = build_engine("eager", model, None, "cream", 2, x, ids).run()[1]
     fused = build_engine("eager-fused", model, None, "cream", 2, x, ids).run()[1]
-    assert not model.config.fused
     np.testing.assert_allclose(fused.numpy(), eager.numpy(), atol=1e-5)

@@ -142,11 +142,10 @@ def test_every_subcommand_has_help():
 def test_embedding_update_hand_computed(feature_mean, fg, bg):
     """Pixel 0 = (3, 4) has CAM 3 (foreground), pixel 1 = (1, 0) has CAM 1 (background); lambda 0.5
     from zero embeddings: V = 0.5 * mean, of the raw or of the L2-normalised features."""
-    from cream_rt.model.config import CreamConfig, ModelConfig
-    from cream_rt.model.network import CamModel
+    from cream_rt.model.config import CreamConfig
+    from cream_rt.model.network import create_model
 
-    model = CamModel(ModelConfig(backbone="small-cnn", num_classes=2, input_size=32,
-                                 cream=CreamConfig(momentum=0.5, feature_mean=feature_mean)))
+    model = create_model("small-cnn", 2, input_size=32, cream=CreamConfig(momentum=0.5, feature_mean=feature_mean))
     k = model.backbone.out_channels
     with torch.no_grad():
         model.classifier.weight.zero_()

@@ -1,4 +1,4 @@
-"""`reactivate` against a float64 NumPy reference written from method.md, on random inputs
+"""`reactivate` against a float64 NumPy reference written from docs/method.md, on random inputs
 and the edge cases (zero features, empty foreground, constant CAM, T = 0..4)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from cream_rt.model.reactivate import minmax, reactivate, score_maps  # noqa: E402
+from cream_rt.model.em import minmax, reactivate, score_maps  # noqa: E402
 
 EPS = 1e-6
 
@@ -152,7 +152,7 @@ def test_border_rings_match_float64_reference(border, unit):
 
 
 def test_calibration_none_keeps_the_foreground_component():
-    from cream_rt.model.reactivate import reactivation
+    from cream_rt.model.em import reactivation
 
     rng = np.random.default_rng(9)
     f, c, mu = _random_case(rng, b=6)
@@ -181,11 +181,9 @@ def test_deviation_fields_are_validated_and_refused_by_the_fused_op():
     with pytest.raises(CreamError, match="fused cosine-EM op implements border 0"):
         reactivate(f, c, mu, 2, fused=True, border=1)
     from cream_rt.export.onnx_export import export_model
-    from cream_rt.model.config import ModelConfig
-    from cream_rt.model.network import CamModel
+    from cream_rt.model.network import create_model
 
-    model = CamModel(ModelConfig(backbone="small-cnn", num_classes=2, input_size=32,
-                                 cream=CreamConfig(calibration="cam-mean"))).eval()
+    model = create_model("small-cnn", 2, input_size=32, cream=CreamConfig(calibration="cam-mean")).eval()
     with pytest.raises(CreamError, match="calibration 'cam-mean'"):  # refused before tracing (one line)
         export_model(model, "/nonexistent/never-written.onnx", fused=True)
 
@@ -208,7 +206,7 @@ def test_cam_mean_calibration_hand_computed():
     (0.1, 0.1, 0.9, 0.9) (the component from the fg embedding sits on the low-CAM pixels): its
     mean CAM (0.1*1 + 0.1*0.6 + 0.9*0.2) / 2 = 0.17 < z_bg's (0.9*1 + 0.9*0.6 + 0.1*0.2) / 2 = 0.73:
     swap. With Omega = {CAM >= 0.2} = pixels 0, 1, 3 the paper's rule also swaps (1.1 < 1.9)."""
-    from cream_rt.model import reactivate as module
+    from cream_rt.model import em as module
 
     z = torch.tensor([[0.1, 0.1, 0.9, 0.9]])
     original = module.em_foreground

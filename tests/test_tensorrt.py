@@ -11,13 +11,12 @@ onnx = pytest.importorskip("onnx")
 from cream_rt.cli import main  # noqa: E402
 from cream_rt.export.onnx_export import export_model  # noqa: E402
 from cream_rt.export.tensorrt_ops import unsupported_nodes  # noqa: E402
-from cream_rt.model.config import ModelConfig  # noqa: E402
-from cream_rt.model.network import CamModel  # noqa: E402
+from cream_rt.model.network import create_model  # noqa: E402
 
 
 def _model(backbone="small-cnn", size=48):
     torch.manual_seed(0)
-    return CamModel(ModelConfig(backbone=backbone, num_classes=4, input_size=size)).eval()
+    return create_model(backbone, 4, input_size=size).eval()
 
 
 @pytest.mark.parametrize("backbone", ["small-cnn", "resnet50", "efficientnet-lite0"])

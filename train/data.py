@@ -9,6 +9,8 @@ import torch
 from cream_rt.metadata import SplitMetadata
 from cream_rt.preprocess import normalize, read_image, resize_for_model, train_augment
 
+__all__ = ["WsolImages"]
+
 
 class WsolImages(torch.utils.data.Dataset):
     """(image tensor, label) of a split; random augmentation when `train`."""

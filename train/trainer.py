@@ -8,23 +8,26 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cream_rt.commands.model_eval import SplitScorer
 from cream_rt.errors import CreamError
-from cream_rt.metadata import SplitMetadata, read_split
-from cream_rt.model.backbones import get_backbone, load_imagenet_weights
+from cream_rt.metadata import SplitMetadata, data_paths, read_split
+from cream_rt.model.backbones import get_backbone
 from cream_rt.model.checkpoint import load_checkpoint, save_checkpoint, training_progress
-from cream_rt.model.config import CreamConfig, ModelConfig
-from cream_rt.model.network import CamModel
-from cream_rt.model.reactivate import score_maps
+from cream_rt.model.config import CreamConfig
+from cream_rt.model.em import score_maps
+from cream_rt.model.network import CamModel, create_model
 from cream_rt.progress import progress
+from cream_rt.scoring import SplitScorer
 
 from .data import WsolImages
+
+__all__ = ["TrainConfig", "class_names_for", "check_images_exist", "seed_everything", "param_groups",
+           "evaluate_split", "train", "train_epoch", "recalibrate_batchnorm", "fit_embeddings"]
 
 
 @dataclass
@@ -43,16 +46,6 @@ class TrainConfig:
     device: str = "cpu"
     workers: int = 0
     pretrained: str | None = None
-    extra: dict = field(default_factory=dict)
-
-
-def resolve_data(data: str | None, images: str | None, metadata: str | None) -> tuple[Path, Path]:
-    """(image root, metadata root) from --data or --images/--metadata."""
-    if data:
-        return Path(images or Path(data) / "images"), Path(metadata or Path(data) / "metadata")
-    if images and metadata:
-        return Path(images), Path(metadata)
-    raise CreamError("pass --data DIR (images/ and metadata/) or both --images and --metadata")
 
 
 def class_names_for(meta_root: Path, num_classes: int) -> list[str]:
@@ -112,40 +105,21 @@ def evaluate_split(model: CamModel, meta: SplitMetadata, images: Path, variants:
 
 
 def train(backbone: str, data: str | None, out: str, images: str | None = None, metadata: str | None = None,
-          config: TrainConfig = TrainConfig(), cream: CreamConfig = CreamConfig(), input_size: int | None = None,
+          config: TrainConfig | None = None, cream: CreamConfig | None = None, input_size: int | None = None,
           large_feature_map: bool = False, tap: bool = False, nwc: bool = False, resume: str | None = None,
           log=print) -> dict:
     """Train a CAM model with context-embedding learning; returns the training record."""
-    image_root, meta_root = resolve_data(data, images, metadata)
+    config, cream = config or TrainConfig(), cream or CreamConfig()
+    image_root, meta_root = data_paths(data, images, metadata)
     train_meta = read_split(meta_root / "train", require_localization=False)
     val_meta = read_split(meta_root / "val") if (meta_root / "val").is_dir() else None
     for split in (train_meta, val_meta):
         if split is not None:
             check_images_exist(split, image_root)
     seed_everything(config.seed)
-    spec = get_backbone(backbone)
-    start_epoch, history = 0, []
-    if resume:
-        model, payload = load_checkpoint(resume)
-        model.train()
-        start_epoch, history = training_progress(payload, resume)
-        if start_epoch >= config.epochs:
-            raise CreamError(f"{resume}: already trained {start_epoch} epochs; pass --epochs above {start_epoch} "
-                             "to continue")
-        if train_meta.num_classes > model.config.num_classes:
-            raise CreamError(f"{meta_root / 'train'}: class label {train_meta.num_classes - 1} is out of range "
-                             f"for {resume} with {model.config.num_classes} classes")
-    else:
-        num_classes = train_meta.num_classes
-        model_config = ModelConfig(backbone=backbone, num_classes=num_classes,
-                                   class_names=class_names_for(meta_root, num_classes),
-                                   input_size=input_size or spec.input_size, large_feature_map=large_feature_map,
-                                   tap=tap, nwc=nwc, cream=cream)
-        model = CamModel(model_config)
-        report = load_imagenet_weights(backbone, model.backbone, config.pretrained) if backbone != "small-cnn" else None
-        if report:
-            log(f"pretrained {backbone}: {report['loaded']} tensors loaded from {report['source']}; "
-                f"random: {', '.join(report['random'][:6]) or 'none'}{' ...' if len(report['random']) > 6 else ''}")
+    get_backbone(backbone)  # an unknown name fails before any work
+    model, start_epoch, history, payload = _initial_model(backbone, meta_root, train_meta, config, cream, input_size,
+                                                          large_feature_map, tap, nwc, resume, log)
     model.to(config.device)
     optimizer = torch.optim.SGD(param_groups(model, config.lr), lr=config.lr, momentum=0.9, nesterov=True,
                                 weight_decay=config.weight_decay)
@@ -167,20 +141,8 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
         generator.manual_seed(config.seed * 1000 + epoch)
         loader = torch.utils.data.DataLoader(data_set, batch_size=config.batch_size, shuffle=True,
                                              generator=generator, num_workers=config.workers, drop_last=True)
-        model.train()
-        total, correct, loss_sum = 0, 0, 0.0
-        for x, y in progress(loader, f"epoch {epoch + 1}/{config.epochs}", unit="batch"):
-            x, y = x.to(config.device), y.to(config.device)
-            features = model.features(x)
-            logits = model.logits(features)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            model.update_embeddings(features, y)
-            total += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss.detach()) * len(y)
+        total, correct, loss_sum = train_epoch(model, loader, optimizer, loss_fn, config.device,
+                                               f"epoch {epoch + 1}/{config.epochs}")
         recalibrate_batchnorm(model, loader, config.bn_batches, config.device)
         record = {"epoch": epoch + 1, "loss": loss_sum / max(total, 1), "train_acc": 100.0 * correct / max(total, 1),
                   "seconds": round(time.time() - started, 1)}
@@ -197,6 +159,54 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
                     "machine": platform.machine(), "command": " ".join(sys.argv)}
         save_checkpoint(out, model, training, optimizer.state_dict())
     return {"history": history, "checkpoint": os.fspath(out)}
+
+
+def _initial_model(backbone: str, meta_root: Path, train_meta: SplitMetadata, config: TrainConfig,
+                   cream: CreamConfig, input_size: int | None, large_feature_map: bool, tap: bool, nwc: bool,
+                   resume: str | None, log) -> tuple[CamModel, int, list, dict]:
+    """(model, epochs done, history, checkpoint payload): resumed from `resume`, or new with
+    the backbone's ImageNet weights (small-cnn: random)."""
+    if resume:
+        model, payload = load_checkpoint(resume)
+        model.train()
+        start_epoch, history = training_progress(payload, resume)
+        if start_epoch >= config.epochs:
+            raise CreamError(f"{resume}: already trained {start_epoch} epochs; pass --epochs above {start_epoch} "
+                             "to continue")
+        if train_meta.num_classes > model.config.num_classes:
+            raise CreamError(f"{meta_root / 'train'}: class label {train_meta.num_classes - 1} is out of range "
+                             f"for {resume} with {model.config.num_classes} classes")
+        return model, start_epoch, history, payload
+    num_classes = train_meta.num_classes
+    model = create_model(backbone, num_classes, pretrained=config.pretrained or backbone != "small-cnn",
+                         class_names=class_names_for(meta_root, num_classes),
+                         input_size=input_size or get_backbone(backbone).input_size,
+                         large_feature_map=large_feature_map, tap=tap, nwc=nwc, cream=cream)
+    report = model.pretrained_report
+    if report and report["loaded"]:
+        log(f"pretrained {backbone}: {report['loaded']} tensors loaded from {report['source']}; "
+            f"random: {', '.join(report['random'][:6]) or 'none'}{' ...' if len(report['random']) > 6 else ''}")
+    return model, 0, [], {}
+
+
+def train_epoch(model: CamModel, loader, optimizer, loss_fn, device: str, desc: str) -> tuple[int, int, float]:
+    """One pass over `loader`: SGD step and context-embedding update per batch; returns
+    (images seen, correctly classified, summed loss)."""
+    model.train()
+    total, correct, loss_sum = 0, 0, 0.0
+    for x, y in progress(loader, desc, unit="batch"):
+        x, y = x.to(device), y.to(device)
+        features = model.features(x)
+        logits = model.logits(features)
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.update_embeddings(features, y)
+        total += len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        loss_sum += float(loss.detach()) * len(y)
+    return total, correct, loss_sum
 
 
 def recalibrate_batchnorm(model: CamModel, loader, batches: int, device: str) -> None:
@@ -232,8 +242,8 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
                    batch_size: int = 32, seed: int = 0, device: str = "cpu", reset: bool = True,
                    feature_mean: str | None = None) -> dict:
     """Learn the context embeddings of a trained CAM model over the train split with the
-    classifier frozen and no gradient (method.md 3.1), so any CAM model gets CREAM."""
-    image_root, meta_root = resolve_data(data, images, metadata)
+    classifier frozen and no gradient (docs/method.md 3.1), so any CAM model gets CREAM."""
+    image_root, meta_root = data_paths(data, images, metadata)
     model, payload = load_checkpoint(checkpoint)
     meta = read_split(meta_root / "train", require_localization=False)
     check_images_exist(meta, image_root)

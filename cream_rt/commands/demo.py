@@ -13,8 +13,34 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_json
-from ..cli import print_json
 from ..metadata import read_split
+from .output import print_json
+
+
+def localize_and_draw(models: dict[str, Path], test, image_root: Path, ids: list[str], out: Path):
+    """Localize `ids` with the CAM and CREAM exports through ONNX Runtime; one PNG, CAM row on
+    top, CREAM below. Returns (CREAM results, path of the PNG)."""
+    import cv2
+
+    from ..overlay import draw_overlay
+    from ..preprocess import read_image
+    from ..runtime import Localizer
+
+    paths = [str(image_root / i) for i in ids]
+    with Localizer.load(models["cream"]) as cream_loc, Localizer.load(models["cam"]) as cam_loc:
+        results, cam_results = cream_loc(paths, return_maps=True), cam_loc(paths, return_maps=True)
+    rows = []
+    for row in (cam_results, results):
+        tiles = [draw_overlay(read_image(path), r.map, r.boxes, gt_boxes=test.boxes[i][:1], thickness=1)
+                 for path, i, r in zip(paths, ids, row)]
+        rows.append(np.concatenate(tiles, axis=1))
+    overlay_path = out / "overlays_cam_top_cream_bottom.png"
+    grid = cv2.resize(np.concatenate(rows, axis=0), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    if not cv2.imwrite(str(overlay_path), grid):
+        from ..errors import OutputError
+
+        raise OutputError(f"--out: cannot write {overlay_path}")
+    return results, overlay_path
 
 
 def latency_table(checkpoint: Path, models: dict[str, Path], input_size: int, batch_sizes=(1, 8)) -> dict:
@@ -33,7 +59,7 @@ def latency_table(checkpoint: Path, models: dict[str, Path], input_size: int, ba
     table = {}
     for b in batch_sizes:
         x = rng.normal(0, 1, (b, 3, input_size, input_size)).astype(np.float32)
-        calls = {key: (lambda p=p: p(x)) for key, p in predictors.items()}
+        calls = {key: (lambda p=p, x=x: p(x)) for key, p in predictors.items()}
         for (engine, mode), stats in measure_interleaved(calls, budget_s=4.0).items():
             table[f"{engine}/{mode}/b{b}"] = {"ms_per_image": stats["p50_ms"] / b, "ms_per_batch": stats["p50_ms"],
                                               "repeats": stats["repeats"]}
@@ -56,15 +82,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> dict:
-    import cv2
-
     from ..export.onnx_export import export_checkpoint
     from ..model.checkpoint import load_checkpoint
     from ..model.config import CreamConfig
-    from ..runtime import Localizer
+    from ..parity import compute_parity
     from ..synth import SynthConfig, generate
     from ..train.trainer import TrainConfig, evaluate_split, train
-    from .parity_cmd import compute_parity
 
     out = Path(args.out)
     data = out / "synth"
@@ -115,28 +138,8 @@ def _demo(args: argparse.Namespace) -> dict:
             print(f"  {mode + ' batch ' + str(b):<18}{e:>14.3f}{o:>12.3f}{e / o:>9.1f}x")
 
     step(7, "localizing a batch through ONNX Runtime and writing overlays")
-    localizer = Localizer.load(models["cream"])
     ids = test.image_ids[:8]
-    paths = [data / "images" / i for i in ids]
-    results = localizer([str(p) for p in paths], return_maps=True)
-    cam_results = Localizer.load(models["cam"])([str(p) for p in paths], return_maps=True)
-    rows = []
-    for results_row in (cam_results, results):
-        tiles = []
-        for path, image_id, result in zip(paths, ids, results_row):
-            image = cv2.imread(str(path))
-            heat = cv2.applyColorMap((result.map * 255).astype(np.uint8), cv2.COLORMAP_JET)
-            heat = cv2.resize(heat, (image.shape[1], image.shape[0]))
-            tile = cv2.addWeighted(image, 0.55, heat, 0.45, 0)
-            gt = [int(v) for v in test.boxes[image_id][0]]
-            cv2.rectangle(tile, tuple(gt[:2]), tuple(gt[2:]), (0, 0, 255), 1)
-            for x0, y0, x1, y1 in result.boxes:
-                cv2.rectangle(tile, (int(x0), int(y0)), (int(x1), int(y1)), (0, 255, 0), 1)
-            tiles.append(tile)
-        rows.append(np.concatenate(tiles, axis=1))
-    overlay_path = out / "overlays_cam_top_cream_bottom.png"
-    cv2.imwrite(str(overlay_path), cv2.resize(np.concatenate(rows, axis=0), None, fx=2, fy=2,
-                                              interpolation=cv2.INTER_NEAREST))
+    results, overlay_path = localize_and_draw(models, test, data / "images", ids, out)
     summary = {"accuracy_test": accuracy, "parity": parity, "latency": latency,
                "localized": [r.to_dict() | {"image": i} for r, i in zip(results, ids)],
                "checkpoint": str(ckpt), "models": {k: str(v) for k, v in models.items()},

@@ -1,21 +1,15 @@
-"""`cream eval`: metrics of score maps, a checkpoint or an exported model."""
+"""`cream eval`: wsolevaluation metrics of score maps, a checkpoint (eager torch) or an
+exported model (ONNX Runtime, no torch)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import contextlib
 
-from ..cli import print_json, print_table
+from ..atomic import atomic_dir, check_output_dir
 from ..errors import CreamError
-from ..metadata import read_split
-
-
-def split_dir(args: argparse.Namespace) -> Path:
-    """The metadata split folder from --metadata, or DATA/metadata/SPLIT."""
-    if args.metadata:
-        return Path(args.metadata)
-    if args.data:
-        return Path(args.data) / "metadata" / args.split
-    raise CreamError("pass --metadata SPLIT_DIR or --data DIR [--split NAME]")
+from ..metadata import SplitMetadata, read_split, split_paths
+from ..scoring import SplitScorer, check_labels, predict_split
+from .output import print_json, print_table
 
 
 def report(result: dict, as_json: bool, title: str) -> None:
@@ -39,16 +33,42 @@ def run(args: argparse.Namespace) -> int:
     sources = [s for s in (args.maps, args.checkpoint, args.model) if s]
     if len(sources) != 1:
         raise CreamError("pass exactly one of --maps, --checkpoint, --model")
-    meta = read_split(split_dir(args))
     if args.maps:
         from ..evaluate import evaluate_map_folder
 
-        result = evaluate_map_folder(args.maps, meta, args.interval, args.mask_root,
-                                     args.allow_missing, tuple(args.map_size), args.workers)
+        split_dir = args.metadata or split_paths(args.data, args.split)[0]
+        result = evaluate_map_folder(args.maps, read_split(split_dir), args.interval, args.mask_root,
+                                     args.allow_missing, tuple(args.map_size), args.threads)
         report(result, args.json, f"wsolevaluation metrics of {args.maps}")
         return 0
-    from .model_eval import evaluate_model
-
-    result = evaluate_model(args, meta)
-    report(result, args.json, "wsolevaluation metrics")
+    split_dir, images = split_paths(args.data, args.split, args.images, args.metadata)
+    report(evaluate_model(args, read_split(split_dir), images), args.json, "wsolevaluation metrics")
     return 0
+
+
+def evaluate_model(args: argparse.Namespace, meta: SplitMetadata, images) -> dict:
+    """`--checkpoint` (eager torch) or `--model` (ONNX Runtime) over the split, streamed."""
+    if args.save_maps:
+        check_output_dir(args.save_maps, "--save-maps")
+    if args.model:
+        from ..runtime import OnnxPredictor
+
+        predictor = OnnxPredictor.load(args.model)
+        num_classes = len(predictor.manifest.class_names)
+    else:
+        from ..model.device import torch_device
+        from ..model.eager import EagerPredictor
+
+        predictor = EagerPredictor.from_checkpoint(args.checkpoint, args.mode, args.iterations,
+                                                   str(torch_device(args.device)))
+        num_classes = predictor.model.config.num_classes
+    check_labels(meta, num_classes, args.model or args.checkpoint)
+    with contextlib.ExitStack() as stack:
+        maps_dir = stack.enter_context(atomic_dir(args.save_maps, "--save-maps")) if args.save_maps else None
+        scorer = SplitScorer(meta, predictor.input_size, args.interval, maps_dir)
+        for chunk, logits, maps in predict_split(predictor, meta, images, args.batch_size, predictor.input_size,
+                                                 predictor.mean, predictor.std, "eval"):
+            scorer.add(chunk, logits, maps)
+        out = scorer.result()
+    out.update(predictor.describe())
+    return out

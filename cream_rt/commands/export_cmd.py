@@ -18,8 +18,9 @@ def run(args: argparse.Namespace) -> int:
         from ..export.tensorrt_build import import_tensorrt
 
         import_tensorrt()  # fail before exporting when TensorRT is missing
-        if len(args.batch_profile) != 3 or not 1 <= args.batch_profile[0] <= args.batch_profile[1] <= args.batch_profile[2]:
-            raise CreamError(f"--batch-profile must be MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got {args.batch_profile}")
+        profile = args.batch_profile
+        if len(profile) != 3 or not 1 <= profile[0] <= profile[1] <= profile[2]:
+            raise CreamError(f"--batch-profile must be MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got {profile}")
 
     if args.int8:
         if args.fused or args.trt or args.external_data:
@@ -53,12 +54,10 @@ def _export_int8(args: argparse.Namespace) -> int:
 
     from ..export.onnx_export import export_checkpoint
     from ..export.quantize import calibration_batches, quantize_export, split_images
+    from ..metadata import split_paths
 
-    if args.calibration_metadata:
-        split_dir = Path(args.calibration_metadata)
-    else:
-        split_dir = Path(args.calibration_data) / "metadata" / args.calibration_split
-    image_root = Path(args.calibration_image_root or Path(args.calibration_data) / "images")
+    split_dir, image_root = split_paths(args.calibration_data, args.calibration_split, args.calibration_image_root,
+                                        args.calibration_metadata)
     paths = split_images(split_dir, image_root, args.calibration_count)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = str(Path(tmp) / "fp32.onnx")

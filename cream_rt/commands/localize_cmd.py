@@ -35,7 +35,8 @@ def collect_inputs(inputs: list[str], image_root: str | None) -> list[Path]:
             try:
                 paths += [Path(line.strip()) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             except (OSError, UnicodeDecodeError) as exc:
-                raise CreamError(f"{path}: not a readable text file of image paths ({exc.__class__.__name__})") from None
+                raise CreamError(f"{path}: not a readable text file of image paths "
+                                 f"({exc.__class__.__name__})") from None
         else:
             paths.append(path)  # a missing file is reported per image, like a corrupt one
     if not paths:
@@ -155,14 +156,9 @@ def _save_map(target: Path, scoremap: np.ndarray) -> None:
 def _save_overlay(target: Path, image: np.ndarray, result) -> None:
     import cv2
 
-    heat = cv2.resize((result.map * 255).astype(np.uint8), (image.shape[1], image.shape[0]),
-                      interpolation=cv2.INTER_CUBIC)
-    out = cv2.addWeighted(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), 0.55,
-                          cv2.applyColorMap(heat, cv2.COLORMAP_JET), 0.45, 0)
-    for x0, y0, x1, y1 in result.boxes:
-        cv2.rectangle(out, (int(x0), int(y0)), (int(x1), int(y1)), (0, 255, 0), 2)
-    cv2.putText(out, f"{result.class_name} {result.score:.2f}", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                (255, 255, 255), 1)
+    from ..overlay import draw_overlay
+
+    out = draw_overlay(image, result.map, result.boxes, f"{result.class_name} {result.score:.2f}")
     target.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(target), out):
         raise OutputError(f"--overlays: cannot write {target}")

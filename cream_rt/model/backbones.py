@@ -1,18 +1,22 @@
-"""Backbones of the CAM model (method.md section 4) and their registry. Each maps a
+"""Backbones of the CAM model (docs/method.md section 4) and their registry. Each maps a
 normalised image batch to the CAM feature map `F (B,K,h,w)` after its ReLU."""
 from __future__ import annotations
 
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CreamError
+
+__all__ = ["BackboneSpec", "REGISTRY", "register", "get_backbone", "Backbone", "conv_bn_relu", "SmallCNN",
+           "VGG16Cam", "ResNet50Cam", "InceptionV3Cam", "Conv2dSame", "MBConv", "LITE0_STAGES",
+           "EfficientNetLite0Cam", "lite0_weights_path", "load_imagenet_weights"]
 
 
 @dataclass(frozen=True)
@@ -24,16 +28,22 @@ class BackboneSpec:
     description: str
     weights_url: str | None = None
     input_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # the preprocessing its weights expect
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 REGISTRY: dict[str, BackboneSpec] = {}
 
 
 def register(spec: BackboneSpec) -> None:
+    """Add a backbone to the registry; a name can be registered once."""
+    if spec.name in REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} is already registered")
     REGISTRY[spec.name] = spec
 
 
 def get_backbone(name: str) -> BackboneSpec:
+    """The registered spec of `name`; CreamError listing the known names otherwise."""
     if name not in REGISTRY:
         raise CreamError(f"unknown backbone {name!r}; expected one of {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]

@@ -15,6 +15,9 @@ from ..errors import ModelFileError
 from .config import ModelConfig
 from .network import CamModel
 
+__all__ = ["FORMAT", "VERSION", "save_checkpoint", "read_checkpoint", "training_progress", "load_checkpoint",
+           "file_sha256"]
+
 FORMAT = "cream_rt.checkpoint"
 VERSION = 1
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "FEATURE_MEANS", "CALIBRATIONS", "LEGACY_FEATURE_MEAN", "CreamConfig",
+           "ModelConfig"]
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_MEANS = ("raw", "unit")
@@ -12,7 +15,7 @@ LEGACY_FEATURE_MEAN = "raw"  # what a saved config without `feature_mean` was co
 
 @dataclass
 class CreamConfig:
-    """CREAM hyperparameters (method.md section 3); T counts E-steps (interpretation)."""
+    """CREAM hyperparameters (docs/method.md section 3); T counts E-steps (interpretation)."""
 
     iterations: int = 2
     beta: float = 8.0
@@ -62,7 +65,6 @@ class ModelConfig:
     tap_tau: float = 0.1
     nwc: bool = False  # RCAM negative weight clamping (inference)
     pas: bool = False  # RCAM percentile as a standard (box extraction)
-    fused: bool = False  # run CREAM's EM in the fused C++/CUDA op (cpp_ops/)
     cream: CreamConfig = field(default_factory=CreamConfig)
     feature_size: int = 0  # filled in when the model is built
 
@@ -78,6 +80,7 @@ class ModelConfig:
         cream_fields.setdefault("feature_mean", LEGACY_FEATURE_MEAN)  # saved before the field existed
         cream = CreamConfig(**cream_fields)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        d.pop("fused", None)  # a run-time switch that older checkpoints saved; not part of the model
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:

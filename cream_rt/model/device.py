@@ -5,6 +5,8 @@ import torch
 
 from ..errors import CreamError
 
+__all__ = ["torch_device"]
+
 
 def torch_device(name: str) -> torch.device:
     """`cpu`, `cuda` or `cuda:N`, present on this machine; CreamError naming what exists otherwise."""

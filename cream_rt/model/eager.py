@@ -7,14 +7,16 @@ import torch
 from .checkpoint import load_checkpoint
 from .network import CamModel
 
+__all__ = ["EagerPredictor"]
+
 
 class EagerPredictor:
     """`predictor(x, class_ids) -> (logits, maps)` on numpy arrays, torch underneath."""
 
     def __init__(self, model: CamModel, mode: str = "cream", iterations: int | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", fused: bool = False):
         self.model = model.eval().to(device)
-        self.mode = mode
+        self.mode, self.fused = mode, fused
         self.iterations = model.config.cream.iterations if iterations is None else iterations
         self.device = device
         cfg = model.config
@@ -29,7 +31,7 @@ class EagerPredictor:
     def __call__(self, x: np.ndarray, class_ids: np.ndarray | None = None):
         images = torch.from_numpy(x).to(self.device)
         ids = None if class_ids is None else torch.from_numpy(np.asarray(class_ids, np.int64)).to(self.device)
-        logits, maps, _ = self.model(images, ids, self.mode, self.iterations)
+        logits, maps, _ = self.model(images, ids, self.mode, self.iterations, self.fused)
         return logits.cpu().numpy(), maps.cpu().numpy()
 
     def describe(self) -> dict:

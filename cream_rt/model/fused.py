@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
 
 from ..errors import CreamError
+
+__all__ = ["SOURCES", "load_extension", "cosine_em"]
 
 SOURCES = Path(__file__).resolve().parents[1] / "cpp_ops"
 if not (SOURCES / "cosine_em_cpu.cpp").is_file():  # installed wheel: sources inside the package
@@ -31,7 +33,7 @@ def _build_dir(name: str) -> str | None:
     return str(path)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_extension(device_type: str = "cpu"):
     """Build (once, cached) and load the kernel library for `device_type` ('cpu' or 'cuda'),
     which registers its implementation of `torch.ops.cream.cosine_em`."""

@@ -1,12 +1,42 @@
-"""The CAM model with the RCAM switches and CREAM's context embeddings (method.md 1-3)."""
+"""The CAM model with the RCAM switches and CREAM's context embeddings (docs/method.md 1-3)."""
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn as nn
 
-from .backbones import get_backbone
+from .backbones import get_backbone, load_imagenet_weights
 from .config import ModelConfig
-from .reactivate import l2_normalize, minmax, reactivate, score_maps
+from .em import l2_normalize, minmax, reactivate, score_maps
+
+__all__ = ["CamModel", "create_model"]
+
+
+def create_model(backbone: str, num_classes: int, pretrained: bool | str = False, **config) -> "CamModel":
+    """The one way to build a CAM model, like timm's `create_model`.
+
+    Args:
+        backbone: a registered name (`cream backbones`); its spec gives the default input size
+            and the normalisation its weights expect.
+        num_classes: classifier outputs.
+        pretrained: True loads the backbone's ImageNet weights from their usual source, a
+            string from that file or URL; the report is kept in `model.pretrained_report`.
+        **config: other `ModelConfig` fields (class_names, input_size, large_feature_map, tap,
+            nwc, cream=CreamConfig(...)).
+    Returns:
+        The model in training mode, on the CPU.
+    """
+    spec = get_backbone(backbone)
+    config.setdefault("input_size", spec.input_size)
+    config.setdefault("mean", spec.mean)
+    config.setdefault("std", spec.std)
+    model = CamModel(ModelConfig(backbone=backbone, num_classes=num_classes, **config))
+    model.pretrained_report = None
+    if pretrained:
+        model.pretrained_report = load_imagenet_weights(backbone, model.backbone,
+                                                        pretrained if isinstance(pretrained, str) else None)
+    return model
 
 
 class CamModel(nn.Module):
@@ -15,6 +45,8 @@ class CamModel(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        config = dataclasses.replace(config, cream=dataclasses.replace(config.cream),
+                                     class_names=list(config.class_names))  # never the caller's object
         self.config = config
         self.backbone = get_backbone(config.backbone).build(config.large_feature_map)
         k = self.backbone.out_channels
@@ -50,9 +82,10 @@ class CamModel(nn.Module):
         return torch.einsum("bk,bkhw->bhw", weight[class_ids], features)
 
     def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None,
-                mode: str = "cream", iterations: int | None = None):
+                mode: str = "cream", iterations: int | None = None, fused: bool = False):
         """Logits `(B,C)`, score maps `(B,H,W)` in [0,1] and the class ids used: the given ones,
-        or the predicted top-1 where a class id is -1 or none is given."""
+        or the predicted top-1 where a class id is -1 or none is given. `fused` runs CREAM's EM
+        in the fused C++/CUDA op (same maps within 1e-5)."""
         features = self.features(images)
         logits = self.logits(features)
         predicted = logits.argmax(dim=1)
@@ -60,11 +93,11 @@ class CamModel(nn.Module):
             class_ids = predicted
         else:
             class_ids = torch.where(class_ids < 0, predicted, class_ids)
-        maps = self.maps_from_features(features, class_ids, mode, iterations)
+        maps = self.maps_from_features(features, class_ids, mode, iterations, fused)
         return logits, score_maps(maps, images.shape[-2:]), class_ids
 
     def maps_from_features(self, features: torch.Tensor, class_ids: torch.Tensor, mode: str = "cream",
-                           iterations: int | None = None) -> torch.Tensor:
+                           iterations: int | None = None, fused: bool = False) -> torch.Tensor:
         """Feature-resolution maps: minmax(CAM) for 'cam', `z~ + minmax(CAM)` for 'cream'."""
         cam = self.cam(features, class_ids)
         t = self.config.cream.iterations if iterations is None else iterations
@@ -73,12 +106,12 @@ class CamModel(nn.Module):
         if mode != "cream":
             raise ValueError(f"mode must be 'cam' or 'cream', got {mode!r}")
         c = self.config.cream
-        return reactivate(features, cam, self.embeddings[class_ids], t, c.beta, c.tau, self.config.fused,
+        return reactivate(features, cam, self.embeddings[class_ids], t, c.beta, c.tau, fused,
                           c.feature_mean == "unit", c.border, c.calibration, c.upsample)
 
     @torch.no_grad()
     def update_embeddings(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Context-embedding learning (method.md 3.1), no gradient: per sample in batch order,
+        """Context-embedding learning (docs/method.md 3.1), no gradient: per sample in batch order,
         V[y] <- lambda V[y] + (1 - lambda) f, for the foreground {minmax(CAM_y) >= tau} and the
         background means of the raw (or, with feature_mean "unit", L2-normalised) features; a
         side with an empty mask is skipped."""

@@ -1,7 +1,7 @@
 """The fused cosine-EM op vs the torch implementation of `reactivate` (CPU; CUDA when present),
 on ResNet50-size (K=2048, 28x28) and VGG-size (K=1024, 14x14) features at batch 1 and 32, and
 end-to-end CREAM vs CAM through the eager model with the fused op. Ratios from one run:
-`.venv/bin/python -m pytest bench/test_fused_op.py -s` (CREAM_BENCH_JSON=path records them)."""
+`.venv/bin/python -m pytest bench/tests/test_fused_op.py -s` (CREAM_BENCH_JSON=path records them)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from cream_rt.bench.latency import measure_interleaved, paired_ratio  # noqa: E402
-from cream_rt.model.reactivate import reactivate  # noqa: E402
+from cream_rt.bench.targets import FUSED_OP_TARGET  # noqa: E402
+from cream_rt.model.em import reactivate  # noqa: E402
 
 RESULTS: dict = {"op": [], "end_to_end": []}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -25,7 +26,7 @@ def _save():
         info = {"platform": platform.platform(), "torch": str(torch.__version__), "threads": torch.get_num_threads()}
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
-        Path(target).write_text(json.dumps({"machine": info, "command": "pytest bench/test_fused_op.py -s",
+        Path(target).write_text(json.dumps({"machine": info, "command": "pytest bench/tests/test_fused_op.py -s",
                                             **RESULTS}, indent=2))
 
 
@@ -59,18 +60,16 @@ def test_fused_vs_torch_reactivate(device, k, side, batch, unit):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backbone,batch", [("resnet50", 1), ("resnet50", 8), ("small-cnn", 8)])
 def test_end_to_end_cream_vs_cam_with_fused_op(device, backbone, batch):
-    from cream_rt.model.config import ModelConfig
-    from cream_rt.model.network import CamModel
+    from cream_rt.model.network import create_model
 
     torch.manual_seed(0)
     size = 96 if backbone == "small-cnn" else 224
-    model = CamModel(ModelConfig(backbone=backbone, num_classes=200, input_size=size)).eval().to(device)
+    model = create_model(backbone, 200, input_size=size).eval().to(device)
     x = torch.randn(batch, 3, size, size, device=device)
     sync = torch.cuda.synchronize if device == "cuda" else None
     def run(mode: str, fused: bool):
         def call():
-            model.config.fused = fused
-            return model(x, None, mode, 2)
+            return model(x, None, mode, 2, fused)
         return call
 
     with torch.no_grad():
@@ -86,3 +85,5 @@ def test_end_to_end_cream_vs_cam_with_fused_op(device, backbone, batch):
     print(f"\n{device} {backbone} batch {batch}: CREAM T=2 (fused) vs CAM {fused_ratio:.3f}x, "
           f"(torch EM) {torch_ratio:.3f}x")
     _save()
+    print(FUSED_OP_TARGET.line(fused_ratio))
+    assert FUSED_OP_TARGET.passes(fused_ratio)

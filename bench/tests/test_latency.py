@@ -1,6 +1,6 @@
 """Latency benchmarks (pytest-benchmark), sharing `cream bench`'s engines and runner. Prints the
 ratios of issue 6 measured in one run. Run on an idle machine:
-`.venv/bin/python -m pytest bench/test_latency.py -s --benchmark-enable`
+`.venv/bin/python -m pytest bench/tests/test_latency.py -s --benchmark-enable`
 (CREAM_BENCH_DIR=bench/results records one JSON per backbone)."""
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+from cream_rt.atomic import write_json  # noqa: E402
 from cream_rt.bench.engines import build_engine  # noqa: E402
 from cream_rt.bench.runner import BenchConfig, int8_exports, run_bench, untrained_model  # noqa: E402
+from cream_rt.bench.targets import latency_checks  # noqa: E402
 from cream_rt.export.onnx_export import export_model  # noqa: E402
-
-from cream_rt.atomic import write_json  # noqa: E402
 
 THIRD_PARTY = ("grad-cam", "torchcam")
 
@@ -35,16 +35,22 @@ def test_engines_side_by_side(backbone):
         result = run_bench(model, onnx_models, config, log=print, int8_models=int8_exports(onnx_models, model.config,
                                                                                           tmp))
     result["backbone"] = backbone
-    result["command"] = "CREAM_BENCH_DIR=bench/results python -m pytest bench/test_latency.py -s -k side_by_side"
+    result["command"] = "CREAM_BENCH_DIR=bench/results python -m pytest bench/tests/test_latency.py -s -k side_by_side"
     result["date"] = datetime.date.today().isoformat()
     print(f"\n{backbone}:")
     for line in result["ratios"]:
         print("  " + line)
     for skip in result["skipped"]:
         print(f"  skipped {skip['engine']}: {skip['reason']}")
+    checks = latency_checks(result["rows"], result["pipeline"])
+    result["targets"] = [target.line(measured) for target, measured in checks]
+    for line in result["targets"]:
+        print("  " + line)
     folder = os.environ.get("CREAM_BENCH_DIR")
     if folder:
         write_json(Path(folder) / f"latency_{backbone}.json", result)
+    missed = [target.line(measured) for target, measured in checks if not target.passes(measured)]
+    assert not missed, missed
 
 
 def test_onnxruntime_cream_batch8(benchmark):

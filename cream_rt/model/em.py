@@ -1,4 +1,4 @@
-"""CREAM's re-activation (method.md section 3.2-3.4): EM over pixel features with a cosine
+"""CREAM's re-activation (docs/method.md section 3.2-3.4): EM over pixel features with a cosine
 base model, calibration against the CAM, fusion with the CAM. The one implementation used by
 the eager model, the ONNX exporter (T unrolled) and the benchmarks."""
 from __future__ import annotations
@@ -8,6 +8,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+__all__ = ["EPS", "minmax", "l2_normalize", "em_foreground", "check_fused", "border_weights", "Reactivation",
+           "reactivation", "reactivate", "bicubic_matrix", "score_maps"]
 
 EPS = 1e-6
 
@@ -125,14 +128,21 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
                iterations: int = 2, beta: float = 8.0, tau: float = 0.2, fused: bool = False,
                unit_mean: bool = False, border: int = 0, calibration: str = "omega",
                upsample: int = 1) -> torch.Tensor:
-    """CREAM's final map `z~ + minmax(CAM)` at feature resolution `(B,h,w)`, values in [0,2].
+    """CREAM's final map `z~ + minmax(CAM)` at feature resolution (docs/method.md 3.2-3.4).
 
-    features `(B,K,h,w)` (after ReLU), cam `(B,h,w)` of the chosen class, centroids `(B,2,K)`
-    (row 0 foreground, row 1 background). `iterations=0` returns `minmax(CAM)` (plain CAM).
-    `fused` runs all of it (EM, calibration, fusion) in the C++/CUDA op `cream::cosine_em`,
-    which reads the features once per EM step. `unit_mean`: the M-step averages L2-normalised
-    features (CreamConfig.feature_mean "unit"). `border`, `calibration`, `upsample`: see
-    `reactivation` (the fused op implements the defaults, 0, "omega" and 1)."""
+    Args:
+        features: `(B,K,h,w)` pixel features (after the ReLU).
+        cam: `(B,h,w)` CAM of the chosen class.
+        centroids: `(B,2,K)` the class's context embeddings (row 0 foreground, 1 background).
+        iterations: E-steps T; 0 returns `minmax(CAM)` (plain CAM).
+        beta, tau: the cosine base model's sharpness and the calibration region's threshold.
+        fused: run EM, calibration and fusion in the C++/CUDA op `cream::cosine_em` (reads the
+            features once per EM step; implements border 0, calibration "omega", upsample 1).
+        unit_mean: the M-step averages L2-normalised features (`feature_mean: unit`).
+        border, calibration, upsample: the named deviations, see `reactivation`.
+    Returns:
+        `(B,h,w)` float maps with values in [0, 2] (`upsample` times finer with `upsample`).
+    """
     b, k, h, w = features.shape
     if iterations <= 0:
         return minmax(cam.reshape(b, h * w), (1,)).reshape(b, h, w)

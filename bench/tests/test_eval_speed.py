@@ -3,7 +3,7 @@
 CUB test boxes, bicubic from 14x14; holes at 12 of 2,400 levels, several regions at 13%),
 CAM-like (the same plus a bumpy low-resolution background: holes at a third of the levels,
 several regions at half) and noisy (CAM-like plus pixel noise, many small contours).
-Run: `.venv/bin/python -m pytest bench/test_eval_speed.py -s --benchmark-enable`
+Run: `.venv/bin/python -m pytest bench/tests/test_eval_speed.py -s --benchmark-enable`
 (set CREAM_BENCH_JSON=path to record the numbers)."""
 from __future__ import annotations
 
@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cream_rt.bench.machine import machine_info
 from cream_rt.bench.maps_from_boxes import cam_like_map
 from cream_rt.bench.reference_protocol import reference_max_box_acc
-from cream_rt.bench.runner import machine_info
+from cream_rt.bench.targets import EVALUATOR_TARGET
 from cream_rt.evaluate import gt_boxes_at
 from cream_rt.metadata import read_split
 from cream_rt.metrics import BoxEvaluator, parallel_map
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wsol_metadata" / "CUB" / "test"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wsol_metadata" / "CUB" / "test"
 RESULTS: list[dict] = []
 
 
@@ -79,5 +80,7 @@ def test_evaluator_speed(kind, interval):
     target = os.environ.get("CREAM_BENCH_JSON")
     if target:
         Path(target).write_text(json.dumps({
-            "command": "CREAM_BENCH_JSON=... python -m pytest bench/test_eval_speed.py -s",
+            "command": "CREAM_BENCH_JSON=... python -m pytest bench/tests/test_eval_speed.py -s",
             "machine": machine_info(), "results": RESULTS}, indent=2))
+    print(EVALUATOR_TARGET.line(row["ratio_2_threads"]))
+    assert EVALUATOR_TARGET.passes(row["ratio_2_threads"])
