@@ -57,6 +57,7 @@ class Variant:
     iterations: int
     centroids: str = "learned"  # learned | raw (refitted with raw means) | oracle (ground-truth mask)
     config: dict = field(default_factory=dict)  # CreamConfig fields that differ from the checkpoint's
+    pas: bool = False  # boxes scored with RCAM's percentile as a standard
 
 
 def variants() -> dict[str, Variant]:
@@ -70,6 +71,8 @@ def variants() -> dict[str, Variant]:
     rows.update({f"{name}={value:g}": Variant(2, config={name: value})
                  for name, value in (("beta", 4.0), ("beta", 16.0), ("tau", 0.1), ("tau", 0.35))})
     rows.update({name: Variant(2, config=fields) for name, fields in DEVIATIONS.items()})
+    rows["CAM + PaS"] = Variant(0, pas=True)
+    rows["CREAM T=2 + PaS"] = Variant(2, pas=True)
     return rows
 
 
@@ -108,7 +111,8 @@ class CellScorer:
 
         self.model, self.raw_embeddings, self.meta, self.root = model, raw_embeddings, meta, data_root
         self.rows = variants()
-        self.scorers = {name: SplitScorer(meta, model.config.input_size, interval) for name in self.rows}
+        self.scorers = {name: SplitScorer(meta, model.config.input_size, interval, pas=row.pas)
+                        for name, row in self.rows.items()}
         # per row: sums of the final map (over its max) and of z~ inside / outside the object
         self.inside = {name: np.zeros(4) for name in self.rows}
         self.pixels = np.zeros(2)  # pixels inside, outside

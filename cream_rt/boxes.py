@@ -21,8 +21,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["NO_BOX", "quantize", "threshold_levels", "boxes_at_threshold", "iou_matrix", "quantize_checked",
-           "threshold_ious"]
+__all__ = ["NO_BOX", "PAS_PERCENTILE", "PAS_THETA", "reference_level", "quantize", "threshold_levels",
+           "boxes_at_threshold", "iou_matrix", "quantize_checked", "threshold_ious"]
 
 try:  # numba is the `fast` extra; without it the evaluator uses OpenCV per level.
     import numba
@@ -55,9 +55,19 @@ def quantize(scoremap: np.ndarray) -> np.ndarray:
     return (scoremap * 255).astype(np.uint8)
 
 
-def threshold_levels(img_max: int, thresholds: np.ndarray) -> np.ndarray:
-    """The integer cut `int(tau * max(img))` for each threshold tau (float64, truncation)."""
-    return (np.asarray(thresholds, dtype=np.float64) * float(img_max)).astype(np.int64)
+PAS_PERCENTILE = 90  # RCAM's percentile as a standard
+PAS_THETA = 0.35  # its box threshold, where the max-relative one is 0.2
+
+
+def reference_level(img: np.ndarray, pas: bool = False) -> float:
+    """What score thresholds are fractions of: `max(img)` (the protocol), or with RCAM's PaS
+    the 90th percentile of the uint8 map (NumPy's linear interpolation)."""
+    return float(np.percentile(img, PAS_PERCENTILE)) if pas else float(img.max())
+
+
+def threshold_levels(reference: float, thresholds: np.ndarray) -> np.ndarray:
+    """The integer cut `int(tau * reference)` for each threshold tau (float64, truncation)."""
+    return (np.asarray(thresholds, dtype=np.float64) * float(reference)).astype(np.int64)
 
 
 def _contours(img: np.ndarray, level: int, mode: int = cv2.RETR_TREE):
@@ -459,16 +469,13 @@ def quantize_checked(scoremap: np.ndarray) -> tuple[np.ndarray, bool, float, flo
 
 
 @njit(cache=True, nogil=True)
-def _threshold_box_ious(img, thresholds, gt, iou_all, iou_largest, tied):
+def _threshold_box_ious(img, thresholds, reference, gt, iou_all, iou_largest, tied):
     """iou_all[i] / iou_largest[i]: best IoU with the GT boxes over all contours / of the
-    largest contour at thresholds[i] (cut int(tau * max(img)))."""
-    top = 0
-    for v in img.ravel():
-        top = max(top, np.int64(v))
+    largest contour at thresholds[i] (cut int(tau * reference))."""
     cut = np.empty(thresholds.shape[0], np.int64)
     need = np.zeros(256, np.bool_)
     for i in range(thresholds.shape[0]):
-        cut[i] = np.int64(thresholds[i] * np.float64(top))
+        cut[i] = np.int64(thresholds[i] * reference)
         need[cut[i]] = True
     levels = np.nonzero(need)[0]
     all_iou = np.zeros(256, np.float64)
@@ -479,24 +486,27 @@ def _threshold_box_ious(img, thresholds, gt, iou_all, iou_largest, tied):
         iou_largest[i] = largest_iou[cut[i]]
 
 
-def threshold_ious(img: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def threshold_ious(img: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray,
+                   pas: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Best IoU with the GT boxes of the uint8 map `img` at each score threshold in [0, 1), over
-    all contours (MaxBoxAccV2) and of the largest contour (v1): two float64 arrays."""
+    all contours (MaxBoxAccV2) and of the largest contour (v1): two float64 arrays. Thresholds
+    are fractions of `max(img)`, or of its 90th percentile with `pas`."""
     thresholds = np.asarray(thresholds, dtype=np.float64)
     if thresholds.size and (thresholds.min() < 0 or thresholds.max() >= 1):
         raise ValueError("score thresholds must lie in [0, 1)")
     gt = np.asarray(gt_boxes, dtype=np.int64).reshape(-1, 4)
     iou_all = np.zeros(thresholds.size, dtype=np.float64)
     iou_largest = np.zeros(thresholds.size, dtype=np.float64)
+    reference = reference_level(img, pas)
     if HAVE_NUMBA:
         tied = np.zeros(256, dtype=np.bool_)
-        _threshold_box_ious(np.ascontiguousarray(img), thresholds, gt, iou_all, iou_largest, tied)
+        _threshold_box_ious(np.ascontiguousarray(img), thresholds, reference, gt, iou_all, iou_largest, tied)
         if tied.any():  # equal largest areas: OpenCV's contour order decides
-            cuts = threshold_levels(int(img.max()), thresholds)
+            cuts = threshold_levels(reference, thresholds)
             for t in np.nonzero(tied)[0]:
                 iou_largest[cuts == t] = iou_matrix(boxes_at_threshold(img, int(t), False), gt).max()
         return iou_all, iou_largest
-    cuts = threshold_levels(int(img.max()), thresholds)
+    cuts = threshold_levels(reference, thresholds)
     for t in np.unique(cuts):
         iou_all[cuts == t] = iou_matrix(boxes_at_threshold(img, int(t), True), gt).max()
         iou_largest[cuts == t] = iou_matrix(boxes_at_threshold(img, int(t), False), gt).max()

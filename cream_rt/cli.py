@@ -66,6 +66,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=BATCH_SIZE, default=16)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--save-maps", help="write the score maps as <image_id>.npy under this folder")
+    p.add_argument("--pas", action=argparse.BooleanOptionalAction, default=None,
+                   help="RCAM's percentile as a standard: box thresholds relative to each map's 90th percentile "
+                        "(default: the model's setting; off for --maps)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _threads(p)
 
@@ -123,6 +126,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--large-feature-map", action="store_true")
     p.add_argument("--tap", action="store_true", help="RCAM thresholded average pooling")
     p.add_argument("--nwc", action="store_true", help="RCAM negative weight clamping")
+    p.add_argument("--pas", action="store_true",
+                   help="RCAM percentile as a standard: boxes at 0.35 of each map's 90th percentile (kept in exports)")
     p.add_argument("--iterations", type=ITERATIONS, default=2, help="CREAM EM steps T")
     p.add_argument("--beta", type=float_in(0.0, 1000.0, low_open=True), default=8.0)
     p.add_argument("--tau", type=FRACTION, default=0.2)
@@ -211,9 +216,10 @@ def _localize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="results file (.jsonl, or .json with --format coco)")
     p.add_argument("--images", help="image root for metadata split inputs")
     p.add_argument("--batch-size", type=BATCH_SIZE, default=8)
-    p.add_argument("--threshold", default="0.2",
-                   help="box threshold as a fraction of the map's max (default 0.2), or a `cream eval --json` "
-                        "output file whose best threshold (MaxBoxAcc_threshold) to use")
+    p.add_argument("--threshold", default=None,
+                   help="box threshold as a fraction of the map's max (default 0.2; with a PaS model of its 90th "
+                        "percentile, default 0.35), or a `cream eval --json` output file whose best threshold "
+                        "(MaxBoxAcc_threshold) to use")
     p.add_argument("--all-contours", action="store_true", help="one box per contour (default: largest)")
     p.add_argument("--format", choices=["jsonl", "coco"], default="jsonl")
     p.add_argument("--save-maps", help="write <name>.npy score maps here")
@@ -262,7 +268,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pipeline", action="store_true", help="skip the Localizer pipeline breakdown")
     p.add_argument("--threads", type=THREADS, default=None, help="torch and ONNX Runtime threads (default: all cores)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="where the eager and ONNX Runtime engines run; tensorrt always runs on the GPU (default cpu)")
+                   help="where the eager and ONNX Runtime engines run; tensorrt needs cuda (default cpu)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
     p.add_argument("--json-out", metavar="PATH", help="write the results JSON to this file")
     p.add_argument("--plot", help="write a PNG of latency per image against batch size")

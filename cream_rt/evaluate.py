@@ -33,9 +33,11 @@ def _load_map(path: Path) -> np.ndarray:
 
 def evaluate_map_folder(maps_dir: str | os.PathLike, meta: SplitMetadata, interval: float = 0.01,
                         mask_root: str | None = None, allow_missing: bool = False,
-                        map_size: tuple[int, int] = (224, 224), workers: int | None = None) -> dict:
+                        map_size: tuple[int, int] = (224, 224), workers: int | None = None,
+                        pas: bool = False) -> dict:
     """Metrics of the maps in `maps_dir` over the split; a missing map is an error unless
-    `allow_missing` (then a miss at every threshold, or an all-zero map for PxAP)."""
+    `allow_missing` (then a miss at every threshold, or an all-zero map for PxAP). With `pas`,
+    box thresholds are fractions of each map's 90th percentile (RCAM's PaS)."""
     maps_dir = Path(maps_dir)
     if not maps_dir.is_dir():
         raise CreamError(f"{maps_dir}: score map folder not found")
@@ -70,7 +72,7 @@ def evaluate_map_folder(maps_dir: str | os.PathLike, meta: SplitMetadata, interv
 
     if not meta.has_boxes:
         raise CreamError(f"{meta.root}: the split has no localization annotations")
-    evaluator = BoxEvaluator(interval, size)
+    evaluator = BoxEvaluator(interval, size, pas=pas)
 
     def work(image_id: str):
         scoremap = load(image_id)

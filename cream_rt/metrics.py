@@ -55,9 +55,10 @@ class ImageBoxResult:
 
 
 def image_box_ious(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray,
-                   shape: tuple[int, int] | None = None, name: str = "map") -> ImageBoxResult:
-    """Check one map, then its best IoU with the GT boxes at each threshold for both contour rules."""
-    return ImageBoxResult(*threshold_ious(check_scoremap(scoremap, shape, name), thresholds, gt_boxes))
+                   shape: tuple[int, int] | None = None, name: str = "map", pas: bool = False) -> ImageBoxResult:
+    """Check one map, then its best IoU with the GT boxes at each threshold for both contour
+    rules (thresholds relative to the map's max, or with `pas` to its 90th percentile)."""
+    return ImageBoxResult(*threshold_ious(check_scoremap(scoremap, shape, name), thresholds, gt_boxes, pas))
 
 
 class BoxEvaluator:
@@ -65,8 +66,9 @@ class BoxEvaluator:
     MaxBoxAccV2, MaxBoxAcc (v1), GT-known Loc, and Top-1/Top-5 Loc when classes were given."""
 
     def __init__(self, interval: float = 0.01, map_size: tuple[int, int] = (224, 224),
-                 iou_thresholds: tuple[int, ...] = IOU_THRESHOLDS):
+                 iou_thresholds: tuple[int, ...] = IOU_THRESHOLDS, pas: bool = False):
         self.thresholds = threshold_list(interval)
+        self.pas = pas  # RCAM's percentile as a standard: thresholds relative to the 90th percentile
         self.map_size = tuple(map_size)
         self.iou_thresholds = tuple(iou_thresholds)
         n = len(self.thresholds)
@@ -80,7 +82,7 @@ class BoxEvaluator:
 
     def compute(self, scoremap: np.ndarray, gt_boxes: np.ndarray, name: str = "map") -> ImageBoxResult:
         """Check one map and compute its per-threshold IoUs (thread-safe; no accumulation)."""
-        return image_box_ious(scoremap, gt_boxes, self.thresholds, self.map_size, name)
+        return image_box_ious(scoremap, gt_boxes, self.thresholds, self.map_size, name, self.pas)
 
     def accumulate(self, result: ImageBoxResult | None, top1_correct: bool | None = None,
                    top5_correct: bool | None = None, name: str | None = None) -> None:
@@ -128,6 +130,7 @@ class BoxEvaluator:
             "GT_known_Loc_contour": "largest",
             "num_images": self.count,
             "num_missing": len(self.missing),
+            "threshold_reference": "percentile90" if self.pas else "max",
             "threshold_interval": float(self.thresholds[1] - self.thresholds[0]) if len(self.thresholds) > 1 else 1.0,
         }
         if self.count_with_classes:

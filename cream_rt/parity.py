@@ -13,12 +13,13 @@ from .scoring import SplitScorer, check_labels, split_batches
 __all__ = ["box_agreement", "compute_parity"]
 
 
-def box_agreement(eager_maps: np.ndarray, export_maps: np.ndarray, threshold: float) -> np.ndarray:
+def box_agreement(eager_maps: np.ndarray, export_maps: np.ndarray, threshold: float,
+                  pas: bool = False) -> np.ndarray:
     """Per image, IoU of the largest-contour boxes of the two maps at `threshold`."""
     from .boxes import iou_matrix
     from .runtime import map_boxes
 
-    return np.array([iou_matrix(map_boxes(a, threshold, False), map_boxes(b, threshold, False))[0, 0]
+    return np.array([iou_matrix(map_boxes(a, threshold, False, pas), map_boxes(b, threshold, False, pas))[0, 0]
                      for a, b in zip(eager_maps, export_maps)])
 
 
@@ -48,8 +49,8 @@ def compute_parity(checkpoint: str, model: str, meta, images: Path, batch_size: 
         raise CreamError(f"{model}: exported from a different model than {checkpoint} "
                          f"(input size or classes differ)")
     ids = meta.image_ids
-    scorers = {"eager": SplitScorer(meta, m.input_size, interval),
-               "exported": SplitScorer(meta, m.input_size, interval)}
+    scorers = {"eager": SplitScorer(meta, m.input_size, interval, pas=m.pas),
+               "exported": SplitScorer(meta, m.input_size, interval, pas=m.pas)}
     diffs, logit_diff, agree, box_ious = [], 0.0, 0, []
     for chunk, x, labels in split_batches(meta, images, batch_size, m.input_size, m.mean, m.std, "parity"):
         results = {}
@@ -61,7 +62,7 @@ def compute_parity(checkpoint: str, model: str, meta, images: Path, batch_size: 
         diffs.append(np.abs(me - mx).reshape(len(chunk), -1))
         logit_diff = max(logit_diff, float(np.abs(le - lx).max()))
         agree += int((le.argmax(1) == lx.argmax(1)).sum())
-        box_ious.append(box_agreement(me, mx, threshold))
+        box_ious.append(box_agreement(me, mx, threshold, m.pas))
     all_diffs = np.concatenate(diffs)
     box_ious = np.concatenate(box_ious)
     acc = {k: s.result()["MaxBoxAccV2"] for k, s in scorers.items()}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .boxes import boxes_at_threshold, quantize
+from .boxes import PAS_THETA, boxes_at_threshold, quantize, reference_level
 from .errors import CreamError, ImageReadError, ModelFileError
 from .manifest import MANIFEST_KEY, Manifest
 from .preprocess import as_rgb_array, preprocess_batch
@@ -19,6 +19,7 @@ from .preprocess import as_rgb_array, preprocess_batch
 __all__ = ["DEFAULT_PROVIDERS", "make_session", "read_manifest", "class_id_array", "OnnxPredictor", "Localization",
            "softmax", "map_boxes", "scale_boxes", "decode_ahead", "decode_or_error", "Localizer", "load"]
 
+DEFAULT_THRESHOLD = 0.2  # box threshold as a fraction of the map's max (CAM's usual value)
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
@@ -146,10 +147,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def map_boxes(scoremap: np.ndarray, threshold: float, all_contours: bool) -> np.ndarray:
-    """Boxes of a [0,1] map at `threshold` of its max, with the protocol's semantics."""
+def map_boxes(scoremap: np.ndarray, threshold: float, all_contours: bool, pas: bool = False) -> np.ndarray:
+    """Boxes of a [0,1] map at `threshold` of its max (of its 90th percentile with `pas`), with
+    the protocol's semantics."""
     img = quantize(scoremap)
-    return boxes_at_threshold(img, int(threshold * int(img.max())), all_contours)
+    return boxes_at_threshold(img, int(threshold * reference_level(img, pas)), all_contours)
 
 
 def scale_boxes(boxes: np.ndarray, map_size: int, width: int, height: int) -> list[list[float]]:
@@ -190,7 +192,7 @@ def decode_ahead(images: Sequence, batch_size: int, depth: int = 3) -> Iterator[
                 if not put((chunk, [decode_or_error(image) for image in chunk])):
                     return
             put(None)
-        except BaseException as exc:  # noqa: BLE001  (handed to the consumer, never lost)
+        except BaseException as exc:  # handed to the consumer, never lost
             put(exc)
 
     thread = threading.Thread(target=work, daemon=True, name="cream-decode-ahead")
@@ -202,7 +204,7 @@ def decode_ahead(images: Sequence, batch_size: int, depth: int = 3) -> Iterator[
             yield item
     finally:
         stop.set()
-        thread.join()
+        thread.join(timeout=10)  # at most one image's decode; a stuck read must not block the exit
 
 
 def decode_or_error(image) -> np.ndarray | CreamError:
@@ -223,7 +225,10 @@ class Localizer:
     It owns a decoding thread pool: use it as a context manager (`with Localizer.load(p) as
     loc:`) or call `close()`."""
 
-    def __init__(self, predictor: OnnxPredictor, threshold: float = 0.2, all_contours: bool = False):
+    def __init__(self, predictor: OnnxPredictor, threshold: float | None = None, all_contours: bool = False):
+        self.pas = bool(predictor.manifest.pas)
+        if threshold is None:  # the usual box threshold: 0.2 of the max, or 0.35 of the 90th percentile (PaS)
+            threshold = PAS_THETA if self.pas else DEFAULT_THRESHOLD
         if not isinstance(threshold, numbers.Real) or not 0 <= threshold < 1:
             raise CreamError(f"threshold must lie in [0, 1), got {threshold}")
         self.predictor, self.threshold, self.all_contours = predictor, threshold, all_contours
@@ -234,14 +239,15 @@ class Localizer:
         self._closed = False
 
     @classmethod
-    def load(cls, path: str | os.PathLike, providers: Sequence[str] | None = None, threshold: float = 0.2,
+    def load(cls, path: str | os.PathLike, providers: Sequence[str] | None = None, threshold: float | None = None,
              all_contours: bool = False, threads: int | None = None) -> "Localizer":
         """Open an export made by `cream export`.
 
         Args:
             path: the ONNX file (its manifest gives input size, normalisation, class names).
             providers: ONNX Runtime providers in order (default: TensorRT, CUDA, CPU, those present).
-            threshold: box threshold as a fraction of each map's max, in [0, 1).
+            threshold: box threshold in [0, 1), a fraction of each map's max (default 0.2), or of
+                its 90th percentile for a model exported with PaS (default 0.35).
             all_contours: one box per contour instead of the largest contour's box.
             threads: intra-op threads (default: one per core). They do not spin between batches:
                 the Localizer decodes and extracts boxes on the same cores.
@@ -276,7 +282,7 @@ class Localizer:
         results = []
         for i, (width, height) in enumerate(sizes):
             c = int(class_ids[i]) if class_ids[i] >= 0 else int(logits[i].argmax())
-            boxes = map_boxes(maps[i], self.threshold, self.all_contours)
+            boxes = map_boxes(maps[i], self.threshold, self.all_contours, self.pas)
             results.append(Localization(c, self.manifest.class_names[c], float(probs[i, c]),
                                         scale_boxes(boxes, self.manifest.input_size, width, height),
                                         (width, height), maps[i] if return_maps else None))

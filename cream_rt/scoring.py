@@ -55,11 +55,13 @@ def check_labels(meta: SplitMetadata, num_classes: int, model: str) -> None:
 class SplitScorer:
     """Streaming scores of one kind of map over a split: box metrics of the GT-class maps, plus
     classification and Top-1/Top-5 Loc from the logits. Nothing per image is kept; with
-    `save_maps`, each map is also written as `<image_id>.npy` under that folder."""
+    `save_maps`, each map is also written as `<image_id>.npy` under that folder; `pas` makes
+    the box thresholds fractions of each map's 90th percentile (RCAM's PaS)."""
 
-    def __init__(self, meta: SplitMetadata, map_size: int, interval: float, save_maps: Path | None = None):
+    def __init__(self, meta: SplitMetadata, map_size: int, interval: float, save_maps: Path | None = None,
+                 pas: bool = False):
         self.meta, self.map_size, self.save_maps = meta, map_size, save_maps
-        self.evaluator = BoxEvaluator(interval, (map_size, map_size))
+        self.evaluator = BoxEvaluator(interval, (map_size, map_size), pas=pas)
         self.correct1 = 0
 
     def add(self, chunk: list[str], logits: np.ndarray, maps: np.ndarray) -> None:

@@ -47,7 +47,8 @@ def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str 
                     checkpoint_sha256=file_sha256(checkpoint) if checkpoint else "",
                     versions={"cream_rt": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
                               "python": platform.python_version()},
-                    fused=fused and mode == "cream" and iterations > 0, feature_mean=cfg.cream.feature_mean)
+                    fused=fused and mode == "cream" and iterations > 0, feature_mean=cfg.cream.feature_mean,
+                    pas=cfg.pas)
 
 
 def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", iterations: int | None = None,

@@ -173,3 +173,14 @@ def test_pxap_on_real_openimages_masks(shared_meta, tmp_path):
                           "--metadata", str(split), "--mask-root", str(mask_root), "--json"],
                          capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["PxAP"] == pytest.approx(_plain_pxap(maps, masks, thresholds), abs=1e-9)
+
+
+def test_cli_eval_maps_with_pas_equals_reference(shared_meta, tmp_path, capsys):
+    """`cream eval --maps --pas`: thresholds relative to each map's 90th percentile (RCAM)."""
+    meta, ids, gts, maps = _cub_maps(shared_meta, count=30, seed=4)
+    _write_maps(tmp_path / "maps", ids, maps)
+    split = _subset_split(meta, ids, tmp_path / "split")
+    assert main(["eval", "--maps", str(tmp_path / "maps"), "--metadata", str(split), "--pas", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ref = reference_max_box_acc(maps, [g.tolist() for g in gts], 0.01, all_contours=True, pas=True)
+    assert out["MaxBoxAccV2"] == ref["mean"] and out["threshold_reference"] == "percentile90"

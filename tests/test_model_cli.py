@@ -197,3 +197,19 @@ def test_checkpoint_saved_before_feature_mean_loads_as_raw(tiny, tmp_path):
         unit.config.cream.feature_mean = "unit"
         maps_unit = unit(x, mode="cream", iterations=3)[1]
     assert torch.equal(maps_old, maps_raw) and float((maps_old - maps_unit).abs().max()) > 1e-4
+
+
+def test_train_with_pas_reaches_eval_and_export(tiny, tmp_path, capsys):
+    """`cream train --pas` is kept in the checkpoint; eval scores with it unless --no-pas, and
+    the export's manifest carries it to the runtime."""
+    data, _ = tiny
+    ckpt = tmp_path / "pas.pt"
+    assert main(["train", "--data", str(data), "--out", str(ckpt), "--epochs", "1", "--batch-size", "16", "--pas"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--json"]) == 0
+    with_pas = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--no-pas", "--json"]) == 0
+    without = json.loads(capsys.readouterr().out)
+    assert with_pas["threshold_reference"] == "percentile90" and without["threshold_reference"] == "max"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "pas.onnx"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pas"] is True

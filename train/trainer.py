@@ -90,7 +90,7 @@ def evaluate_split(model: CamModel, meta: SplitMetadata, images: Path, variants:
     cfg = model.config
     data = WsolImages(meta, images, cfg.input_size, cfg.mean, cfg.std, train=False)
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-    scorers = {name: SplitScorer(meta, cfg.input_size, interval) for name in variants}
+    scorers = {name: SplitScorer(meta, cfg.input_size, interval, pas=cfg.pas) for name in variants}
     model.eval()
     with torch.no_grad():
         for b, (x, y) in enumerate(loader):
@@ -107,7 +107,7 @@ def evaluate_split(model: CamModel, meta: SplitMetadata, images: Path, variants:
 def train(backbone: str, data: str | None, out: str, images: str | None = None, metadata: str | None = None,
           config: TrainConfig | None = None, cream: CreamConfig | None = None, input_size: int | None = None,
           large_feature_map: bool = False, tap: bool = False, nwc: bool = False, resume: str | None = None,
-          log=print) -> dict:
+          log=print, pas: bool = False) -> dict:
     """Train a CAM model with context-embedding learning; returns the training record."""
     config, cream = config or TrainConfig(), cream or CreamConfig()
     image_root, meta_root = data_paths(data, images, metadata)
@@ -119,7 +119,7 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
     seed_everything(config.seed)
     get_backbone(backbone)  # an unknown name fails before any work
     model, start_epoch, history, payload = _initial_model(backbone, meta_root, train_meta, config, cream, input_size,
-                                                          large_feature_map, tap, nwc, resume, log)
+                                                          large_feature_map, tap, nwc, resume, log, pas)
     model.to(config.device)
     optimizer = torch.optim.SGD(param_groups(model, config.lr), lr=config.lr, momentum=0.9, nesterov=True,
                                 weight_decay=config.weight_decay)
@@ -163,7 +163,7 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
 
 def _initial_model(backbone: str, meta_root: Path, train_meta: SplitMetadata, config: TrainConfig,
                    cream: CreamConfig, input_size: int | None, large_feature_map: bool, tap: bool, nwc: bool,
-                   resume: str | None, log) -> tuple[CamModel, int, list, dict]:
+                   resume: str | None, log, pas: bool = False) -> tuple[CamModel, int, list, dict]:
     """(model, epochs done, history, checkpoint payload): resumed from `resume`, or new with
     the backbone's ImageNet weights (small-cnn: random)."""
     if resume:
@@ -181,7 +181,7 @@ def _initial_model(backbone: str, meta_root: Path, train_meta: SplitMetadata, co
     model = create_model(backbone, num_classes, pretrained=config.pretrained or backbone != "small-cnn",
                          class_names=class_names_for(meta_root, num_classes),
                          input_size=input_size or get_backbone(backbone).input_size,
-                         large_feature_map=large_feature_map, tap=tap, nwc=nwc, cream=cream)
+                         large_feature_map=large_feature_map, tap=tap, nwc=nwc, pas=pas, cream=cream)
     report = model.pretrained_report
     if report and report["loaded"]:
         log(f"pretrained {backbone}: {report['loaded']} tensors loaded from {report['source']}; "

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
         split_dir = args.metadata or split_paths(args.data, args.split)[0]
         result = evaluate_map_folder(args.maps, read_split(split_dir), args.interval, args.mask_root,
-                                     args.allow_missing, tuple(args.map_size), args.threads)
+                                     args.allow_missing, tuple(args.map_size), args.threads, bool(args.pas))
         report(result, args.json, f"wsolevaluation metrics of {args.maps}")
         return 0
     split_dir, images = split_paths(args.data, args.split, args.images, args.metadata)
@@ -54,18 +54,20 @@ def evaluate_model(args: argparse.Namespace, meta: SplitMetadata, images) -> dic
         from ..runtime import OnnxPredictor
 
         predictor = OnnxPredictor.load(args.model)
-        num_classes = len(predictor.manifest.class_names)
+        num_classes, pas = len(predictor.manifest.class_names), predictor.manifest.pas
     else:
         from ..model.device import torch_device
         from ..model.eager import EagerPredictor
 
         predictor = EagerPredictor.from_checkpoint(args.checkpoint, args.mode, args.iterations,
                                                    str(torch_device(args.device)))
-        num_classes = predictor.model.config.num_classes
+        num_classes, pas = predictor.model.config.num_classes, predictor.model.config.pas
+    if args.pas is not None:
+        pas = args.pas
     check_labels(meta, num_classes, args.model or args.checkpoint)
     with contextlib.ExitStack() as stack:
         maps_dir = stack.enter_context(atomic_dir(args.save_maps, "--save-maps")) if args.save_maps else None
-        scorer = SplitScorer(meta, predictor.input_size, args.interval, maps_dir)
+        scorer = SplitScorer(meta, predictor.input_size, args.interval, maps_dir, pas)
         for chunk, logits, maps in predict_split(predictor, meta, images, args.batch_size, predictor.input_size,
                                                  predictor.mean, predictor.std, "eval"):
             scorer.add(chunk, logits, maps)

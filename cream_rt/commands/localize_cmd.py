@@ -44,8 +44,11 @@ def collect_inputs(inputs: list[str], image_root: str | None) -> list[Path]:
     return paths
 
 
-def resolve_threshold(value: str) -> float:
-    """A number, or the best threshold recorded by `cream eval --json` (MaxBoxAcc_threshold)."""
+def resolve_threshold(value: str | None) -> float | None:
+    """A number, or the best threshold recorded by `cream eval --json` (MaxBoxAcc_threshold);
+    None: the model's default."""
+    if value is None:
+        return None
     try:
         return float(value)
     except ValueError:

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         raise CreamError(str(exc)) from None
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     record = run_train(args.backbone, args.data, args.out, args.images, args.metadata, config, cream,
-                       args.input_size, args.large_feature_map, args.tap, args.nwc, args.resume, log)
+                       args.input_size, args.large_feature_map, args.tap, args.nwc, args.resume, log, pas=args.pas)
     if args.json:
         print_json(record)
     return 0
