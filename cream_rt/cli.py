@@ -162,6 +162,20 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
+@command("import", "turn a wsolevaluation or torchvision checkpoint into a cream checkpoint (CAM; then fit-embeddings)",
+         "cream_rt.commands.import_cmd:run")
+def _import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="the checkpoint file (wsolevaluation's *_checkpoint.pth.tar, a torchvision .pth)")
+    p.add_argument("--from", dest="source", choices=["wsolevaluation", "torchvision"], required=True)
+    p.add_argument("--arch", required=True, help="vgg16 or resnet50 (wsolevaluation), resnet50 (torchvision)")
+    p.add_argument("--classes", type=int_in(1, 100_000), default=None,
+                   help="expected number of classes (default: the checkpoint's classifier)")
+    p.add_argument("--large-feature-map", action="store_true", help="trained with wsolevaluation's --large_feature_map")
+    p.add_argument("--class-names", metavar="FILE", help="text file with one class name per line")
+    p.add_argument("--out", required=True, help="cream checkpoint to write (.pt)")
+    p.add_argument("--json", action="store_true")
+
+
 @command("demo", "synthesize data, train a small CREAM model, compare CAM vs CREAM, write overlays",
          "cream_rt.commands.demo:run")
 def _demo_args(p: argparse.ArgumentParser) -> None:

@@ -276,6 +276,7 @@ def _writers(world: dict, out: str) -> dict[str, list[str]]:
         "eval-maps": ["eval", "--checkpoint", w["ckpt"], "--data", w["data"], "--save-maps", out],
         "synth": ["synth", "--out", out, "--train", "3", "--val", "3", "--test", "3"],
         "demo": ["demo", "--out", out, "--train", "16", "--epochs", "1"],
+        "import": ["import", w["ckpt"], "--from", "wsolevaluation", "--arch", "vgg16", "--out", out],
     }
 
 

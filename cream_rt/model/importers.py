@@ -1,0 +1,142 @@
+"""Bring your own CAM model: checkpoints written by wsolevaluation's trainer and torchvision
+ImageNet classifiers, mapped key by key onto our backbones. Nothing is loaded partially: the
+first key that is missing, left over or of another shape is refused with one line."""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelFileError
+from .network import CamModel, create_model
+
+__all__ = ["SOURCES", "ARCHITECTURES", "read_state_dict", "import_checkpoint"]
+
+SOURCES = ("wsolevaluation", "torchvision")
+ARCHITECTURES = {"wsolevaluation": ("vgg16", "resnet50"), "torchvision": ("resnet50",)}
+REFUSED = {
+    ("wsolevaluation", "inceptionv3"): "wsolevaluation's InceptionV3-CAM pools and pads differently from this "
+                                       "project's inceptionv3 backbone (its maps are 14x14 at 224 px, ours 12x12); "
+                                       "its weights would not compute the same maps",
+    ("torchvision", "vgg16"): "torchvision's VGG16 classifies with three fully connected layers on a flattened "
+                              "7x7 map, which has no CAM form (CAM needs global pooling then one linear layer)",
+    ("torchvision", "inception_v3"): "torchvision's InceptionV3 classifies on Mixed_7c (2048 channels); the "
+                                     "inceptionv3 CAM backbone ends at Mixed_6e, so its fc has no CAM form here",
+}
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file: a bare state dict, or one under `state_dict` / `model`
+    (trainer checkpoints), with DataParallel's `module.` prefix removed. Never unpickles
+    objects other than tensors and plain containers."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: checkpoint not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelFileError(f"{path}: not a readable torch checkpoint ({exc.__class__.__name__}; only tensors and "
+                             f"plain data are loaded)") from None
+    if isinstance(payload, dict):
+        for wrapper in ("state_dict", "model"):
+            if isinstance(payload.get(wrapper), dict):
+                payload = payload[wrapper]
+                break
+    if not isinstance(payload, dict) or not payload:
+        raise ModelFileError(f"{path}: expected a state dict of tensors (or one under 'state_dict')")
+    bad = next((k for k, v in payload.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise ModelFileError(f"{path}: entry {bad!r} is not a tensor; expected a state dict of tensors")
+    if all(k.startswith("module.") for k in payload):
+        payload = {k[len("module."):]: v for k, v in payload.items()}
+    return payload
+
+
+def _vgg16_keys(large_feature_map: bool) -> Callable[[str], str | None]:
+    """wsolevaluation VggCam -> ours. Its `features` list drops the pools it does not use, so
+    with the large feature map (4th pool gone) its conv indices from 23 on are ours minus one."""
+    def rename(key: str) -> str | None:
+        m = re.fullmatch(r"features\.(\d+)\.(weight|bias)", key)
+        if m:
+            index = int(m.group(1))
+            return f"backbone.features.{index + 1 if large_feature_map and index >= 23 else index}.{m.group(2)}"
+        m = re.fullmatch(r"conv6\.(weight|bias)", key)
+        if m:
+            return f"backbone.conv6.0.{m.group(1)}"
+        m = re.fullmatch(r"fc\.(weight|bias)", key)
+        return f"classifier.{m.group(1)}" if m else None
+    return rename
+
+
+def _resnet50_keys(large_feature_map: bool) -> Callable[[str], str | None]:
+    """wsolevaluation ResNetCam and torchvision resnet50 (the same names) -> ours."""
+    def rename(key: str) -> str | None:
+        for prefix, ours in (("conv1.", "backbone.stem.0."), ("bn1.", "backbone.stem.1."), ("fc.", "classifier.")):
+            if key.startswith(prefix):
+                return ours + key[len(prefix):]
+        return f"backbone.{key}" if re.match(r"layer[1-4]\.", key) else None
+    return rename
+
+
+KEY_MAPS = {"vgg16": _vgg16_keys, "resnet50": _resnet50_keys}
+
+
+def import_checkpoint(path: str | os.PathLike, source: str, arch: str, num_classes: int | None = None,
+                      large_feature_map: bool = False, class_names: list[str] | None = None) -> CamModel:
+    """A CAM model with every weight of `path` and nothing else.
+
+    Args:
+        path: the checkpoint (wsolevaluation's `{'state_dict': ...}` or a torchvision state dict).
+        source: "wsolevaluation" or "torchvision".
+        arch: "vgg16" or "resnet50" (the names of both code bases).
+        num_classes: expected classifier size; None takes it from the checkpoint.
+        large_feature_map: the checkpoint was trained with wsolevaluation's `--large_feature_map`.
+        class_names: optional names, one per class.
+    Returns:
+        The model in eval mode; its CREAM embeddings are random until `cream fit-embeddings`.
+    Raises:
+        ModelFileError: the first key that is missing, left over or of another shape.
+    """
+    if source not in SOURCES:
+        raise ModelFileError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
+    if (source, arch) in REFUSED:
+        raise ModelFileError(f"--arch {arch} from {source}: not importable: {REFUSED[(source, arch)]}")
+    if arch not in ARCHITECTURES[source]:
+        raise ModelFileError(f"--arch {arch}: expected one of {', '.join(ARCHITECTURES[source])} for {source}")
+    if source == "torchvision" and large_feature_map:
+        raise ModelFileError("--large-feature-map applies to wsolevaluation checkpoints only")
+    state = read_state_dict(path)
+    rename = KEY_MAPS[arch](large_feature_map)
+    fc = state.get("fc.weight")
+    if fc is None or fc.ndim != 2:
+        raise ModelFileError(f"{path}: no classifier 'fc.weight' of shape (classes, channels); not a {arch} CAM "
+                             f"model from {source}")
+    classes = int(fc.shape[0])
+    if num_classes is not None and num_classes != classes:
+        raise ModelFileError(f"{path}: the classifier has {classes} classes, --classes says {num_classes}")
+    if class_names is not None and len(class_names) != classes:
+        raise ModelFileError(f"{len(class_names)} class names for {classes} classes")
+    model = create_model(arch, classes, large_feature_map=large_feature_map, class_names=class_names or [])
+    own = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        ours = rename(key)
+        if ours is None or ours not in own:
+            raise ModelFileError(f"{path}: unexpected key {key!r} (not part of a {arch} CAM model from {source}"
+                                 f"{', large feature map' if large_feature_map else ''})")
+        if tuple(value.shape) != tuple(own[ours].shape):
+            raise ModelFileError(f"{path}: key {key!r} has shape {tuple(value.shape)}, expected "
+                                 f"{tuple(own[ours].shape)}")
+        mapped[ours] = value
+    missing = next((k for k in own if k not in mapped and k != "embeddings"), None)
+    if missing is not None:
+        raise ModelFileError(f"{path}: no weight for {missing!r} (a {arch} CAM model from {source} has it)")
+    mapped["embeddings"] = own["embeddings"]
+    model.load_state_dict(mapped)
+    return model.eval()
