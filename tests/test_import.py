@@ -1,6 +1,7 @@
 """`cream import`: module trees with wsolevaluation's exact names (written here from its
-`wsol/vgg.py` and `wsol/resnet.py`: VggCam with `features`, `conv6`, `fc`; ResNetCam with
-`conv1`, `bn1`, `layer1..4` of Bottlenecks with `downsample`, `fc`), random weights and
+`wsol/vgg.py`, `wsol/resnet.py` and `wsol/inception.py`: VggCam with `features`, `conv6`, `fc`;
+ResNetCam with `conv1`, `bn1`, `layer1..4` of Bottlenecks with `downsample`, `fc`;
+InceptionCam with the torchvision-named trunk, `SPG_A3_1b`, `SPG_A3_2b`, `SPG_A4`), random weights and
 BatchNorm statistics, saved the way its trainer saves (`{'architecture', 'epoch',
 'state_dict', 'optimizer'}`, optionally under DataParallel's `module.`), imported and compared:
 logits and CAMs within 1e-5 (wsolevaluation's CAM is the channel mean, ours the sum)."""
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-nn = torch.nn
+nn, F = torch.nn, torch.nn.functional
 from cream_rt.cli import main  # noqa: E402
 from cream_rt.errors import ModelFileError  # noqa: E402
 from cream_rt.model.checkpoint import load_checkpoint  # noqa: E402
@@ -96,6 +97,63 @@ class WsolResNetCam(nn.Module):
         return logits, cams
 
 
+class WsolInceptionB(nn.Module):
+    def __init__(self, basic):
+        super().__init__()
+        self.branch3x3 = basic(288, 384, kernel_size=3, stride=1, padding=1)
+        self.branch3x3dbl_1 = basic(288, 64, kernel_size=1)
+        self.branch3x3dbl_2 = basic(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = basic(96, 96, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, x):
+        deep = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([self.branch3x3(x), deep, F.max_pool2d(x, kernel_size=3, stride=1, padding=1)], 1)
+
+
+class WsolInceptionCam(nn.Module):
+    """wsolevaluation's InceptionCam: its BasicConv2d / InceptionA / InceptionC are torchvision's
+    (same names, same computation); the pools, paddings and Mixed_6a are written out here."""
+
+    def __init__(self, num_classes: int, large_feature_map: bool):
+        super().__init__()
+        from cream_rt.model.tvshim import import_torchvision_models
+
+        inception = import_torchvision_models().inception
+        BasicConv2d, InceptionA, InceptionC = inception.BasicConv2d, inception.InceptionA, inception.InceptionC
+
+        self.large_feature_map = large_feature_map
+        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2, padding=1)
+        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3, stride=1, padding=0)
+        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, stride=1, padding=1)
+        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1, stride=1, padding=0)
+        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3, stride=1, padding=0)
+        self.Mixed_5b = InceptionA(192, pool_features=32)
+        self.Mixed_5c = InceptionA(256, pool_features=64)
+        self.Mixed_5d = InceptionA(288, pool_features=64)
+        self.Mixed_6a = WsolInceptionB(BasicConv2d)
+        self.Mixed_6b = InceptionC(768, channels_7x7=128)
+        self.Mixed_6c = InceptionC(768, channels_7x7=160)
+        self.Mixed_6d = InceptionC(768, channels_7x7=160)
+        self.Mixed_6e = InceptionC(768, channels_7x7=192)
+        self.SPG_A3_1b = nn.Sequential(nn.Conv2d(768, 1024, 3, padding=1), nn.ReLU(True))
+        self.SPG_A3_2b = nn.Sequential(nn.Conv2d(1024, 1024, 3, padding=1), nn.ReLU(True))
+        self.SPG_A4 = nn.Conv2d(1024, num_classes, 1, padding=0)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x, labels):
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1, ceil_mode=True)
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
+        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1, ceil_mode=True)
+        x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))
+        if not self.large_feature_map:
+            x = F.max_pool2d(x, kernel_size=3, stride=2, ceil_mode=True)
+        x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(self.Mixed_6a(x)))))
+        feat_map = self.SPG_A4(self.SPG_A3_2b(self.SPG_A3_1b(x)))
+        logits = self.avgpool(feat_map).flatten(1)
+        return logits, feat_map[range(len(labels)), labels]
+
+
 def _randomized(model: nn.Module) -> nn.Module:
     torch.manual_seed(0)
     with torch.no_grad():
@@ -122,7 +180,8 @@ def _save_like_wsolevaluation(model: nn.Module, path, arch: str, data_parallel: 
 
 @pytest.mark.parametrize("arch,cls,large,data_parallel", [
     ("vgg16", WsolVggCam, False, False), ("vgg16", WsolVggCam, True, True),
-    ("resnet50", WsolResNetCam, False, True), ("resnet50", WsolResNetCam, True, False)])
+    ("resnet50", WsolResNetCam, False, True), ("resnet50", WsolResNetCam, True, False),
+    ("inceptionv3", WsolInceptionCam, False, False), ("inceptionv3", WsolInceptionCam, True, True)])
 def test_wsolevaluation_checkpoint_imports_exactly(tmp_path, arch, cls, large, data_parallel):
     original = _randomized(cls(7, large))
     path = tmp_path / "last_checkpoint.pth.tar"
@@ -133,7 +192,11 @@ def test_wsolevaluation_checkpoint_imports_exactly(tmp_path, arch, cls, large, d
     with torch.no_grad():
         want_logits, want_cams = original(x, labels)
         features = model.features(x)
-        logits, cams = model.logits(features), model.cam(features, labels) / features.shape[1]
+        logits, cams = model.logits(features), model.cam(features, labels)
+    if arch == "inceptionv3":  # its CAM is the 1x1 classifier conv's map: ours plus the class bias
+        cams = cams + model.classifier.bias[labels][:, None, None].detach()
+    else:  # VggCam and ResNetCam average over channels where we sum
+        cams = cams / features.shape[1]
     scale = float(want_logits.abs().max())
     assert (logits - want_logits).abs().max().item() <= 1e-5 * max(scale, 1)
     assert cams.shape == want_cams.shape
@@ -172,7 +235,7 @@ def test_import_refuses_partial_and_foreign_files(tmp_path):
         import_checkpoint(tmp_path / "vgg.pth", "wsolevaluation", "vgg16", 200)
     with pytest.raises(ModelFileError, match="no CAM form"):
         import_checkpoint(tmp_path / "vgg.pth", "torchvision", "vgg16")
-    with pytest.raises(ModelFileError, match="pools and pads differently"):
+    with pytest.raises(ModelFileError, match="no classifier 'SPG_A4.weight'"):
         import_checkpoint(tmp_path / "vgg.pth", "wsolevaluation", "inceptionv3")
     (tmp_path / "truncated.pth").write_bytes((tmp_path / "vgg.pth").read_bytes()[:4000])
     with pytest.raises(ModelFileError, match="not a readable torch checkpoint"):

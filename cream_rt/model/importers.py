@@ -17,11 +17,8 @@ from .network import CamModel, create_model
 __all__ = ["SOURCES", "ARCHITECTURES", "read_state_dict", "import_checkpoint"]
 
 SOURCES = ("wsolevaluation", "torchvision")
-ARCHITECTURES = {"wsolevaluation": ("vgg16", "resnet50"), "torchvision": ("resnet50",)}
+ARCHITECTURES = {"wsolevaluation": ("vgg16", "resnet50", "inceptionv3"), "torchvision": ("resnet50",)}
 REFUSED = {
-    ("wsolevaluation", "inceptionv3"): "wsolevaluation's InceptionV3-CAM pools and pads differently from this "
-                                       "project's inceptionv3 backbone (its maps are 14x14 at 224 px, ours 12x12); "
-                                       "its weights would not compute the same maps",
     ("torchvision", "vgg16"): "torchvision's VGG16 classifies with three fully connected layers on a flattened "
                               "7x7 map, which has no CAM form (CAM needs global pooling then one linear layer)",
     ("torchvision", "inception_v3"): "torchvision's InceptionV3 classifies on Mixed_7c (2048 channels); the "
@@ -84,7 +81,23 @@ def _resnet50_keys(large_feature_map: bool) -> Callable[[str], str | None]:
     return rename
 
 
-KEY_MAPS = {"vgg16": _vgg16_keys, "resnet50": _resnet50_keys}
+def _inceptionv3_keys(large_feature_map: bool) -> Callable[[str], str | None]:
+    """wsolevaluation InceptionCam -> ours: the torchvision-named trunk as is, SPG_A3_1b / 2b
+    -> `extra`, and the 1x1 classifier conv SPG_A4 -> `classifier` (reshaped to a linear layer:
+    GAP then linear equals the conv then GAP)."""
+    def rename(key: str) -> str | None:
+        if re.match(r"(Conv2d_\d[ab]_\dx\d|Mixed_[56][a-e])\.", key):
+            return f"backbone.{key}"
+        for prefix, ours in (("SPG_A3_1b.0.", "backbone.extra.0."), ("SPG_A3_2b.0.", "backbone.extra.2."),
+                             ("SPG_A4.", "classifier.")):
+            if key.startswith(prefix):
+                return ours + key[len(prefix):]
+        return None
+    return rename
+
+
+KEY_MAPS = {"vgg16": _vgg16_keys, "resnet50": _resnet50_keys, "inceptionv3": _inceptionv3_keys}
+CLASSIFIER_KEYS = {"vgg16": "fc.weight", "resnet50": "fc.weight", "inceptionv3": "SPG_A4.weight"}
 
 
 def import_checkpoint(path: str | os.PathLike, source: str, arch: str, num_classes: int | None = None,
@@ -94,7 +107,7 @@ def import_checkpoint(path: str | os.PathLike, source: str, arch: str, num_class
     Args:
         path: the checkpoint (wsolevaluation's `{'state_dict': ...}` or a torchvision state dict).
         source: "wsolevaluation" or "torchvision".
-        arch: "vgg16" or "resnet50" (the names of both code bases).
+        arch: "vgg16", "resnet50" or "inceptionv3" (wsolevaluation), "resnet50" (torchvision).
         num_classes: expected classifier size; None takes it from the checkpoint.
         large_feature_map: the checkpoint was trained with wsolevaluation's `--large_feature_map`.
         class_names: optional names, one per class.
@@ -113,9 +126,10 @@ def import_checkpoint(path: str | os.PathLike, source: str, arch: str, num_class
         raise ModelFileError("--large-feature-map applies to wsolevaluation checkpoints only")
     state = read_state_dict(path)
     rename = KEY_MAPS[arch](large_feature_map)
-    fc = state.get("fc.weight")
-    if fc is None or fc.ndim != 2:
-        raise ModelFileError(f"{path}: no classifier 'fc.weight' of shape (classes, channels); not a {arch} CAM "
+    fc_key = CLASSIFIER_KEYS[arch]
+    fc = state.get(fc_key)
+    if fc is None or fc.ndim not in (2, 4):
+        raise ModelFileError(f"{path}: no classifier {fc_key!r} of shape (classes, channels); not a {arch} CAM "
                              f"model from {source}")
     classes = int(fc.shape[0])
     if num_classes is not None and num_classes != classes:
@@ -130,6 +144,8 @@ def import_checkpoint(path: str | os.PathLike, source: str, arch: str, num_class
         if ours is None or ours not in own:
             raise ModelFileError(f"{path}: unexpected key {key!r} (not part of a {arch} CAM model from {source}"
                                  f"{', large feature map' if large_feature_map else ''})")
+        if ours == "classifier.weight" and value.ndim == 4 and tuple(value.shape[2:]) == (1, 1):
+            value = value.flatten(1)  # a 1x1 classifier conv as a linear layer
         if tuple(value.shape) != tuple(own[ours].shape):
             raise ModelFileError(f"{path}: key {key!r} has shape {tuple(value.shape)}, expected "
                                  f"{tuple(own[ours].shape)}")

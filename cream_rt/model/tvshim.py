@@ -1,5 +1,5 @@
 """Import torchvision on CPU torch: its wheel is a CUDA build whose compiled ops cannot load
-(toolchain.md), so placeholder schemas for torchvision::nms / qnms are registered first.
+(on a CPU-only torch), so placeholder schemas for torchvision::nms / qnms are registered first.
 Model definitions then import; ops.nms and torchvision.io decoding stay unavailable."""
 from __future__ import annotations
 
