@@ -167,7 +167,8 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 def _import_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="the checkpoint file (wsolevaluation's *_checkpoint.pth.tar, a torchvision .pth)")
     p.add_argument("--from", dest="source", choices=["wsolevaluation", "torchvision"], required=True)
-    p.add_argument("--arch", required=True, help="vgg16 or resnet50 (wsolevaluation), resnet50 (torchvision)")
+    p.add_argument("--arch", required=True,
+                   help="vgg16, resnet50 or inceptionv3 (wsolevaluation); resnet50 or inception_v3 (torchvision)")
     p.add_argument("--classes", type=int_in(1, 100_000), default=None,
                    help="expected number of classes (default: the checkpoint's classifier)")
     p.add_argument("--large-feature-map", action="store_true", help="trained with wsolevaluation's --large_feature_map")

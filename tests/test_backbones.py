@@ -40,7 +40,8 @@ def test_lite0_real_weights_load():
 
 
 @pytest.mark.parametrize("name,size", [("small-cnn", 12), ("vgg16", 14), ("resnet50", 14),
-                                       ("inceptionv3", 14), ("efficientnet-lite0", 14)])
+                                       ("inceptionv3", 14), ("efficientnet-lite0", 14),
+                                       ("inceptionv3-imagenet", 8)])
 def test_feature_sizes_at_default_input(name, size):
     spec = REGISTRY[name]
     module = spec.build(False).eval()

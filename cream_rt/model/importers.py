@@ -17,12 +17,14 @@ from .network import CamModel, create_model
 __all__ = ["SOURCES", "ARCHITECTURES", "read_state_dict", "import_checkpoint"]
 
 SOURCES = ("wsolevaluation", "torchvision")
-ARCHITECTURES = {"wsolevaluation": ("vgg16", "resnet50", "inceptionv3"), "torchvision": ("resnet50",)}
+ARCHITECTURES = {"wsolevaluation": ("vgg16", "resnet50", "inceptionv3"), "torchvision": ("resnet50", "inception_v3")}
+# the backbone each (source, arch) becomes, where the names differ
+BACKBONES = {("torchvision", "inception_v3"): "inceptionv3-imagenet"}
+# auxiliary heads a checkpoint may carry that take no part in the CAM model: left out by name
+AUXILIARY = {("torchvision", "inception_v3"): "AuxLogits."}
 REFUSED = {
     ("torchvision", "vgg16"): "torchvision's VGG16 classifies with three fully connected layers on a flattened "
                               "7x7 map, which has no CAM form (CAM needs global pooling then one linear layer)",
-    ("torchvision", "inception_v3"): "torchvision's InceptionV3 classifies on Mixed_7c (2048 channels); the "
-                                     "inceptionv3 CAM backbone ends at Mixed_6e, so its fc has no CAM form here",
 }
 
 
@@ -96,8 +98,19 @@ def _inceptionv3_keys(large_feature_map: bool) -> Callable[[str], str | None]:
     return rename
 
 
-KEY_MAPS = {"vgg16": _vgg16_keys, "resnet50": _resnet50_keys, "inceptionv3": _inceptionv3_keys}
-CLASSIFIER_KEYS = {"vgg16": "fc.weight", "resnet50": "fc.weight", "inceptionv3": "SPG_A4.weight"}
+def _inception_v3_imagenet_keys(large_feature_map: bool) -> Callable[[str], str | None]:
+    """torchvision inception_v3 -> the inceptionv3-imagenet backbone: the trunk as is, fc -> classifier."""
+    def rename(key: str) -> str | None:
+        if re.match(r"(Conv2d_\d[ab]_\dx\d|Mixed_[567][a-e])\.", key):
+            return f"backbone.{key}"
+        return "classifier." + key[len("fc."):] if key.startswith("fc.") else None
+    return rename
+
+
+KEY_MAPS = {"vgg16": _vgg16_keys, "resnet50": _resnet50_keys, "inceptionv3": _inceptionv3_keys,
+            "inception_v3": _inception_v3_imagenet_keys}
+CLASSIFIER_KEYS = {"vgg16": "fc.weight", "resnet50": "fc.weight", "inceptionv3": "SPG_A4.weight",
+                   "inception_v3": "fc.weight"}
 
 
 def import_checkpoint(path: str | os.PathLike, source: str, arch: str, num_classes: int | None = None,
@@ -107,7 +120,9 @@ def import_checkpoint(path: str | os.PathLike, source: str, arch: str, num_class
     Args:
         path: the checkpoint (wsolevaluation's `{'state_dict': ...}` or a torchvision state dict).
         source: "wsolevaluation" or "torchvision".
-        arch: "vgg16", "resnet50" or "inceptionv3" (wsolevaluation), "resnet50" (torchvision).
+        arch: "vgg16", "resnet50" or "inceptionv3" (wsolevaluation); "resnet50" or "inception_v3"
+            (torchvision; the latter becomes the inceptionv3-imagenet backbone, its AuxLogits head
+            left out).
         num_classes: expected classifier size; None takes it from the checkpoint.
         large_feature_map: the checkpoint was trained with wsolevaluation's `--large_feature_map`.
         class_names: optional names, one per class.
@@ -136,7 +151,10 @@ def import_checkpoint(path: str | os.PathLike, source: str, arch: str, num_class
         raise ModelFileError(f"{path}: the classifier has {classes} classes, --classes says {num_classes}")
     if class_names is not None and len(class_names) != classes:
         raise ModelFileError(f"{len(class_names)} class names for {classes} classes")
-    model = create_model(arch, classes, large_feature_map=large_feature_map, class_names=class_names or [])
+    model = create_model(BACKBONES.get((source, arch), arch), classes, large_feature_map=large_feature_map,
+                         class_names=class_names or [])
+    skip = AUXILIARY.get((source, arch))
+    state = {k: v for k, v in state.items() if not (skip and k.startswith(skip))}
     own = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
     for key, value in state.items():
