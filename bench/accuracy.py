@@ -227,8 +227,25 @@ def int8_rows(checkpoint: Path, data: Path, work: Path) -> dict:
     return rows
 
 
-def run_cell(preset_name: str, backbone: str, seed: int, work: Path, log) -> dict:
-    """Synthesize, train (default CREAM settings), refit raw embeddings, score; returns the cell."""
+def regressor_row(ckpt: Path, data: Path, cell_dir: Path, epochs: int, seed: int) -> dict:
+    """CREAM + box regressor (`cream train-regressor`, pseudo boxes at the val-optimal threshold),
+    its boxes scored as boxes on the test split, Top-1 from the CAM model's classes."""
+    from cream_rt.metadata import read_split, split_paths
+    from cream_rt.model.checkpoint import load_checkpoint
+    from cream_rt.model.regressor import load_regressor
+    from cream_rt.train.regressor import score_regressor, train_regressor
+
+    path = cell_dir / "regressor.pt"
+    if not path.is_file():
+        train_regressor(str(ckpt), str(data), str(path), epochs=epochs, seed=seed, log=lambda line: None)
+    split_dir, images = split_paths(data, "test")
+    model = load_checkpoint(ckpt)[0].eval()
+    return score_regressor(load_regressor(path), read_split(split_dir), images, 50, "cpu", logits_model=model)
+
+
+def run_cell(preset_name: str, backbone: str, seed: int, work: Path, log, regressor: bool = False) -> dict:
+    """Synthesize, train (default CREAM settings), refit raw embeddings, score; returns the cell.
+    With `regressor`, also CREAM + box regressor."""
     from cream_rt.synth import generate, preset
     from cream_rt.train.trainer import TrainConfig, fit_embeddings, train
 
@@ -251,6 +268,8 @@ def run_cell(preset_name: str, backbone: str, seed: int, work: Path, log) -> dic
     rows = score_cell(ckpt, raw, data)
     if backbone != "small-cnn":
         rows.update(int8_rows(ckpt, data, cell_dir))
+    if regressor:
+        rows["CREAM T=2 + regressor"] = regressor_row(ckpt, data, cell_dir, recipe.epochs, seed)
     cell = {"preset": preset_name, "backbone": backbone, "seed": seed, "rows": rows,
             "seconds": round(time.time() - started, 1)}
     log(f"{preset_name:10s} {backbone:18s} seed {seed}: CAM {rows['CAM']['MaxBoxAccV2']:.2f}  "
@@ -323,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--append", action="store_true",
                         help="keep the cells already in --out (other backbones or seeds; a re-run cell is replaced); "
                              "read again before each write, so two runs may append to one file")
+    parser.add_argument("--regressor", action="store_true",
+                        help="also train CREAM's box regressor per cell (kept in the work folder) and score its boxes")
     args = parser.parse_args(argv)
     from cream_rt.atomic import atomic_path, write_json
     from cream_rt.bench.machine import machine_info
@@ -342,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     for backbone in backbones:
         for preset_name in presets:
             for seed in seeds:
-                cell = run_cell(preset_name, backbone, seed, work, log)
+                cell = run_cell(preset_name, backbone, seed, work, log, args.regressor)
                 key = (preset_name, backbone, seed)
                 cells = [c for c in cells if (c["preset"], c["backbone"], c["seed"]) != key] + [cell]
                 # --append: merge with what --out holds now (another run may be adding cells to it)

@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 __all__ = ["NO_BOX", "PAS_PERCENTILE", "PAS_THETA", "reference_level", "quantize", "threshold_levels",
-           "boxes_at_threshold", "iou_matrix", "quantize_checked", "threshold_ious"]
+           "boxes_at_threshold", "iou_matrix", "quantize_checked", "threshold_ious", "box_to_fractions",
+           "fractions_to_box"]
 
 try:  # numba is the `fast` extra; without it the evaluator uses OpenCV per level.
     import numba
@@ -63,6 +64,22 @@ def reference_level(img: np.ndarray, pas: bool = False) -> float:
     """What score thresholds are fractions of: `max(img)` (the protocol), or with RCAM's PaS
     the 90th percentile of the uint8 map (NumPy's linear interpolation)."""
     return float(np.percentile(img, PAS_PERCENTILE)) if pas else float(img.max())
+
+
+def box_to_fractions(box, width: int, height: int) -> list[float]:
+    """An inclusive pixel box `[x0, y0, x1, y1]` as fractions of the image, the end exclusive:
+    `[x0 / W, y0 / H, (x1 + 1) / W, (y1 + 1) / H]` (what the box regressor predicts)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return [x0 / width, y0 / height, (x1 + 1) / width, (y1 + 1) / height]
+
+
+def fractions_to_box(fractions, width: int, height: int) -> list[int]:
+    """The inverse of `box_to_fractions`, rounded to whole pixels and kept inside the image
+    (at least one pixel wide and high)."""
+    f0, f1, f2, f3 = (min(max(float(v), 0.0), 1.0) for v in fractions)
+    x0, y0 = min(int(round(f0 * width)), width - 1), min(int(round(f1 * height)), height - 1)
+    x1, y1 = max(int(round(f2 * width)) - 1, x0), max(int(round(f3 * height)) - 1, y0)
+    return [x0, y0, min(x1, width - 1), min(y1, height - 1)]
 
 
 def threshold_levels(reference: float, thresholds: np.ndarray) -> np.ndarray:

@@ -66,6 +66,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=BATCH_SIZE, default=16)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--save-maps", help="write the score maps as <image_id>.npy under this folder")
+    p.add_argument("--regressor", metavar="REG",
+                   help="with --checkpoint: also score this box regressor's boxes (`regressor` in the output)")
     p.add_argument("--pas", action=argparse.BooleanOptionalAction, default=None,
                    help="RCAM's percentile as a standard: box thresholds relative to each map's 90th percentile "
                         "(default: the model's setting; off for --maps)")
@@ -177,6 +179,20 @@ def _import_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
+@command("train-regressor", "CREAM + box regressor: train a class-agnostic regressor on CREAM's pseudo boxes",
+         "cream_rt.commands.regressor_cmd:run")
+def _regressor_args(p: argparse.ArgumentParser) -> None:
+    _data_args(p)
+    p.add_argument("--checkpoint", required=True, help="the CREAM checkpoint whose maps give the pseudo boxes")
+    p.add_argument("--out", required=True, help="regressor file to write (.pt)")
+    p.add_argument("--epochs", type=EPOCHS, default=6)
+    p.add_argument("--lr", type=float_in(0.0, 10.0, low_open=True), default=0.01,
+                   help="learning rate of the backbone (the head: 10x)")
+    p.add_argument("--threshold", type=FRACTION, default=None,
+                   help="map threshold of the pseudo boxes (default: the best MaxBoxAcc threshold on the val split)")
+    p.add_argument("--json", action="store_true")
+
+
 @command("demo", "synthesize data, train a small CREAM model, compare CAM vs CREAM, write overlays",
          "cream_rt.commands.demo:run")
 def _demo_args(p: argparse.ArgumentParser) -> None:
@@ -202,6 +218,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=ITERATIONS, default=None, help="EM steps T (default: the checkpoint's)")
     p.add_argument("--opset", type=int_in(17, 20), default=20, help="ONNX opset, 17..20 (default 20)")
     p.add_argument("--external-data", action="store_true", help="weights in OUT.data beside the graph")
+    p.add_argument("--regressor", metavar="REG", help="a `cream train-regressor` file: its boxes become the graph's "
+                   "`boxes` output, used by localize, eval and parity")
     p.add_argument("--fused", action="store_true",
                    help="one cream::CosineEM custom node instead of the unrolled EM (for TensorRT's plugin)")
     p.add_argument("--trt", metavar="ENGINE", help="also build a TensorRT engine from the export (needs TensorRT)")
@@ -253,6 +271,7 @@ def _parity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=BATCH_SIZE, default=16)
     p.add_argument("--threshold", type=FRACTION, default=0.2, help="box threshold compared between engines")
+    p.add_argument("--regressor", metavar="REG", help="the box regressor file the export was made with")
     p.add_argument("--interval", type=INTERVAL, default=0.01)
     p.add_argument("--limit", type=POSITIVE, default=None, help="only the first N images")
     p.add_argument("--json-out", "--results", dest="results", metavar="PATH",

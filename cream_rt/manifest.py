@@ -35,6 +35,7 @@ class Manifest:
     precision: str = "fp32"  # "int8": convolutions quantized (`cream export --int8`)
     feature_mean: str = "raw"  # the EM's M-step mean ("unit" or "raw"); files without the field are raw
     pas: bool = False  # boxes: thresholds relative to the map's 90th percentile (RCAM's PaS)
+    regressor: bool = False  # a `boxes` output from CREAM's box regressor (its boxes are the boxes)
     format: str = MANIFEST_FORMAT
     version: int = MANIFEST_VERSION
 

@@ -24,7 +24,7 @@ def box_agreement(eager_maps: np.ndarray, export_maps: np.ndarray, threshold: fl
 
 
 def compute_parity(checkpoint: str, model: str, meta, images: Path, batch_size: int = 16, threshold: float = 0.2,
-                   interval: float = 0.01) -> dict:
+                   interval: float = 0.01, regressor: str | None = None) -> dict:
     """Run the eager model and its export over the same batches and compare them.
 
     Args:
@@ -33,6 +33,7 @@ def compute_parity(checkpoint: str, model: str, meta, images: Path, batch_size: 
         meta, images: the split and its image root.
         threshold: box threshold at which the two engines' boxes are compared.
         interval: the score-threshold step of MaxBoxAccV2.
+        regressor: the box regressor file the export was made with (required when it has one).
     Returns:
         Map and logit differences, top-1 agreement, the share of boxes at IoU >= 0.99,
         MaxBoxAccV2 of both, providers, machine and versions.
@@ -42,7 +43,10 @@ def compute_parity(checkpoint: str, model: str, meta, images: Path, batch_size: 
 
     exported = OnnxPredictor.load(model, allow_custom_ops=True)
     m = exported.manifest
-    eager = EagerPredictor.from_checkpoint(checkpoint, m.mode, m.iterations)
+    if m.regressor != bool(regressor):
+        raise CreamError(f"{model}: " + ("has a box regressor: pass the file it was exported with (--regressor)"
+                                         if m.regressor else "has no box regressor; leave out --regressor"))
+    eager = EagerPredictor.from_checkpoint(checkpoint, m.mode, m.iterations, regressor=regressor)
     cfg = eager.model.config
     check_labels(meta, len(m.class_names), model)
     if (cfg.input_size, len(cfg.class_names) or cfg.num_classes) != (m.input_size, len(m.class_names)):
@@ -51,14 +55,16 @@ def compute_parity(checkpoint: str, model: str, meta, images: Path, batch_size: 
     ids = meta.image_ids
     scorers = {"eager": SplitScorer(meta, m.input_size, interval, pas=m.pas),
                "exported": SplitScorer(meta, m.input_size, interval, pas=m.pas)}
-    diffs, logit_diff, agree, box_ious = [], 0.0, 0, []
+    diffs, logit_diff, agree, box_ious, regressed_diff = [], 0.0, 0, [], 0.0
     for chunk, x, labels in split_batches(meta, images, batch_size, m.input_size, m.mean, m.std, "parity"):
         results = {}
         for name, predictor in (("eager", eager), ("exported", exported)):
-            logits, maps = predictor(x, labels)
+            logits, maps, regressed = predictor.run(x, labels)
             scorers[name].add(chunk, logits, maps)
-            results[name] = (logits, maps)
-        (le, me), (lx, mx) = results["eager"], results["exported"]
+            results[name] = (logits, maps, regressed)
+        (le, me, re), (lx, mx, rx) = results["eager"], results["exported"]
+        if re is not None:
+            regressed_diff = max(regressed_diff, float(np.abs(re - rx).max()))
         diffs.append(np.abs(me - mx).reshape(len(chunk), -1))
         logit_diff = max(logit_diff, float(np.abs(le - lx).max()))
         agree += int((le.argmax(1) == lx.argmax(1)).sum())
@@ -77,6 +83,7 @@ def compute_parity(checkpoint: str, model: str, meta, images: Path, batch_size: 
         "MaxBoxAccV2_exported": acc["exported"],
         "MaxBoxAccV2_diff": abs(acc["eager"] - acc["exported"]),
         "num_images": len(ids),
+        **({"regressor_boxes_max_abs_diff": regressed_diff} if m.regressor else {}),
         "mode": m.mode, "iterations": m.iterations, "backbone": m.backbone,
         "providers": exported.session.get_providers(),
         "machine": {"platform": platform.platform(), "processor": platform.processor()},

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .boxes import PAS_THETA, boxes_at_threshold, quantize, reference_level
+from .boxes import PAS_THETA, boxes_at_threshold, fractions_to_box, quantize, reference_level
 from .errors import CreamError, ImageReadError, ModelFileError
 from .manifest import MANIFEST_KEY, Manifest
 from .preprocess import as_rgb_array, preprocess_batch
@@ -111,12 +111,17 @@ class OnnxPredictor:
         return cls(session, read_manifest(session, path), path)
 
     def __call__(self, x: np.ndarray, class_ids=None):
+        """(logits `(B,C)`, maps `(B,S,S)`) of a normalised batch `x` `(B,3,S,S)`."""
+        return self.run(x, class_ids)[:2]
+
+    def run(self, x: np.ndarray, class_ids=None):
+        """(logits, maps, boxes): boxes `(B,4)` fractions from the box regressor, or None."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 4 or x.shape[1:] != (3, self.input_size, self.input_size):
             raise CreamError(f"images must have shape (B, 3, {self.input_size}, {self.input_size}), got {x.shape}")
         ids = class_id_array(class_ids, len(x), len(self.manifest.class_names))
-        logits, maps, _ = self.session.run(None, {"images": x, "class_ids": ids})
-        return logits, maps
+        outputs = self.session.run(None, {"images": x, "class_ids": ids})
+        return outputs[0], outputs[1], (outputs[3] if len(outputs) > 3 else None)
 
     def describe(self) -> dict:
         m = self.manifest
@@ -135,10 +140,11 @@ class Localization:
     boxes: list[list[float]]
     image_size: tuple[int, int]  # (width, height)
     map: np.ndarray | None = field(default=None, repr=False)
+    box_source: str = "map"  # "map" (thresholded score map) or "regressor" (CREAM's box regressor)
 
     def to_dict(self) -> dict:
         return {"class_id": self.class_id, "class_name": self.class_name, "score": self.score,
-                "boxes": self.boxes, "image_size": list(self.image_size)}
+                "boxes": self.boxes, "image_size": list(self.image_size), "box_source": self.box_source}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -277,15 +283,22 @@ class Localizer:
         return preprocess_batch(arrays, m.input_size, m.mean, m.std, self._pool), sizes
 
     def postprocess(self, logits: np.ndarray, maps: np.ndarray, class_ids: np.ndarray,
-                    sizes: list[tuple[int, int]], return_maps: bool) -> list[Localization]:
+                    sizes: list[tuple[int, int]], return_maps: bool,
+                    regressed: np.ndarray | None = None) -> list[Localization]:
+        """Localizations from the model's outputs: boxes from the maps at the threshold, or the
+        box regressor's box (`regressed`, fractions) when the export has one."""
         probs = softmax(logits)
         results = []
         for i, (width, height) in enumerate(sizes):
             c = int(class_ids[i]) if class_ids[i] >= 0 else int(logits[i].argmax())
-            boxes = map_boxes(maps[i], self.threshold, self.all_contours, self.pas)
-            results.append(Localization(c, self.manifest.class_names[c], float(probs[i, c]),
-                                        scale_boxes(boxes, self.manifest.input_size, width, height),
-                                        (width, height), maps[i] if return_maps else None))
+            if regressed is not None:
+                boxes = [[float(v) for v in fractions_to_box(regressed[i], width, height)]]
+            else:
+                boxes = scale_boxes(map_boxes(maps[i], self.threshold, self.all_contours, self.pas),
+                                    self.manifest.input_size, width, height)
+            results.append(Localization(c, self.manifest.class_names[c], float(probs[i, c]), boxes,
+                                        (width, height), maps[i] if return_maps else None,
+                                        "map" if regressed is None else "regressor"))
         return results
 
     def __call__(self, images: Sequence, class_ids: Sequence[int] | None = None,
@@ -311,8 +324,8 @@ class Localizer:
         if self._closed:
             raise CreamError("this Localizer is closed")
         x, sizes = self.preprocess(images)
-        logits, maps = self.predictor(x, ids)
-        return self.postprocess(logits, maps, ids, sizes, return_maps)
+        logits, maps, regressed = self.predictor.run(x, ids)
+        return self.postprocess(logits, maps, ids, sizes, return_maps, regressed)
 
 
 def load(path: str | Path, **kwargs) -> Localizer:

@@ -3,22 +3,20 @@ metrics of its maps and logits. Shared by `cream eval`, `cream parity`, training
 the demo and the accuracy suite. Torch-free."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .boxes import fractions_to_box, iou_matrix
 from .errors import CreamError
 from .evaluate import gt_boxes_at
 from .metadata import SplitMetadata
-from .metrics import BoxEvaluator
+from .metrics import BoxEvaluator, ImageBoxResult
 from .preprocess import preprocess_batch, read_image
 from .progress import progress
 
-__all__ = ["batches", "split_batches", "predict_split", "check_labels", "SplitScorer"]
-
-Predict = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
+__all__ = ["batches", "split_batches", "check_labels", "SplitScorer"]
 
 def batches(items: Sequence, size: int) -> Iterator[list]:
     """Consecutive chunks of `size` items (the last one shorter)."""
@@ -33,15 +31,6 @@ def split_batches(meta: SplitMetadata, images: Path, batch_size: int, input_size
     for chunk in progress(batches(ids, batch_size), desc, total=-(-len(ids) // batch_size), unit="batch"):
         x = preprocess_batch([read_image(images / i) for i in chunk], input_size, mean, std)
         yield chunk, x, np.array([meta.class_labels[i] for i in chunk], dtype=np.int64)
-
-
-def predict_split(predict: Predict, meta: SplitMetadata, images: Path, batch_size: int, input_size: int,
-                  mean, std, desc: str) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
-    """Yield (image ids, logits `(B,C)`, GT-class maps `(B,S,S)`) over the split, where
-    `predict(x, class_ids) -> (logits, maps)` works on numpy arrays."""
-    for chunk, x, labels in split_batches(meta, images, batch_size, input_size, mean, std, desc):
-        logits, maps = predict(x, labels)
-        yield chunk, logits, maps
 
 
 def check_labels(meta: SplitMetadata, num_classes: int, model: str) -> None:
@@ -63,6 +52,7 @@ class SplitScorer:
         self.meta, self.map_size, self.save_maps = meta, map_size, save_maps
         self.evaluator = BoxEvaluator(interval, (map_size, map_size), pas=pas)
         self.correct1 = 0
+        self.boxes_only = False  # set by add_boxes: a regressor's boxes, not maps
 
     def add(self, chunk: list[str], logits: np.ndarray, maps: np.ndarray) -> None:
         """Score one batch: `chunk` image ids, their logits `(B,C)` and GT-class maps `(B,S,S)`."""
@@ -82,8 +72,29 @@ class SplitScorer:
             self.evaluator.add(maps[i], gt_boxes_at(self.meta, image_id, size), top1_correct=is_top1,
                                top5_correct=bool(label in top5[i]), name=image_id)
 
+    def add_boxes(self, chunk: list[str], logits: np.ndarray | None, boxes: np.ndarray) -> None:
+        """Score one batch of predicted boxes `(B,4)` (fractions of the image, a box regressor's
+        output) as boxes: each box's IoU with the GT boxes counts at every score threshold, so
+        MaxBoxAccV2 becomes the mean over IoU 0.3/0.5/0.7 of the share of images whose box
+        reaches it, and GT-known Loc the share at IoU 0.5. Top-1/Top-5 Loc need `logits`."""
+        size = (self.map_size, self.map_size)
+        top5 = None if logits is None else np.argsort(-logits, axis=1)[:, :5]
+        n = len(self.evaluator.thresholds)
+        for i, image_id in enumerate(chunk):
+            box = np.array([fractions_to_box(boxes[i], self.map_size, self.map_size)])
+            iou = float(iou_matrix(box, np.asarray(gt_boxes_at(self.meta, image_id, size)).reshape(-1, 4)).max())
+            label = self.meta.class_labels[image_id]
+            top1 = None if top5 is None else bool(top5[i, 0] == label)
+            self.correct1 += bool(top1)
+            self.evaluator.accumulate(ImageBoxResult(np.full(n, iou), np.full(n, iou)), top1,
+                                      None if top5 is None else bool(label in top5[i]), image_id)
+        self.boxes_only = True
+
     def result(self) -> dict:
-        """The wsolevaluation metrics plus `classification_top1`."""
+        """The wsolevaluation metrics plus `classification_top1` (when logits were given)."""
         out = self.evaluator.result()
-        out["classification_top1"] = 100.0 * self.correct1 / out["num_images"]
+        if self.evaluator.count_with_classes or not self.boxes_only:
+            out["classification_top1"] = 100.0 * self.correct1 / out["num_images"]
+        if self.boxes_only:
+            out["box_source"] = "regressor"
         return out

@@ -22,21 +22,25 @@ __all__ = ["INPUT_NAMES", "OUTPUT_NAMES", "ExportWrapper", "build_manifest", "ex
 
 INPUT_NAMES = ["images", "class_ids"]
 OUTPUT_NAMES = ["logits", "maps", "class_ids_used"]
+REGRESSOR_OUTPUT = "boxes"  # (B,4) fractions of the image, from the box regressor when exported with one
 
 
 class ExportWrapper(torch.nn.Module):
-    """The model with mode and T fixed, as the exported graph computes it."""
+    """The model with mode and T fixed, as the exported graph computes it; with a box
+    regressor, its boxes are a fourth output."""
 
-    def __init__(self, model: CamModel, mode: str, iterations: int, fused: bool = False):
+    def __init__(self, model: CamModel, mode: str, iterations: int, fused: bool = False, regressor=None):
         super().__init__()
         self.model, self.mode, self.iterations, self.fused = model, mode, iterations, fused
+        self.regressor = regressor
 
     def forward(self, images: torch.Tensor, class_ids: torch.Tensor):
-        return self.model(images, class_ids, self.mode, self.iterations, self.fused)
+        outputs = self.model(images, class_ids, self.mode, self.iterations, self.fused)
+        return outputs if self.regressor is None else (*outputs, self.regressor(images))
 
 
 def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str | None,
-                   fused: bool = False) -> Manifest:
+                   fused: bool = False, regressor: bool = False) -> Manifest:
     import onnx
 
     cfg = model.config
@@ -48,12 +52,12 @@ def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str 
                     versions={"cream_rt": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
                               "python": platform.python_version()},
                     fused=fused and mode == "cream" and iterations > 0, feature_mean=cfg.cream.feature_mean,
-                    pas=cfg.pas)
+                    pas=cfg.pas, regressor=regressor)
 
 
 def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", iterations: int | None = None,
                  opset: int = 20, checkpoint: str | None = None, external_data: bool = False,
-                 fused: bool = False) -> Manifest:
+                 fused: bool = False, regressor=None) -> Manifest:
     """Export `model` to one ONNX graph, checked with full shape inference, with its manifest.
 
     Args:
@@ -65,6 +69,7 @@ def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", i
         checkpoint: the file the model came from (its SHA-256 goes into the manifest).
         external_data: weights in `OUT.data` beside the graph.
         fused: one cream::CosineEM node instead of the unrolled EM (the TensorRT plugin path).
+        regressor: a `BoxRegressor` (`cream train-regressor`) whose boxes become the `boxes` output.
     Returns:
         The manifest embedded in the file.
     """
@@ -83,7 +88,13 @@ def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", i
     if opset < 18:
         raise CreamError(f"opset must be >= 18 for the torch.export-based exporter, got {opset}")
     model = model.eval()
-    wrapper = ExportWrapper(model, mode, t, fused).eval()
+    if regressor is not None:
+        rc, mc = regressor.config, model.config
+        if (rc.input_size, tuple(rc.mean), tuple(rc.std)) != (mc.input_size, tuple(mc.mean), tuple(mc.std)):
+            raise CreamError("the regressor's input size or normalisation differs from the model's; one graph "
+                             "needs one input")
+        regressor = regressor.eval()
+    wrapper = ExportWrapper(model, mode, t, fused, regressor).eval()
     size = model.config.input_size
     images = torch.randn(2, 3, size, size)
     class_ids = torch.tensor([0, -1], dtype=torch.int64)
@@ -97,10 +108,11 @@ def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", i
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             wrapper, (images, class_ids), dynamo=True, opset_version=opset,
-            input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, custom_translation_table=table,
+            input_names=INPUT_NAMES, output_names=OUTPUT_NAMES + ([REGRESSOR_OUTPUT] if regressor is not None else []),
+            custom_translation_table=table,
             dynamic_shapes={"images": {0: batch}, "class_ids": {0: batch}}, optimize=True, verbose=False)
     proto = program.model_proto
-    manifest = build_manifest(model, mode, t, checkpoint, fused)
+    manifest = build_manifest(model, mode, t, checkpoint, fused, regressor is not None)
     entry = proto.metadata_props.add()
     entry.key, entry.value = MANIFEST_KEY, manifest.to_json()
     proto.producer_name = "cream_rt"
@@ -116,6 +128,13 @@ def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", i
 
 
 def export_checkpoint(checkpoint: str, out: str, mode: str = "cream", iterations: int | None = None,
-                      opset: int = 20, external_data: bool = False, fused: bool = False) -> Manifest:
+                      opset: int = 20, external_data: bool = False, fused: bool = False,
+                      regressor: str | None = None) -> Manifest:
+    """`export_model` of a checkpoint file, with the box regressor file `regressor` if given."""
     model, _ = load_checkpoint(checkpoint)
-    return export_model(model, out, mode, iterations, opset, checkpoint, external_data, fused)
+    box_model = None
+    if regressor:
+        from cream_rt.model.regressor import load_regressor
+
+        box_model = load_regressor(regressor)
+    return export_model(model, out, mode, iterations, opset, checkpoint, external_data, fused, box_model)

@@ -8,7 +8,7 @@ import contextlib
 from ..atomic import atomic_dir, check_output_dir
 from ..errors import CreamError
 from ..metadata import SplitMetadata, read_split, split_paths
-from ..scoring import SplitScorer, check_labels, predict_split
+from ..scoring import SplitScorer, check_labels, split_batches
 from .output import print_json, print_table
 
 
@@ -50,6 +50,8 @@ def evaluate_model(args: argparse.Namespace, meta: SplitMetadata, images) -> dic
     """`--checkpoint` (eager torch) or `--model` (ONNX Runtime) over the split, streamed."""
     if args.save_maps:
         check_output_dir(args.save_maps, "--save-maps")
+    if args.regressor and not args.checkpoint:
+        raise CreamError("--regressor goes with --checkpoint (an export carries its regressor inside)")
     if args.model:
         from ..runtime import OnnxPredictor
 
@@ -60,7 +62,7 @@ def evaluate_model(args: argparse.Namespace, meta: SplitMetadata, images) -> dic
         from ..model.eager import EagerPredictor
 
         predictor = EagerPredictor.from_checkpoint(args.checkpoint, args.mode, args.iterations,
-                                                   str(torch_device(args.device)))
+                                                   str(torch_device(args.device)), args.regressor)
         num_classes, pas = predictor.model.config.num_classes, predictor.model.config.pas
     if args.pas is not None:
         pas = args.pas
@@ -68,9 +70,15 @@ def evaluate_model(args: argparse.Namespace, meta: SplitMetadata, images) -> dic
     with contextlib.ExitStack() as stack:
         maps_dir = stack.enter_context(atomic_dir(args.save_maps, "--save-maps")) if args.save_maps else None
         scorer = SplitScorer(meta, predictor.input_size, args.interval, maps_dir, pas)
-        for chunk, logits, maps in predict_split(predictor, meta, images, args.batch_size, predictor.input_size,
-                                                 predictor.mean, predictor.std, "eval"):
+        box_scorer = SplitScorer(meta, predictor.input_size, args.interval)
+        for chunk, x, labels in split_batches(meta, images, args.batch_size, predictor.input_size, predictor.mean,
+                                              predictor.std, "eval"):
+            logits, maps, boxes = predictor.run(x, labels)
             scorer.add(chunk, logits, maps)
+            if boxes is not None:
+                box_scorer.add_boxes(chunk, logits, boxes)
         out = scorer.result()
+        if box_scorer.boxes_only:
+            out["regressor"] = box_scorer.result()
     out.update(predictor.describe())
     return out

@@ -32,8 +32,10 @@ def run(args: argparse.Namespace) -> int:
         if args.calibration_count < 1:
             raise CreamError(f"--calibration-count must be at least 1, got {args.calibration_count}")
         return _export_int8(args)
+    if args.regressor and (args.int8 or args.fused):
+        raise CreamError("--regressor goes with a standard fp32 export (not --int8 or --fused)")
     manifest = export_checkpoint(args.checkpoint, args.out, args.mode, args.iterations, args.opset,
-                                 args.external_data, args.fused)
+                                 args.external_data, args.fused, args.regressor)
     if args.trt:
         from ..export.tensorrt_build import build_engine
 

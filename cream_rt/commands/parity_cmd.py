@@ -17,7 +17,8 @@ def run(args: argparse.Namespace) -> int:
     meta = read_split(split_dir)
     if args.limit:
         meta.image_ids = meta.image_ids[:args.limit]
-    out = compute_parity(args.checkpoint, args.model, meta, images, args.batch_size, args.threshold, args.interval)
+    out = compute_parity(args.checkpoint, args.model, meta, images, args.batch_size, args.threshold, args.interval,
+                         args.regressor)
     out["command"] = args.command_line
     if args.results:
         write_json(args.results, out, "--results")
