@@ -1,9 +1,11 @@
 """`cream train-regressor`: CREAM with a box regressor (docs/method.md 3.5). Pseudo boxes are
 the largest-contour boxes of the CREAM maps of the training split (ground-truth class) at the
 threshold that is best on the validation split (MaxBoxAcc's); a class-agnostic regressor,
-started from the CAM model's backbone, learns them with a mean squared error."""
+started from the CAM model's backbone, learns them with a mean squared error. It overfits its
+noisy targets within a few epochs, so the epoch with the best validation GT-known Loc is kept."""
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import sys
@@ -102,6 +104,7 @@ def train_regressor(checkpoint: str, data: str | None, out: str, images: str | N
                                 lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
     data_set = BoxImages(train_meta.image_ids, boxes, image_root, cfg.input_size, cfg.mean, cfg.std, True, seed)
     history, started = [], time.time()
+    best = (-1.0, None, 0)  # (val GT-known, weights, epoch): the regressor overfits its pseudo boxes
     for epoch in range(epochs):
         data_set.epoch = epoch
         loader = torch.utils.data.DataLoader(data_set, batch_size=batch_size, shuffle=True,
@@ -119,10 +122,16 @@ def train_regressor(checkpoint: str, data: str | None, out: str, images: str | N
         if val_meta is not None:
             metrics = score_regressor(regressor, val_meta, image_root, batch_size, device)
             record.update(val_GT_known_Loc=metrics["GT_known_Loc"], val_MaxBoxAccV2=metrics["MaxBoxAccV2"])
+            if metrics["GT_known_Loc"] > best[0]:
+                best = (metrics["GT_known_Loc"], copy.deepcopy(regressor.state_dict()), epoch + 1)
         history.append(record)
         log(str(record))
+    if best[1] is not None:  # keep the epoch that localizes the validation split best
+        regressor.load_state_dict(best[1])
     training = {"from": os.fspath(checkpoint), "threshold": threshold, "epochs": epochs, "lr": lr, "seed": seed,
+                "kept_epoch": best[2] if best[1] is not None else epochs,
                 "history": history, "torch": str(torch.__version__), "python": platform.python_version(),
                 "command": " ".join(sys.argv)}
     save_regressor(out, regressor.eval().cpu(), training)
-    return {"regressor": os.fspath(out), "threshold": threshold, "history": history}
+    return {"regressor": os.fspath(out), "threshold": threshold, "kept_epoch": training["kept_epoch"],
+            "history": history}

@@ -1,7 +1,7 @@
 """CREAM's second variant (docs/method.md 3.5): a class-agnostic box regressor trained on
 pseudo boxes from the CREAM maps. The regressor is a backbone of the CAM model's kind with a
-small MLP head (global pooling, 256 hidden units, 4 sigmoid outputs): the box as fractions of
-the image, `[x0, y0, x1, y1]` with x1, y1 exclusive. Its file loads with `weights_only=True`."""
+small MLP head (features pooled to a 4x4 grid, 256 hidden units, 4 sigmoid outputs): the box
+as fractions of the image, `[x0, y0, x1, y1]` with x1, y1 exclusive. Its file loads with `weights_only=True`."""
 from __future__ import annotations
 
 import os
@@ -31,6 +31,7 @@ class RegressorConfig:
     std: tuple[float, float, float]
     large_feature_map: bool = False
     hidden: int = 256
+    grid: int = 4  # the features are pooled to grid x grid cells, so the head still sees where things are
     threshold: float = 0.2  # the map threshold its pseudo boxes were taken at (validation-optimal)
 
 
@@ -42,10 +43,12 @@ class BoxRegressor(nn.Module):
         self.config = config
         self.backbone = get_backbone(config.backbone).build(config.large_feature_map)
         k = self.backbone.out_channels
-        self.head = nn.Sequential(nn.Linear(k, config.hidden), nn.ReLU(inplace=True), nn.Linear(config.hidden, 4))
+        self.pool = nn.AdaptiveAvgPool2d(config.grid)
+        self.head = nn.Sequential(nn.Linear(k * config.grid * config.grid, config.hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(config.hidden, 4))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.head(self.backbone(images).mean(dim=(2, 3))))
+        return torch.sigmoid(self.head(self.pool(self.backbone(images)).flatten(1)))
 
 
 def save_regressor(path: str | os.PathLike, model: BoxRegressor, training: dict | None = None) -> None:
