@@ -277,6 +277,7 @@ def _writers(world: dict, out: str) -> dict[str, list[str]]:
         "synth": ["synth", "--out", out, "--train", "3", "--val", "3", "--test", "3"],
         "demo": ["demo", "--out", out, "--train", "16", "--epochs", "1"],
         "import": ["import", w["ckpt"], "--from", "wsolevaluation", "--arch", "vgg16", "--out", out],
+        "train-regressor": ["train-regressor", "--checkpoint", w["ckpt"], "--data", w["data"], "--out", out],
     }
 
 
@@ -302,7 +303,7 @@ def test_unwritable_output_is_one_line_before_any_work(world, tmp_path, writer, 
     assert_one_error(run(*_writers(world, str(out))[writer]), word)
     assert blocker.read_text() == "keep"
     no_leftovers(tmp_path)
-    if writer in ("train", "bench", "bench-plot", "demo"):
+    if writer in ("train", "bench", "bench-plot", "demo", "train-regressor"):
         assert time.time() - started < 60  # refused before training or timing
 
 
