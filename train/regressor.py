@@ -17,7 +17,7 @@ import torch
 
 from cream_rt.boxes import box_to_fractions
 from cream_rt.errors import CreamError
-from cream_rt.metadata import SplitMetadata, data_paths, read_split
+from cream_rt.metadata import SplitMetadata
 from cream_rt.model.checkpoint import load_checkpoint
 from cream_rt.model.network import CamModel
 from cream_rt.model.regressor import BoxRegressor, RegressorConfig, save_regressor
@@ -26,7 +26,7 @@ from cream_rt.runtime import map_boxes
 from cream_rt.scoring import SplitScorer, split_batches
 
 from .data import BoxImages
-from .trainer import check_images_exist, seed_everything
+from .trainer import seed_everything, training_splits
 
 __all__ = ["validation_threshold", "pseudo_boxes", "score_regressor", "train_regressor"]
 
@@ -76,12 +76,7 @@ def train_regressor(checkpoint: str, data: str | None, out: str, images: str | N
                     metadata: str | None = None, epochs: int = 6, batch_size: int = 32, lr: float = 0.01,
                     threshold: float | None = None, seed: int = 0, device: str = "cpu", log=print) -> dict:
     """Pseudo boxes from `checkpoint`'s CREAM maps, then the regressor; returns the record."""
-    image_root, meta_root = data_paths(data, images, metadata)
-    train_meta = read_split(meta_root / "train", require_localization=False)
-    val_meta = read_split(meta_root / "val") if (meta_root / "val").is_dir() else None
-    for split in (train_meta, val_meta):
-        if split is not None:
-            check_images_exist(split, image_root)
+    image_root, meta_root, train_meta, val_meta = training_splits(data, images, metadata)
     model, _ = load_checkpoint(checkpoint)
     model.to(device).eval()
     if train_meta.num_classes > model.config.num_classes:

@@ -26,7 +26,7 @@ from cream_rt.scoring import SplitScorer
 
 from .data import WsolImages
 
-__all__ = ["TrainConfig", "class_names_for", "check_images_exist", "seed_everything", "param_groups",
+__all__ = ["training_splits", "TrainConfig", "class_names_for", "check_images_exist", "seed_everything", "param_groups",
            "evaluate_split", "train", "train_epoch", "recalibrate_batchnorm", "fit_embeddings"]
 
 
@@ -55,6 +55,18 @@ def class_names_for(meta_root: Path, num_classes: int) -> list[str]:
         if len(names) == num_classes:
             return names
     return [str(c) for c in range(num_classes)]
+
+
+def training_splits(data: str | None, images: str | None, metadata: str | None):
+    """(image root, metadata root, train split, val split or None), every listed image checked
+    to exist before any work."""
+    image_root, meta_root = data_paths(data, images, metadata)
+    train_meta = read_split(meta_root / "train", require_localization=False)
+    val_meta = read_split(meta_root / "val") if (meta_root / "val").is_dir() else None
+    for split in (train_meta, val_meta):
+        if split is not None:
+            check_images_exist(split, image_root)
+    return image_root, meta_root, train_meta, val_meta
 
 
 def check_images_exist(meta: SplitMetadata, image_root: Path) -> None:
@@ -110,12 +122,7 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
           log=print, pas: bool = False) -> dict:
     """Train a CAM model with context-embedding learning; returns the training record."""
     config, cream = config or TrainConfig(), cream or CreamConfig()
-    image_root, meta_root = data_paths(data, images, metadata)
-    train_meta = read_split(meta_root / "train", require_localization=False)
-    val_meta = read_split(meta_root / "val") if (meta_root / "val").is_dir() else None
-    for split in (train_meta, val_meta):
-        if split is not None:
-            check_images_exist(split, image_root)
+    image_root, meta_root, train_meta, val_meta = training_splits(data, images, metadata)
     seed_everything(config.seed)
     get_backbone(backbone)  # an unknown name fails before any work
     model, start_epoch, history, payload = _initial_model(backbone, meta_root, train_meta, config, cream, input_size,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -328,13 +327,9 @@ def load_imagenet_weights(name: str, module: Backbone, source: str | None) -> di
         source = lite0_weights_path()
     source = source or spec.weights_url
     if source and os.path.isfile(source):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                state = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CreamError(f"{source}: not a readable weights file ({exc.__class__.__name__}); expected a "
-                             f"torch state dict of {name}") from None
+        from .torchfile import load_torch_file
+
+        state = load_torch_file(source, f"weights file (a torch state dict of {name})")
     elif source and source.startswith(("http://", "https://")):
         try:
             state = torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
-import warnings
 from pathlib import Path
 
 import torch
@@ -14,6 +12,7 @@ from ..atomic import atomic_path
 from ..errors import ModelFileError
 from .config import ModelConfig
 from .network import CamModel
+from .torchfile import load_torch_file
 
 __all__ = ["FORMAT", "VERSION", "save_checkpoint", "read_checkpoint", "training_progress", "load_checkpoint",
            "file_sha256"]
@@ -43,16 +42,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: checkpoint not found")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is ours
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ModelFileError(f"{path}: not a readable cream checkpoint (it holds Python objects other than "
-                             f"tensors and plain data; refused without unpickling them)") from None
-    except Exception as exc:
-        raise ModelFileError(f"{path}: not a readable cream checkpoint ({exc.__class__.__name__}: "
-                             f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    payload = load_torch_file(path, "cream checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a cream checkpoint (expected format {FORMAT!r})")
     if payload.get("version") != VERSION:

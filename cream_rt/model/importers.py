@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 
 from ..errors import ModelFileError
 from .network import CamModel, create_model
+from .torchfile import load_torch_file
 
 __all__ = ["SOURCES", "ARCHITECTURES", "read_state_dict", "import_checkpoint"]
 
@@ -33,15 +33,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     (trainer checkpoints), with DataParallel's `module.` prefix removed. Never unpickles
     objects other than tensors and plain containers."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: checkpoint not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelFileError(f"{path}: not a readable torch checkpoint ({exc.__class__.__name__}; only tensors and "
-                             f"plain data are loaded)") from None
+    payload = load_torch_file(path, "torch checkpoint")
     if isinstance(payload, dict):
         for wrapper in ("state_dict", "model"):
             if isinstance(payload.get(wrapper), dict):

@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..atomic import atomic_path
 from ..errors import ModelFileError
 from .backbones import get_backbone
+from .torchfile import load_torch_file
 
 __all__ = ["RegressorConfig", "BoxRegressor", "save_regressor", "load_regressor"]
 
@@ -64,17 +65,8 @@ def save_regressor(path: str | os.PathLike, model: BoxRegressor, training: dict 
 
 def load_regressor(path: str | os.PathLike) -> BoxRegressor:
     """The regressor in eval mode; ModelFileError with one line for anything else."""
-    import warnings
-
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: regressor file not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelFileError(f"{path}: not a readable regressor file ({exc.__class__.__name__})") from None
+    payload = load_torch_file(path, "regressor file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a cream box regressor (expected format {FORMAT!r}; "
                              "`cream train-regressor` writes one)")

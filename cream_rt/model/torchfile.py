@@ -1,0 +1,33 @@
+"""Reading torch files safely: `torch.load(weights_only=True)` (tensors and plain data only,
+never arbitrary objects), torch's own warnings silenced, any failure one line naming the file."""
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelFileError
+
+__all__ = ["load_torch_file"]
+
+
+def load_torch_file(path: str | os.PathLike, what: str = "torch file") -> object:
+    """The file's content on the CPU; ModelFileError `<path>: not a readable <what> (...)`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: {what} not found")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is ours
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():
+            raise ModelFileError(f"{path}: not a readable {what} (it holds Python objects other than tensors and "
+                                 "plain data; refused without unpickling them)") from None
+        raise ModelFileError(f"{path}: not a readable {what} (not a torch file)") from None
+    except Exception as exc:
+        raise ModelFileError(f"{path}: not a readable {what} ({exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
