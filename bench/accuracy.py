@@ -287,11 +287,14 @@ def summarize(cells: list[dict]) -> dict:
         groups.setdefault((cell["preset"], cell["backbone"]), []).append(cell)
     summary = {}
     for (preset_name, backbone), group in groups.items():
+        group = sorted(group, key=lambda c: c["seed"])
         rows = {}
-        for name in group[0]["rows"]:
+        for name in dict.fromkeys(n for c in group for n in c["rows"]):  # rows some seeds lack count too
             values = [c["rows"][name] for c in group if name in c["rows"]]
             rows[name] = {k: float(np.mean([v[k] for v in values])) for k, v0 in values[0].items()
                           if isinstance(v0, (int, float))}
+            if len(values) < len(group):
+                rows[name]["seeds"] = [c["seed"] for c in group if name in c["rows"]]
         oracle_sep = rows["oracle EM T=1"]["z_inside"] - rows["oracle EM T=1"]["z_outside"]
         gain = rows["CREAM T=2"]["MaxBoxAccV2"] - rows["CAM"]["MaxBoxAccV2"]
         summary[f"{preset_name}/{backbone}"] = {
@@ -314,7 +317,8 @@ def markdown(summary: dict, command: str) -> str:
         cells = []
         for key in keys:
             r = summary[key]["rows"].get(name)
-            cells.append("" if r is None else f"{r['MaxBoxAccV2']:.1f} ({r['GT_known_Loc']:.1f})")
+            partial = "" if r is None or "seeds" not in r else " seed " + ",".join(str(s) for s in r["seeds"])
+            cells.append("" if r is None else f"{r['MaxBoxAccV2']:.1f} ({r['GT_known_Loc']:.1f}){partial}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for label, fn in (("CREAM T=2 - CAM", lambda s: f"{s['gain_T2_over_CAM']:+.1f}"),
                       ("oracle separation", lambda s: f"{s['oracle_separation']:.2f}"),
