@@ -40,10 +40,8 @@ def save_checkpoint(path: str | os.PathLike, model: CamModel, training: dict | N
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The raw checkpoint dict, validated; ModelFileError with one clear line otherwise."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: checkpoint not found")
     payload = load_torch_file(path, "cream checkpoint")
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:  # e.g. a bare state dict
         raise ModelFileError(f"{path}: not a cream checkpoint (expected format {FORMAT!r})")
     if payload.get("version") != VERSION:
         raise ModelFileError(f"{path}: checkpoint version {payload.get('version')!r} is not supported "
