@@ -213,7 +213,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
          "cream_rt.commands.export_cmd:run")
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--out", help="ONNX file to write (optional with --triton-repo)")
     p.add_argument("--mode", choices=["cream", "cam"], default="cream")
     p.add_argument("--iterations", type=ITERATIONS, default=None, help="EM steps T (default: the checkpoint's)")
     p.add_argument("--opset", type=int_in(17, 20), default=20, help="ONNX opset, 17..20 (default 20)")
@@ -238,6 +238,13 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                    help="image root for the calibration ids (default DATA/images)")
     p.add_argument("--calibration-count", type=int_in(1, 100_000), default=256,
                    help="images to calibrate on (default 256)")
+    triton = p.add_argument_group("Triton Inference Server")
+    triton.add_argument("--triton-repo", metavar="DIR",
+                        help="write DIR/<name>/config.pbtxt and DIR/<name>/1/model.onnx for Triton's onnxruntime "
+                             "backend (other models in DIR are left alone)")
+    triton.add_argument("--model-name", help="the Triton model name (default: the checkpoint's file name)")
+    triton.add_argument("--max-batch-size", type=int_in(1, 4096), default=32,
+                        help="Triton max_batch_size; dynamic batching prefers 1/4, 1/2 and all of it (default 32)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
 
@@ -258,6 +265,19 @@ def _localize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-maps", help="write <name>.npy score maps here")
     p.add_argument("--overlays", help="write overlay PNGs here")
     p.add_argument("--providers", help="comma-separated ONNX Runtime providers")
+    ray = p.add_argument_group("Ray Data (pip install 'cream-rt[ray]')")
+    ray.add_argument("--ray", action="store_true",
+                     help="run on Ray Data: --out is a folder of result shards plus manifest.json; a re-run on the "
+                          "same folder skips the inputs already written")
+    ray.add_argument("--ray-address", metavar="ADDR",
+                     help="a running Ray cluster (HOST:PORT of `ray start --head`, or auto); default: a local Ray")
+    ray.add_argument("--actors", type=int_in(1, 4096), default=2,
+                     help="ONNX Runtime actors, one session each (default 2)")
+    ray.add_argument("--actor-threads", type=int_in(1, 256), default=1,
+                     help="intra-op threads per actor (default 1)")
+    ray.add_argument("--shard-format", choices=["jsonl", "parquet"], default="jsonl",
+                     help="result shards as JSON lines (default) or Parquet")
+    ray.add_argument("--json", action="store_true", help="print the run's summary as JSON (with --ray)")
 
 
 @command("parity", "compare the eager model and its export on the same images",

@@ -16,7 +16,8 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 
 import cv2  # noqa: E402  (reads OPENCV_IO_MAX_IMAGE_PIXELS when it decodes)
 
-__all__ = ["MAX_IMAGE_PIXELS", "read_image", "as_rgb_array", "normalize", "resize_for_model", "preprocess_batch",
+__all__ = ["MAX_IMAGE_PIXELS", "read_image", "read_image_bytes", "decode_image_bytes", "as_rgb_array",
+           "normalize", "resize_for_model", "preprocess_batch",
            "train_augment"]
 
 try:  # silent: a bad image is reported once, as that image's error
@@ -28,23 +29,34 @@ except AttributeError:  # OpenCV built without the logging module
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to RGB uint8 `(H,W,3)`; ImageReadError names the file otherwise
     (missing, unreadable, truncated, too large, not an image)."""
+    return decode_image_bytes(read_image_bytes(path), path)
+
+
+def read_image_bytes(path: str | os.PathLike) -> np.ndarray:
+    """The file's bytes as uint8; ImageReadError if it is missing or unreadable."""
     if not os.path.isfile(path):
         raise ImageReadError(f"{path}: image file not found")
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)
+        return np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot read ({(exc.strerror or str(exc)).lower()})") from None
+
+
+def decode_image_bytes(data: np.ndarray | bytes, name: str | os.PathLike) -> np.ndarray:
+    """Encoded image bytes -> RGB uint8 `(H,W,3)`; ImageReadError naming `name` if they are
+    truncated, corrupt, too large or not an image (the same lines as `read_image`)."""
+    data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     truncated = _truncation(data)
     if truncated:
-        raise ImageReadError(f"{path}: {truncated}")
+        raise ImageReadError(f"{name}: {truncated}")
     try:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     except cv2.error as exc:
         too_large = "MAX_IMAGE_PIXELS" in str(exc) or "validateInputImageSize" in str(exc)
         reason = f"larger than {MAX_IMAGE_PIXELS} pixels (CREAM_MAX_IMAGE_PIXELS)" if too_large else "cannot decode"
-        raise ImageReadError(f"{path}: {reason}") from None
+        raise ImageReadError(f"{name}: {reason}") from None
     if img is None or img.size == 0:
-        raise ImageReadError(f"{path}: not a decodable image")
+        raise ImageReadError(f"{name}: not a decodable image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

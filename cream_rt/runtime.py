@@ -14,7 +14,7 @@ import numpy as np
 from .boxes import PAS_THETA, boxes_at_threshold, fractions_to_box, quantize, reference_level
 from .errors import CreamError, ImageReadError, ModelFileError
 from .manifest import MANIFEST_KEY, Manifest
-from .preprocess import as_rgb_array, preprocess_batch
+from .preprocess import as_rgb_array, decode_image_bytes, preprocess_batch
 
 __all__ = ["DEFAULT_PROVIDERS", "make_session", "read_manifest", "class_id_array", "OnnxPredictor", "Localization",
            "softmax", "map_boxes", "scale_boxes", "decode_ahead", "decode_or_error", "Localizer", "load"]
@@ -24,14 +24,15 @@ DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUE
 
 
 def make_session(path: str, providers: Sequence[str] | None = None, threads: int | None = None,
-                 spinning: bool = True):
+                 spinning: bool = True, data: bytes | None = None):
     """An ONNX Runtime session tuned for throughput: all graph optimisations, one intra-op
     thread per core, the best available providers (TensorRT, CUDA, CPU) unless given. Without
     `spinning`, idle intra-op threads sleep instead of spinning between runs, leaving the cores
-    to the caller's own work (decoding, boxes) at the cost of a slower wake-up."""
+    to the caller's own work (decoding, boxes) at the cost of a slower wake-up. With `data`, the
+    model is those bytes (a Ray actor's copy) and `path` only names it in errors."""
     import onnxruntime as ort
 
-    if not os.path.isfile(path):
+    if data is None and not os.path.isfile(path):
         raise ModelFileError(f"{path}: model file not found")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -44,7 +45,7 @@ def make_session(path: str, providers: Sequence[str] | None = None, threads: int
     if not chosen:
         raise CreamError(f"none of the providers {list(providers or [])} is available; have {sorted(available)}")
     try:
-        return ort.InferenceSession(path, options, providers=chosen)
+        return ort.InferenceSession(path if data is None else data, options, providers=chosen)
     except Exception as exc:  # corrupt protobuf, unknown op, truncated file
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
         raise ModelFileError(f"{path}: not a loadable ONNX model ({first})") from None
@@ -213,10 +214,11 @@ def decode_ahead(images: Sequence, batch_size: int, depth: int = 3) -> Iterator[
         thread.join(timeout=10)  # at most one image's decode; a stuck read must not block the exit
 
 
-def decode_or_error(image) -> np.ndarray | CreamError:
-    """The decoded RGB array, or the error that names why this one image failed."""
+def decode_or_error(image, data: np.ndarray | bytes | None = None) -> np.ndarray | CreamError:
+    """The decoded RGB array, or the error that names why this one image failed; with `data`,
+    those bytes (already read from the path `image`) are decoded."""
     try:
-        return as_rgb_array(image)
+        return as_rgb_array(image) if data is None else decode_image_bytes(data, image)
     except CreamError as exc:
         return exc
     except (OSError, ValueError, MemoryError) as exc:

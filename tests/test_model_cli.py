@@ -123,10 +123,11 @@ def test_bad_checkpoints(tmp_path, tiny, capsys):
     assert "not a cream checkpoint" in capsys.readouterr().err
 
 
-def test_runtime_import_does_not_import_torch():
-    code = "import sys, cream_rt, cream_rt.metrics, cream_rt.evaluate, cream_rt.cli; print('torch' in sys.modules)"
+def test_runtime_import_does_not_import_torch_or_ray():
+    code = ("import sys, cream_rt, cream_rt.metrics, cream_rt.evaluate, cream_rt.cli, cream_rt.runtime, "
+            "cream_rt.ray_localize, cream_rt.shards; print(sorted({'torch', 'ray', 'pyarrow'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"
 
 
 def test_every_subcommand_has_help():

@@ -24,10 +24,11 @@ from cream_rt.model.network import CamModel, create_model
 from cream_rt.progress import progress
 from cream_rt.scoring import SplitScorer
 
+from . import distributed
 from .data import WsolImages
 
 __all__ = ["training_splits", "TrainConfig", "class_names_for", "check_images_exist", "seed_everything", "param_groups",
-           "evaluate_split", "train", "train_epoch", "recalibrate_batchnorm", "fit_embeddings"]
+           "evaluate_split", "train", "train_epoch", "TrainStep", "recalibrate_batchnorm", "fit_embeddings"]
 
 
 @dataclass
@@ -123,6 +124,28 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
     """Train a CAM model with context-embedding learning; returns the training record."""
     config, cream = config or TrainConfig(), cream or CreamConfig()
     image_root, meta_root, train_meta, val_meta = training_splits(data, images, metadata)
+    ctx = distributed.from_environment(config.device)  # torchrun: join the job; otherwise one process
+    if ctx.enabled:
+        config = dataclasses.replace(config, device=ctx.device)
+        log = log if ctx.is_main else (lambda line: None)
+    try:
+        return _train(backbone, config, cream, image_root, meta_root, train_meta, val_meta, out, input_size,
+                      large_feature_map, tap, nwc, resume, log, pas, ctx)
+    except (torch.distributed.DistError, RuntimeError) as exc:
+        if not ctx.enabled or isinstance(exc, CreamError):
+            raise
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+        raise CreamError(f"rank {ctx.rank} of {ctx.world_size}: the job lost a process ({first}); resume from the "
+                         "last checkpoint with --resume") from None
+    finally:
+        if ctx.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(backbone: str, config: TrainConfig, cream: CreamConfig, image_root: Path, meta_root: Path,
+           train_meta: SplitMetadata, val_meta: SplitMetadata | None, out: str, input_size: int | None,
+           large_feature_map: bool, tap: bool, nwc: bool, resume: str | None, log, pas: bool,
+           ctx: distributed.Distributed) -> dict:
     seed_everything(config.seed)
     get_backbone(backbone)  # an unknown name fails before any work
     model, start_epoch, history, payload = _initial_model(backbone, meta_root, train_meta, config, cream, input_size,
@@ -139,20 +162,34 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
     data_set = WsolImages(train_meta, image_root, cfg.input_size, cfg.mean, cfg.std, train=True, seed=config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     loss_fn = torch.nn.CrossEntropyLoss()
+    step = TrainStep(model)
+    if ctx.enabled:  # gradients averaged over ranks; buffers (BN, embeddings) synced at the start, then kept
+        # identical by our own rules (gathered embedding updates, BN statistics averaged per epoch)
+        step = torch.nn.parallel.DistributedDataParallel(
+            step, device_ids=[ctx.local_rank] if ctx.device.startswith("cuda") else None,
+            forward_sync_buffers=False)
+        if len(data_set) < config.batch_size * ctx.world_size:
+            raise CreamError(f"{meta_root / 'train'}: {len(data_set)} images are fewer than one global batch "
+                             f"({config.batch_size} x {ctx.world_size} processes)")
     started = time.time()
     for epoch in range(start_epoch, config.epochs):
         decay = 0.1 ** sum(epoch >= e for e in config.lr_decay_epochs)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * decay
         data_set.epoch = epoch
-        generator.manual_seed(config.seed * 1000 + epoch)
-        loader = torch.utils.data.DataLoader(data_set, batch_size=config.batch_size, shuffle=True,
-                                             generator=generator, num_workers=config.workers, drop_last=True)
+        loader = _epoch_loader(data_set, config, epoch, generator, ctx)
         total, correct, loss_sum = train_epoch(model, loader, optimizer, loss_fn, config.device,
-                                               f"epoch {epoch + 1}/{config.epochs}")
+                                               f"epoch {epoch + 1}/{config.epochs}", step, ctx)
         recalibrate_batchnorm(model, loader, config.bn_batches, config.device)
+        distributed.average_batchnorm(model, ctx)
+        total, correct, loss_sum = distributed.sum_over_ranks([total, correct, loss_sum], ctx)
         record = {"epoch": epoch + 1, "loss": loss_sum / max(total, 1), "train_acc": 100.0 * correct / max(total, 1),
                   "seconds": round(time.time() - started, 1)}
+        if ctx.enabled:
+            record.update({"processes": ctx.world_size, "backend": ctx.backend,
+                           "embeddings_max_diff_across_ranks": distributed.embeddings_spread(model, ctx)})
+        if not ctx.is_main:  # validation and the checkpoint are rank 0's
+            continue
         if val_meta is not None:
             metrics = evaluate_split(model, val_meta, image_root, {"cam": ("cam", 0), "cream": ("cream", None)},
                                      config.batch_size, device=config.device)
@@ -164,8 +201,41 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
         training = {"epoch": epoch + 1, "history": history, "train_config": _jsonable(config),
                     "data": str(meta_root), "torch": str(torch.__version__), "python": platform.python_version(),
                     "machine": platform.machine(), "command": " ".join(sys.argv)}
+        if ctx.enabled:
+            training["distributed"] = {"processes": ctx.world_size, "backend": ctx.backend,
+                                       "batch_size_per_process": config.batch_size}
         save_checkpoint(out, model, training, optimizer.state_dict())
+    if ctx.enabled:
+        torch.distributed.barrier()  # every rank ends after rank 0 has written the last checkpoint
     return {"history": history, "checkpoint": os.fspath(out)}
+
+
+class TrainStep(torch.nn.Module):
+    """(features, logits) of a batch: the forward pass DistributedDataParallel wraps, so that
+    its gradient hooks see the backbone and the classifier."""
+
+    def __init__(self, model: CamModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.features(x)
+        return features, self.model.logits(features)
+
+
+def _epoch_loader(data_set, config: TrainConfig, epoch: int, generator: torch.Generator,
+                  ctx: distributed.Distributed):
+    """The epoch's shuffled batches: one process shuffles with its seeded generator; under
+    torchrun a DistributedSampler gives each rank every world_size-th image of one permutation."""
+    if not ctx.enabled:
+        generator.manual_seed(config.seed * 1000 + epoch)
+        return torch.utils.data.DataLoader(data_set, batch_size=config.batch_size, shuffle=True,
+                                           generator=generator, num_workers=config.workers, drop_last=True)
+    sampler = torch.utils.data.DistributedSampler(data_set, ctx.world_size, ctx.rank, shuffle=True,
+                                                  seed=config.seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    return torch.utils.data.DataLoader(data_set, batch_size=config.batch_size, sampler=sampler,
+                                       num_workers=config.workers, drop_last=True)
 
 
 def _initial_model(backbone: str, meta_root: Path, train_meta: SplitMetadata, config: TrainConfig,
@@ -196,20 +266,24 @@ def _initial_model(backbone: str, meta_root: Path, train_meta: SplitMetadata, co
     return model, 0, [], {}
 
 
-def train_epoch(model: CamModel, loader, optimizer, loss_fn, device: str, desc: str) -> tuple[int, int, float]:
+def train_epoch(model: CamModel, loader, optimizer, loss_fn, device: str, desc: str,
+                step: torch.nn.Module | None = None,
+                ctx: distributed.Distributed | None = None) -> tuple[int, int, float]:
     """One pass over `loader`: SGD step and context-embedding update per batch; returns
-    (images seen, correctly classified, summed loss)."""
+    (images seen, correctly classified, summed loss) of this process. Under torchrun `step` is
+    the DistributedDataParallel forward and the embedding update is gathered over ranks."""
+    ctx = ctx or distributed.Distributed(device=device)
+    step = step or TrainStep(model)
     model.train()
     total, correct, loss_sum = 0, 0, 0.0
-    for x, y in progress(loader, desc, unit="batch"):
+    for x, y in progress(loader, desc, unit="batch", enabled=None if ctx.is_main else False):
         x, y = x.to(device), y.to(device)
-        features = model.features(x)
-        logits = model.logits(features)
+        features, logits = step(x)
         loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        model.update_embeddings(features, y)
+        distributed.update_embeddings(model, features, y, ctx)
         total += len(y)
         correct += int((logits.argmax(1) == y).sum())
         loss_sum += float(loss.detach()) * len(y)

@@ -3,18 +3,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
 from dataclasses import asdict
+from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> int:
     from ..atomic import check_output_file
     from ..errors import CreamError
-    from ..export.onnx_export import export_checkpoint
 
-    check_output_file(args.out, "--out")
+    if not args.out and not args.triton_repo:
+        raise CreamError("export: give --out FILE.onnx, --triton-repo DIR, or both")
+    if args.out:
+        check_output_file(args.out, "--out")
+    if args.triton_repo:
+        from ..export.triton_repo import check_repository, model_name_for
+
+        args.model_name = args.model_name or model_name_for(args.checkpoint)
+        check_repository(args.triton_repo, args.model_name)
+        if args.fused or args.trt:
+            raise CreamError("--triton-repo serves a standard-op export on Triton's onnxruntime backend; it does not "
+                             "combine with --fused or --trt")
     if args.trt:
         check_output_file(args.trt, "--trt")
-    if args.trt:
         from ..export.tensorrt_build import import_tensorrt
 
         import_tensorrt()  # fail before exporting when TensorRT is missing
@@ -31,29 +43,47 @@ def run(args: argparse.Namespace) -> int:
                              "--calibration-image-root DIR (images to calibrate the int8 ranges on)")
         if args.calibration_count < 1:
             raise CreamError(f"--calibration-count must be at least 1, got {args.calibration_count}")
-        return _export_int8(args)
     if args.regressor and (args.int8 or args.fused):
         raise CreamError("--regressor goes with a standard fp32 export (not --int8 or --fused)")
-    manifest = export_checkpoint(args.checkpoint, args.out, args.mode, args.iterations, args.opset,
+    if args.out:
+        return _export(args, args.out)
+    with tempfile.TemporaryDirectory() as tmp:  # --triton-repo alone: the graph goes only there
+        return _export(args, str(Path(tmp) / "model.onnx"))
+
+
+def _export(args: argparse.Namespace, out: str) -> int:
+    from ..export.onnx_export import export_checkpoint
+
+    if args.int8:
+        return _export_int8(args, out)
+    manifest = export_checkpoint(args.checkpoint, out, args.mode, args.iterations, args.opset,
                                  args.external_data, args.fused, args.regressor)
+    if args.triton_repo:
+        _write_triton(args, out)
     if args.trt:
         from ..export.tensorrt_build import build_engine
 
-        built = build_engine(args.out, args.trt, args.fp16, tuple(args.batch_profile), args.timing_cache)
+        built = build_engine(out, args.trt, args.fp16, tuple(args.batch_profile), args.timing_cache)
         print(f"wrote TensorRT engine {built['engine']} (fp16={built['fp16']}, batch {built['batch_profile']})")
     if args.json:
         print(json.dumps(asdict(manifest), indent=2))
-    else:
-        print(f"wrote {args.out}: {manifest.backbone}, mode {manifest.mode}, T={manifest.iterations}, "
+    elif args.out:
+        print(f"wrote {out}: {manifest.backbone}, mode {manifest.mode}, T={manifest.iterations}, "
               f"input {manifest.input_size}x{manifest.input_size}, {len(manifest.class_names)} classes")
     return 0
 
 
-def _export_int8(args: argparse.Namespace) -> int:
-    """Export fp32 to a temporary file, then quantize its convolutions into `--out`."""
-    import tempfile
-    from pathlib import Path
+def _write_triton(args: argparse.Namespace, onnx_path: str) -> None:
+    from ..export.triton_repo import write_repository
 
+    written = write_repository(onnx_path, args.triton_repo, args.model_name, args.max_batch_size)
+    print(f"wrote Triton model {written['model']} in {written['repository']} (max_batch_size "
+          f"{written['max_batch_size']}); serve it with: tritonserver --model-repository {written['repository']}",
+          file=sys.stderr if args.json else sys.stdout)
+
+
+def _export_int8(args: argparse.Namespace, out: str) -> int:
+    """Export fp32 to a temporary file, then quantize its convolutions into `out`."""
     from ..export.onnx_export import export_checkpoint
     from ..export.quantize import calibration_batches, quantize_export, split_images
     from ..metadata import split_paths
@@ -64,12 +94,14 @@ def _export_int8(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = str(Path(tmp) / "fp32.onnx")
         manifest = export_checkpoint(args.checkpoint, fp32, args.mode, args.iterations, args.opset)
-        report = quantize_export(fp32, args.out, calibration_batches(paths, manifest.input_size, manifest.mean,
+        report = quantize_export(fp32, out, calibration_batches(paths, manifest.input_size, manifest.mean,
                                                                      manifest.std))
+    if args.triton_repo:
+        _write_triton(args, out)
     if args.json:
         manifest.precision = "int8"
         print(json.dumps({**asdict(manifest), "quantization": report}, indent=2))
-    else:
-        print(f"wrote {args.out}: {manifest.backbone}, mode {manifest.mode}, T={manifest.iterations}, int8 "
+    elif args.out:
+        print(f"wrote {out}: {manifest.backbone}, mode {manifest.mode}, T={manifest.iterations}, int8 "
               f"convolutions ({report['quantized_convs']}) calibrated on {report['calibration_images']} images")
     return 0

@@ -66,6 +66,11 @@ def resolve_threshold(value: str | None) -> float | None:
 def run(args: argparse.Namespace) -> int:
     from ..runtime import Localizer
 
+    if args.ray:
+        return run_ray(args)
+    ray_only = [flag for flag, value in (("--ray-address", args.ray_address), ("--json", args.json)) if value]
+    if ray_only:
+        raise CreamError(f"{ray_only[0]} goes with --ray")
     check_output_file(args.out, "--out")
     for flag, folder in (("--save-maps", args.save_maps), ("--overlays", args.overlays)):
         if folder:
@@ -88,6 +93,32 @@ def run(args: argparse.Namespace) -> int:
     print(f"localized {len(records) - failures} of {len(records)} images -> {args.out}"
           + (f" ({failures} failed)" if failures else ""), file=sys.stderr)
     return 1 if failures else 0
+
+
+def run_ray(args: argparse.Namespace) -> int:
+    """`--ray`: the same records through Ray Data, as shards in the folder --out."""
+    from ..progress import progress_enabled
+    from ..ray_localize import import_ray, localize_ray
+    from .output import print_json
+
+    unsupported = [flag for flag, value in (("--save-maps", args.save_maps), ("--overlays", args.overlays),
+                                            ("--format coco", args.format == "coco"),
+                                            ("--providers", args.providers)) if value]
+    if unsupported:
+        raise CreamError(f"{unsupported[0]} is not available with --ray (it writes record shards only)")
+    import_ray()  # one line saying how to install it, before any work
+    paths = collect_inputs(args.inputs, args.images)
+    summary = localize_ray([str(p) for p in paths], args.model, args.out, address=args.ray_address,
+                           actors=args.actors, batch_size=args.batch_size, threads=args.actor_threads,
+                           threshold=resolve_threshold(args.threshold), all_contours=args.all_contours,
+                           shard_format=args.shard_format, show_progress=progress_enabled(),
+                           log=lambda line: print(line, file=sys.stderr))
+    if args.json:
+        print_json(summary)
+    print(f"localized {summary['written'] - summary['errors']} of {summary['written']} images -> {args.out} "
+          f"({summary['skipped']} already done, {summary['images_per_s']} img/s)"
+          + (f" ({summary['errors']} failed)" if summary["errors"] else ""), file=sys.stderr)
+    return 1 if summary["errors"] else 0
 
 
 def localize_all(localizer, paths: list[Path], batch_size: int, maps_dir: Path | None,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .output import print_json
@@ -32,6 +33,6 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     record = run_train(args.backbone, args.data, args.out, args.images, args.metadata, config, cream,
                        args.input_size, args.large_feature_map, args.tap, args.nwc, args.resume, log, pas=args.pas)
-    if args.json:
+    if args.json and os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 speaks for the job
         print_json(record)
     return 0

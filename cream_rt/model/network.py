@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -10,7 +11,18 @@ from .backbones import get_backbone, load_imagenet_weights
 from .config import ModelConfig
 from .em import l2_normalize, minmax, reactivate, score_maps
 
-__all__ = ["CamModel", "create_model"]
+__all__ = ["CamModel", "create_model", "EmbeddingStatistics"]
+
+
+class EmbeddingStatistics(NamedTuple):
+    """Per sample of a batch: label, foreground and background mean features `(B,K)`, and
+    whether each mask was non-empty."""
+
+    labels: torch.Tensor
+    fg: torch.Tensor
+    bg: torch.Tensor
+    has_fg: torch.Tensor
+    has_bg: torch.Tensor
 
 
 def create_model(backbone: str, num_classes: int, pretrained: bool | str = False, **config) -> "CamModel":
@@ -115,8 +127,14 @@ class CamModel(nn.Module):
         V[y] <- lambda V[y] + (1 - lambda) f, for the foreground {minmax(CAM_y) >= tau} and the
         background means of the raw (or, with feature_mean "unit", L2-normalised) features; a
         side with an empty mask is skipped."""
+        self.apply_embedding_statistics(self.embedding_statistics(features, labels))
+
+    @torch.no_grad()
+    def embedding_statistics(self, features: torch.Tensor, labels: torch.Tensor) -> EmbeddingStatistics:
+        """Each sample's foreground and background feature means and whether its masks are
+        non-empty: all the momentum update needs, so that data-parallel ranks can gather them
+        and apply one update in one order (`apply_embedding_statistics`)."""
         features = features.detach().float()
-        b, k = features.shape[:2]
         cam = minmax(self.cam(features, labels).flatten(1), (1,))
         flat = features.flatten(2)  # (B,K,N)
         if self.config.cream.feature_mean == "unit":
@@ -126,9 +144,14 @@ class CamModel(nn.Module):
         n_fg, n_bg = fg.sum(1), bg.sum(1)
         f_fg = torch.einsum("bkn,bn->bk", flat, fg) / n_fg.clamp(min=1).unsqueeze(1)
         f_bg = torch.einsum("bkn,bn->bk", flat, bg) / n_bg.clamp(min=1).unsqueeze(1)
+        return EmbeddingStatistics(labels.detach().long(), f_fg, f_bg, n_fg > 0, n_bg > 0)
+
+    @torch.no_grad()
+    def apply_embedding_statistics(self, stats: EmbeddingStatistics) -> None:
+        """The momentum updates of `stats`, sample by sample in their order."""
         lam = self.config.cream.momentum
-        for i, y in enumerate(labels.tolist()):
-            if n_fg[i] > 0:
-                self.embeddings[y, 0] = lam * self.embeddings[y, 0] + (1 - lam) * f_fg[i]
-            if n_bg[i] > 0:
-                self.embeddings[y, 1] = lam * self.embeddings[y, 1] + (1 - lam) * f_bg[i]
+        for i, y in enumerate(stats.labels.tolist()):
+            if stats.has_fg[i]:
+                self.embeddings[y, 0] = lam * self.embeddings[y, 0] + (1 - lam) * stats.fg[i]
+            if stats.has_bg[i]:
+                self.embeddings[y, 1] = lam * self.embeddings[y, 1] + (1 - lam) * stats.bg[i]

@@ -1,0 +1,112 @@
+"""Data-parallel training under torchrun: the process group (gloo on CPU, nccl on GPU), the
+gathered context-embedding update that keeps every rank's embeddings identical, and the
+BatchNorm statistics averaged over ranks. One process (no torchrun) is world size 1 and none
+of this runs."""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from cream_rt.errors import CreamError
+from cream_rt.model.network import CamModel, EmbeddingStatistics
+
+__all__ = ["Distributed", "from_environment", "gather_statistics", "update_embeddings", "average_batchnorm",
+           "embeddings_spread", "sum_over_ranks"]
+
+TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("CREAM_DDP_TIMEOUT", 600)))
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job: rank, world size, local rank, backend and device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str = ""
+    device: str = "cpu"
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def from_environment(device: str) -> Distributed:
+    """The torchrun environment (WORLD_SIZE, RANK, LOCAL_RANK) joined as a process group, or
+    world size 1. On CUDA each process takes the GPU of its local rank."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise CreamError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (set by torchrun)") from None
+    if world <= 1:
+        return Distributed(device=device)
+    cuda = device.startswith("cuda")
+    if cuda:
+        if torch.cuda.device_count() <= local:
+            raise CreamError(f"rank {rank}: local rank {local} has no GPU ({torch.cuda.device_count()} visible)")
+        device = f"cuda:{local}"
+        torch.cuda.set_device(local)
+    backend = "nccl" if cuda else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=TIMEOUT)
+    return Distributed(rank, world, local, backend, device)
+
+
+def gather_statistics(stats: EmbeddingStatistics, ctx: Distributed) -> EmbeddingStatistics:
+    """Every rank's per-sample statistics, concatenated in rank order (the same on every rank).
+    Ranks hold equal batch sizes (drop_last), as all_gather needs."""
+    if not ctx.enabled:
+        return stats
+    fields = []
+    for tensor in stats:
+        parts = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        fields.append(torch.cat(parts))
+    return EmbeddingStatistics(*fields)
+
+
+def update_embeddings(model: CamModel, features: torch.Tensor, labels: torch.Tensor, ctx: Distributed) -> None:
+    """The context-embedding update of one global batch: rank 0's samples, then rank 1's, ...,
+    each with the one-process rule, applied alike on every rank."""
+    model.apply_embedding_statistics(gather_statistics(model.embedding_statistics(features, labels), ctx))
+
+
+def average_batchnorm(model: torch.nn.Module, ctx: Distributed) -> None:
+    """BatchNorm running means and variances averaged over ranks: with each rank's plain average
+    over its own batches (precise BN), this is the plain average over all ranks' batches."""
+    if not ctx.enabled:
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            for buffer in (module.running_mean, module.running_var):
+                dist.all_reduce(buffer)
+                buffer /= ctx.world_size
+
+
+def embeddings_spread(model: CamModel, ctx: Distributed) -> float:
+    """The largest absolute difference between any rank's embeddings and rank 0's (0.0 when
+    they are identical, as the gathered update guarantees)."""
+    if not ctx.enabled:
+        return 0.0
+    parts = [torch.empty_like(model.embeddings) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, model.embeddings.contiguous())
+    return max(float((p - parts[0]).abs().max()) for p in parts)
+
+
+def sum_over_ranks(values: list[float], ctx: Distributed) -> list[float]:
+    """Each value summed over ranks (the epoch's images, hits and loss of the whole job)."""
+    if not ctx.enabled:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
