@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -152,12 +154,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
+def ray_head():
     """`ray start --head` on 127.0.0.1 as a cluster user starts it, stopped by ending its
     `--block` process (which stops only this head, not other Ray instances)."""
     port = _free_port()
     ray_cli = Path(sys.executable).with_name("ray")
-    temp = tmp_path_factory.mktemp("rayhead")
+    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     # token authentication, set the same on the head and every client as Ray's docs ask; the
     # token is this test's own, not ~/.ray/auth_token
     AUTH.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
@@ -184,6 +186,7 @@ def ray_head(tmp_path_factory):
         head.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_cluster_by_address_and_resume_after_kill(inputs, ray_head, tmp_path):
