@@ -143,3 +143,24 @@ def test_killed_rank_ends_the_job_with_an_error(data, tmp_path):
     assert "cream_rt/" not in err and "cream_rt\\" not in err, err[-3000:]
     assert any(line.startswith("cream: ") for line in err.splitlines()), err[-3000:]
     torch.load(out, weights_only=True)  # the last checkpoint is whole
+
+
+def test_fewer_images_than_one_global_batch_is_one_line_per_rank(data, tmp_path):
+    result = subprocess.run(torchrun("--data", data, "--out", tmp_path / "m.pt", "--epochs", "1", "--batch-size", "32",
+                                     "--input-size", "64"),
+                            capture_output=True, text=True, timeout=300, env=DDP_ENV)
+    assert result.returncode != 0
+    # each rank says it once (the two lines may interleave on a shared stderr)
+    assert result.stderr.count("cream: error:") == 2, result.stderr[-2000:]
+    assert result.stderr.count("fewer than one global batch (32 x 2 processes)") == 2, result.stderr[-2000:]
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_broken_torchrun_environment_is_one_line(data, tmp_path):
+    from cli_helpers import assert_one_error
+
+    env = {**DDP_ENV, "WORLD_SIZE": "two", "RANK": "0", "LOCAL_RANK": "0"}
+    result = subprocess.run([sys.executable, "-m", "cream_rt.train", "--data", str(data), "--out",
+                             str(tmp_path / "m.pt"), "--epochs", "1"], capture_output=True, text=True, timeout=120,
+                            env=env)
+    assert_one_error(result, "WORLD_SIZE")
