@@ -191,7 +191,15 @@ def localize_ray(paths: Sequence[str | os.PathLike], model: str, out: str | os.P
     check_address(address)  # before anything is written
     data, sha = _model_bytes(model)
     manifest = read_manifest(make_session(str(model), ["CPUExecutionProvider"], 1, data=data), str(model))
-    folder = ShardFolder(out, shard_format, sha, str(model))
+    with ShardFolder(out, shard_format, sha, str(model)) as folder:
+        return _localize_into(folder, paths, data, str(model), manifest, address, actors, batch_size, threads,
+                              threshold, all_contours, num_cpus, show_progress, log)
+
+
+def _localize_into(folder: ShardFolder, paths: Sequence, data: bytes, model: str, manifest, address: str | None,
+                   actors: int, batch_size: int, threads: int, threshold, all_contours: bool, num_cpus: int | None,
+                   show_progress: bool, log) -> dict:
+    """Skip what the folder holds, run the pipeline on the rest, record the run."""
     done = folder.done()
     todo = []
     for path in map(str, paths):
@@ -213,13 +221,14 @@ def localize_ray(paths: Sequence[str | os.PathLike], model: str, out: str | os.P
         complete = False
         try:
             if todo:
-                written, errors = _run_pipeline(ray, todo, data, str(model), manifest, folder, actors, batch_size,
+                written, errors = _run_pipeline(ray, todo, data, model, manifest, folder, actors, batch_size,
                                                 threads, threshold, all_contours, show_progress, log)
             complete = True
         finally:
             seconds = time.perf_counter() - started
             folder.finish({"complete": complete, "written": written, "errors": errors, "seconds": round(seconds, 3)})
-    return {"out": os.fspath(out), "inputs": len(paths), "skipped": skipped, "written": written, "errors": errors,
+    return {"out": os.fspath(folder.folder), "inputs": len(paths), "skipped": skipped, "written": written,
+            "errors": errors,
             "seconds": round(seconds, 3), "images_per_s": round(written / seconds, 2) if written and seconds else 0.0,
             "shards": len(folder.manifest["shards"]), "complete": complete}
 

@@ -41,6 +41,7 @@ class ShardFolder:
         self.folder, self.format, self.model_sha256 = Path(folder), fmt, model_sha256
         self.manifest_path = self.folder / MANIFEST_NAME
         self.manifest = self._open(model)
+        self._lock = self._take_lock()
         self.run = len(self.manifest["runs"])
         self._sequence = 0
         self._last_manifest = 0.0
@@ -74,6 +75,32 @@ class ShardFolder:
             raise OutputError(f"--out {self.folder}: cannot create the folder ({exc.strerror})") from None
         return {"format": SHARDS_FORMAT, "version": SHARDS_VERSION, "model": model, "model_sha256": self.model_sha256,
                 "shard_format": self.format, "shards": [], "runs": []}
+
+    def _take_lock(self):
+        """An exclusive lock on `DIR/.lock` for this writer's life: two runs on one folder would
+        pick the same shard names. Released when the process ends, however it ends."""
+        import fcntl
+
+        handle = open(self.folder / ".lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise OutputError(f"--out {self.folder}: another `cream localize --ray` is writing to this folder") \
+                from None
+        return handle
+
+    def close(self) -> None:
+        """Release the folder's lock."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> "ShardFolder":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def shard_files(self) -> list[Path]:
         """Every complete shard on disk (listed in the manifest or written after its last update)."""

@@ -101,7 +101,7 @@ def test_ray_records_equal_single_process(inputs, local_ray, tmp_path, shard_for
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and manifest["rows"] == len(inputs["paths"]) and manifest["errors"] == 4
     assert all(s["file"].endswith(shard_format) for s in manifest["shards"])
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".lock"]  # no temporary file left
 
 
 def test_resume_redoes_only_missing_shards(inputs, local_ray, tmp_path):
@@ -136,6 +136,16 @@ def test_folder_of_another_model_or_not_ours_is_refused(inputs, local_ray, tiny,
                      "not a cream localize --ray folder")
     assert_one_error(run("localize", inputs["listing"], "--model", inputs["model"], "--out", out, "--ray",
                          "--overlays", tmp_path / "ov"), "--overlays", "--ray")
+
+
+def test_second_writer_on_one_folder_is_refused(inputs, local_ray, tmp_path):
+    from cream_rt.ray_localize import _model_bytes
+    from cream_rt.shards import ShardFolder
+
+    _, sha = _model_bytes(str(inputs["model"]))
+    with ShardFolder(tmp_path / "out", "jsonl", sha, str(inputs["model"])):  # a run in progress
+        assert_one_error(run("localize", inputs["listing"], "--model", inputs["model"], "--out", tmp_path / "out",
+                             "--ray"), "another `cream localize --ray` is writing")
 
 
 def test_api_function_beside_localizer(inputs, local_ray, tmp_path):
