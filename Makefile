@@ -17,7 +17,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@touch $(STAMP)
 
 test: setup
-	$(VPY) -m pytest -n 2 --dist loadfile -q
+	$(VPY) -m pytest -n 2 -q
 
 lint: setup
 	$(VENV)/bin/ruff check .
