@@ -18,7 +18,8 @@ from typing import IO, Any
 
 from .errors import OutputError, os_error_line
 
-__all__ = ["check_output_file", "atomic_path", "atomic_open", "write_json", "check_output_dir", "atomic_dir"]
+__all__ = ["check_output_file", "atomic_path", "atomic_open", "write_json", "check_output_dir", "atomic_dir",
+           "chmod_like_new", "process_umask"]
 
 
 def _is_special(path: Path) -> bool:
@@ -78,6 +79,7 @@ def atomic_path(path: str | os.PathLike, what: str = "output") -> Iterator[Path]
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        chmod_like_new(tmp_path, 0o666, target)
         yield tmp_path
         try:
             os.replace(tmp_path, target)
@@ -129,10 +131,34 @@ def atomic_dir(path: str | os.PathLike, what: str = "output folder") -> Iterator
     target = check_output_dir(path, what)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        chmod_like_new(staging, 0o777)
         yield staging
         _move_in(staging, target, what)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def process_umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (/proc/self/status)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def chmod_like_new(path: Path, base: int, replaces: Path | None = None) -> None:
+    """Give a temporary file or folder (mkstemp/mkdtemp make them 0600/0700) the mode a plain
+    open()/mkdir() would: the file it replaces keeps its own mode, otherwise `base` less the umask."""
+    try:
+        mode = replaces.stat().st_mode & 0o7777 if replaces is not None and replaces.is_file() else None
+    except OSError:
+        mode = None
+    os.chmod(path, mode if mode is not None else base & ~process_umask())
 
 
 def _move_in(staging: Path, target: Path, what: str) -> None:

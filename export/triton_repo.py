@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from cream_rt.atomic import chmod_like_new
 from cream_rt.errors import CreamError, OutputError
 from cream_rt.manifest import MANIFEST_KEY
 
@@ -148,6 +149,7 @@ def write_repository(onnx_path: str | os.PathLike, repo: str | os.PathLike, name
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=target.parent))
     try:
+        chmod_like_new(staging, 0o777)  # a server running as another user reads it
         (staging / "1").mkdir()
         shutil.copyfile(onnx_path, staging / "1" / "model.onnx")
         data = Path(f"{os.fspath(onnx_path)}.data")

@@ -556,3 +556,24 @@ def test_training_inputs_are_checked_before_training(world, tmp_path):
             argv += ["--data", data]
         assert_one_error(run(*argv), words)
         assert not out.exists()
+
+
+def test_outputs_get_the_mode_a_plain_write_would(world, tmp_path):
+    """Atomic writes go through mkstemp/mkdtemp (0600/0700); the results must still be readable
+    by others as a plain open() would leave them: 0666/0777 less the umask, or the replaced
+    file's own mode."""
+    from cream_rt.atomic import atomic_dir, process_umask, write_json
+
+    umask = process_umask()
+    write_json(tmp_path / "new.json", {"a": 1})
+    assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    (tmp_path / "kept.json").write_text("{}")
+    os.chmod(tmp_path / "kept.json", 0o640)
+    write_json(tmp_path / "kept.json", {"a": 2})
+    assert (tmp_path / "kept.json").stat().st_mode & 0o777 == 0o640
+    with atomic_dir(tmp_path / "maps") as staging:
+        (staging / "x.npy").write_bytes(b"")
+    assert (tmp_path / "maps").stat().st_mode & 0o777 == 0o777 & ~umask
+    run("export", "--checkpoint", world["ckpt"], "--triton-repo", tmp_path / "repo", "--model-name", "m", expect=0)
+    assert (tmp_path / "repo" / "m").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (tmp_path / "repo" / "m" / "config.pbtxt").stat().st_mode & 0o777 == 0o666 & ~umask
