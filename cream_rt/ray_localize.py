@@ -73,7 +73,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
-        raise CreamError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {first}") from None
+        hint = ""
+        if address and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            hint = " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token on this side too)"
+        raise CreamError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {first}{hint}") from None
     try:
         yield ray
     finally:
