@@ -41,7 +41,7 @@ class ShardFolder:
         self.folder, self.format, self.model_sha256 = Path(folder), fmt, model_sha256
         self.manifest_path = self.folder / MANIFEST_NAME
         self.manifest = self._open(model)
-        self._lock = self._take_lock()
+        self._lock = None  # taken by start_run, which creates the folder
         self.run = len(self.manifest["runs"])
         self._sequence = 0
         self._last_manifest = 0.0
@@ -69,10 +69,6 @@ class ShardFolder:
             if foreign:
                 raise OutputError(f"--out {self.folder}: exists and is not a cream localize --ray folder "
                                   f"(no {MANIFEST_NAME}; holds {foreign[0]})")
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"--out {self.folder}: cannot create the folder ({exc.strerror})") from None
         return {"format": SHARDS_FORMAT, "version": SHARDS_VERSION, "model": model, "model_sha256": self.model_sha256,
                 "shard_format": self.format, "shards": [], "runs": []}
 
@@ -104,7 +100,7 @@ class ShardFolder:
 
     def shard_files(self) -> list[Path]:
         """Every complete shard on disk (listed in the manifest or written after its last update)."""
-        return sorted(self.folder.glob(f"part-*.{self.format}"))
+        return sorted(self.folder.glob(f"part-*.{self.format}")) if self.folder.is_dir() else []
 
     def done(self) -> Counter:
         """How many records each input (as written in the `image` field) already has."""
@@ -129,6 +125,12 @@ class ShardFolder:
                               "redo its images") from None
 
     def start_run(self, info: dict) -> None:
+        """Create the folder if needed, lock it for this writer and record the run's start."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"--out {self.folder}: cannot create the folder ({exc.strerror})") from None
+        self._lock = self._take_lock()
         self.manifest["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info})
         self._sync_shards()
         self.write_manifest()

@@ -143,7 +143,8 @@ def test_second_writer_on_one_folder_is_refused(inputs, local_ray, tmp_path):
     from cream_rt.shards import ShardFolder
 
     _, sha = _model_bytes(str(inputs["model"]))
-    with ShardFolder(tmp_path / "out", "jsonl", sha, str(inputs["model"])):  # a run in progress
+    with ShardFolder(tmp_path / "out", "jsonl", sha, str(inputs["model"])) as running:  # a run in progress
+        running.start_run({})
         assert_one_error(run("localize", inputs["listing"], "--model", inputs["model"], "--out", tmp_path / "out",
                              "--ray"), "another `cream localize --ray` is writing")
 
