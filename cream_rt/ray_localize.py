@@ -22,7 +22,7 @@ from .errors import CreamError, ModelFileError
 from .shards import ShardFolder
 
 __all__ = ["import_ray", "check_address", "ray_session", "read_batch", "decode_batch", "LocalizeActor",
-           "localize_ray"]
+           "cpu_shares", "localize_ray"]
 
 RAY_MISSING = "--ray needs Ray Data: pip install 'cream-rt[ray]'"
 
@@ -236,6 +236,15 @@ def _localize_into(folder: ShardFolder, paths: Sequence, data: bytes, model: str
             "shards": len(folder.manifest["shards"]), "complete": complete}
 
 
+def cpu_shares(cluster_cpus: float, actors: int) -> tuple[float, float]:
+    """(CPUs per read/decode task, CPUs per actor) as Ray accounts them: the actors together hold
+    three quarters of the cluster, so that tasks always find room. Were the actors to hold it
+    all, the decode tasks would never be scheduled and the job would wait forever (seen with 2
+    actors on a 1-CPU cluster at half a CPU each)."""
+    task = min(0.25, cluster_cpus / 4)
+    return task, min(1.0, 0.75 * cluster_cpus / actors)
+
+
 def _run_pipeline(ray, todo: list[str], model_bytes: bytes, model_name: str, manifest, folder: ShardFolder,
                   actors: int, batch_size: int, threads: int, threshold, all_contours: bool, show_progress: bool,
                   log) -> tuple[int, int]:
@@ -243,14 +252,15 @@ def _run_pipeline(ray, todo: list[str], model_bytes: bytes, model_name: str, man
     from tqdm import tqdm
 
     blocks = max(1, min(len(todo) // batch_size, 10_000))
+    task_cpus, actor_cpus = cpu_shares(float(ray.cluster_resources().get("CPU", 1.0)), actors)
     dataset = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
-    dataset = dataset.map_batches(read_batch, batch_size=batch_size, num_cpus=0.5)
-    dataset = dataset.map_batches(decode_batch, batch_size=batch_size, num_cpus=0.5,
+    dataset = dataset.map_batches(read_batch, batch_size=batch_size, num_cpus=task_cpus)
+    dataset = dataset.map_batches(decode_batch, batch_size=batch_size, num_cpus=task_cpus,
                                   fn_kwargs={"input_size": manifest.input_size})
     with warnings.catch_warnings():  # max_restarts still goes through the deprecated **ray_remote_args in 2.60
         warnings.simplefilter("ignore")
         # not restarted: a crashed actor fails the run, and a re-run redoes only its batches
-        dataset = dataset.map_batches(LocalizeActor, batch_size=batch_size, num_cpus=0.5, max_restarts=0,
+        dataset = dataset.map_batches(LocalizeActor, batch_size=batch_size, num_cpus=actor_cpus, max_restarts=0,
                                       compute=ray.data.ActorPoolStrategy(size=actors),
                                       fn_constructor_kwargs={"model_ref": [ray.put(model_bytes)],
                                                              "model_name": model_name, "threshold": threshold,
