@@ -42,6 +42,7 @@ class ShardFolder:
         self.manifest_path = self.folder / MANIFEST_NAME
         self.manifest = self._open(model)
         self._lock = None  # taken by start_run, which creates the folder
+        self._read: dict[str, list[tuple[str, bool]]] = {}  # shard name -> its rows (resume reads each once)
         self.run = len(self.manifest["runs"])
         self._sequence = 0
         self._last_manifest = 0.0
@@ -110,7 +111,12 @@ class ShardFolder:
         return counts
 
     def _rows(self, shard: Path) -> list[tuple[str, bool]]:
-        """(image, is an error row) of each record of a shard."""
+        """(image, is an error row) of each record of a shard, read once per run."""
+        if shard.name not in self._read:
+            self._read[shard.name] = self._read_rows(shard)
+        return self._read[shard.name]
+
+    def _read_rows(self, shard: Path) -> list[tuple[str, bool]]:
         try:
             if self.format == "parquet":
                 import pyarrow.parquet as pq

@@ -42,7 +42,7 @@ def data(tmp_path_factory):
     return root / "data"
 
 
-def reference_training(data, epochs: int, batch: int, seed: int = 0):
+def reference_training(data, epochs: int, batch: int, seed: int = 0, update_order: tuple[int, int] = (0, 1)):
     """One process, the same global batches in the same order: per step, rank 0's and rank 1's
     batches (from the same DistributedSampler permutation) through the model separately, as
     the two DDP replicas run them (BatchNorm sees each half), the mean of the two losses, one
@@ -74,7 +74,8 @@ def reference_training(data, epochs: int, batch: int, seed: int = 0):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            model.update_embeddings(torch.cat(features), torch.cat([y for _, y in halves]))
+            model.update_embeddings(torch.cat([features[r] for r in update_order]),
+                                    torch.cat([halves[r][1] for r in update_order]))
     return model
 
 
@@ -94,8 +95,9 @@ def test_two_gloo_processes_match_one_process(data, tmp_path):
     state = payload["state_dict"]
     assert (state["embeddings"] - reference.embeddings).abs().max().item() < 1e-5
     assert (state["classifier.weight"] - reference.classifier.weight.detach()).abs().max().item() < 1e-5
-    # the update is order-sensitive: rank 1's samples first would give other embeddings
-    assert (reference.embeddings - torch.randn_like(reference.embeddings)).abs().max() > 1e-3
+    # the agreed order matters: rank 1's samples first gives other embeddings, which DDP's do not match
+    swapped = reference_training(data, epochs=2, batch=8, update_order=(1, 0))
+    assert (state["embeddings"] - swapped.embeddings).abs().max().item() > 1e-4
 
 
 def _rank_pid(parent: int, rank: int, deadline: float) -> int | None:
