@@ -271,11 +271,11 @@ def _localize_args(p: argparse.ArgumentParser) -> None:
                           "same folder skips the inputs already written")
     ray.add_argument("--ray-address", metavar="ADDR",
                      help="a running Ray cluster (HOST:PORT of `ray start --head`, or auto); default: a local Ray")
-    ray.add_argument("--actors", type=int_in(1, 4096), default=2,
+    ray.add_argument("--actors", type=int_in(1, 4096), default=None,
                      help="ONNX Runtime actors, one session each (default 2)")
-    ray.add_argument("--actor-threads", type=int_in(1, 256), default=1,
+    ray.add_argument("--actor-threads", type=int_in(1, 256), default=None,
                      help="intra-op threads per actor (default 1)")
-    ray.add_argument("--shard-format", choices=["jsonl", "parquet"], default="jsonl",
+    ray.add_argument("--shard-format", choices=["jsonl", "parquet"], default=None,
                      help="result shards as JSON lines (default) or Parquet")
     ray.add_argument("--json", action="store_true", help="print the run's summary as JSON (with --ray)")
 

@@ -137,6 +137,8 @@ def test_folder_of_another_model_or_not_ours_is_refused(inputs, local_ray, tiny,
                      "not a cream localize --ray folder")
     assert_one_error(run("localize", inputs["listing"], "--model", inputs["model"], "--out", out, "--ray",
                          "--overlays", tmp_path / "ov"), "--overlays", "--ray")
+    assert_one_error(run("localize", inputs["listing"], "--model", inputs["model"], "--out", tmp_path / "r.jsonl",
+                         "--actors", "4"), "--actors goes with --ray")
 
 
 def test_second_writer_on_one_folder_is_refused(inputs, local_ray, tmp_path):

@@ -132,7 +132,7 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
         return _train(backbone, config, cream, image_root, meta_root, train_meta, val_meta, out, input_size,
                       large_feature_map, tap, nwc, resume, log, pas, ctx)
     except (torch.distributed.DistError, RuntimeError) as exc:
-        if not ctx.enabled or isinstance(exc, CreamError):
+        if not ctx.enabled:
             raise
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
         raise CreamError(f"rank {ctx.rank} of {ctx.world_size}: the job lost a process ({first}); resume from the "

@@ -68,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.ray:
         return run_ray(args)
-    ray_only = [flag for flag, value in (("--ray-address", args.ray_address), ("--json", args.json)) if value]
+    ray_only = [flag for flag, value in (("--ray-address", args.ray_address), ("--json", args.json),
+                                         ("--actors", args.actors), ("--actor-threads", args.actor_threads),
+                                         ("--shard-format", args.shard_format)) if value]
     if ray_only:
         raise CreamError(f"{ray_only[0]} goes with --ray")
     check_output_file(args.out, "--out")
@@ -109,9 +111,9 @@ def run_ray(args: argparse.Namespace) -> int:
     import_ray()  # one line saying how to install it, before any work
     paths = collect_inputs(args.inputs, args.images)
     summary = localize_ray([str(p) for p in paths], args.model, args.out, address=args.ray_address,
-                           actors=args.actors, batch_size=args.batch_size, threads=args.actor_threads,
+                           actors=args.actors or 2, batch_size=args.batch_size, threads=args.actor_threads or 1,
                            threshold=resolve_threshold(args.threshold), all_contours=args.all_contours,
-                           shard_format=args.shard_format, show_progress=progress_enabled(),
+                           shard_format=args.shard_format or "jsonl", show_progress=progress_enabled(),
                            log=lambda line: print(line, file=sys.stderr))
     if args.json:
         print_json(summary)
