@@ -76,10 +76,15 @@ def variants() -> dict[str, Variant]:
     return rows
 
 
-# Named deviations from the paper's method (CreamConfig fields) that the suite ablates.
+# Named deviations from the default method (CreamConfig fields) that the suite ablates; the
+# default calibration is cam-mean since 2026-12-04, so the paper's rule is a row of its own.
 DEVIATIONS: dict[str, dict] = {"border=1": {"border": 1}, "calibration=none": {"calibration": "none"},
-                               "calibration=cam-mean": {"calibration": "cam-mean"},
-                               "upsample=2": {"upsample": 2}}
+                               "calibration=omega": {"calibration": "omega"},
+                               "upsample=2": {"upsample": 2},
+                               "adapt_bg=0.5": {"adapt_bg": 0.5}, "adapt_bg=1": {"adapt_bg": 1.0},
+                               "adapt_fg=0.5": {"adapt_fg": 0.5},
+                               "adapt=0.5": {"adapt_fg": 0.5, "adapt_bg": 0.5},
+                               "adapt=1": {"adapt_fg": 1.0, "adapt_bg": 1.0}}
 
 
 def masks_at(root: Path, ids: list[str], h: int, w: int) -> np.ndarray:
@@ -115,34 +120,40 @@ class CellScorer:
                         for name, row in self.rows.items()}
         # per row: sums of the final map (over its max) and of z~ inside / outside the object
         self.inside = {name: np.zeros(4) for name in self.rows}
+        # per row: sums over images of the cosine of the EM's start to the oracle's centroids (fg, bg)
+        self.start_cos = {name: np.zeros(2) for name in self.rows}
         self.pixels = np.zeros(2)  # pixels inside, outside
         self.flips = {name: 0 for name in self.rows}
         self.count = 0
 
     def maps(self, variant: Variant, features, cam, labels, masks):
         """Feature-resolution map `(B,h,w)`, its re-activation part z~ `(B,N)` (minmax(CAM) for
-        CAM) and the calibration-flip flags `(B,)` of one variant."""
+        CAM), the calibration-flip flags `(B,)` of one variant, and the cosines `(B,2)` of the EM's
+        start (fg, bg) to the oracle's centroids (None for CAM)."""
         import dataclasses
 
         import torch
 
-        from cream_rt.model.em import minmax, reactivation
+        from cream_rt.model.em import adaptive_start, l2_normalize, minmax, reactivation
 
         cfg = dataclasses.replace(self.model.config.cream, **variant.config)
         unit = cfg.feature_mean == "unit"
         b, k, h, w = features.shape
+        cam_n = minmax(cam.reshape(b, -1), (1,))
         if variant.iterations == 0:
-            cam_n = minmax(cam.reshape(b, -1), (1,))
-            return cam_n.reshape(b, h, w), cam_n, torch.zeros(b, dtype=torch.bool)
+            return cam_n.reshape(b, h, w), cam_n, torch.zeros(b, dtype=torch.bool), None
+        oracle = oracle_centroids(features, masks, unit)
         if variant.centroids == "oracle":
-            centroids = oracle_centroids(features, masks, unit)
+            centroids = oracle
         elif variant.centroids == "raw":
             centroids = self.raw_embeddings[labels]
         else:
             centroids = self.model.embeddings[labels]
+        start = adaptive_start(features.flatten(2), cam_n, centroids, cfg.tau, unit, cfg.adapt_fg, cfg.adapt_bg)
+        cos = (l2_normalize(start, 2) * l2_normalize(oracle, 2)).sum(2)
         out = reactivation(features, cam, centroids, variant.iterations, cfg.beta, cfg.tau, unit, cfg.border,
-                           cfg.calibration, cfg.upsample)
-        return out.map, out.calibrated, ~out.keep_fg.reshape(b)
+                           cfg.calibration, cfg.upsample, cfg.adapt_fg, cfg.adapt_bg)
+        return out.map, out.calibrated, ~out.keep_fg.reshape(b), cos
 
     def add(self, ids: list[str], x, labels) -> None:
         import torch
@@ -158,7 +169,9 @@ class CellScorer:
             inside, outside = masks > 0.5, masks < 0.05
             self.pixels += np.array([float(inside.sum()), float(outside.sum())])
             for name, variant in self.rows.items():
-                fmap, z, flipped = self.maps(variant, features, cam, labels, masks)
+                fmap, z, flipped, cos = self.maps(variant, features, cam, labels, masks)
+                if cos is not None:
+                    self.start_cos[name] += cos.sum(0).numpy()
                 self.scorers[name].add(ids, logits, score_maps(fmap, x.shape[-2:]).numpy())
                 if fmap.shape[-2:] != (h, w):  # a finer EM grid: statistics at feature resolution
                     pool = torch.nn.functional.adaptive_avg_pool2d
@@ -179,7 +192,9 @@ class CellScorer:
                          "MaxBoxAccV2_per_iou": m["MaxBoxAccV2_per_iou"],
                          "classification_top1": m["classification_top1"],
                          "inside": s[0] / n_in, "outside": s[1] / n_out, "z_inside": s[2] / n_in,
-                         "z_outside": s[3] / n_out, "calibration_flips": self.flips[name] / max(self.count, 1)}
+                         "z_outside": s[3] / n_out, "calibration_flips": self.flips[name] / max(self.count, 1),
+                         "start_cos_fg": self.start_cos[name][0] / max(self.count, 1),
+                         "start_cos_bg": self.start_cos[name][1] / max(self.count, 1)}
         return out
 
 
@@ -243,9 +258,10 @@ def regressor_row(ckpt: Path, data: Path, cell_dir: Path, epochs: int, seed: int
     return score_regressor(load_regressor(path), read_split(split_dir), images, 50, "cpu", logits_model=model)
 
 
-def run_cell(preset_name: str, backbone: str, seed: int, work: Path, log, regressor: bool = False) -> dict:
+def run_cell(preset_name: str, backbone: str, seed: int, work: Path, log, regressor: bool = False,
+             int8: bool = True) -> dict:
     """Synthesize, train (default CREAM settings), refit raw embeddings, score; returns the cell.
-    With `regressor`, also CREAM + box regressor."""
+    With `regressor`, also CREAM + box regressor; without `int8`, no ONNX rows."""
     from cream_rt.synth import generate, preset
     from cream_rt.train.trainer import TrainConfig, fit_embeddings, train
 
@@ -266,7 +282,7 @@ def run_cell(preset_name: str, backbone: str, seed: int, work: Path, log, regres
     if not raw.is_file():
         fit_embeddings(str(ckpt), str(data), str(raw), seed=seed, feature_mean="raw")
     rows = score_cell(ckpt, raw, data)
-    if backbone != "small-cnn":
+    if backbone != "small-cnn" and int8:
         rows.update(int8_rows(ckpt, data, cell_dir))
     if regressor:
         rows["CREAM T=2 + regressor"] = regressor_row(ckpt, data, cell_dir, recipe.epochs, seed)
@@ -305,6 +321,11 @@ def summarize(cells: list[dict]) -> dict:
     return summary
 
 
+def _cos(cell: dict, row: str) -> str:
+    r = cell["rows"].get(row, {})
+    return f"{r['start_cos_fg']:.2f} / {r['start_cos_bg']:.2f}" if "start_cos_fg" in r else ""
+
+
 def markdown(summary: dict, command: str) -> str:
     """The suite's table: MaxBoxAccV2 (GT-known) per cell and row, means over seeds."""
     keys = list(summary)
@@ -327,6 +348,9 @@ def markdown(summary: dict, command: str) -> str:
                       ("CAM in / out", lambda s: f"{s['rows']['CAM']['inside']:.2f} / "
                                                  f"{s['rows']['CAM']['outside']:.2f}"),
                       ("calibration flips T=2", lambda s: f"{100 * s['rows']['CREAM T=2']['calibration_flips']:.1f}%"),
+                      ("start cos to oracle fg / bg: learned", lambda s: _cos(s, "CREAM T=2")),
+                      ("start cos to oracle fg / bg: adapt=0.5", lambda s: _cos(s, "adapt=0.5")),
+                      ("start cos to oracle fg / bg: adapt=1", lambda s: _cos(s, "adapt=1")),
                       ("classification top-1", lambda s: f"{s['rows']['CAM']['classification_top1']:.1f}"),
                       ("target (met?)", lambda s: f"{s['target']} ({'yes' if s['target_met'] else 'NO'})"),
                       ("seeds", lambda s: ",".join(str(v) for v in s["seeds"]))):
@@ -346,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--append", action="store_true",
                         help="keep the cells already in --out (other backbones or seeds; a re-run cell is replaced); "
                              "read again before each write, so two runs may append to one file")
+    parser.add_argument("--no-int8", action="store_true", help="skip the ONNX fp32 / int8 rows of pretrained cells")
     parser.add_argument("--regressor", action="store_true",
                         help="also train CREAM's box regressor per cell (kept in the work folder) and score its boxes")
     args = parser.parse_args(argv)
@@ -367,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     for backbone in backbones:
         for preset_name in presets:
             for seed in seeds:
-                cell = run_cell(preset_name, backbone, seed, work, log, args.regressor)
+                cell = run_cell(preset_name, backbone, seed, work, log, args.regressor, not args.no_int8)
                 key = (preset_name, backbone, seed)
                 cells = [c for c in cells if (c["preset"], c["backbone"], c["seed"]) != key] + [cell]
                 # --append: merge with what --out holds now (another run may be adding cells to it)

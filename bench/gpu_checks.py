@@ -34,14 +34,19 @@ def reference_z(features: np.ndarray, centroids: np.ndarray, iterations: int, be
 
 
 def reference_map(features: np.ndarray, cam: np.ndarray, centroids: np.ndarray, iterations: int, beta: float,
-                  tau: float, unit: bool = False) -> np.ndarray:
-    """float64 z~ + minmax(CAM) (docs/method.md 3.3-3.4) on top of `reference_z`."""
+                  tau: float, unit: bool = False, calibration: str = "omega") -> np.ndarray:
+    """float64 z~ + minmax(CAM) (docs/method.md 3.3-3.4) on top of `reference_z`, with the
+    calibration rule `calibration` ("omega", "cam-mean", "none")."""
+    eps = 1e-6
     out = []
     for z, c in zip(reference_z(features, centroids, iterations, beta, unit), cam.astype(np.float64)):
         span = c.max() - c.min()
         c_n = (c - c.min()) / span if span > 0 else np.zeros_like(c)
         omega = c_n >= tau
-        keep = z[omega].sum() >= (1 - z[omega]).sum()
+        if calibration == "cam-mean":
+            keep = (z * c_n).sum() / (z.sum() + eps) >= ((1 - z) * c_n).sum() / ((1 - z).sum() + eps)
+        else:
+            keep = calibration == "none" or z[omega].sum() >= (1 - z[omega]).sum()
         out.append((z if keep else 1 - z) + c_n)
     return np.stack(out)
 
@@ -69,16 +74,19 @@ def main(out_path: str) -> int:
     result = {"gpu": torch.cuda.get_device_name(0), "torch": str(torch.__version__), "correctness": [], "bandwidth": []}
     rng = np.random.default_rng(12345)
     cases = [(1, 64, 7, 1), (3, 256, 14, 2), (2, 1024, 14, 3), (4, 2048, 28, 2), (1, 33, 5, 4)]
-    for (b, k, side, t), unit in [(case, unit) for unit in (True, False) for case in cases]:
+    runs = [(case, unit, calibration) for calibration in ("cam-mean", "omega", "none") for unit in (True, False)
+            for case in cases]
+    for (b, k, side, t), unit, calibration in runs:
         f = np.maximum(rng.normal(0, 1, (b, k, side, side)), 0).astype(np.float32)
         f[0, :, 0, :] = 0  # zero pixels
         mu = rng.random((b, 2, k)).astype(np.float32)
         cam = rng.normal(0, 1, (b, side, side)).astype(np.float32)
         z = cosine_em(torch.from_numpy(f).cuda(), torch.from_numpy(cam).cuda(), torch.from_numpy(mu).cuda(), t, 8.0,
-                      0.2, unit).cpu().numpy()
-        ref = reference_map(f, cam, mu, t, 8.0, 0.2, unit)
+                      0.2, unit, calibration).cpu().numpy()
+        ref = reference_map(f, cam, mu, t, 8.0, 0.2, unit, calibration)
         rel = float(np.linalg.norm(z - ref) / np.linalg.norm(ref))
         result["correctness"].append({"shape": [b, k, side, side], "iterations": t, "unit_mean": unit,
+                                      "calibration": calibration,
                                       "max_abs": float(np.abs(z - ref).max()), "rel_l2": rel,
                                       "finite": bool(np.isfinite(z).all())})
     # device copy bandwidth (bytes read + written)
@@ -92,7 +100,7 @@ def main(out_path: str) -> int:
         x = torch.relu(torch.randn(b, k, side, side, device="cuda"))
         mu = torch.rand(b, 2, k, device="cuda")
         cam = torch.randn(b, side, side, device="cuda")
-        ms = timed(lambda x=x, cam=cam, mu=mu: cosine_em(x, cam, mu, 2, 8.0, 0.2, True))
+        ms = timed(lambda x=x, cam=cam, mu=mu: cosine_em(x, cam, mu, 2, 8.0, 0.2, True, "cam-mean"))
         bytes_min = 2 * x.numel() * 4  # T=2: the features are read twice (E+M sums, then E)
         gbs = bytes_min / ms / 1e6
         result["bandwidth"].append({"shape": [b, k, side, side], "ms": ms, "GBps": gbs,

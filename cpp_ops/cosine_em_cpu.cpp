@@ -166,25 +166,26 @@ void em_image(const float* x, const float* mu, int64_t k, int64_t n, int64_t ite
 }
 
 // Calibration against the CAM and fusion (docs/method.md 3.3-3.4), in place: z_fg -> z~ + minmax(CAM).
-void calibrate_image(const float* cam, int64_t n, float tau, float* z) {
+void calibrate_image(const float* cam, int64_t n, float tau, int calibration, float* z) {
   float lo = cam[0], hi = cam[0];
   for (int64_t i = 1; i < n; ++i) { lo = std::min(lo, cam[i]); hi = std::max(hi, cam[i]); }
   const float span = hi - lo;
-  float s_fg = 0.f, s_bg = 0.f;
-  for (int64_t i = 0; i < n; ++i) {
-    if (cream::cam_minmax(cam[i], lo, span) >= tau) { s_fg += z[i]; s_bg += 1.f - z[i]; }
-  }
-  const bool keep = cream::keep_foreground(s_fg, s_bg);
+  cream::CalibrationSums sums{0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  for (int64_t i = 0; i < n; ++i) cream::add_cell(sums, z[i], cream::cam_minmax(cam[i], lo, span), tau);
+  const bool keep = cream::keep_foreground(sums, calibration);
   for (int64_t i = 0; i < n; ++i) z[i] = cream::fused_map(z[i], keep, cream::cam_minmax(cam[i], lo, span));
 }
 
 }  // namespace
 
 // features (B,K,h,w), cam (B,h,w), centroids (B,2,K), float32 -> z~ + minmax(CAM) (B,h,w);
-// unit_mean: the M-step averages L2-normalised features (feature_mean "unit")
+// unit_mean: the M-step averages L2-normalised features (feature_mean "unit"); calibration:
+// "omega", "cam-mean" or "none" (docs/method.md 3.3)
 torch::Tensor cosine_em_cpu(const torch::Tensor& features, const torch::Tensor& cam, const torch::Tensor& centroids,
-                            int64_t iterations, double beta, double tau, bool unit_mean) {
+                            int64_t iterations, double beta, double tau, bool unit_mean,
+                            c10::string_view calibration_name) {
   const auto in = cream::prepare_cosine_em_inputs(features, cam, centroids, iterations);
+  const int calibration = cream::calibration_code(calibration_name);
   const int64_t b = in.b, k = in.k, n = in.n;
   const float* xp = in.x.data_ptr<float>();
   const float* mp = in.mu.data_ptr<float>();
@@ -194,13 +195,13 @@ torch::Tensor cosine_em_cpu(const torch::Tensor& features, const torch::Tensor& 
   if (split) {
     for (int64_t i = 0; i < b; ++i) {
       em_image(xp + i * k * n, mp + i * 2 * k, k, n, iterations, float(beta), zp + i * n, true, unit_mean);
-      calibrate_image(cp + i * n, n, float(tau), zp + i * n);
+      calibrate_image(cp + i * n, n, float(tau), calibration, zp + i * n);
     }
   } else {
     at::parallel_for(0, b, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
         em_image(xp + i * k * n, mp + i * 2 * k, k, n, iterations, float(beta), zp + i * n, false, unit_mean);
-        calibrate_image(cp + i * n, n, float(tau), zp + i * n);
+        calibrate_image(cp + i * n, n, float(tau), calibration, zp + i * n);
       }
     });
   }

@@ -49,10 +49,11 @@ __device__ inline float block_reduce(float v, float* scratch, Op op) {
 
 struct MinOp { __device__ float operator()(float a, float b) const { return fminf(a, b); } };
 struct MaxOp { __device__ float operator()(float a, float b) const { return fmaxf(a, b); } };
-struct SumOp { __device__ float operator()(float a, float b) const { return a + b; } };
 
-// One block per image (blockDim a multiple of 32): z_fg (B,n) -> z~ + minmax(CAM), in place.
-__global__ void calibrate_kernel(const float* __restrict__ cam, int n, float tau, float* __restrict__ z) {
+// One block per image (blockDim a multiple of 32): z_fg (B,n) -> z~ + minmax(CAM), in place;
+// calibration: cream::kOmega, kCamMean or kNone.
+__global__ void calibrate_kernel(const float* __restrict__ cam, int n, float tau, int calibration,
+                                 float* __restrict__ z) {
   __shared__ float scratch[32];
   const float* c = cam + size_t(blockIdx.x) * n;
   float* zb = z + size_t(blockIdx.x) * n;
@@ -64,16 +65,15 @@ __global__ void calibrate_kernel(const float* __restrict__ cam, int n, float tau
   lo = block_reduce(lo, scratch, MinOp());
   hi = block_reduce(hi, scratch, MaxOp());
   const float span = hi - lo;
-  float s_fg = 0.f, s_bg = 0.f;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    if (cream::cam_minmax(c[i], lo, span) >= tau) {
-      s_fg += zb[i];
-      s_bg += 1.f - zb[i];
-    }
-  }
-  s_fg = block_reduce(s_fg, scratch, SumOp());
-  s_bg = block_reduce(s_bg, scratch, SumOp());
-  const bool keep = cream::keep_foreground(s_fg, s_bg);
+  cream::CalibrationSums s{0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  for (int i = threadIdx.x; i < n; i += blockDim.x) cream::add_cell(s, zb[i], cream::cam_minmax(c[i], lo, span), tau);
+  s.fg_in = block_sum(s.fg_in, scratch);
+  s.bg_in = block_sum(s.bg_in, scratch);
+  s.fg_cam = block_sum(s.fg_cam, scratch);
+  s.bg_cam = block_sum(s.bg_cam, scratch);
+  s.fg = block_sum(s.fg, scratch);
+  s.bg = block_sum(s.bg, scratch);
+  const bool keep = cream::keep_foreground(s, calibration);
   for (int i = threadIdx.x; i < n; i += blockDim.x) zb[i] = cream::fused_map(zb[i], keep, cream::cam_minmax(c[i], lo, span));
 }
 
@@ -183,18 +183,22 @@ __global__ void e_step_kernel(const float* __restrict__ x, const float* __restri
 }
 
 // Host side: all EM steps, then calibration and fusion. x (B,K,n), cam (B,n), init (B,2,K),
-// out (B,n); unit_mean: M-steps over L2-normalised features; workspace: unit (B,2,K), logpi (B,2), sums (B,2,K), mass (B). Returns the first
-// CUDA error, if any.
+// out (B,n); unit_mean: M-steps over L2-normalised features; calibration: cream::kOmega,
+// kCamMean or kNone; workspace: one buffer of B*(4K+3) floats (unit centroids (B,2,K),
+// log-priors (B,2), M-step sums (B,2,K), masses (B)). Returns the first CUDA error, if any.
 inline cudaError_t cosine_em_launch(const float* x, const float* cam, const float* init, int b, int k, int n,
-                                    int iterations, float beta, float tau, bool unit_mean, float* z, float* unit,
-                                    float* logpi, float* sums, float* mass, cudaStream_t stream) {
+                                    int iterations, float beta, float tau, bool unit_mean, int calibration, float* z,
+                                    float* workspace, cudaStream_t stream) {
+  float* unit = workspace;
+  float* logpi = unit + size_t(b) * 2 * k;
+  float* sums = logpi + size_t(b) * 2;
+  float* mass = sums + size_t(b) * 2 * k;  // right after sums: one memset clears both
   centroids_kernel<<<b, 256, 0, stream>>>(init, nullptr, nullptr, k, n, unit, logpi);
   const dim3 grid((n + kTilePixels - 1) / kTilePixels, b), block(kTilePixels, kChannelGroups);
   for (int step = 0; step < iterations; ++step) {
     const bool last = step == iterations - 1;
     if (!last) {
-      cudaMemsetAsync(sums, 0, sizeof(float) * size_t(b) * 2 * k, stream);
-      cudaMemsetAsync(mass, 0, sizeof(float) * size_t(b), stream);
+      cudaMemsetAsync(sums, 0, sizeof(float) * (size_t(b) * 2 * k + b), stream);
     }
     e_step_kernel<<<grid, block, 0, stream>>>(x, unit, logpi, k, n, beta, z, last ? nullptr : sums,
                                               last ? nullptr : mass, unit_mean);
@@ -202,7 +206,7 @@ inline cudaError_t cosine_em_launch(const float* x, const float* cam, const floa
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  calibrate_kernel<<<b, 256, 0, stream>>>(cam, n, tau, z);
+  calibrate_kernel<<<b, 256, 0, stream>>>(cam, n, tau, calibration, z);
   return cudaGetLastError();
 }
 

@@ -139,11 +139,17 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="embeddings and EM M-step average L2-normalised features (unit, default) or raw ones")
     p.add_argument("--border", type=int_in(0, 8), default=0,
                    help="deviation: rings of border feature cells left out of the M-step and calibration (default 0)")
-    p.add_argument("--calibration", choices=["omega", "cam-mean", "none"], default="omega",
-                   help="deviation: 'cam-mean' keeps the component with the higher mean CAM, 'none' skips the "
-                        "calibration (default omega, the paper)")
+    p.add_argument("--calibration", choices=["omega", "cam-mean", "none"], default="cam-mean",
+                   help="which EM component is the foreground: 'cam-mean' (default) the one with the higher "
+                        "responsibility-weighted mean CAM, 'omega' the paper's rule (larger mean responsibility "
+                        "where CAM >= tau), 'none' the one started from the foreground embedding")
     p.add_argument("--upsample", type=int_in(1, 8), default=1,
                    help="deviation: run the EM on features upsampled by this factor (default 1)")
+    p.add_argument("--adapt-fg", type=float_in(0.0, 1.0), default=0.0,
+                   help="deviation: start the EM's foreground centroid from (1-a) * embedding + a * the image's mean "
+                        "feature where minmax(CAM) >= tau (default 0)")
+    p.add_argument("--adapt-bg", type=float_in(0.0, 1.0), default=0.0,
+                   help="deviation: the same for the background centroid, over the rest of the image (default 0)")
     p.add_argument("--pretrained", help="ImageNet weights file or URL (default: the usual source)")
     p.add_argument("--resume", help="checkpoint to resume from")
     p.add_argument("--workers", type=int_in(0, 256), default=0, help="data-loading processes")

@@ -11,7 +11,7 @@ import numpy as np
 
 from cream_rt.errors import CreamError
 
-from .custom_op import DOMAIN, OP_TYPE, VERSION
+from .custom_op import DOMAIN, OP_TYPE, check_version
 
 
 @cache
@@ -28,6 +28,7 @@ def _register_kernel() -> str:
     @onnx_op(op_type=OP_TYPE, inputs=[PyCustomOpDef.dt_float] * 3, outputs=[PyCustomOpDef.dt_float],
              attrs={"iterations": PyCustomOpDef.dt_int64, "beta": PyCustomOpDef.dt_float,
                     "tau": PyCustomOpDef.dt_float, "unit_mean": PyCustomOpDef.dt_int64,
+                    "calibration": PyCustomOpDef.dt_string,
                     "plugin_namespace": PyCustomOpDef.dt_string,
                     "plugin_version": PyCustomOpDef.dt_string})
     def _cosine_em(features, cam, centroids, **attrs):
@@ -36,7 +37,8 @@ def _register_kernel() -> str:
 
         with torch.no_grad():
             out = cosine_em(tensor(features), tensor(cam), tensor(centroids), int(attrs["iterations"]),
-                            float(attrs["beta"]), float(attrs["tau"]), bool(attrs["unit_mean"]))
+                            float(attrs["beta"]), float(attrs["tau"]), bool(attrs["unit_mean"]),
+                            str(attrs["calibration"]))
         return out.numpy()
 
     return get_library_path()
@@ -48,14 +50,9 @@ def custom_op_session(path: str, threads: int | None = None):
     import onnxruntime as ort
     from onnxruntime_extensions import default_opset_domain
 
-    from cream_rt.errors import ModelFileError
-
     library = _register_kernel()
     proto = onnx.load(path)
-    found = [entry.version for entry in proto.opset_import if entry.domain == DOMAIN]
-    if found and found[0] != VERSION:
-        raise ModelFileError(f"{path}: uses cream::{OP_TYPE} version {found[0]}, this cream-rt runs version "
-                             f"{VERSION}: re-export it with `cream export --fused`")
+    check_version(proto, path)
     contrib = default_opset_domain()
     for node in proto.graph.node:
         if node.domain == DOMAIN and node.op_type == OP_TYPE:

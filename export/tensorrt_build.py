@@ -23,12 +23,13 @@ def build_engine(onnx_path: str, out: str, fp16: bool = False, batch: tuple[int,
                  timing_cache: str | None = None, workspace_gib: float = 4.0) -> dict:
     """Parse `onnx_path`, build with one optimisation profile (min, opt, max batch) and write the
     engine atomically; the timing cache is read and updated when given."""
-    trt = import_tensorrt()
     import onnx
 
-    from .custom_op import OP_TYPE
+    from .custom_op import OP_TYPE, check_version
 
     proto = onnx.load(onnx_path, load_external_data=False)
+    check_version(proto, onnx_path)  # a file from another version: one line, even without TensorRT
+    trt = import_tensorrt()
     if any(n.op_type == OP_TYPE for n in proto.graph.node):
         from . import tensorrt_plugin  # noqa: F401  registers cream::CosineEM
     size = next(d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[2:3])

@@ -11,7 +11,7 @@ PLUGIN_ID = "cream::CosineEM"
 
 @trtp.register(PLUGIN_ID)
 def cosine_em_desc(features: trtp.TensorDesc, cam: trtp.TensorDesc, centroids: trtp.TensorDesc, iterations: int,
-                   beta: float, tau: float, unit_mean: int) -> trtp.TensorDesc:
+                   beta: float, tau: float, unit_mean: int, calibration: str) -> trtp.TensorDesc:
     """z~ + minmax(CAM) (B,h,w) float32 from features (B,K,h,w), cam (B,h,w), centroids (B,2,K)."""
     shape = features.shape_expr
     return trtp.from_shape_expr((shape[0], shape[2], shape[3]), dtype=features.dtype)
@@ -19,7 +19,7 @@ def cosine_em_desc(features: trtp.TensorDesc, cam: trtp.TensorDesc, centroids: t
 
 @trtp.impl(PLUGIN_ID)
 def cosine_em_impl(features: trtp.Tensor, cam: trtp.Tensor, centroids: trtp.Tensor, iterations: int, beta: float,
-                   tau: float, unit_mean: int, outputs: tuple[trtp.Tensor], stream: int) -> None:
+                   tau: float, unit_mean: int, calibration: str, outputs: tuple[trtp.Tensor], stream: int) -> None:
     import torch
 
     from cream_rt.model.fused import cosine_em
@@ -29,4 +29,4 @@ def cosine_em_impl(features: trtp.Tensor, cam: trtp.Tensor, centroids: trtp.Tens
     mu = torch.as_tensor(centroids, device="cuda")
     out = torch.as_tensor(outputs[0], device="cuda")
     with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-        out.copy_(cosine_em(x, c, mu, int(iterations), float(beta), float(tau), bool(unit_mean)))
+        out.copy_(cosine_em(x, c, mu, int(iterations), float(beta), float(tau), bool(unit_mean), str(calibration)))

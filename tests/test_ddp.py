@@ -47,12 +47,24 @@ def reference_training(data, epochs: int, batch: int, seed: int = 0, update_orde
     batches (from the same DistributedSampler permutation) through the model separately, as
     the two DDP replicas run them (BatchNorm sees each half), the mean of the two losses, one
     SGD step, then the one-process embedding update over rank 0's samples followed by rank 1's."""
+    from cream_rt.train.trainer import TrainConfig
+
+    config = TrainConfig(epochs=epochs, batch_size=batch, seed=seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank runs (OMP_NUM_THREADS=1): oneDNN's reductions in the same order
+    try:
+        return _reference_loop(data, config, seed, update_order)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _reference_loop(data, config, seed: int, update_order: tuple[int, int]):
     from cream_rt.metadata import read_split
     from cream_rt.model import create_model
     from cream_rt.train.data import WsolImages
-    from cream_rt.train.trainer import TrainConfig, param_groups, seed_everything
+    from cream_rt.train.trainer import param_groups, seed_everything
 
-    config = TrainConfig(epochs=epochs, batch_size=batch, seed=seed)
+    epochs, batch = config.epochs, config.batch_size
     meta = read_split(data / "metadata" / "train", require_localization=False)
     seed_everything(seed)
     model = create_model("small-cnn", meta.num_classes, pretrained=False, input_size=64)

@@ -21,31 +21,47 @@ from cream_rt.model.fused import cosine_em  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+CALIBRATIONS = ["cam-mean", "omega", "none"]
+
+
+@pytest.mark.parametrize("calibration", CALIBRATIONS)
 @pytest.mark.parametrize("unit", [True, False], ids=["unit", "raw"])
 @pytest.mark.parametrize("iterations", [1, 2, 3, 4])
 @pytest.mark.parametrize("shape", [(1, 16, 7, 9), (4, 33, 5, 13), (3, 256, 14, 14)])
-def test_fused_reactivate_matches_float64_reference(iterations, shape, unit):
+def test_fused_reactivate_matches_float64_reference(iterations, shape, unit, calibration):
     rng = np.random.default_rng(iterations)
     b, k, h, w = shape
     f, c, mu = _random_case(rng, b, k, h, w)
     f[0, :, :2] = 0  # zero pixels
     got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), iterations, 8.0, 0.2, fused=True,
-                     unit_mean=unit)
-    np.testing.assert_allclose(got.numpy(), np_reactivate(f, c, mu, iterations, 8.0, 0.2, unit=unit), atol=1e-5)
+                     unit_mean=unit, calibration=calibration)
+    want = np_reactivate(f, c, mu, iterations, 8.0, 0.2, unit=unit, calibration=calibration)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
 
 
+def test_the_calibrations_disagree_on_the_reference_cases():
+    """The cases above tell the rules apart: on some images cam-mean and omega keep different
+    components, and on some the foreground component is swapped (so `none` differs too)."""
+    rng = np.random.default_rng(2)
+    f, c, mu = _random_case(rng, 64, 16, 7, 9)
+    maps = {cal: np_reactivate(f, c, mu, 2, 8.0, 0.2, unit=True, calibration=cal) for cal in CALIBRATIONS}
+    differ = lambda a, b: int((np.abs(maps[a] - maps[b]).reshape(64, -1).max(1) > 1e-3).sum())  # noqa: E731
+    assert differ("cam-mean", "omega") > 0 and differ("cam-mean", "none") > 0 and differ("omega", "none") > 0
+
+
+@pytest.mark.parametrize("calibration", CALIBRATIONS)
 @pytest.mark.parametrize("unit", [True, False], ids=["unit", "raw"])
-def test_fused_equals_unfused_reactivate(unit):
+def test_fused_equals_unfused_reactivate(unit, calibration):
     """fused = unfused within 1e-5 on CPU for both feature means, on features whose norms vary
     by 10x across pixels (where the two M-steps differ most)."""
     gen = torch.Generator().manual_seed(3)
     f = torch.relu(torch.randn(3, 96, 12, 12, generator=gen)) * torch.rand(3, 1, 12, 12, generator=gen).mul(9).add(1)
     c, mu = torch.randn(3, 12, 12, generator=gen), torch.rand(3, 2, 96, generator=gen)
     for t in (2, 3):
-        plain = reactivate(f, c, mu, t, 8.0, 0.2, unit_mean=unit)
-        fused = reactivate(f, c, mu, t, 8.0, 0.2, fused=True, unit_mean=unit)
+        plain = reactivate(f, c, mu, t, 8.0, 0.2, unit_mean=unit, calibration=calibration)
+        fused = reactivate(f, c, mu, t, 8.0, 0.2, fused=True, unit_mean=unit, calibration=calibration)
         assert float((plain - fused).abs().max()) < 1e-5
-    other = reactivate(f, c, mu, 2, 8.0, 0.2, fused=True, unit_mean=not unit)
+    other = reactivate(f, c, mu, 2, 8.0, 0.2, fused=True, unit_mean=not unit, calibration=calibration)
     assert float((other - fused).abs().max()) > 1e-3  # the flag reaches the kernel
 
 
@@ -56,8 +72,10 @@ def test_gpu_check_reference_equals_the_test_reference():
     f, c, mu = _random_case(np.random.default_rng(7), 3, 24, 6, 5)
     for t in (1, 2, 3):
         for unit in (True, False):
-            np.testing.assert_allclose(reference_map(f, c, mu, t, 8.0, 0.2, unit),
-                                       np_reactivate(f, c, mu, t, 8.0, 0.2, unit=unit), atol=1e-9)
+            for calibration in CALIBRATIONS:
+                np.testing.assert_allclose(reference_map(f, c, mu, t, 8.0, 0.2, unit, calibration),
+                                           np_reactivate(f, c, mu, t, 8.0, 0.2, unit=unit, calibration=calibration),
+                                           atol=1e-9)
 
 
 @pytest.mark.parametrize("batch", [1, 5])
@@ -84,9 +102,10 @@ def test_fused_equals_torch_path_on_edge_cases():
     f[0] = 0
     c[1] = 2.0
     mu[2, 0] = 0
-    a = reactivate(f, c, mu, 2, fused=False)
-    b = reactivate(f, c, mu, 2, fused=True)
-    assert torch.isfinite(b).all() and (a - b).abs().max() < 1e-5
+    for calibration in CALIBRATIONS:
+        a = reactivate(f, c, mu, 2, fused=False, calibration=calibration)
+        b = reactivate(f, c, mu, 2, fused=True, calibration=calibration)
+        assert torch.isfinite(b).all() and (a - b).abs().max() < 1e-5
 
 
 def test_custom_op_registration():
@@ -98,8 +117,27 @@ def test_custom_op_registration():
     assert torch.equal(torch.ops.cream.cosine_em(f, c, mu, 2, 8.0, 0.2), out)
     assert out.shape == (2, 4, 5) and ((out >= 0) & (out <= 2)).all()
     torch.library.opcheck(torch.ops.cream.cosine_em.default, (f, c, mu, 2, 8.0, 0.2, True))
+    torch.library.opcheck(torch.ops.cream.cosine_em.default, (f, c, mu, 2, 8.0, 0.2, True, "cam-mean"))
     with pytest.raises(RuntimeError, match="cam must be"):
         cosine_em(f, c[:, :3], mu, 2, 8.0, 0.2)
+    with pytest.raises(RuntimeError, match="calibration must be"):
+        cosine_em(f, c, mu, 2, 8.0, 0.2, True, "mean")
+
+
+@pytest.mark.parametrize("call", ["cam", "calibration"])
+def test_the_kernel_refuses_bad_inputs_with_an_exception_not_a_crash(call):
+    """Straight through the dispatcher (no Python check first), the C++ check's exception reaches
+    Python as a RuntimeError. In a child process: it crashed torch 2.11 on one GPU machine."""
+    import sys
+
+    args = "c[:, :3], mu, 2, 8.0, 0.2" if call == "cam" else "c, mu, 2, 8.0, 0.2, True, 'mean'"
+    code = ("import torch\nfrom cream_rt.model.fused import cosine_em\n"
+            "f, c, mu = torch.rand(2, 8, 4, 5), torch.rand(2, 4, 5), torch.rand(2, 2, 8)\n"
+            "cosine_em(f, c, mu, 2, 8.0, 0.2)\n"
+            f"try:\n    torch.ops.cream.cosine_em(f, {args})\n"
+            "except RuntimeError as exc:\n    print('refused:', str(exc).splitlines()[0])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "refused: cosine_em:" in out.stdout, (out.returncode, out.stderr[-1500:])
 
 
 def test_model_fused_flag_gives_the_same_maps():
@@ -122,20 +160,24 @@ def test_cuda_kernels_compile_with_nvcc(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-def test_fused_onnx_export_runs_in_onnxruntime_with_extensions(tmp_path):
-    """`cream export --fused`: one cream::CosineEM node; ONNX Runtime runs it through the
-    onnxruntime-extensions kernel (parity only) and matches the eager unfused model; the
-    torch-free runtime refuses it with a clear message."""
+@pytest.mark.parametrize("calibration", ["cam-mean", "omega"])
+def test_fused_onnx_export_runs_in_onnxruntime_with_extensions(tmp_path, calibration):
+    """`cream export --fused`: one cream::CosineEM node carrying the model's calibration; ONNX
+    Runtime runs it through the onnxruntime-extensions kernel (parity only) and matches the eager
+    unfused model; the torch-free runtime refuses it with a clear message, and so do ONNX Runtime
+    and the TensorRT builder a file of an earlier version of the op."""
     pytest.importorskip("onnxruntime_extensions")
     import onnx
 
     from cream_rt.errors import ModelFileError
     from cream_rt.export.onnx_export import export_model
+    from cream_rt.export.tensorrt_build import build_engine
+    from cream_rt.model.config import CreamConfig
     from cream_rt.model.network import create_model
     from cream_rt.runtime import OnnxPredictor
 
     torch.manual_seed(0)
-    model = create_model("small-cnn", 3, input_size=48).eval()
+    model = create_model("small-cnn", 3, input_size=48, cream=CreamConfig(calibration=calibration)).eval()
     model.embeddings.copy_(torch.rand_like(model.embeddings))
     manifest = export_model(model, tmp_path / "f.onnx", fused=True)
     assert manifest.fused
@@ -150,17 +192,20 @@ def test_fused_onnx_export_runs_in_onnxruntime_with_extensions(tmp_path):
         le, me, _ = model(torch.from_numpy(x), torch.tensor([-1, 0, 2]))
     np.testing.assert_allclose(maps, me.numpy(), atol=1e-4)
     proto = onnx.load(tmp_path / "f.onnx")
-    assert [(e.domain, e.version) for e in proto.opset_import if e.domain == "cream"] == [("cream", 3)]
+    assert [(e.domain, e.version) for e in proto.opset_import if e.domain == "cream"] == [("cream", 4)]
     assert model.config.cream.feature_mean == "unit"  # the default config exports fused
-    unit_attr = [a.i for n in proto.graph.node if n.domain == "cream" for a in n.attribute if a.name == "unit_mean"]
-    assert unit_attr == [1]
+    attrs = {a.name: a for n in proto.graph.node if n.domain == "cream" for a in n.attribute}
+    assert attrs["unit_mean"].i == 1 and attrs["calibration"].s.decode() == calibration
     # a --fused export of an earlier version of the op is refused with one clear line
     for entry in proto.opset_import:
         if entry.domain == "cream":
-            entry.version = 2
+            entry.version = 3
     onnx.save(proto, tmp_path / "old.onnx")
-    with pytest.raises(ModelFileError, match="version 2, this cream-rt runs version 3: re-export"):
+    with pytest.raises(ModelFileError, match="version 3, this cream-rt runs version 4: re-export"):
         OnnxPredictor.load(tmp_path / "old.onnx", allow_custom_ops=True)
+    with pytest.raises(ModelFileError, match="version 3, this cream-rt runs version 4: re-export"):
+        build_engine(str(tmp_path / "old.onnx"), str(tmp_path / "old.engine"))
+    assert not (tmp_path / "old.engine").exists()
 
 
 def test_eager_fused_bench_engine_gives_the_eager_maps():
@@ -176,3 +221,13 @@ def test_eager_fused_bench_engine_gives_the_eager_maps():
     eager = build_engine("eager", model, None, "cream", 2, x, ids).run()[1]
     fused = build_engine("eager-fused", model, None, "cream", 2, x, ids).run()[1]
     np.testing.assert_allclose(fused.numpy(), eager.numpy(), atol=1e-5)
+
+
+def test_fused_with_an_adaptive_start_equals_unfused():
+    """The op takes any start: with adapt_fg / adapt_bg the start is computed in torch first."""
+    f, c, mu = (torch.from_numpy(a) for a in _random_case(np.random.default_rng(4), 3, 40, 8, 8))
+    for unit in (True, False):
+        plain = reactivate(f, c, mu, 2, unit_mean=unit, calibration="cam-mean", adapt_fg=0.4, adapt_bg=1.0)
+        fused = reactivate(f, c, mu, 2, fused=True, unit_mean=unit, calibration="cam-mean", adapt_fg=0.4,
+                           adapt_bg=1.0)
+        assert float((plain - fused).abs().max()) < 1e-5

@@ -20,7 +20,8 @@ def np_reactivate(features, cam, centroids, iterations, beta, tau, unit=False, b
     """One image at a time, loops over the EM steps, float64, straight from the spec; `unit`:
     the M-step averages the L2-normalised features (feature_mean "unit"); `border`: the outer
     rings of cells are left out of the M-step (means and priors) and of Omega; calibration
-    "none" keeps z_fg."""
+    "none" keeps z_fg, "cam-mean" the component with the higher z-weighted mean of minmax(CAM)
+    (over the inner cells)."""
     out = []
     for f, c, mu0 in zip(features.astype(np.float64), cam.astype(np.float64), centroids.astype(np.float64)):
         k, h, w = f.shape
@@ -45,9 +46,12 @@ def np_reactivate(features, cam, centroids, iterations, beta, tau, unit=False, b
                 mu = [(z[j][inner][:, None] * means).sum(0) / (z[j][inner].sum() + EPS) for j in range(2)]
                 pi = [z[j][inner].sum() / inner.sum() for j in range(2)]
         omega = (cam_n >= tau) & inner
-        s_fg = z[0][omega].sum()
-        s_bg = z[1][omega].sum()
-        calibrated = z[0] if s_fg >= s_bg or calibration == "none" else z[1]
+        if calibration == "cam-mean":
+            level = [(z[j][inner] * cam_n[inner]).sum() / (z[j][inner].sum() + EPS) for j in range(2)]
+            keep = level[0] >= level[1]
+        else:
+            keep = z[0][omega].sum() >= z[1][omega].sum() or calibration == "none"
+        calibrated = z[0] if keep else z[1]
         out.append((calibrated + cam_n).reshape(h, w))
     return np.stack(out)
 
@@ -183,8 +187,8 @@ def test_deviation_fields_are_validated_and_refused_by_the_fused_op():
     from cream_rt.export.onnx_export import export_model
     from cream_rt.model.network import create_model
 
-    model = create_model("small-cnn", 2, input_size=32, cream=CreamConfig(calibration="cam-mean")).eval()
-    with pytest.raises(CreamError, match="calibration 'cam-mean'"):  # refused before tracing (one line)
+    model = create_model("small-cnn", 2, input_size=32, cream=CreamConfig(upsample=2)).eval()
+    with pytest.raises(CreamError, match="upsample 2"):  # refused before tracing (one line)
         export_model(model, "/nonexistent/never-written.onnx", fused=True)
 
 
@@ -225,3 +229,71 @@ def test_cam_mean_calibration_hand_computed():
         assert bool(module.reactivation(features, cam, centroids, 2, 8.0, 0.2, True, calibration="cam-mean").keep_fg)
     finally:
         module.em_foreground = original
+
+
+@pytest.mark.parametrize("unit", [True, False], ids=["unit", "raw"])
+def test_cam_mean_reactivation_matches_the_float64_reference(unit):
+    f, c, mu = _random_case(np.random.default_rng(11), b=16, k=12, h=6, w=7)
+    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2, unit_mean=unit,
+                     calibration="cam-mean")
+    np.testing.assert_allclose(got.numpy(), np_reactivate(f, c, mu, 2, 8.0, 0.2, unit, calibration="cam-mean"),
+                               atol=1e-5)
+
+
+def test_cam_mean_is_the_default_and_older_configs_keep_omega():
+    """docs/method.md 3.3: new models calibrate by cam-mean; a config saved before the field
+    existed was computed with the paper's rule and keeps it, as feature_mean keeps raw."""
+    from cream_rt.model.config import CreamConfig, ModelConfig
+
+    assert CreamConfig().calibration == "cam-mean"
+    saved = ModelConfig().to_dict()
+    assert ModelConfig.from_dict(saved).cream.calibration == "cam-mean"
+    del saved["cream"]["calibration"]
+    assert ModelConfig.from_dict(saved).cream.calibration == "omega"
+
+
+def test_adaptive_start_hand_computed():
+    """adapt_fg / adapt_bg: 3 pixels, minmax(CAM) = (1, 0.5, 0), tau 0.2: the foreground side is
+    pixels 0 and 1, the background pixel 2. Unit means: the start is (1 - a) V + a * mean of the
+    L2-normalised features of that side (the norm's eps moves them by < 1e-6)."""
+    from cream_rt.model.em import adaptive_start
+
+    x = torch.tensor([[[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [4.0, 0.0, 5.0]]], dtype=torch.float64)  # (1,K=3,N=3)
+    # pixel features (columns): (3,0,4) -> (0.6,0,0.8); (0,2,0) -> (0,1,0); (0,0,5) -> (0,0,1)
+    cam_n = torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float64)
+    v = torch.tensor([[[1.0, 1.0, 1.0], [-1.0, 0.0, 2.0]]], dtype=torch.float64)
+    start = adaptive_start(x, cam_n, v, 0.2, True, 0.5, 0.25)
+    np.testing.assert_allclose(start[0, 0].numpy(), 0.5 * np.array([1, 1, 1]) + 0.5 * np.array([0.3, 0.5, 0.4]),
+                               atol=1e-6)
+    np.testing.assert_allclose(start[0, 1].numpy(), 0.75 * np.array([-1, 0, 2]) + 0.25 * np.array([0, 0, 1]),
+                               atol=1e-6)
+    raw = adaptive_start(x, cam_n, v, 0.2, False, 1.0, 1.0)  # raw means, the image's own only
+    np.testing.assert_allclose(raw[0].numpy(), [[1.5, 1.0, 2.0], [0.0, 0.0, 5.0]], atol=1e-12)
+
+
+@pytest.mark.parametrize("unit", [True, False], ids=["unit", "raw"])
+def test_adaptive_start_reactivation_is_the_em_from_the_mixed_start(unit):
+    """reactivate(adapt_*) = the float64 reference EM started from the mixed centroids, computed
+    here straight from the definition."""
+    f, c, mu = _random_case(np.random.default_rng(9), b=5, k=12, h=6, w=7)
+    a_fg, a_bg = 0.3, 0.8
+    starts = []
+    for fi, ci, mi in zip(f.astype(np.float64), c.astype(np.float64), mu.astype(np.float64)):
+        x = fi.reshape(12, -1).T
+        xs = x / (np.linalg.norm(x, axis=1, keepdims=True) + EPS) if unit else x
+        cam_n = np_minmax(ci.reshape(-1))
+        fg = xs[cam_n >= 0.2].mean(0)
+        bg = xs[cam_n < 0.2].mean(0)
+        starts.append([(1 - a_fg) * mi[0] + a_fg * fg, (1 - a_bg) * mi[1] + a_bg * bg])
+    want = np_reactivate(f, c, np.array(starts), 2, 8.0, 0.2, unit, calibration="cam-mean")
+    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2, unit_mean=unit,
+                     calibration="cam-mean", adapt_fg=a_fg, adapt_bg=a_bg)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+
+
+def test_adapt_fields_are_validated():
+    from cream_rt.model.config import CreamConfig
+
+    for bad in (-0.1, 1.5, "0.5", True):
+        with pytest.raises(ValueError, match="adapt_bg must be a number in \\[0, 1\\]"):
+            CreamConfig(adapt_bg=bad)

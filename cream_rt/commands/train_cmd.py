@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cream = CreamConfig(iterations=args.iterations, beta=args.beta, tau=args.tau, momentum=args.momentum,
                             feature_mean=args.feature_mean, border=args.border, calibration=args.calibration,
-                            upsample=args.upsample)
+                            upsample=args.upsample, adapt_fg=args.adapt_fg, adapt_bg=args.adapt_bg)
     except ValueError as exc:
         raise CreamError(str(exc)) from None
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print

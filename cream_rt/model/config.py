@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "FEATURE_MEANS", "CALIBRATIONS", "LEGACY_FEATURE_MEAN", "CreamConfig",
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "FEATURE_MEANS", "CALIBRATIONS", "LEGACY_FEATURE_MEAN",
+           "LEGACY_CALIBRATION", "CreamConfig",
            "ModelConfig"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -11,6 +12,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_MEANS = ("raw", "unit")
 CALIBRATIONS = ("omega", "cam-mean", "none")
 LEGACY_FEATURE_MEAN = "raw"  # what a saved config without `feature_mean` was computed with
+LEGACY_CALIBRATION = "omega"  # what a saved config without `calibration` was computed with
 
 
 @dataclass
@@ -27,17 +29,22 @@ class CreamConfig:
     # the rest of the object; or "raw" features, the paper's literal wording. Checkpoints saved
     # without this field predate it and load as "raw" (LEGACY_FEATURE_MEAN).
     feature_mean: str = "unit"
+    # The calibration (docs/method.md 3.3): "cam-mean" (default since 2026-12-04: keep the
+    # component over which minmax(CAM) is higher on average, weighted by responsibility), "omega"
+    # (the paper: the larger mean responsibility where minmax(CAM) >= tau) or "none" (keep the one
+    # started from the foreground embedding). Configs saved without it load as LEGACY_CALIBRATION.
+    calibration: str = "cam-mean"
     # Deviations from the paper, off by default (ablated by the accuracy suite):
     # rings of border feature cells left out of the M-step and the calibration region
     # (zero padding gives them features of their own) ...
     border: int = 0
-    # ... and the calibration: "omega" (the paper: keep the component with the larger mean
-    # responsibility where minmax(CAM) >= tau), "cam-mean" (the component over which the CAM is
-    # higher on average) or "none" (keep the one started from the foreground embedding).
-    calibration: str = "omega"
     # ... and the EM's grid: features and CAM bilinearly upsampled by this factor first, so the
-    # re-activation map has finer cells than the feature map.
+    # re-activation map has finer cells than the feature map ...
     upsample: int = 1
+    # ... and the EM's start: the class embeddings mixed with the image's own mean feature over
+    # {minmax(CAM) >= tau} (foreground, weight adapt_fg) or the rest (background, adapt_bg), in [0, 1].
+    adapt_fg: float = 0.0
+    adapt_bg: float = 0.0
 
     def __post_init__(self) -> None:
         if self.feature_mean not in FEATURE_MEANS:
@@ -48,6 +55,10 @@ class CreamConfig:
             raise ValueError(f"border must be a non-negative integer, got {self.border!r}")
         if not isinstance(self.upsample, int) or not 1 <= self.upsample <= 8:
             raise ValueError(f"upsample must be an integer in [1, 8], got {self.upsample!r}")
+        for name in ("adapt_fg", "adapt_bg"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
 
 
 @dataclass
@@ -78,6 +89,7 @@ class ModelConfig:
         d = dict(d)
         cream_fields = dict(d.pop("cream", {}))
         cream_fields.setdefault("feature_mean", LEGACY_FEATURE_MEAN)  # saved before the field existed
+        cream_fields.setdefault("calibration", LEGACY_CALIBRATION)  # saved before the field existed
         cream = CreamConfig(**cream_fields)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         d.pop("fused", None)  # a run-time switch that older checkpoints saved; not part of the model

@@ -9,8 +9,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["EPS", "minmax", "l2_normalize", "em_foreground", "check_fused", "border_weights", "Reactivation",
-           "reactivation", "reactivate", "bicubic_matrix", "score_maps"]
+__all__ = ["EPS", "minmax", "l2_normalize", "em_foreground", "adaptive_start", "check_fused", "border_weights",
+           "Reactivation", "reactivation", "reactivate", "bicubic_matrix", "score_maps"]
 
 EPS = 1e-6
 
@@ -59,13 +59,28 @@ def em_foreground(features: torch.Tensor, centroids: torch.Tensor, iterations: i
     return z[:, 0], z[:, 1]
 
 
+def adaptive_start(features: torch.Tensor, cam_n: torch.Tensor, centroids: torch.Tensor, tau: float,
+                   unit_mean: bool, adapt_fg: float, adapt_bg: float) -> torch.Tensor:
+    """The EM's start `(B,2,K)`: each class embedding mixed with this image's own mean feature on
+    its side of the CAM, `(1 - a) V + a f` with f the mean (L2-normalised under `unit_mean`)
+    feature over {minmax(CAM) >= tau} (foreground, weight `adapt_fg`) or the rest (background,
+    `adapt_bg`): the target the embedding update of 3.1 would move V towards for this image.
+    `features (B,K,N)`, `cam_n (B,N)`; an empty side keeps its share of V only."""
+    x = l2_normalize(features, 1) if unit_mean else features
+    fg = (cam_n >= tau).to(x.dtype).unsqueeze(1)  # (B,1,N)
+    sides = torch.cat([fg, 1 - fg], 1)  # (B,2,N)
+    means = torch.bmm(sides, x.transpose(1, 2)) / sides.sum(2, keepdim=True).clamp_min(1.0)  # (B,2,K)
+    weights = torch.tensor([adapt_fg, adapt_bg], dtype=x.dtype, device=x.device).reshape(1, 2, 1)
+    return (1 - weights) * centroids + weights * means
+
+
 def check_fused(border: int, calibration: str, upsample: int) -> None:
     """CreamError where the fused cosine-EM op cannot compute this re-activation: it implements
-    the paper's calibration on the feature grid with every cell in the M-step."""
-    if border or calibration != "omega" or upsample != 1:
+    every calibration on the feature grid with every cell in the M-step."""
+    if border or upsample != 1:
         from ..errors import CreamError
 
-        raise CreamError(f"the fused cosine-EM op implements border 0, calibration 'omega' and upsample 1 only "
+        raise CreamError(f"the fused cosine-EM op implements border 0 and upsample 1 only "
                          f"(this model: border {border}, calibration {calibration!r}, upsample {upsample})")
 
 
@@ -88,14 +103,16 @@ class Reactivation(NamedTuple):
 
 def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor, iterations: int = 2,
                  beta: float = 8.0, tau: float = 0.2, unit_mean: bool = False, border: int = 0,
-                 calibration: str = "omega", upsample: int = 1) -> Reactivation:
+                 calibration: str = "omega", upsample: int = 1, adapt_fg: float = 0.0,
+                 adapt_bg: float = 0.0) -> Reactivation:
     """CREAM's re-activation with its parts (torch ops, exportable), iterations >= 1.
 
     EM from `centroids (B,2,K)`, then calibration: with "omega" (the paper) the component with
     the larger mean responsibility over `{minmax(CAM) >= tau}` is the foreground; "cam-mean":
     the component over which minmax(CAM) is higher on average (weighted by responsibility), which
     does not depend on how much of Omega the object fills; "none" keeps the component started
-    from the foreground embedding. `border` rings of feature cells stay
+    from the foreground embedding. `adapt_fg`, `adapt_bg` > 0 start the EM from the embeddings
+    mixed with the image's own feature means (`adaptive_start`). `border` rings of feature cells stay
     out of the M-step and of the calibration region (zero-padding cells cluster apart).
     `upsample` > 1 runs all of it on features and CAM bilinearly upsampled by that factor, so the
     map is `(B, h*upsample, w*upsample)` (border rings then count upsampled cells)."""
@@ -107,8 +124,10 @@ def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Ten
     b, k, h, w = features.shape
     cam_n = minmax(cam.reshape(b, h * w), (1,))
     m_weights = border_weights(h, w, border).to(features.device) if border > 0 else None
-    z_fg, z_bg = em_foreground(features.reshape(b, k, h * w).float(), centroids.float(), iterations, beta, unit_mean,
-                               m_weights)
+    flat = features.reshape(b, k, h * w).float()
+    if adapt_fg or adapt_bg:
+        centroids = adaptive_start(flat, cam_n, centroids.float(), tau, unit_mean, adapt_fg, adapt_bg)
+    z_fg, z_bg = em_foreground(flat, centroids.float(), iterations, beta, unit_mean, m_weights)
     if calibration == "none":
         keep_fg = torch.ones(b, 1, dtype=torch.bool, device=features.device)
     elif calibration == "cam-mean":  # the component whose responsibility-weighted mean CAM is higher
@@ -127,7 +146,7 @@ def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Ten
 def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor,
                iterations: int = 2, beta: float = 8.0, tau: float = 0.2, fused: bool = False,
                unit_mean: bool = False, border: int = 0, calibration: str = "omega",
-               upsample: int = 1) -> torch.Tensor:
+               upsample: int = 1, adapt_fg: float = 0.0, adapt_bg: float = 0.0) -> torch.Tensor:
     """CREAM's final map `z~ + minmax(CAM)` at feature resolution (docs/method.md 3.2-3.4).
 
     Args:
@@ -137,9 +156,9 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
         iterations: E-steps T; 0 returns `minmax(CAM)` (plain CAM).
         beta, tau: the cosine base model's sharpness and the calibration region's threshold.
         fused: run EM, calibration and fusion in the C++/CUDA op `cream::cosine_em` (reads the
-            features once per EM step; implements border 0, calibration "omega", upsample 1).
+            features once per EM step; implements border 0 and upsample 1, every calibration).
         unit_mean: the M-step averages L2-normalised features (`feature_mean: unit`).
-        border, calibration, upsample: the named deviations, see `reactivation`.
+        border, calibration, upsample, adapt_fg, adapt_bg: the named deviations, see `reactivation`.
     Returns:
         `(B,h,w)` float maps with values in [0, 2] (`upsample` times finer with `upsample`).
     """
@@ -150,10 +169,14 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
         check_fused(border, calibration, upsample)
         from .fused import cosine_em
 
+        if adapt_fg or adapt_bg:  # the op takes any start: computed here, in torch
+            cam_n = minmax(cam.reshape(b, h * w).float(), (1,))
+            centroids = adaptive_start(features.reshape(b, k, h * w).float(), cam_n, centroids.float(), tau,
+                                       unit_mean, adapt_fg, adapt_bg)
         return cosine_em(features.float(), cam.reshape(b, h, w).float(), centroids.float(), iterations,
-                         float(beta), float(tau), bool(unit_mean))
+                         float(beta), float(tau), bool(unit_mean), calibration)
     return reactivation(features, cam, centroids, iterations, beta, tau, unit_mean, border, calibration,
-                        upsample).map
+                        upsample, adapt_fg, adapt_bg).map
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,8 +1,8 @@
 """The fused cosine-EM op `cream::cosine_em` (cpp_ops/): a torch.library op defined here with a
 fake (meta) implementation, whose C++ CPU kernel and CUDA kernel are built by JIT on first use
 (cached under CREAM_EXT_DIR or torch's extension folder). It computes what `reactivate` does
-for T >= 1 (EM, calibration against the CAM, fusion z~ + minmax(CAM)) in one call that reads
-the features once per EM step."""
+for T >= 1 (EM, calibration against the CAM by any of the three rules, fusion z~ + minmax(CAM))
+in one call that reads the features once per EM step."""
 from __future__ import annotations
 
 import os
@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from ..errors import CreamError
+from .config import CALIBRATIONS
 
-__all__ = ["SOURCES", "load_extension", "cosine_em"]
+__all__ = ["SOURCES", "load_extension", "check_inputs", "cosine_em"]
 
 SOURCES = Path(__file__).resolve().parents[1] / "cpp_ops"
 if not (SOURCES / "cosine_em_cpu.cpp").is_file():  # installed wheel: sources inside the package
@@ -72,21 +73,44 @@ def load_extension(device_type: str = "cpu"):
 # kernels register themselves with TORCH_LIBRARY_IMPL when their extension loads, so an eager
 # call goes straight from the dispatcher to C++ (no Python in between).
 torch.library.define("cream::cosine_em", "(Tensor features, Tensor cam, Tensor centroids, int iterations, "
-                                          "float beta, float tau, bool unit_mean=False) -> Tensor")
+                                          "float beta, float tau, bool unit_mean=False, str calibration=\"omega\") "
+                                          "-> Tensor")
 
 
 @torch.library.register_fake("cream::cosine_em")
-def _(features, cam, centroids, iterations, beta, tau, unit_mean=False):
+def _(features, cam, centroids, iterations, beta, tau, unit_mean=False, calibration="omega"):
     b, _, h, w = features.shape
     return features.new_empty((b, h, w))
 
 
+def check_inputs(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor, iterations: int,
+                 calibration: str) -> None:
+    """RuntimeError (the kernels' own messages) for inputs the op refuses, raised before the
+    dispatcher: a C++ exception thrown from a JIT-built kernel crashed one GPU machine's torch
+    (bench/results/gpu/tests.log), so a refused call never reaches C++."""
+    if features.dim() != 4:
+        raise RuntimeError(f"cosine_em: features must be (B,K,h,w), got {list(features.shape)}")
+    b, k, h, w = features.shape
+    if tuple(centroids.shape) != (b, 2, k):
+        raise RuntimeError(f"cosine_em: centroids must be (B,2,K) matching features, got {list(centroids.shape)}")
+    if tuple(cam.shape) != (b, h, w):
+        raise RuntimeError(f"cosine_em: cam must be (B,h,w) matching features, got {list(cam.shape)}")
+    if iterations < 1:
+        raise RuntimeError("cosine_em: iterations must be >= 1")
+    if calibration not in CALIBRATIONS:
+        raise RuntimeError(f"cosine_em: calibration must be 'omega', 'cam-mean' or 'none', got {calibration!r}")
+    if len({t.device for t in (features, cam, centroids)}) != 1:
+        raise RuntimeError("cosine_em: features, cam and centroids must be on one device")
+
+
 def cosine_em(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor, iterations: int, beta: float,
-              tau: float, unit_mean: bool = False) -> torch.Tensor:
+              tau: float, unit_mean: bool = False, calibration: str = "omega") -> torch.Tensor:
     """CREAM's final map `z~ + minmax(CAM)` `(B,h,w)`: `iterations` E-steps (M-steps between)
-    from `centroids (B,2,K)` over `features (B,K,h,w)`, calibrated against `cam (B,h,w)` over
-    {minmax(CAM) >= tau}; through `torch.ops.cream.cosine_em` (kernel built on first use).
-    `unit_mean`: the M-steps average L2-normalised features (feature_mean "unit")."""
+    from `centroids (B,2,K)` over `features (B,K,h,w)`, calibrated against `cam (B,h,w)` by the
+    rule `calibration` ("omega", "cam-mean", "none"; docs/method.md 3.3); through
+    `torch.ops.cream.cosine_em` (kernel built on first use). `unit_mean`: the M-steps average
+    L2-normalised features (feature_mean "unit")."""
+    check_inputs(features, cam, centroids, iterations, calibration)
     if type(features) is torch.Tensor and features.device.type != "meta":  # not while tracing (fake)
         load_extension(features.device.type)
-    return torch.ops.cream.cosine_em(features, cam, centroids, iterations, beta, tau, unit_mean)
+    return torch.ops.cream.cosine_em(features, cam, centroids, iterations, beta, tau, unit_mean, calibration)

@@ -119,7 +119,7 @@ class CamModel(nn.Module):
             raise ValueError(f"mode must be 'cam' or 'cream', got {mode!r}")
         c = self.config.cream
         return reactivate(features, cam, self.embeddings[class_ids], t, c.beta, c.tau, fused,
-                          c.feature_mean == "unit", c.border, c.calibration, c.upsample)
+                          c.feature_mean == "unit", c.border, c.calibration, c.upsample, c.adapt_fg, c.adapt_bg)
 
     @torch.no_grad()
     def update_embeddings(self, features: torch.Tensor, labels: torch.Tensor) -> None:
