@@ -167,6 +167,9 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
                    help="lambda in [0, 1) (default: the checkpoint's)")
     p.add_argument("--feature-mean", choices=["raw", "unit"], default=None,
                    help="raw or L2-normalised feature means, for the embeddings and the EM (default: the checkpoint's)")
+    p.add_argument("--refine", type=int_in(0, 100), default=0,
+                   help="instead of a fresh fit: refine the checkpoint's embeddings for R rounds, the EM's calibrated "
+                        "responsibilities as soft masks over the train split (default 0: off)")
     p.add_argument("--json", action="store_true")
 
 

@@ -321,9 +321,11 @@ def _jsonable(config: TrainConfig) -> dict:
 def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | None = None,
                    metadata: str | None = None, momentum: float | None = None, epochs: int = 1,
                    batch_size: int = 32, seed: int = 0, device: str = "cpu", reset: bool = True,
-                   feature_mean: str | None = None) -> dict:
+                   feature_mean: str | None = None, refine: int = 0) -> dict:
     """Learn the context embeddings of a trained CAM model over the train split with the
-    classifier frozen and no gradient (docs/method.md 3.1), so any CAM model gets CREAM."""
+    classifier frozen and no gradient (docs/method.md 3.1), so any CAM model gets CREAM.
+    `refine` > 0: instead, refine the checkpoint's own embeddings for that many rounds with the
+    EM's calibrated responsibilities as soft masks (`train/refine.py`)."""
     image_root, meta_root = data_paths(data, images, metadata)
     model, payload = load_checkpoint(checkpoint)
     meta = read_split(meta_root / "train", require_localization=False)
@@ -339,10 +341,12 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
         except ValueError as exc:
             raise CreamError(str(exc)) from None
     seed_everything(seed)
-    if reset:
-        model.embeddings.copy_(torch.randn_like(model.embeddings))
     model.to(device).eval()  # frozen: BN statistics untouched
     cfg = model.config
+    if refine > 0:
+        return _refine(model, payload, checkpoint, meta, image_root, out, refine, batch_size, device)
+    if reset:
+        model.embeddings.copy_(torch.randn_like(model.embeddings))
     data_set = WsolImages(meta, image_root, cfg.input_size, cfg.mean, cfg.std, train=True, seed=seed)
     for epoch in range(epochs):
         data_set.epoch = epoch
@@ -356,3 +360,24 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
                                   "feature_mean": cfg.cream.feature_mean, "seed": seed}
     save_checkpoint(out, model, training)
     return {"checkpoint": os.fspath(out), "images": len(data_set) * epochs}
+
+
+def _refine(model, payload: dict, checkpoint: str, meta, image_root, out: str, rounds: int, batch_size: int,
+            device: str) -> dict:
+    """`fit_embeddings(refine=R)`: R rounds of `refine_embeddings` over the train split
+    (evaluation transform, no augmentation), saved with the rounds' record."""
+    from .refine import refine_embeddings
+
+    cfg = model.config
+    data_set = WsolImages(meta, image_root, cfg.input_size, cfg.mean, cfg.std, train=False)
+
+    def batches():
+        loader = torch.utils.data.DataLoader(data_set, batch_size=batch_size, shuffle=False)
+        for x, y in progress(loader, "refine", unit="batch"):
+            yield x.to(device), y.to(device)
+
+    history = refine_embeddings(model, batches, rounds)
+    training = dict(payload.get("training", {}))
+    training["refine_embeddings"] = {"from": str(checkpoint), "rounds": rounds, "history": history}
+    save_checkpoint(out, model, training)
+    return {"checkpoint": os.fspath(out), "images": len(data_set), "refine": history}

@@ -13,6 +13,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.out, "--out")
     torch_device(args.device)
     record = run_fit(args.checkpoint, args.data, args.out, args.images, args.metadata, args.momentum,
-                     args.epochs, args.batch_size, args.seed, args.device, feature_mean=args.feature_mean)
+                     args.epochs, args.batch_size, args.seed, args.device, feature_mean=args.feature_mean,
+                     refine=args.refine)
     print(json.dumps(record) if args.json else f"wrote {record['checkpoint']} ({record['images']} images seen)")
     return 0

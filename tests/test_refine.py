@@ -1,0 +1,86 @@
+"""Embedding refinement (`cream fit-embeddings --refine R`, train/refine.py): one round equals
+its definition computed here in float64 NumPy (the EM's calibrated responsibilities as soft
+masks, per-class means over the split), and the CLI writes a checkpoint whose record says so."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from test_reactivate import np_reactivate  # noqa: E402
+
+from cream_rt.model.config import CreamConfig  # noqa: E402
+from cream_rt.model.network import create_model  # noqa: E402
+from cream_rt.train.refine import refine_embeddings  # noqa: E402
+
+EPS = 1e-6
+
+
+def _np_round(features, cams, labels, embeddings, unit):
+    """One refinement round from the definition: per image the z~-weighted mean (unit) feature
+    on each side, then the per-class mean of those; a class with no image keeps its rows."""
+    new = embeddings.astype(np.float64).copy()
+    z = np_reactivate(features, cams, embeddings[labels], 2, 8.0, 0.2, unit, calibration="cam-mean")
+    b, k = features.shape[:2]
+    cam_n = np.stack([(c - c.min()) / (c.max() - c.min()) for c in cams.reshape(b, -1).astype(np.float64)])
+    z = z.reshape(b, -1) - cam_n  # the map is z~ + minmax(CAM)
+    x = features.reshape(b, k, -1).astype(np.float64)
+    if unit:
+        x = x / (np.linalg.norm(x, axis=1, keepdims=True) + EPS)
+    fg = np.einsum("bkn,bn->bk", x, z) / z.sum(1, keepdims=True)
+    bg = np.einsum("bkn,bn->bk", x, 1 - z) / (1 - z).sum(1, keepdims=True)
+    for cls in set(labels.tolist()):
+        new[cls, 0] = fg[labels == cls].mean(0)
+        new[cls, 1] = bg[labels == cls].mean(0)
+    return new
+
+
+@pytest.mark.parametrize("unit", [True, False], ids=["unit", "raw"])
+def test_one_refinement_round_matches_its_definition(unit):
+    torch.manual_seed(0)
+    model = create_model("small-cnn", 4, input_size=32,
+                         cream=CreamConfig(feature_mean="unit" if unit else "raw")).eval()
+    model.embeddings.copy_(torch.rand_like(model.embeddings))
+    before = model.embeddings.clone().numpy()
+    x = torch.randn(10, 3, 32, 32)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])  # class 3 has no image: its rows stay
+    with torch.no_grad():
+        features = model.features(x)
+        cams = model.cam(features, labels)
+    history = refine_embeddings(model, lambda: [(x[:6], labels[:6]), (x[6:], labels[6:])], 1)
+    want = _np_round(features.numpy(), cams.numpy(), labels.numpy(), before, unit)
+    np.testing.assert_allclose(model.embeddings.numpy(), want, atol=1e-5)
+    np.testing.assert_array_equal(model.embeddings[3].numpy(), before[3])
+    assert len(history) == 1 and history[0]["mean_change"] > 0
+
+
+def test_refinement_reads_the_split_once_when_it_fits():
+    """Rounds after the first reuse the features of the first (the split fits in memory)."""
+    model = create_model("small-cnn", 2, input_size=32).eval()
+    calls = []
+
+    def batches():
+        calls.append(1)
+        return [(torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 0, 1]))]
+
+    refine_embeddings(model, batches, 3)
+    assert len(calls) == 1
+
+
+def test_fit_embeddings_refine_cli(tiny, tmp_path):
+    from cli_helpers import run
+
+    out = tmp_path / "refined.pt"
+    result = run("fit-embeddings", "--checkpoint", tiny["ckpt"], "--data", tiny["data"], "--out", out,
+                 "--refine", "2", "--json", expect=0)
+    record = json.loads(result.stdout)
+    assert [r["round"] for r in record["refine"]] == [1, 2]
+    payload = torch.load(out, weights_only=True)
+    assert payload["training"]["refine_embeddings"]["rounds"] == 2
+    original = torch.load(tiny["ckpt"], weights_only=True)["state_dict"]["embeddings"]
+    assert (payload["state_dict"]["embeddings"] - original).abs().max() > 1e-4
+    run("fit-embeddings", "--checkpoint", tiny["ckpt"], "--data", tiny["data"], "--out", tmp_path / "bad.pt",
+        "--refine", "-1", expect=2)
+    assert not (tmp_path / "bad.pt").exists()
