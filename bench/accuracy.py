@@ -134,10 +134,11 @@ class CellScorer:
         self.flips = {name: 0 for name in self.rows}
         self.count = 0
 
-    def maps(self, variant: Variant, features, cam, labels, masks):
+    def maps(self, variant: Variant, features, cam, labels, oracle):
         """Feature-resolution map `(B,h,w)`, its re-activation part z~ `(B,N)` (minmax(CAM) for
         CAM), the calibration-flip flags `(B,)` of one variant, and the cosines `(B,2)` of the EM's
-        start (fg, bg) to the oracle's centroids (None for CAM)."""
+        start (fg, bg) to the oracle's centroids (None for CAM); `oracle`: those centroids by
+        feature mean (unit: True / raw: False), computed once per batch."""
         import dataclasses
 
         import torch
@@ -150,7 +151,7 @@ class CellScorer:
         cam_n = minmax(cam.reshape(b, -1), (1,))
         if variant.iterations == 0:
             return cam_n.reshape(b, h, w), cam_n, torch.zeros(b, dtype=torch.bool), None
-        oracle = oracle_centroids(features, masks, unit)
+        oracle = oracle[unit]
         if variant.centroids == "oracle":
             centroids = oracle
         elif variant.centroids == "raw":
@@ -161,8 +162,8 @@ class CellScorer:
             centroids = self.model.embeddings[labels]
         start = adaptive_start(features.flatten(2), cam_n, centroids, cfg.tau, unit, cfg.adapt_fg, cfg.adapt_bg)
         cos = (l2_normalize(start, 2) * l2_normalize(oracle, 2)).sum(2)
-        out = reactivation(features, cam, centroids, variant.iterations, cfg.beta, cfg.tau, unit, cfg.border,
-                           cfg.calibration, cfg.upsample, cfg.adapt_fg, cfg.adapt_bg)
+        out = reactivation(features, cam, start, variant.iterations, cfg.beta, cfg.tau, unit, cfg.border,
+                           cfg.calibration, cfg.upsample)  # from the start above (adapt_* applied)
         return out.map, out.calibrated, ~out.keep_fg.reshape(b), cos
 
     def add(self, ids: list[str], x, labels) -> None:
@@ -178,8 +179,9 @@ class CellScorer:
             masks = torch.from_numpy(masks_at(self.root, ids, h, w)).float()
             inside, outside = masks > 0.5, masks < 0.05
             self.pixels += np.array([float(inside.sum()), float(outside.sum())])
+            oracle = {unit: oracle_centroids(features, masks, unit) for unit in (True, False)}
             for name, variant in self.rows.items():
-                fmap, z, flipped, cos = self.maps(variant, features, cam, labels, masks)
+                fmap, z, flipped, cos = self.maps(variant, features, cam, labels, oracle)
                 if cos is not None:
                     self.start_cos[name] += cos.sum(0).numpy()
                 self.scorers[name].add(ids, logits, score_maps(fmap, x.shape[-2:]).numpy())

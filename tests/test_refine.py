@@ -84,3 +84,20 @@ def test_fit_embeddings_refine_cli(tiny, tmp_path):
     run("fit-embeddings", "--checkpoint", tiny["ckpt"], "--data", tiny["data"], "--out", tmp_path / "bad.pt",
         "--refine", "-1", expect=2)
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_refinement_rereads_a_split_too_large_to_keep(monkeypatch):
+    """Past CACHE_BYTES every round reads the split again, with the same result as cached rounds."""
+    import cream_rt.train.refine as refine
+
+    x, y = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 0, 1])
+    results = []
+    for limit in (1 << 30, 1):
+        monkeypatch.setattr(refine, "CACHE_BYTES", limit)
+        torch.manual_seed(0)
+        model = create_model("small-cnn", 2, input_size=32).eval()
+        calls = []
+        refine_embeddings(model, lambda: calls.append(1) or [(x, y)], 3)
+        results.append((len(calls), model.embeddings.clone()))
+    assert [n for n, _ in results] == [1, 3]
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6)

@@ -11,20 +11,12 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from cream_rt.model.em import l2_normalize, reactivation
+from cream_rt.model.em import l2_normalize, reactivation, side_means
 
-__all__ = ["soft_side_means", "refine_embeddings"]
+__all__ = ["refine_embeddings"]
 
 # features of the whole split stay in memory up to this size; beyond it each round recomputes them
 CACHE_BYTES = 1 << 30
-
-
-def soft_side_means(features: torch.Tensor, calibrated: torch.Tensor, unit: bool) -> torch.Tensor:
-    """`(B,2,K)`: per image, the mean feature weighted by z~ (foreground) and by 1 - z~
-    (background); `features (B,K,N)`, `calibrated (B,N)`."""
-    x = l2_normalize(features, 1) if unit else features
-    weights = torch.stack([calibrated, 1 - calibrated], 1)  # (B,2,N)
-    return torch.bmm(weights, x.transpose(1, 2)) / weights.sum(2, keepdim=True).clamp_min(1e-6)
 
 
 @torch.no_grad()
@@ -35,24 +27,23 @@ def refine_embeddings(model, batches: Callable[[], Iterable[tuple[torch.Tensor, 
     rows (1 - cosine to the previous round's)."""
     c = model.config.cream
     unit = c.feature_mean == "unit"
-    cache: list[tuple[torch.Tensor, torch.Tensor]] | None = []  # None once the split outgrows CACHE_BYTES
+    cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # the split's features, once read, if they fit
+    cacheable = True
     history = []
     for round_index in range(rounds):
         sums = torch.zeros_like(model.embeddings)
         counts = torch.zeros(model.embeddings.shape[0], dtype=model.embeddings.dtype,
                              device=model.embeddings.device)
-        if round_index > 0 and cache is not None:
-            source = cache
-        else:
-            source = ((model.features(x), y) for x, y in batches())
-        cached_bytes = 0
+        source = cache if cache is not None else ((model.features(x), y) for x, y in batches())
+        filling: list | None = [] if cache is None and cacheable else None
+        filled_bytes = 0
         for features, labels in source:
-            if round_index == 0 and cache is not None:
-                cached_bytes += features.numel() * features.element_size()
-                if cached_bytes <= CACHE_BYTES:
-                    cache.append((features, labels))
+            if filling is not None:
+                filled_bytes += features.numel() * features.element_size()
+                if filled_bytes <= CACHE_BYTES:
+                    filling.append((features, labels))
                 else:
-                    cache = None
+                    filling, cacheable = None, False
             b, k, h, w = features.shape
             cam = model.cam(features, labels)
             out = reactivation(features, cam, model.embeddings[labels], c.iterations, c.beta, c.tau, unit, c.border,
@@ -61,9 +52,11 @@ def refine_embeddings(model, batches: Callable[[], Iterable[tuple[torch.Tensor, 
             if calibrated.shape[-1] != h * w:  # a finer EM grid: back to feature cells
                 calibrated = torch.nn.functional.adaptive_avg_pool2d(
                     calibrated.reshape(b, 1, h * c.upsample, w * c.upsample), (h, w)).reshape(b, -1)
-            means = soft_side_means(features.reshape(b, k, h * w), calibrated, unit)
+            means = side_means(features.reshape(b, k, h * w), calibrated, unit)
             sums.index_add_(0, labels, means)
             counts.index_add_(0, labels, torch.ones_like(labels, dtype=counts.dtype))
+        if filling is not None:
+            cache = filling
         seen = counts > 0
         new = model.embeddings.clone()
         new[seen] = sums[seen] / counts[seen].reshape(-1, 1, 1)

@@ -9,8 +9,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["EPS", "minmax", "l2_normalize", "em_foreground", "adaptive_start", "check_fused", "border_weights",
-           "Reactivation", "reactivation", "reactivate", "bicubic_matrix", "score_maps"]
+__all__ = ["EPS", "minmax", "l2_normalize", "em_foreground", "side_means", "adaptive_start", "check_fused",
+           "border_weights", "Reactivation", "reactivation", "reactivate", "bicubic_matrix", "score_maps"]
 
 EPS = 1e-6
 
@@ -59,6 +59,16 @@ def em_foreground(features: torch.Tensor, centroids: torch.Tensor, iterations: i
     return z[:, 0], z[:, 1]
 
 
+def side_means(features: torch.Tensor, foreground: torch.Tensor, unit_mean: bool) -> torch.Tensor:
+    """`(B,2,K)`: per image, the mean feature (L2-normalised first under `unit_mean`) weighted by
+    `foreground (B,N)` and by `1 - foreground`. With a 0/1 mask these are the side means of the
+    embedding update (3.1); with responsibilities, their soft form. An empty side gives zeros.
+    `features (B,K,N)`."""
+    x = l2_normalize(features, 1) if unit_mean else features
+    weights = torch.stack([foreground, 1 - foreground], 1).to(x.dtype)  # (B,2,N)
+    return torch.bmm(weights, x.transpose(1, 2)) / weights.sum(2, keepdim=True).clamp_min(EPS)
+
+
 def adaptive_start(features: torch.Tensor, cam_n: torch.Tensor, centroids: torch.Tensor, tau: float,
                    unit_mean: bool, adapt_fg: float, adapt_bg: float) -> torch.Tensor:
     """The EM's start `(B,2,K)`: each class embedding mixed with this image's own mean feature on
@@ -66,11 +76,8 @@ def adaptive_start(features: torch.Tensor, cam_n: torch.Tensor, centroids: torch
     feature over {minmax(CAM) >= tau} (foreground, weight `adapt_fg`) or the rest (background,
     `adapt_bg`): the target the embedding update of 3.1 would move V towards for this image.
     `features (B,K,N)`, `cam_n (B,N)`; an empty side keeps its share of V only."""
-    x = l2_normalize(features, 1) if unit_mean else features
-    fg = (cam_n >= tau).to(x.dtype).unsqueeze(1)  # (B,1,N)
-    sides = torch.cat([fg, 1 - fg], 1)  # (B,2,N)
-    means = torch.bmm(sides, x.transpose(1, 2)) / sides.sum(2, keepdim=True).clamp_min(1.0)  # (B,2,K)
-    weights = torch.tensor([adapt_fg, adapt_bg], dtype=x.dtype, device=x.device).reshape(1, 2, 1)
+    means = side_means(features, (cam_n >= tau).to(features.dtype), unit_mean)
+    weights = torch.tensor([adapt_fg, adapt_bg], dtype=means.dtype, device=means.device).reshape(1, 2, 1)
     return (1 - weights) * centroids + weights * means
 
 

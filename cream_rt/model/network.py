@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from .backbones import get_backbone, load_imagenet_weights
 from .config import ModelConfig
-from .em import l2_normalize, minmax, reactivate, score_maps
+from .em import minmax, reactivate, score_maps, side_means
 
 __all__ = ["CamModel", "create_model", "EmbeddingStatistics"]
 
@@ -136,15 +136,10 @@ class CamModel(nn.Module):
         and apply one update in one order (`apply_embedding_statistics`)."""
         features = features.detach().float()
         cam = minmax(self.cam(features, labels).flatten(1), (1,))
-        flat = features.flatten(2)  # (B,K,N)
-        if self.config.cream.feature_mean == "unit":
-            flat = l2_normalize(flat, 1)
-        fg = (cam >= self.config.cream.tau).to(flat.dtype)  # (B,N)
-        bg = 1.0 - fg
-        n_fg, n_bg = fg.sum(1), bg.sum(1)
-        f_fg = torch.einsum("bkn,bn->bk", flat, fg) / n_fg.clamp(min=1).unsqueeze(1)
-        f_bg = torch.einsum("bkn,bn->bk", flat, bg) / n_bg.clamp(min=1).unsqueeze(1)
-        return EmbeddingStatistics(labels.detach().long(), f_fg, f_bg, n_fg > 0, n_bg > 0)
+        fg = (cam >= self.config.cream.tau).to(features.dtype)  # (B,N)
+        means = side_means(features.flatten(2), fg, self.config.cream.feature_mean == "unit")
+        n_fg = fg.sum(1)
+        return EmbeddingStatistics(labels.detach().long(), means[:, 0], means[:, 1], n_fg > 0, n_fg < fg.shape[1])
 
     @torch.no_grad()
     def apply_embedding_statistics(self, stats: EmbeddingStatistics) -> None:
