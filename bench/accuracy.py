@@ -338,6 +338,37 @@ def summarize(cells: list[dict]) -> dict:
     return summary
 
 
+# The team's rule for a new default (DEVELOPERS.md): over the suite, 3 seeds per cell and every
+# backbone, >= 1 MaxBoxAccV2 better on the mean over cells and no cell more than 0.5 worse.
+RULE_SEEDS, RULE_MEAN_GAIN, RULE_WORST_LOSS = 3, 1.0, 0.5
+
+
+def default_rule(summary: dict, row: str, baseline: str = "CREAM T=2") -> dict | None:
+    """`row` against `baseline` under the default-change rule: mean and worst per-cell difference
+    of MaxBoxAccV2 over the cells that have both rows, whether every cell has all seeds, and the
+    verdict: "fails" once a cell with all its seeds loses more than the limit (or the complete
+    suite's mean gain is short), "passes" on the complete suite, else "open" (None where no cell
+    has the row)."""
+    diffs = {key: s["rows"][row]["MaxBoxAccV2"] - s["rows"][baseline]["MaxBoxAccV2"]
+             for key, s in summary.items() if row in s["rows"] and baseline in s["rows"]}
+    if not diffs:
+        return None
+    worst = min(diffs, key=diffs.get)
+    settled = [key for key in diffs if len(summary[key]["seeds"]) >= RULE_SEEDS
+               and "seeds" not in summary[key]["rows"][row]]  # cells with every seed of this row
+    suite = {f"{preset}/{backbone}" for preset in SUITES["default"] for backbone in RECIPES}
+    complete = suite <= set(settled)  # every preset of the suite, every backbone, all seeds
+    mean = float(np.mean(list(diffs.values())))
+    if any(diffs[key] < -RULE_WORST_LOSS for key in settled) or (complete and mean < RULE_MEAN_GAIN):
+        verdict = "fails"
+    elif complete:
+        verdict = "passes"
+    else:
+        verdict = "open (cells or seeds missing)"
+    return {"row": row, "mean_gain": mean, "worst_cell": worst, "worst_gain": diffs[worst], "cells": len(diffs),
+            "complete": complete, "verdict": verdict}
+
+
 def _cos(cell: dict, row: str) -> str:
     r = cell["rows"].get(row, {})
     return f"{r['start_cos_fg']:.2f} / {r['start_cos_bg']:.2f}" if "start_cos_fg" in r else ""
@@ -374,6 +405,16 @@ def markdown(summary: dict, command: str) -> str:
                       ("target (met?)", lambda s: f"{s['target']} ({'yes' if s['target_met'] else 'NO'})"),
                       ("seeds", lambda s: ",".join(str(v) for v in s["seeds"]))):
         lines.append(f"| {label} | " + " | ".join(fn(summary[k]) for k in keys) + " |")
+    lines += ["", f"Default rule against `CREAM T=2` (>= {RULE_MEAN_GAIN:g} on the mean over cells, no cell below "
+                  f"-{RULE_WORST_LOSS:g}, {RULE_SEEDS} seeds in every cell); a loss beyond the limit in a cell with "
+                  "all its seeds fails a row at once:", "",
+              "| row | mean gain | worst cell | cells | verdict |", "|---|---|---|---|---|"]
+    for name in row_names:
+        verdict = default_rule(summary, name) if name not in ("CAM", "CREAM T=2") and "oracle" not in name else None
+        if verdict:
+            worst = f"{verdict['worst_cell']} {verdict['worst_gain']:+.2f}"
+            lines.append(f"| {name} | {verdict['mean_gain']:+.2f} | {worst} | {verdict['cells']} "
+                         f"| {verdict['verdict']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -63,3 +63,26 @@ def test_cam_and_cream_rows_equal_cream_eval(tmp_path, capsys):
     assert rows["CAM"]["calibration_flips"] == 0 and 0 <= rows["CREAM T=2"]["calibration_flips"] <= 1
     for row in rows.values():
         assert 0 <= row["inside"] <= 1 and 0 <= row["outside"] <= 1
+
+
+def test_default_rule_hand_made_summary():
+    """The team's rule (>= 1 on the mean, no cell below -0.5, 3 seeds, every preset and backbone):
+    a settled cell's loss fails a row at once; a gain on an incomplete suite stays open; the
+    complete suite passes or fails on its mean."""
+    from cream_rt.bench.accuracy import RECIPES, SUITES, default_rule
+
+    def summary(gains, seeds=(0, 1, 2)):
+        return {key: {"seeds": list(seeds), "rows": {"CREAM T=2": {"MaxBoxAccV2": 50.0},
+                                                     "x": {"MaxBoxAccV2": 50.0 + gain}}}
+                for key, gain in gains.items()}
+
+    keys = [f"{p}/{b}" for p in SUITES["default"] for b in RECIPES]
+    assert default_rule(summary(dict.fromkeys(keys, 1.5)), "x")["verdict"] == "passes"
+    assert default_rule(summary(dict.fromkeys(keys, 0.9)), "x")["verdict"] == "fails"  # mean short
+    losing = summary({**dict.fromkeys(keys, 3.0), keys[0]: -0.6})
+    rule = default_rule(losing, "x")
+    assert rule["verdict"] == "fails" and rule["worst_cell"] == keys[0] and rule["worst_gain"] == pytest.approx(-0.6)
+    assert default_rule(summary(dict.fromkeys(keys[:3], 5.0)), "x")["verdict"].startswith("open")
+    assert default_rule(summary(dict.fromkeys(keys, 5.0), seeds=(0,)), "x")["verdict"].startswith("open")
+    assert default_rule(summary({keys[0]: -3.0}, seeds=(0,)), "x")["verdict"].startswith("open")  # one seed
+    assert default_rule(summary(dict.fromkeys(keys, 1.5)), "missing") is None
