@@ -82,6 +82,7 @@ def test_default_rule_hand_made_summary():
     losing = summary({**dict.fromkeys(keys, 3.0), keys[0]: -0.6})
     rule = default_rule(losing, "x")
     assert rule["verdict"] == "fails" and rule["worst_cell"] == keys[0] and rule["worst_gain"] == pytest.approx(-0.6)
+    assert rule["worst_settled_cell"] == keys[0]
     assert default_rule(summary(dict.fromkeys(keys[:3], 5.0)), "x")["verdict"].startswith("open")
     assert default_rule(summary(dict.fromkeys(keys, 5.0), seeds=(0,)), "x")["verdict"].startswith("open")
     assert default_rule(summary({keys[0]: -3.0}, seeds=(0,)), "x")["verdict"].startswith("open")  # one seed

@@ -97,7 +97,7 @@ def test_refinement_rereads_a_split_too_large_to_keep(monkeypatch):
         torch.manual_seed(0)
         model = create_model("small-cnn", 2, input_size=32).eval()
         calls = []
-        refine_embeddings(model, lambda: calls.append(1) or [(x, y)], 3)
+        refine_embeddings(model, lambda calls=calls: calls.append(1) or [(x, y)], 3)
         results.append((len(calls), model.embeddings.clone()))
     assert [n for n, _ in results] == [1, 3]
     assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
