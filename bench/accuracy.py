@@ -55,9 +55,10 @@ class Variant:
     """One row: how the map is made from the features."""
 
     iterations: int
-    centroids: str = "learned"  # learned | raw (refitted with raw means) | refined (REFINE_ROUNDS) | oracle
+    centroids: str = "learned"  # learned | raw (refitted with raw means) | refined (`refine` rounds) | oracle
     config: dict = field(default_factory=dict)  # CreamConfig fields that differ from the checkpoint's
     pas: bool = False  # boxes scored with RCAM's percentile as a standard
+    refine: int = 0  # centroids "refined": rounds of `cream fit-embeddings --refine`
 
 
 def variants() -> dict[str, Variant]:
@@ -71,16 +72,17 @@ def variants() -> dict[str, Variant]:
     rows.update({f"{name}={value:g}": Variant(2, config={name: value})
                  for name, value in (("beta", 4.0), ("beta", 16.0), ("beta", 32.0), ("tau", 0.1), ("tau", 0.35))})
     rows.update({name: Variant(2, config=fields) for name, fields in DEVIATIONS.items()})
-    rows[f"refine={REFINE_ROUNDS}"] = Variant(2, centroids="refined")
-    rows[f"refine={REFINE_ROUNDS} beta=16"] = Variant(2, centroids="refined", config={"beta": 16.0})
-    rows[f"refine={REFINE_ROUNDS} beta=32"] = Variant(2, centroids="refined", config={"beta": 32.0})
+    for rounds in REFINE_ROUNDS:
+        rows[f"refine={rounds}"] = Variant(2, centroids="refined", refine=rounds)
+    rows["refine=4 beta=16"] = Variant(2, centroids="refined", config={"beta": 16.0}, refine=4)
+    rows["refine=4 beta=32"] = Variant(2, centroids="refined", config={"beta": 32.0}, refine=4)
     rows["CAM + PaS"] = Variant(0, pas=True)
     rows["CREAM T=2 + PaS"] = Variant(2, pas=True)
     return rows
 
 
 # `cream fit-embeddings --refine R` rounds of the suite's refined rows
-REFINE_ROUNDS = 4
+REFINE_ROUNDS = (2, 4)
 
 # Named deviations from the default method (CreamConfig fields) that the suite ablates; the
 # default calibration is cam-mean since 2026-12-04, so the paper's rule is a row of its own.
@@ -117,13 +119,14 @@ def oracle_centroids(features, masks, unit: bool):
 class CellScorer:
     """Scores every variant of one trained model over the test split."""
 
-    def __init__(self, model, raw_embeddings, meta, data_root: Path, interval: float = 0.01, refined_embeddings=None):
+    def __init__(self, model, raw_embeddings, meta, data_root: Path, interval: float = 0.01,
+                 refined_embeddings: dict | None = None):
         from cream_rt.scoring import SplitScorer
 
         self.model, self.raw_embeddings, self.meta, self.root = model, raw_embeddings, meta, data_root
-        self.refined_embeddings = refined_embeddings
+        self.refined_embeddings = refined_embeddings or {}  # rounds -> embeddings
         self.rows = {name: row for name, row in variants().items()
-                     if row.centroids != "refined" or refined_embeddings is not None}
+                     if row.centroids != "refined" or row.refine in self.refined_embeddings}
         self.scorers = {name: SplitScorer(meta, model.config.input_size, interval, pas=row.pas)
                         for name, row in self.rows.items()}
         # per row: sums of the final map (over its max) and of z~ inside / outside the object
@@ -157,7 +160,7 @@ class CellScorer:
         elif variant.centroids == "raw":
             centroids = self.raw_embeddings[labels]
         elif variant.centroids == "refined":
-            centroids = self.refined_embeddings[labels]
+            centroids = self.refined_embeddings[variant.refine][labels]
         else:
             centroids = self.model.embeddings[labels]
         start = adaptive_start(features.flatten(2), cam_n, centroids, cfg.tau, unit, cfg.adapt_fg, cfg.adapt_bg)
@@ -211,7 +214,7 @@ class CellScorer:
 
 
 def score_cell(checkpoint: Path, raw_checkpoint: Path, data: Path, batch_size: int = 50,
-               refined_checkpoint: Path | None = None) -> dict:
+               refined_checkpoints: dict[int, Path] | None = None) -> dict:
     """All variants of a trained checkpoint on the test split of `data`."""
     import torch
 
@@ -224,7 +227,7 @@ def score_cell(checkpoint: Path, raw_checkpoint: Path, data: Path, batch_size: i
     split_dir, images = split_paths(data, "test")
     meta = read_split(split_dir)
     cfg = model.config
-    refined = load_checkpoint(refined_checkpoint)[0].embeddings if refined_checkpoint else None
+    refined = {rounds: load_checkpoint(path)[0].embeddings for rounds, path in (refined_checkpoints or {}).items()}
     scorer = CellScorer(model.eval(), raw.embeddings, meta, data, refined_embeddings=refined)
     for chunk, x, labels in split_batches(meta, images, batch_size, cfg.input_size, cfg.mean, cfg.std, "score"):
         scorer.add(chunk, torch.from_numpy(x), torch.from_numpy(labels))
@@ -295,10 +298,11 @@ def run_cell(preset_name: str, backbone: str, seed: int, work: Path, log, regres
               input_size=recipe.input_size, log=quiet)
     if not raw.is_file():
         fit_embeddings(str(ckpt), str(data), str(raw), seed=seed, feature_mean="raw")
-    refined = cell_dir / f"refined{REFINE_ROUNDS}.pt"
-    if not refined.is_file():
-        fit_embeddings(str(ckpt), str(data), str(refined), batch_size=50, refine=REFINE_ROUNDS)
-    rows = score_cell(ckpt, raw, data, refined_checkpoint=refined)
+    refined = {rounds: cell_dir / f"refined{rounds}.pt" for rounds in REFINE_ROUNDS}
+    for rounds, path in refined.items():
+        if not path.is_file():
+            fit_embeddings(str(ckpt), str(data), str(path), batch_size=50, refine=rounds)
+    rows = score_cell(ckpt, raw, data, refined_checkpoints=refined)
     if backbone != "small-cnn" and int8:
         rows.update(int8_rows(ckpt, data, cell_dir))
     if regressor:
@@ -401,8 +405,7 @@ def markdown(summary: dict, command: str) -> str:
                       ("start cos to oracle fg / bg: learned", lambda s: _cos(s, "CREAM T=2")),
                       ("start cos to oracle fg / bg: adapt=0.5", lambda s: _cos(s, "adapt=0.5")),
                       ("start cos to oracle fg / bg: adapt=1", lambda s: _cos(s, "adapt=1")),
-                      (f"start cos to oracle fg / bg: refine={REFINE_ROUNDS}",
-                       lambda s: _cos(s, f"refine={REFINE_ROUNDS}")),
+                      ("start cos to oracle fg / bg: refine=4", lambda s: _cos(s, "refine=4")),
                       ("classification top-1", lambda s: f"{s['rows']['CAM']['classification_top1']:.1f}"),
                       ("target (met?)", lambda s: f"{s['target']} ({'yes' if s['target_met'] else 'NO'})"),
                       ("seeds", lambda s: ",".join(str(v) for v in s["seeds"]))):
