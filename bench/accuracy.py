@@ -279,6 +279,7 @@ def run_cell(preset_name: str, backbone: str, seed: int, work: Path, log, regres
              int8: bool = True) -> dict:
     """Synthesize, train (default CREAM settings), refit raw embeddings, score; returns the cell.
     With `regressor`, also CREAM + box regressor; without `int8`, no ONNX rows."""
+    from cream_rt.model.checkpoint import load_checkpoint, training_progress
     from cream_rt.synth import generate, preset
     from cream_rt.train.trainer import TrainConfig, fit_embeddings, train
 
@@ -292,10 +293,11 @@ def run_cell(preset_name: str, backbone: str, seed: int, work: Path, log, regres
     cell_dir.mkdir(parents=True, exist_ok=True)
     ckpt, raw = cell_dir / "model.pt", cell_dir / "raw.pt"
     quiet = lambda line: None  # noqa: E731
-    if not ckpt.is_file():
+    done = training_progress(load_checkpoint(ckpt)[1], ckpt)[0] if ckpt.is_file() else 0
+    if done < recipe.epochs:  # new, or cut off after an epoch's checkpoint: resume from it
         train(backbone, str(data), str(ckpt), config=TrainConfig(epochs=recipe.epochs, seed=seed,
                                                                  lr_decay_epochs=recipe.lr_decay_epochs),
-              input_size=recipe.input_size, log=quiet)
+              input_size=recipe.input_size, log=quiet, resume=str(ckpt) if done else None)
     if not raw.is_file():
         fit_embeddings(str(ckpt), str(data), str(raw), seed=seed, feature_mean="raw")
     refined = {rounds: cell_dir / f"refined{rounds}.pt" for rounds in REFINE_ROUNDS}

@@ -87,3 +87,25 @@ def test_default_rule_hand_made_summary():
     assert default_rule(summary(dict.fromkeys(keys, 5.0), seeds=(0,)), "x")["verdict"].startswith("open")
     assert default_rule(summary({keys[0]: -3.0}, seeds=(0,)), "x")["verdict"].startswith("open")  # one seed
     assert default_rule(summary(dict.fromkeys(keys, 1.5)), "missing") is None
+
+
+def test_a_cell_cut_off_after_an_epoch_resumes_its_training(tmp_path, monkeypatch):
+    """Each epoch's checkpoint is written; a cell stopped after epoch 1 of 2 is trained on from it
+    (not scored as if done)."""
+    from cream_rt.bench import accuracy
+    from cream_rt.synth import generate, preset
+    from cream_rt.train.trainer import TrainConfig, train
+
+    recipe = accuracy.CellRecipe(image_size=48, input_size=48, epochs=2, lr_decay_epochs=(1,), train=24, val=6,
+                                 test=6)
+    monkeypatch.setattr(accuracy, "RECIPES", {"small-cnn": recipe})
+    monkeypatch.setattr(accuracy, "REFINE_ROUNDS", (1,))
+    data = tmp_path / "data-default-48-s0"
+    generate(data, preset("default", size=48, train=24, val=6, test=6, seed=0), show_progress=False)
+    cell = tmp_path / "default-small-cnn-s0"
+    cell.mkdir()
+    train("small-cnn", str(data), str(cell / "model.pt"), config=TrainConfig(epochs=1, seed=0, lr_decay_epochs=(1,)),
+          input_size=48, log=lambda line: None)
+    accuracy.run_cell("default", "small-cnn", 0, tmp_path, log=lambda line: None)
+    training = torch.load(cell / "model.pt", weights_only=True)["training"]
+    assert training["epoch"] == 2 and len(training["history"]) == 2
