@@ -18,12 +18,16 @@ The tests check both against a plain per-threshold reference on adversarial maps
 """
 from __future__ import annotations
 
+import sys
+import threading
+import time
+
 import cv2
 import numpy as np
 
 __all__ = ["NO_BOX", "PAS_PERCENTILE", "PAS_THETA", "reference_level", "quantize", "threshold_levels",
            "boxes_at_threshold", "iou_matrix", "quantize_checked", "threshold_ious", "box_to_fractions",
-           "fractions_to_box"]
+           "fractions_to_box", "compile_kernels"]
 
 try:  # numba is the `fast` extra; without it the evaluator uses OpenCV per level.
     import numba
@@ -528,3 +532,31 @@ def threshold_ious(img: np.ndarray, thresholds: np.ndarray, gt_boxes: np.ndarray
         iou_all[cuts == t] = iou_matrix(boxes_at_threshold(img, int(t), True), gt).max()
         iou_largest[cuts == t] = iou_matrix(boxes_at_threshold(img, int(t), False), gt).max()
     return iou_all, iou_largest
+
+
+COMPILE_NOTICE_AFTER_S = 1.0
+_compiled = threading.Event()
+
+
+def compile_kernels(announce: bool = True) -> float:
+    """Compile the evaluator's numba kernels now (or load them from numba's on-disk cache), once
+    per process, and return the seconds it took. A fresh install's first evaluation pays the
+    compilation (about 5-10 s on 2 cores) before its first map; with `announce`, a line on stderr
+    says so when it takes more than a second. `make setup` calls this, so the cache is warm."""
+    if not HAVE_NUMBA or _compiled.is_set():
+        return 0.0
+    notice = threading.Timer(COMPILE_NOTICE_AFTER_S, lambda: print(
+        "cream: compiling the evaluator's numba kernels (first run after install; cached afterwards) ...",
+        file=sys.stderr, flush=True))
+    notice.daemon = True
+    if announce:
+        notice.start()
+    started = time.perf_counter()
+    try:
+        for dtype in (np.float32, np.float64):  # the dtypes and layouts the evaluator passes
+            img, _, _, _ = quantize_checked(np.linspace(0, 1, 64, dtype=dtype).reshape(8, 8))
+        threshold_ious(img, np.array([0.1, 0.5]), np.array([[1, 1, 5, 5]]))
+    finally:
+        notice.cancel()
+    _compiled.set()
+    return time.perf_counter() - started

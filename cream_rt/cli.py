@@ -237,7 +237,10 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                    help="TensorRT dynamic batch profile (default 1,8,32)")
     p.add_argument("--timing-cache", help="TensorRT timing cache file, read and updated")
     p.add_argument("--int8", action="store_true",
-                   help="ONNX Runtime: int8 convolutions (QDQ), calibrated on --calibration-data; the rest stays fp32")
+                   help="ONNX Runtime: an int8 backbone (QDQ; the stem, classifier, CAM and EM stay fp32), "
+                        "calibrated on --calibration-data")
+    p.add_argument("--int8-calibration", choices=["minmax", "percentile", "entropy"], default="minmax",
+                   help="how --int8 sets activation ranges from the calibration images (default minmax)")
     p.add_argument("--calibration-data", metavar="DATA",
                    help="data root (images/, metadata/<split>/) whose images calibrate --int8")
     p.add_argument("--calibration-split", default="train", help="split of --calibration-data (default: train)")
@@ -289,11 +292,19 @@ def _localize_args(p: argparse.ArgumentParser) -> None:
     ray.add_argument("--json", action="store_true", help="print the run's summary as JSON (with --ray)")
 
 
-@command("parity", "compare the eager model and its export on the same images",
+@command("parity", "compare the eager model (or an fp32 export) and an export on the same images",
          "cream_rt.commands.parity_cmd:run")
 def _parity_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True)
+    ref = p.add_mutually_exclusive_group(required=True)
+    ref.add_argument("--checkpoint", help="the reference: the eager model of this checkpoint")
+    ref.add_argument("--reference", metavar="FP32.onnx",
+                     help="the reference: the fp32 export an --int8 MODEL was quantized from (no torch needed)")
     p.add_argument("--model", required=True)
+    p.add_argument("--per-layer", action="store_true",
+                   help="int8 MODEL: also compare every quantized activation with the fp32 graph's (needs onnx; "
+                        "with --checkpoint, the fp32 reference is exported on the fly)")
+    p.add_argument("--per-layer-images", type=POSITIVE, default=64,
+                   help="images the --per-layer report runs on (default 64)")
     p.add_argument("--data", help="data root with images/ and metadata/")
     p.add_argument("--images", help="image root (instead of DATA/images)")
     p.add_argument("--metadata", help="metadata split folder (instead of DATA/metadata/SPLIT)")

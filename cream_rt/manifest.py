@@ -32,7 +32,8 @@ class Manifest:
     checkpoint_sha256: str
     versions: dict = field(default_factory=dict)
     fused: bool = False
-    precision: str = "fp32"  # "int8": convolutions quantized (`cream export --int8`)
+    precision: str = "fp32"  # "int8": the backbone quantized (`cream export --int8`)
+    quantization: dict = field(default_factory=dict)  # int8: the recipe (export/quantize.py), else empty
     feature_mean: str = "raw"  # the EM's M-step mean ("unit" or "raw"); files without the field are raw
     pas: bool = False  # boxes: thresholds relative to the map's 90th percentile (RCAM's PaS)
     regressor: bool = False  # a `boxes` output from CREAM's box regressor (its boxes are the boxes)
@@ -84,4 +85,6 @@ class Manifest:
             return f"mode must be 'cam' or 'cream', got {self.mode!r}"
         if not isinstance(self.iterations, int) or not 0 <= self.iterations <= 64:
             return f"iterations must be an integer in [0, 64], got {self.iterations!r}"
+        if not isinstance(self.quantization, dict):
+            return f"quantization must be an object, got {self.quantization!r}"
         return None

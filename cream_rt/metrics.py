@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .boxes import quantize_checked, threshold_ious
+from .boxes import compile_kernels, quantize_checked, threshold_ious
 from .errors import MetadataError, ScoreMapError
 
 __all__ = ["IOU_THRESHOLDS", "PXAP_EXTRA_EDGES", "threshold_list", "check_scoremap", "ImageBoxResult",
@@ -67,6 +67,7 @@ class BoxEvaluator:
 
     def __init__(self, interval: float = 0.01, map_size: tuple[int, int] = (224, 224),
                  iou_thresholds: tuple[int, ...] = IOU_THRESHOLDS, pas: bool = False):
+        compile_kernels()  # before the first map, with a line on stderr when the cache is cold
         self.thresholds = threshold_list(interval)
         self.pas = pas  # RCAM's percentile as a standard: thresholds relative to the 90th percentile
         self.map_size = tuple(map_size)

@@ -1,5 +1,6 @@
-"""Eager model vs its export on the same images: differences of maps and logits, top-1
-agreement, box agreement at a threshold, and MaxBoxAccV2 of both (`cream parity`, the demo)."""
+"""A reference (the eager model, or the fp32 export an int8 one came from) vs an export on the
+same images: differences of maps and logits, top-1 agreement, box agreement at a threshold, and
+MaxBoxAccV2 / GT-known Loc of both (`cream parity`, the demo)."""
 from __future__ import annotations
 
 import platform
@@ -10,7 +11,7 @@ import numpy as np
 from .errors import CreamError
 from .scoring import SplitScorer, check_labels, split_batches
 
-__all__ = ["box_agreement", "compute_parity"]
+__all__ = ["box_agreement", "compute_parity", "check_same_source"]
 
 
 def box_agreement(eager_maps: np.ndarray, export_maps: np.ndarray, threshold: float,
@@ -23,46 +24,58 @@ def box_agreement(eager_maps: np.ndarray, export_maps: np.ndarray, threshold: fl
                      for a, b in zip(eager_maps, export_maps)])
 
 
-def compute_parity(checkpoint: str, model: str, meta, images: Path, batch_size: int = 16, threshold: float = 0.2,
-                   interval: float = 0.01, regressor: str | None = None) -> dict:
-    """Run the eager model and its export over the same batches and compare them.
+def compute_parity(checkpoint: str | None, model: str, meta, images: Path, batch_size: int = 16,
+                   threshold: float = 0.2, interval: float = 0.01, regressor: str | None = None,
+                   reference: str | None = None) -> dict:
+    """Run a reference and an export over the same batches and compare them.
 
     Args:
-        checkpoint: the eager model's checkpoint.
+        checkpoint: the eager model's checkpoint (the reference), or None with `reference`.
         model: the ONNX export (made from that checkpoint; its mode and T are used for both).
         meta, images: the split and its image root.
         threshold: box threshold at which the two engines' boxes are compared.
         interval: the score-threshold step of MaxBoxAccV2.
         regressor: the box regressor file the export was made with (required when it has one).
+        reference: instead of `checkpoint`, an fp32 ONNX export of the same checkpoint (e.g. the
+            source of an int8 export); no torch needed.
     Returns:
         Map and logit differences, top-1 agreement, the share of boxes at IoU >= 0.99,
-        MaxBoxAccV2 of both, providers, machine and versions.
+        MaxBoxAccV2 and GT-known Loc of both (`_eager` or `_reference`, and `_exported`),
+        providers, machine and versions.
     """
-    from .model.eager import EagerPredictor
     from .runtime import OnnxPredictor
 
+    if (checkpoint is None) == (reference is None):
+        raise CreamError("parity needs one reference: a checkpoint (eager) or an fp32 export (--reference)")
     exported = OnnxPredictor.load(model, allow_custom_ops=True)
     m = exported.manifest
     if m.regressor != bool(regressor):
         raise CreamError(f"{model}: " + ("has a box regressor: pass the file it was exported with (--regressor)"
                                          if m.regressor else "has no box regressor; leave out --regressor"))
-    eager = EagerPredictor.from_checkpoint(checkpoint, m.mode, m.iterations, regressor=regressor)
-    cfg = eager.model.config
     check_labels(meta, len(m.class_names), model)
-    if (cfg.input_size, len(cfg.class_names) or cfg.num_classes) != (m.input_size, len(m.class_names)):
-        raise CreamError(f"{model}: exported from a different model than {checkpoint} "
-                         f"(input size or classes differ)")
+    if reference is None:
+        from .model.eager import EagerPredictor
+
+        base = EagerPredictor.from_checkpoint(checkpoint, m.mode, m.iterations, regressor=regressor)
+        cfg = base.model.config
+        if (cfg.input_size, len(cfg.class_names) or cfg.num_classes) != (m.input_size, len(m.class_names)):
+            raise CreamError(f"{model}: exported from a different model than {checkpoint} "
+                             f"(input size or classes differ)")
+        base_name = "eager"
+    else:
+        base = OnnxPredictor.load(reference)
+        check_same_source(base.manifest, m, reference, model)
+        base_name = "reference"
     ids = meta.image_ids
-    scorers = {"eager": SplitScorer(meta, m.input_size, interval, pas=m.pas),
-               "exported": SplitScorer(meta, m.input_size, interval, pas=m.pas)}
+    scorers = {name: SplitScorer(meta, m.input_size, interval, pas=m.pas) for name in (base_name, "exported")}
     diffs, logit_diff, agree, box_ious, regressed_diff = [], 0.0, 0, [], 0.0
     for chunk, x, labels in split_batches(meta, images, batch_size, m.input_size, m.mean, m.std, "parity"):
         results = {}
-        for name, predictor in (("eager", eager), ("exported", exported)):
+        for name, predictor in ((base_name, base), ("exported", exported)):
             logits, maps, regressed = predictor.run(x, labels)
             scorers[name].add(chunk, logits, maps)
             results[name] = (logits, maps, regressed)
-        (le, me, re), (lx, mx, rx) = results["eager"], results["exported"]
+        (le, me, re), (lx, mx, rx) = results[base_name], results["exported"]
         if re is not None:
             regressed_diff = max(regressed_diff, float(np.abs(re - rx).max()))
         diffs.append(np.abs(me - mx).reshape(len(chunk), -1))
@@ -71,7 +84,8 @@ def compute_parity(checkpoint: str, model: str, meta, images: Path, batch_size: 
         box_ious.append(box_agreement(me, mx, threshold, m.pas))
     all_diffs = np.concatenate(diffs)
     box_ious = np.concatenate(box_ious)
-    acc = {k: s.result()["MaxBoxAccV2"] for k, s in scorers.items()}
+    scores = {k: s.result() for k, s in scorers.items()}
+    acc = {k: r["MaxBoxAccV2"] for k, r in scores.items()}
     return {
         "maps_max_abs_diff": float(all_diffs.max()),
         "maps_p99_abs_diff": float(np.percentile(all_diffs, 99)),
@@ -79,15 +93,27 @@ def compute_parity(checkpoint: str, model: str, meta, images: Path, batch_size: 
         "top1_agreement": agree / len(ids),
         "box_iou_ge_099_fraction": float((box_ious >= 0.99).mean()),
         "box_threshold": threshold,
-        "MaxBoxAccV2_eager": acc["eager"],
+        f"MaxBoxAccV2_{base_name}": acc[base_name],
         "MaxBoxAccV2_exported": acc["exported"],
-        "MaxBoxAccV2_diff": abs(acc["eager"] - acc["exported"]),
+        "MaxBoxAccV2_diff": abs(acc[base_name] - acc["exported"]),
+        f"GT_known_Loc_{base_name}": scores[base_name]["GT_known_Loc"],
+        "GT_known_Loc_exported": scores["exported"]["GT_known_Loc"],
         "num_images": len(ids),
         **({"regressor_boxes_max_abs_diff": regressed_diff} if m.regressor else {}),
-        "mode": m.mode, "iterations": m.iterations, "backbone": m.backbone,
+        "mode": m.mode, "iterations": m.iterations, "backbone": m.backbone, "precision": m.precision,
+        "reference": reference or checkpoint,
         "providers": exported.session.get_providers(),
         "machine": {"platform": platform.platform(), "processor": platform.processor()},
         "versions": m.versions,
     }
 
 
+def check_same_source(reference, model, reference_path: str, model_path: str) -> None:
+    """Both manifests describe exports of one checkpoint with the same mode and T, the reference fp32."""
+    if reference.precision != "fp32":
+        raise CreamError(f"{reference_path}: the reference must be an fp32 export, this one is {reference.precision}")
+    if reference.checkpoint_sha256 != model.checkpoint_sha256:
+        raise CreamError(f"{reference_path}: exported from another checkpoint than {model_path}")
+    if (reference.mode, reference.iterations) != (model.mode, model.iterations):
+        raise CreamError(f"{reference_path}: mode {reference.mode} T={reference.iterations}, but {model_path} is "
+                         f"mode {model.mode} T={model.iterations}: export the reference with the same settings")

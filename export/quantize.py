@@ -1,8 +1,17 @@
-"""An fp32 export -> the same graph with int8 convolutions (ONNX QDQ, static calibration), for
-CPUs where fp32 convolutions are already at the machine's peak. Only Conv nodes are quantized
-(weights per output channel, activations per tensor): the classifier, the CAM, CREAM's EM,
-upsampling and minmax stay float32 on dequantized features. The maps then differ from the
-fp32 model's; `cream parity` measures by how much."""
+"""An fp32 export -> the same graph with an int8 backbone (ONNX QDQ, static calibration), for
+CPUs where fp32 convolutions are already at the machine's peak.
+
+What is quantized, and why (measured in docs/performance.md, "int8"):
+- the backbone only: the Conv, Relu/Clip, Add and MaxPool nodes between the image and the
+  feature map. The classifier, the CAM, CREAM's EM, upsampling and minmax stay float32.
+- each Conv with its activation as one unit: no Q/DQ pair on the Conv -> ReLU6 edge, so a
+  Conv's output range is its activation's ([0, 6]) instead of the pre-activation range, whose
+  256 levels mostly fall on values the activation discards (that edge cost 2-4 MaxBoxAccV2).
+- the stem (the Convs that read the image, with their activations) stays float32: it is a few
+  percent of the work, and its int8 input and output cost up to 0.7 more.
+Weights are int8 per output channel (symmetric), activations uint8 per tensor (asymmetric),
+ranges from the calibration images (min-max by default). The recipe is recorded in the
+manifest (`quantization`); `cream parity --reference FP32 --per-layer` shows where it drifts."""
 from __future__ import annotations
 
 import itertools
@@ -19,9 +28,14 @@ from cream_rt.errors import CreamError
 from cream_rt.manifest import MANIFEST_KEY, Manifest
 from cream_rt.scoring import batches
 
-__all__ = ["QUANTIZED_OPS", "calibration_batches", "split_images", "quantize_export"]
+from .layer_drift import layer_name
 
-QUANTIZED_OPS = ("Conv",)
+__all__ = ["QUANTIZED_OPS", "CALIBRATION_METHODS", "calibration_batches", "split_images", "backbone_nodes",
+           "quantize_export"]
+
+QUANTIZED_OPS = ("Conv", "Relu", "Clip", "Add", "MaxPool")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+IMAGE_INPUT = "images"
 
 
 def calibration_batches(images: Iterable, input_size: int, mean, std, batch_size: int = 16) -> Iterator[np.ndarray]:
@@ -44,12 +58,38 @@ def split_images(split_dir: Path, image_root: Path, count: int) -> list[Path]:
     return [image_root / i for i in ids[::step][:count]]
 
 
-def quantize_export(fp32_path: str | os.PathLike, out: str | os.PathLike, batches: Iterable[np.ndarray]) -> dict:
-    """Write `out` (atomically): `fp32_path` with int8 QDQ convolutions calibrated on `batches`
-    (min-max ranges), the manifest carried over with `precision = "int8"`. Returns a report."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def backbone_nodes(graph) -> tuple[list[str], list[str]]:
+    """(backbone, stem) node names of an ONNX graph: the backbone is every node of a
+    QUANTIZED_OPS type whose non-constant inputs all come from the image or from other backbone
+    nodes (a forward walk in the graph's topological order, stopping at the first pooling or
+    reshaping op); the stem is the backbone Conv nodes that read the image, and their
+    activations."""
+    constants = {t.name for t in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    reached, backbone, stem, stem_outputs = {IMAGE_INPUT}, [], [], set()
+    for node in graph.node:
+        inputs = [i for i in node.input if i and i not in constants]
+        if node.op_type not in QUANTIZED_OPS or not inputs or not all(i in reached for i in inputs):
+            continue
+        backbone.append(node.name)
+        reached.update(node.output)
+        if (node.op_type == "Conv" and inputs == [IMAGE_INPUT]) or \
+                (node.op_type in ("Relu", "Clip") and inputs[0] in stem_outputs):
+            stem.append(node.name)
+            stem_outputs.update(node.output)
+    return backbone, stem
 
+
+def quantize_export(fp32_path: str | os.PathLike, out: str | os.PathLike, batches: Iterable[np.ndarray],
+                    calibration: str = "minmax") -> dict:
+    """Write `out` (atomically): `fp32_path` with an int8 backbone calibrated on `batches`
+    (see the module docstring), the manifest carried over with `precision = "int8"` and the
+    recipe in `quantization`. Returns that recipe."""
+    import onnx
+    from onnxruntime import quantization as q
+
+    if calibration not in CALIBRATION_METHODS:
+        raise CreamError(f"int8 calibration must be one of {', '.join(CALIBRATION_METHODS)}, got {calibration!r}")
     source = onnx.load(str(fp32_path))
     props = {p.key: p.value for p in source.metadata_props}
     if MANIFEST_KEY not in props:
@@ -59,13 +99,16 @@ def quantize_export(fp32_path: str | os.PathLike, out: str | os.PathLike, batche
         raise CreamError(f"{fp32_path}: int8 needs a standard-op export (not --fused)")
     if manifest.precision != "fp32":
         raise CreamError(f"{fp32_path}: already {manifest.precision}")
+    backbone, stem = backbone_nodes(source.graph)
+    if not any(name not in stem for name in backbone):
+        raise CreamError(f"{fp32_path}: no backbone convolutions to quantize")
     batches = iter(batches)
     first = next(batches, None)
     if first is None:
         raise CreamError("no calibration images were given")
     seen = {"images": 0}
 
-    class Reader(CalibrationDataReader):
+    class Reader(q.CalibrationDataReader):
         def __init__(self):
             self.batches = itertools.chain([first], batches)
 
@@ -74,8 +117,10 @@ def quantize_export(fp32_path: str | os.PathLike, out: str | os.PathLike, batche
             if x is None:
                 return None
             seen["images"] += len(x)
-            return {"images": np.ascontiguousarray(x, np.float32), "class_ids": -np.ones(len(x), np.int64)}
+            return {IMAGE_INPUT: np.ascontiguousarray(x, np.float32), "class_ids": -np.ones(len(x), np.int64)}
 
+    method = {"minmax": q.CalibrationMethod.MinMax, "percentile": q.CalibrationMethod.Percentile,
+              "entropy": q.CalibrationMethod.Entropy}[calibration]
     # ORT's advice to run its shape pre-processing goes to the root logger on every call; its
     # symbolic shape inference fails on our graph (the unrolled EM), and quantization does not need it.
     advice = _DropAdvice()
@@ -83,13 +128,29 @@ def quantize_export(fp32_path: str | os.PathLike, out: str | os.PathLike, batche
     with tempfile.TemporaryDirectory() as tmp:
         quantized = Path(tmp) / "int8.onnx"
         try:
-            quantize_static(str(fp32_path), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            op_types_to_quantize=list(QUANTIZED_OPS), activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8)
+            q.quantize_static(str(fp32_path), str(quantized), Reader(), quant_format=q.QuantFormat.QDQ,
+                              per_channel=True, op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=backbone,
+                              nodes_to_exclude=stem, activation_type=q.QuantType.QUInt8,
+                              weight_type=q.QuantType.QInt8, calibrate_method=method)
         finally:
             logging.getLogger().removeFilter(advice)
         proto = onnx.load(str(quantized))
+    by_name = {n.name: n for n in source.graph.node}
+    producer = {o: n for n in source.graph.node for o in n.output}
+    recipe = {
+        "scheme": "qdq-backbone",
+        "calibration": calibration,
+        "calibration_images": seen["images"],
+        "weights": "int8 symmetric, per output channel",
+        "activations": "uint8 asymmetric, per tensor",
+        "quantized_ops": sorted({by_name[n].op_type for n in backbone if n not in stem}),
+        "quantized_convs": sum(by_name[n].op_type == "Conv" for n in backbone if n not in stem),
+        "fp32_convs": sum(n.op_type == "Conv" for n in source.graph.node)
+        - sum(by_name[n].op_type == "Conv" for n in backbone if n not in stem),
+        "fp32_stem": [layer_name(by_name[n], producer) for n in stem],
+    }
     manifest.precision = "int8"
+    manifest.quantization = recipe
     manifest.versions = dict(manifest.versions, onnxruntime_quantization=_ort_version())
     del proto.metadata_props[:]
     for key, value in props.items():
@@ -98,9 +159,7 @@ def quantize_export(fp32_path: str | os.PathLike, out: str | os.PathLike, batche
     onnx.checker.check_model(proto)
     with atomic_path(Path(out)) as tmp_out:
         onnx.save_model(proto, tmp_out)
-    convs = sum(n.op_type == "Conv" for n in source.graph.node)
-    return {"model": os.fspath(out), "precision": "int8", "quantized_convs": convs,
-            "calibration_images": seen["images"], "quantized_ops": list(QUANTIZED_OPS)}
+    return {"model": os.fspath(out), "precision": "int8", **recipe}
 
 
 class _DropAdvice(logging.Filter):

@@ -3,6 +3,7 @@ PxAP against a plain per-threshold count on the real OpenImages masks, and bad m
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +185,20 @@ def test_cli_eval_maps_with_pas_equals_reference(shared_meta, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     ref = reference_max_box_acc(maps, [g.tolist() for g in gts], 0.01, all_contours=True, pas=True)
     assert out["MaxBoxAccV2"] == ref["mean"] and out["threshold_reference"] == "percentile90"
+
+
+def test_first_compilation_is_announced_then_cached(tmp_path):
+    """A fresh install (empty numba cache) compiles the evaluator's kernels once, saying so on
+    stderr; the next process loads them from the cache, silently and faster."""
+    from cream_rt.boxes import HAVE_NUMBA
+
+    if not HAVE_NUMBA:
+        pytest.skip("numba (the [fast] extra) is not installed")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    code = "from cream_rt.boxes import compile_kernels; print(compile_kernels())"
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+            for _ in range(2)]
+    (first, cold), (second, warm) = [(r.stderr, float(r.stdout.split()[-1])) for r in runs]
+    assert "compiling the evaluator's numba kernels" in first and cold > 1.0
+    assert "compiling" not in second and warm < cold / 2
+    assert any(tmp_path.rglob("*.nbi"))  # numba's cache index

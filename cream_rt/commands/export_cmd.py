@@ -83,7 +83,7 @@ def _write_triton(args: argparse.Namespace, onnx_path: str) -> None:
 
 
 def _export_int8(args: argparse.Namespace, out: str) -> int:
-    """Export fp32 to a temporary file, then quantize its convolutions into `out`."""
+    """Export fp32 to a temporary file, then quantize its backbone into `out`."""
     from ..export.onnx_export import export_checkpoint
     from ..export.quantize import calibration_batches, quantize_export, split_images
     from ..metadata import split_paths
@@ -95,13 +95,14 @@ def _export_int8(args: argparse.Namespace, out: str) -> int:
         fp32 = str(Path(tmp) / "fp32.onnx")
         manifest = export_checkpoint(args.checkpoint, fp32, args.mode, args.iterations, args.opset)
         report = quantize_export(fp32, out, calibration_batches(paths, manifest.input_size, manifest.mean,
-                                                                     manifest.std))
+                                                                     manifest.std), args.int8_calibration)
     if args.triton_repo:
         _write_triton(args, out)
     if args.json:
         manifest.precision = "int8"
         print(json.dumps({**asdict(manifest), "quantization": report}, indent=2))
     elif args.out:
-        print(f"wrote {out}: {manifest.backbone}, mode {manifest.mode}, T={manifest.iterations}, int8 "
-              f"convolutions ({report['quantized_convs']}) calibrated on {report['calibration_images']} images")
+        print(f"wrote {out}: {manifest.backbone}, mode {manifest.mode}, T={manifest.iterations}, int8 backbone "
+              f"({report['quantized_convs']} convolutions; {report['fp32_convs']} stay fp32) calibrated on "
+              f"{report['calibration_images']} images ({report['calibration']})")
     return 0

@@ -1,9 +1,13 @@
-"""`cream parity`: the eager model and its export on the same images (see cream_rt.parity)."""
+"""`cream parity`: a reference and an export on the same images (see cream_rt.parity), and with
+--per-layer, where an int8 export drifts from its fp32 source (see cream_rt.export.layer_drift)."""
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 from ..atomic import check_output_file, write_json
+from ..errors import CreamError
 from ..metadata import read_split, split_paths
 from .output import print_json, print_table
 
@@ -18,12 +22,46 @@ def run(args: argparse.Namespace) -> int:
     if args.limit:
         meta.image_ids = meta.image_ids[:args.limit]
     out = compute_parity(args.checkpoint, args.model, meta, images, args.batch_size, args.threshold, args.interval,
-                         args.regressor)
+                         args.regressor, args.reference)
+    if args.per_layer:
+        out["per_layer"] = _per_layer(args, meta, images)
     out["command"] = args.command_line
     if args.results:
         write_json(args.results, out, "--results")
     if args.json:
         print_json(out)
     else:
-        print_table([(k, v) for k, v in out.items() if not isinstance(v, (dict, list))], "eager vs exported")
+        print_table([(k, v) for k, v in out.items() if not isinstance(v, (dict, list))], "reference vs exported")
+        if args.per_layer:
+            from ..export.layer_drift import format_drift
+
+            print()
+            print(format_drift(out["per_layer"]))
     return 0
+
+
+def _per_layer(args: argparse.Namespace, meta, images: Path) -> dict:
+    """The layer drift report of the int8 `--model` against `--reference` (or a temporary fp32
+    export of `--checkpoint` with the model's mode and T), on the first --per-layer-images images."""
+    from ..runtime import OnnxPredictor
+    from ..scoring import split_batches
+
+    try:
+        from ..export.layer_drift import layer_drift
+    except ImportError as exc:
+        raise CreamError(f"--per-layer needs the onnx package (pip install 'cream-rt[export]'): {exc}") from None
+    manifest = OnnxPredictor.load(args.model).manifest
+    if manifest.precision != "int8":
+        raise CreamError(f"{args.model}: --per-layer compares an int8 export with its fp32 source; this one is "
+                         f"{manifest.precision}")
+    meta.image_ids = meta.image_ids[:args.per_layer_images]
+    feed = lambda: ((x, labels) for _, x, labels in split_batches(meta, images, args.batch_size, manifest.input_size,
+                                                                   manifest.mean, manifest.std, "per-layer"))
+    if args.reference:
+        return layer_drift(args.reference, args.model, feed())
+    from ..export.onnx_export import export_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = str(Path(tmp) / "fp32.onnx")
+        export_checkpoint(args.checkpoint, reference, manifest.mode, manifest.iterations)
+        return layer_drift(reference, args.model, feed())

@@ -1,0 +1,170 @@
+"""End-to-end images/s of `cream localize` over a folder of photo-sized JPEGs, as a user runs it,
+for the fp32 and the int8 export of one model, with a stage breakdown (read, decode, resize +
+normalise, inference, boxes, write) so that the next step is visible.
+
+    python -m cream_rt.bench.throughput --images 2000 --out bench/results/throughput.json
+
+The model is EfficientNet-Lite0 CREAM T=2 at 224 px with its ImageNet weights (200 classes; the
+classifier and the embeddings are untrained, which changes no work done); the int8 export is
+calibrated on 64 of the benchmark images. Each end-to-end figure is `cream localize DIR` run as
+a subprocess, timed from its start to its exit (start-up included) and also net of the start-up
+(the same command on 16 images, subtracted). Ratios are from one run; absolute figures hold for
+the machine recorded with them."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cream_rt.atomic import write_json
+
+from .machine import machine_info
+from .ray_throughput import make_images
+
+MILLION = 1_000_000
+STARTUP_IMAGES = 16
+TARGETS = {"fp32_img_s_before": 58.21, "int8_vs_that": 2.0, "reach_img_s": MILLION / 3600}
+
+
+def build_models(work: Path, backbone: str, input_size: int, calibration: list[str]) -> dict[str, str]:
+    """fp32 and int8 CREAM T=2 exports of the backbone with its ImageNet weights (made once)."""
+    from cream_rt.export.onnx_export import export_model
+    from cream_rt.export.quantize import calibration_batches, quantize_export
+    from cream_rt.model import create_model
+
+    fp32, int8 = work / f"{backbone}-{input_size}-fp32.onnx", work / f"{backbone}-{input_size}-int8.onnx"
+    if not fp32.is_file():
+        model = create_model(backbone, 200, pretrained=True, input_size=input_size)
+        export_model(model.eval(), fp32, "cream", 2)
+    if not int8.is_file():
+        from cream_rt.runtime import OnnxPredictor
+
+        m = OnnxPredictor.load(fp32).manifest
+        quantize_export(fp32, int8, calibration_batches(calibration, m.input_size, m.mean, m.std))
+    return {"fp32": str(fp32), "int8": str(int8)}
+
+
+def stage_breakdown(model: str, paths: list[str], batch_size: int) -> dict:
+    """Milliseconds per image of each stage run alone, one after the other, on `paths`: what the
+    pipeline would cost without overlap (inference on all cores, the rest on one thread)."""
+    from cream_rt.preprocess import decode_image_bytes, normalize, read_image_bytes, resize_for_model
+    from cream_rt.runtime import Localizer
+
+    with Localizer.load(model) as localizer:
+        m = localizer.manifest
+        t = {k: 0.0 for k in ("read", "decode", "resize_normalize", "inference", "boxes", "write")}
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            t0 = time.perf_counter()
+            raw = [read_image_bytes(p) for p in chunk]
+            t1 = time.perf_counter()
+            decoded = [decode_image_bytes(r, p) for r, p in zip(raw, chunk)]
+            t2 = time.perf_counter()
+            x = normalize(np.stack([resize_for_model(d, m.input_size) for d in decoded]), m.mean, m.std)
+            t3 = time.perf_counter()
+            ids = -np.ones(len(chunk), np.int64)
+            logits, maps, regressed = localizer.predictor.run(x, ids)
+            t4 = time.perf_counter()
+            results = localizer.postprocess(logits, maps, ids, [(d.shape[1], d.shape[0]) for d in decoded], False,
+                                            regressed)
+            t5 = time.perf_counter()
+            lines = [json.dumps({"image": p, **r.to_dict()}) for p, r in zip(chunk, results)]
+            t6 = time.perf_counter()
+            assert len(lines) == len(chunk)
+            for key, a, b in (("read", t0, t1), ("decode", t1, t2), ("resize_normalize", t2, t3),
+                              ("inference", t3, t4), ("boxes", t4, t5), ("write", t5, t6)):
+                t[key] += b - a
+    per_image = {k: round(v * 1e3 / len(paths), 3) for k, v in t.items()}
+    per_image["sum"] = round(sum(per_image.values()), 3)
+    return per_image
+
+
+def time_cli(folder: str, model: str, out: Path, batch_size: int, extra: list[str] | None = None) -> float:
+    """Wall seconds of `cream localize FOLDER --model MODEL` as a subprocess (start-up included)."""
+    command = [sys.executable, "-m", "cream_rt.cli", "localize", folder, "--model", model, "--out", str(out),
+               "--batch-size", str(batch_size)] + (extra or [])
+    env = dict(os.environ, CREAM_NO_PROGRESS="1")
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()[-500:]}")
+    return seconds
+
+
+def end_to_end(folder: str, small_folder: str, count: int, model: str, work: Path, batch_size: int,
+               repeats: int) -> dict:
+    """Best of `repeats` runs over `count` images, and net of the start-up measured on 16."""
+    full = min(time_cli(folder, model, work / "out.jsonl", batch_size) for _ in range(repeats))
+    startup = min(time_cli(small_folder, model, work / "small.jsonl", batch_size) for _ in range(repeats))
+    net = (count - STARTUP_IMAGES) / max(full - startup, 1e-9)
+    return {"seconds": round(full, 3), "images_per_s": round(count / full, 2),
+            "startup_seconds_16_images": round(startup, 3), "images_per_s_net_of_startup": round(net, 2),
+            "images_per_hour_net": round(net * 3600)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--backbone", default="efficientnet-lite0")
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--batch-sizes", default="8,32", help="comma-separated batch sizes of `cream localize`")
+    parser.add_argument("--breakdown-images", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per figure; the best is kept")
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "cream-throughput-bench"))
+    parser.add_argument("--out", default=None, help="JSON result file (e.g. bench/results/throughput.json)")
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    paths = make_images(work / "images", args.images)
+    small = work / "images-16"
+    small.mkdir(exist_ok=True)
+    for p in paths[:STARTUP_IMAGES]:
+        target = small / Path(p).name
+        if not target.exists():
+            target.write_bytes(Path(p).read_bytes())
+    models = build_models(work, args.backbone, args.input_size, paths[:: max(1, len(paths) // 64)][:64])
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    rows = []
+    for precision, model in models.items():
+        for batch in batch_sizes:
+            e2e = end_to_end(str(work / "images"), str(small), len(paths), model, work, batch, args.repeats)
+            rows.append({"precision": precision, "batch_size": batch, **e2e,
+                         "breakdown_ms_per_image": stage_breakdown(model, paths[:args.breakdown_images], batch)})
+            print(f"{precision} batch {batch}: {e2e['images_per_s']} img/s end to end, "
+                  f"{e2e['images_per_s_net_of_startup']} img/s net of start-up "
+                  f"({e2e['images_per_hour_net']:,} images/hour); stages (ms/img): "
+                  + ", ".join(f"{k} {v}" for k, v in rows[-1]["breakdown_ms_per_image"].items()), flush=True)
+    best = {p: max((r for r in rows if r["precision"] == p), key=lambda r: r["images_per_s_net_of_startup"])
+            for p in models}
+    summary = {
+        "int8_vs_fp32": round(best["int8"]["images_per_s_net_of_startup"]
+                              / best["fp32"]["images_per_s_net_of_startup"], 3),
+        "best_int8_img_s_net": best["int8"]["images_per_s_net_of_startup"],
+        "best_fp32_img_s_net": best["fp32"]["images_per_s_net_of_startup"],
+        "int8_vs_58_img_s_recorded_before": round(best["int8"]["images_per_s_net_of_startup"]
+                                                  / TARGETS["fp32_img_s_before"], 2),
+        "reach_278_img_s": best["int8"]["images_per_s_net_of_startup"] >= TARGETS["reach_img_s"],
+    }
+    print(f"int8 vs fp32 (best batch each, one run): {summary['int8_vs_fp32']}x; int8 "
+          f"{summary['best_int8_img_s_net']} img/s = {summary['int8_vs_58_img_s_recorded_before']}x the 58 img/s "
+          f"recorded before (another machine); 1M images/hour (278 img/s) "
+          f"{'reached' if summary['reach_278_img_s'] else 'not reached'}")
+    result = {"benchmark": "throughput", "images": len(paths), "image_size": [500, 375], "model": args.backbone,
+              "mode": "cream", "iterations": 2, "input_size": args.input_size, "rows": rows, "summary": summary,
+              "machine": machine_info(),
+              "command": "python -m cream_rt.bench.throughput " + " ".join(sys.argv[1:] if argv is None else argv)}
+    if args.out:
+        write_json(args.out, result, what="--out")
+    return result
+
+
+if __name__ == "__main__":
+    main()
