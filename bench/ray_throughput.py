@@ -23,8 +23,9 @@ from .machine import machine_info
 from .targets import RAY_TARGET
 
 
-def make_images(folder: Path, count: int, seed: int = 0) -> list[str]:
-    """`count` 500x375 JPEGs (blurred noise with a few shapes: realistic decode work)."""
+def make_images(folder: Path, count: int, seed: int = 0, size: tuple[int, int] = (500, 375)) -> list[str]:
+    """`count` JPEGs of `size` (width, height; default 500x375, CUB's usual), blurred noise with
+    a filled circle: realistic decode work."""
     import cv2
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -32,9 +33,12 @@ def make_images(folder: Path, count: int, seed: int = 0) -> list[str]:
     if len(paths) >= count:
         return paths[:count]
     rng = np.random.default_rng(seed)
+    width, height = size
     for i in range(count):
-        image = cv2.GaussianBlur(rng.integers(0, 255, (375, 500, 3), dtype=np.uint8), (0, 0), 3)
-        cv2.circle(image, (int(rng.integers(100, 400)), int(rng.integers(80, 300))), int(rng.integers(30, 90)),
+        image = cv2.GaussianBlur(rng.integers(0, 255, (height, width, 3), dtype=np.uint8), (0, 0), 3 * width / 500)
+        centre = (int(rng.integers(width * 100 // 500, width * 400 // 500)),
+                  int(rng.integers(height * 80 // 375, height * 300 // 375)))
+        cv2.circle(image, centre, int(rng.integers(width * 30 // 500, width * 90 // 500)),
                    tuple(int(v) for v in rng.integers(0, 255, 3)), -1)
         cv2.imwrite(str(folder / f"{i:05d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
     return sorted(str(p) for p in folder.glob("*.jpg"))[:count]

@@ -110,6 +110,89 @@ def end_to_end(folder: str, small_folder: str, count: int, model: str, work: Pat
             "images_per_hour_net": round(net * 3600)}
 
 
+def reduced_decode_parity(model: str, paths: list[str], batch_size: int) -> dict:
+    """The maps and boxes of `--reduced-decode` against a full decode of the same JPEGs: map
+    differences (max, p99), the share of boxes at IoU >= 0.99 and the largest box shift."""
+    from cream_rt.parity import box_agreement
+    from cream_rt.preprocess import decode_image_bytes, read_image_bytes
+    from cream_rt.runtime import DEFAULT_THRESHOLD, Localizer
+
+    diffs, ious, shift = [], [], 0.0
+    with Localizer.load(model) as localizer:
+        size = localizer.manifest.input_size
+        for start in range(0, len(paths), batch_size):
+            raw = [(read_image_bytes(p), p) for p in paths[start:start + batch_size]]
+            full = localizer([decode_image_bytes(r, p) for r, p in raw], return_maps=True)
+            reduced = localizer([decode_image_bytes(r, p, size) for r, p in raw], return_maps=True)
+            a, b = np.stack([r.map for r in full]), np.stack([r.map for r in reduced])
+            diffs.append(np.abs(a - b).reshape(len(a), -1))
+            ious.append(box_agreement(a, b, DEFAULT_THRESHOLD))
+            shift = max(shift, max(float(np.abs(np.subtract(f.boxes[0], r.boxes[0])).max())
+                                   for f, r in zip(full, reduced)))
+    diffs, ious = np.concatenate(diffs), np.concatenate(ious)
+    return {"images": len(paths), "maps_max_abs_diff": round(float(diffs.max()), 4),
+            "maps_p99_abs_diff": round(float(np.percentile(diffs, 99)), 4),
+            "box_iou_ge_099_fraction": round(float((ious >= 0.99).mean()), 4),
+            "box_iou_min": round(float(ious.min()), 4), "box_max_shift_px": round(shift, 1)}
+
+
+def jpeg_split(data: Path, out: Path, split: str = "test", quality: int = 90) -> Path:
+    """A copy of a data root's split with every image re-encoded as JPEG (metadata rewritten to
+    the .jpg names): `--reduced-decode` only applies to JPEGs."""
+    import cv2
+
+    source = data / "metadata" / split
+    target = out / "metadata" / split
+    if (target / "image_ids.txt").is_file():
+        return out
+    for image_id in (source / "image_ids.txt").read_text().split():
+        image = cv2.imread(str(data / "images" / image_id), cv2.IMREAD_COLOR)
+        path = (out / "images" / image_id).with_suffix(".jpg")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    target.mkdir(parents=True, exist_ok=True)
+    for file in source.glob("*.txt"):
+        (target / file.name).write_text(file.read_text().replace(".png", ".jpg"))
+    return out
+
+
+def reduced_decode_accuracy(model: str, data: Path, split: str = "test", batch_size: int = 32) -> dict:
+    """MaxBoxAccV2 and GT-known Loc of a trained export on a JPEG split decoded in full and with
+    `--reduced-decode`, and the map and box differences between the two (parity terms)."""
+    from cream_rt.metadata import read_split
+    from cream_rt.parity import box_agreement
+    from cream_rt.preprocess import decode_image_bytes, preprocess_batch, read_image_bytes
+    from cream_rt.runtime import DEFAULT_THRESHOLD, OnnxPredictor
+    from cream_rt.scoring import SplitScorer, batches
+
+    predictor = OnnxPredictor.load(model)
+    m = predictor.manifest
+    meta = read_split(data / "metadata" / split)
+    scorers = {k: SplitScorer(meta, m.input_size, 0.01) for k in ("full", "reduced")}
+    diffs, ious, reduced_count = [], [], 0
+    for chunk in batches(meta.image_ids, batch_size):
+        raw = [(read_image_bytes(data / "images" / i), i) for i in chunk]
+        labels = np.array([meta.class_labels[i] for i in chunk], np.int64)
+        maps = {}
+        for name, reduce_to in (("full", None), ("reduced", m.input_size)):
+            arrays = [decode_image_bytes(r, i, reduce_to) for r, i in raw]
+            if reduce_to:
+                reduced_count += sum(a.shape[0] < 2 * m.input_size for a in arrays)
+            logits, maps[name] = predictor(preprocess_batch(arrays, m.input_size, m.mean, m.std), labels)
+            scorers[name].add(chunk, logits, maps[name])
+        diffs.append(np.abs(maps["full"] - maps["reduced"]).reshape(len(chunk), -1))
+        ious.append(box_agreement(maps["full"], maps["reduced"], DEFAULT_THRESHOLD))
+    scores = {k: s.result() for k, s in scorers.items()}
+    diffs, ious = np.concatenate(diffs), np.concatenate(ious)
+    return {"images": len(meta.image_ids), "model_input_size": m.input_size,
+            "MaxBoxAccV2_full": scores["full"]["MaxBoxAccV2"], "MaxBoxAccV2_reduced": scores["reduced"]["MaxBoxAccV2"],
+            "GT_known_Loc_full": scores["full"]["GT_known_Loc"],
+            "GT_known_Loc_reduced": scores["reduced"]["GT_known_Loc"],
+            "maps_max_abs_diff": round(float(diffs.max()), 4),
+            "maps_p99_abs_diff": round(float(np.percentile(diffs, 99)), 4),
+            "box_iou_ge_099_fraction": round(float((ious >= 0.99).mean()), 4)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
@@ -118,7 +201,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-sizes", default="8,32", help="comma-separated batch sizes of `cream localize`")
     parser.add_argument("--breakdown-images", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2, help="runs per figure; the best is kept")
+    parser.add_argument("--large", type=int, default=500,
+                        help="also time --reduced-decode on this many 1000x750 JPEGs (0: skip)")
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "cream-throughput-bench"))
+    parser.add_argument("--parity-model", help="a trained fp32 export: score --reduced-decode against a full decode "
+                        "with it on --parity-data (re-encoded as JPEG)")
+    parser.add_argument("--parity-data", help="data root whose test images are >= 2x the model's input size")
     parser.add_argument("--out", default=None, help="JSON result file (e.g. bench/results/throughput.json)")
     args = parser.parse_args(argv)
     work = Path(args.work)
@@ -142,6 +230,27 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{e2e['images_per_s_net_of_startup']} img/s net of start-up "
                   f"({e2e['images_per_hour_net']:,} images/hour); stages (ms/img): "
                   + ", ".join(f"{k} {v}" for k, v in rows[-1]["breakdown_ms_per_image"].items()), flush=True)
+    large = None
+    if args.large:
+        big = make_images(work / "images-1000x750", args.large, seed=1, size=(1000, 750))
+        batch = max(batch_sizes)
+        large = {"images": len(big), "image_size": [1000, 750], "precision": "int8", "batch_size": batch}
+        for name, extra in (("full_decode", []), ("reduced_decode", ["--reduced-decode"])):
+            seconds = min(time_cli(str(work / "images-1000x750"), models["int8"], work / "big.jsonl", batch, extra)
+                          for _ in range(args.repeats))
+            large[name] = {"seconds": round(seconds, 3), "images_per_s": round(len(big) / seconds, 2)}
+        large["reduced_vs_full"] = round(large["full_decode"]["seconds"] / large["reduced_decode"]["seconds"], 3)
+        large["parity_fp32_model"] = reduced_decode_parity(models["fp32"], big[:128], batch)
+        print(f"1000x750 JPEGs, int8 batch {batch}: --reduced-decode {large['reduced_vs_full']}x a full decode; maps "
+              f"vs full decode p99 {large['parity_fp32_model']['maps_p99_abs_diff']}, boxes at IoU >= 0.99 "
+              f"{100 * large['parity_fp32_model']['box_iou_ge_099_fraction']:.1f}%", flush=True)
+    if args.parity_model and args.parity_data:
+        jpegs = jpeg_split(Path(args.parity_data), work / "parity-jpeg")
+        large = dict(large or {}, parity_trained=dict(reduced_decode_accuracy(args.parity_model, jpegs),
+                                                       model=args.parity_model, data=args.parity_data))
+        p = large["parity_trained"]
+        print(f"trained model on {p['images']} JPEGs: MaxBoxAccV2 full decode {p['MaxBoxAccV2_full']:.2f}, reduced "
+              f"{p['MaxBoxAccV2_reduced']:.2f}; maps p99 {p['maps_p99_abs_diff']}", flush=True)
     best = {p: max((r for r in rows if r["precision"] == p), key=lambda r: r["images_per_s_net_of_startup"])
             for p in models}
     summary = {
@@ -159,6 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{'reached' if summary['reach_278_img_s'] else 'not reached'}")
     result = {"benchmark": "throughput", "images": len(paths), "image_size": [500, 375], "model": args.backbone,
               "mode": "cream", "iterations": 2, "input_size": args.input_size, "rows": rows, "summary": summary,
+              "large_images": large,
               "machine": machine_info(),
               "command": "python -m cream_rt.bench.throughput " + " ".join(sys.argv[1:] if argv is None else argv)}
     if args.out:

@@ -171,11 +171,13 @@ def scale_boxes(boxes: np.ndarray, map_size: int, width: int, height: int) -> li
     return out
 
 
-def decode_ahead(images: Sequence, batch_size: int, depth: int = 3) -> Iterator[tuple[list, list]]:
+def decode_ahead(images: Sequence, batch_size: int, depth: int = 3,
+                 reduce_to: int | None = None) -> Iterator[tuple[list, list]]:
     """Yield (inputs, decoded RGB arrays or the CreamError each raised) per batch, decoded by a
     background thread up to `depth` batches ahead, so that decoding overlaps the model. Any
     failure to decode one image becomes that image's error; a failure of the thread itself is
-    re-raised here; closing the generator early stops and joins the thread."""
+    re-raised here; closing the generator early stops and joins the thread. `reduce_to`:
+    large JPEGs decoded at reduced scale (see `preprocess.decode_image_bytes`)."""
     import queue
 
     if batch_size < 1:
@@ -196,7 +198,7 @@ def decode_ahead(images: Sequence, batch_size: int, depth: int = 3) -> Iterator[
         try:
             for start in range(0, len(images), batch_size):
                 chunk = list(images[start:start + batch_size])
-                if not put((chunk, [decode_or_error(image) for image in chunk])):
+                if not put((chunk, [decode_or_error(image, reduce_to=reduce_to) for image in chunk])):
                     return
             put(None)
         except BaseException as exc:  # handed to the consumer, never lost
@@ -214,11 +216,12 @@ def decode_ahead(images: Sequence, batch_size: int, depth: int = 3) -> Iterator[
         thread.join(timeout=10)  # at most one image's decode; a stuck read must not block the exit
 
 
-def decode_or_error(image, data: np.ndarray | bytes | None = None) -> np.ndarray | CreamError:
+def decode_or_error(image, data: np.ndarray | bytes | None = None,
+                    reduce_to: int | None = None) -> np.ndarray | CreamError:
     """The decoded RGB array, or the error that names why this one image failed; with `data`,
     those bytes (already read from the path `image`) are decoded."""
     try:
-        return as_rgb_array(image) if data is None else decode_image_bytes(data, image)
+        return as_rgb_array(image, reduce_to) if data is None else decode_image_bytes(data, image, reduce_to)
     except CreamError as exc:
         return exc
     except (OSError, ValueError, MemoryError) as exc:

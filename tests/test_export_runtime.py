@@ -440,3 +440,39 @@ def test_export_with_the_named_deviations_matches_eager(tmp_path):
     manifest = export_model(model, tmp_path / "dev.onnx")
     assert manifest.feature_mean == "unit"
     _compare(model, tmp_path / "dev.onnx")
+
+
+def test_reduced_decode_scales_large_jpegs_only(trained, tmp_path):
+    """`--reduced-decode`: a JPEG >= 2x the input on both sides decodes at the largest of 1/2,
+    1/4, 1/8 that stays >= the input (libjpeg rounds up); smaller JPEGs and PNGs decode in full.
+    The reduced pixels are close to a full decode shrunk by area averaging, and `cream localize
+    --reduced-decode` gives the same boxes as a full decode on images that do not qualify."""
+    import cv2
+
+    from cream_rt.preprocess import decode_image_bytes, jpeg_dimensions, reduction_factor
+
+    assert [reduction_factor(w, h, 224) for w, h in ((500, 375), (448, 448), (445, 900), (1000, 750), (1800, 1793),
+                                                      (1785, 1785))] == [1, 2, 1, 2, 8, 8]
+    assert reduction_factor(1784, 1784, 224) == 4  # ceil(1784 / 8) = 223
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 255, (600, 800, 3), dtype=np.uint8), (0, 0), 4)
+    for progressive in (0, 1):
+        data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_PROGRESSIVE,
+                                            progressive])[1]
+        assert jpeg_dimensions(data) == (800, 600)
+        reduced, full = decode_image_bytes(data, "a.jpg", 224), decode_image_bytes(data, "a.jpg")
+        assert reduced.shape == (300, 400, 3) and full.shape == (600, 800, 3)
+        shrunk = cv2.resize(full, (400, 300), interpolation=cv2.INTER_AREA)
+        assert np.abs(reduced.astype(int) - shrunk).mean() < 2.0
+        assert decode_image_bytes(data, "a.jpg", 301).shape == (600, 800, 3)  # 300 < 301: full
+    png = cv2.imencode(".png", image)[1]
+    assert jpeg_dimensions(png) is None and decode_image_bytes(png, "a.png", 224).shape == (600, 800, 3)
+    data, _, onnx_path = trained
+    outs = {}
+    for flag in ([], ["--reduced-decode"]):  # the 64 px model: synthetic 64 px images do not qualify
+        out = tmp_path / f"r{len(flag)}.jsonl"
+        assert main(["localize", str(data / "images"), "--model", str(onnx_path), "--out", str(out)] + flag) == 0
+        outs[len(flag)] = out.read_text()
+    assert outs[0] == outs[1]
+    assert main(["localize", str(data / "images"), "--model", str(onnx_path), "--out", str(tmp_path / "x"),
+                 "--reduced-decode", "--ray"]) != 0

@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
                                                        args.all_contours))
         maps_dir = stack.enter_context(atomic_dir(args.save_maps, "--save-maps")) if args.save_maps else None
         overlay_dir = stack.enter_context(atomic_dir(args.overlays, "--overlays")) if args.overlays else None
-        records = localize_all(localizer, paths, args.batch_size, maps_dir, overlay_dir)
+        records = localize_all(localizer, paths, args.batch_size, maps_dir, overlay_dir,
+                               localizer.manifest.input_size if args.reduced_decode else None)
         with atomic_open(args.out, what="--out") as handle:
             if args.format == "coco":
                 json.dump(coco_detections(records, localizer.manifest.class_names), handle)
@@ -105,7 +106,8 @@ def run_ray(args: argparse.Namespace) -> int:
 
     unsupported = [flag for flag, value in (("--save-maps", args.save_maps), ("--overlays", args.overlays),
                                             ("--format coco", args.format == "coco"),
-                                            ("--providers", args.providers)) if value]
+                                            ("--providers", args.providers),
+                                            ("--reduced-decode", args.reduced_decode)) if value]
     if unsupported:
         raise CreamError(f"{unsupported[0]} is not available with --ray (it writes record shards only)")
     import_ray()  # one line saying how to install it, before any work
@@ -124,8 +126,9 @@ def run_ray(args: argparse.Namespace) -> int:
 
 
 def localize_all(localizer, paths: list[Path], batch_size: int, maps_dir: Path | None,
-                 overlay_dir: Path | None) -> list[dict]:
-    """One record per input in order: the result, or the image's error (also on stderr)."""
+                 overlay_dir: Path | None, reduce_to: int | None = None) -> list[dict]:
+    """One record per input in order: the result, or the image's error (also on stderr);
+    `reduce_to`: large JPEGs decoded at reduced scale for a model of that input size."""
     from tqdm import tqdm
 
     from ..progress import progress_enabled
@@ -134,7 +137,7 @@ def localize_all(localizer, paths: list[Path], batch_size: int, maps_dir: Path |
     names = output_names(paths)
     records: list[dict] = []
     with tqdm(total=len(paths), desc="localize", unit="img", disable=not progress_enabled(), file=sys.stderr) as bar:
-        for chunk, decoded in decode_ahead(paths, batch_size):
+        for chunk, decoded in decode_ahead(paths, batch_size, reduce_to=reduce_to):
             bar.update(len(chunk))
             good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
             results = localizer([decoded[i] for i in good], return_maps=bool(maps_dir or overlay_dir))
