@@ -30,11 +30,12 @@ from cream_rt.scoring import batches
 
 from .layer_drift import layer_name
 
-__all__ = ["QUANTIZED_OPS", "CALIBRATION_METHODS", "calibration_batches", "split_images", "backbone_nodes",
+__all__ = ["QUANTIZED_OPS", "CALIBRATION_METHODS", "SCHEMES", "calibration_batches", "split_images", "backbone_nodes",
            "quantize_export"]
 
 QUANTIZED_OPS = ("Conv", "Relu", "Clip", "Add", "MaxPool")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+SCHEMES = ("backbone", "conv-only")
 IMAGE_INPUT = "images"
 
 
@@ -81,10 +82,12 @@ def backbone_nodes(graph) -> tuple[list[str], list[str]]:
 
 
 def quantize_export(fp32_path: str | os.PathLike, out: str | os.PathLike, batches: Iterable[np.ndarray],
-                    calibration: str = "minmax") -> dict:
+                    calibration: str = "minmax", scheme: str = "backbone", fp32_stem: bool = True) -> dict:
     """Write `out` (atomically): `fp32_path` with an int8 backbone calibrated on `batches`
     (see the module docstring), the manifest carried over with `precision = "int8"` and the
-    recipe in `quantization`. Returns that recipe."""
+    recipe in `quantization`. Returns that recipe. `scheme="conv-only"` (Conv nodes alone,
+    a Q/DQ pair on every Conv output: the recipe before 2026-12-04) and `fp32_stem=False` exist
+    for the comparison in `bench/int8_recipes.py`."""
     import onnx
     from onnxruntime import quantization as q
 
@@ -99,7 +102,13 @@ def quantize_export(fp32_path: str | os.PathLike, out: str | os.PathLike, batche
         raise CreamError(f"{fp32_path}: int8 needs a standard-op export (not --fused)")
     if manifest.precision != "fp32":
         raise CreamError(f"{fp32_path}: already {manifest.precision}")
+    if scheme not in SCHEMES:
+        raise CreamError(f"int8 scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     backbone, stem = backbone_nodes(source.graph)
+    by_name = {n.name: n for n in source.graph.node}
+    if scheme == "conv-only":
+        backbone = [n for n in backbone if by_name[n].op_type == "Conv"]
+    stem = [n for n in stem if n in backbone] if fp32_stem else []
     if not any(name not in stem for name in backbone):
         raise CreamError(f"{fp32_path}: no backbone convolutions to quantize")
     batches = iter(batches)
@@ -129,16 +138,16 @@ def quantize_export(fp32_path: str | os.PathLike, out: str | os.PathLike, batche
         quantized = Path(tmp) / "int8.onnx"
         try:
             q.quantize_static(str(fp32_path), str(quantized), Reader(), quant_format=q.QuantFormat.QDQ,
-                              per_channel=True, op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=backbone,
+                              per_channel=True, op_types_to_quantize=sorted({by_name[n].op_type for n in backbone}),
+                              nodes_to_quantize=backbone,
                               nodes_to_exclude=stem, activation_type=q.QuantType.QUInt8,
                               weight_type=q.QuantType.QInt8, calibrate_method=method)
         finally:
             logging.getLogger().removeFilter(advice)
         proto = onnx.load(str(quantized))
-    by_name = {n.name: n for n in source.graph.node}
     producer = {o: n for n in source.graph.node for o in n.output}
     recipe = {
-        "scheme": "qdq-backbone",
+        "scheme": f"qdq-{scheme}",
         "calibration": calibration,
         "calibration_images": seen["images"],
         "weights": "int8 symmetric, per output channel",

@@ -402,6 +402,10 @@ def test_int8_export_rejects_bad_requests(trained, tmp_path, capsys):
     assert "does not combine with --fused" in capsys.readouterr().err and not out.exists()
     with pytest.raises(CreamError, match="no calibration images"):
         quantize_export(fp32_path, out, iter([]))
+    with pytest.raises(CreamError, match="int8 scheme must be one of backbone, conv-only"):
+        quantize_export(fp32_path, out, iter([]), scheme="everything")
+    with pytest.raises(CreamError, match="int8 calibration must be one of"):
+        quantize_export(fp32_path, out, iter([]), calibration="mse")
     assert not out.exists()
     x = np.zeros((1, 3, 64, 64), np.float32)
     with pytest.raises(EngineUnavailable, match="is a fp32 export"):
