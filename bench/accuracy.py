@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import io
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import date
@@ -448,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also train CREAM's box regressor per cell (kept in the work folder) and score its boxes")
     args = parser.parse_args(argv)
     from cream_rt.atomic import atomic_path, write_json
-    from cream_rt.bench.machine import machine_info
+    from cream_rt.bench.machine import command_line, machine_info
     from cream_rt.synth import PRESETS
 
     presets = args.presets.split(",") if args.presets else list(SUITES[args.suite])
@@ -457,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or any(b not in RECIPES for b in backbones):
         parser.error(f"unknown preset or backbone: {unknown or backbones}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    command = "python -m cream_rt.bench.accuracy " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("accuracy", argv)
     work = Path(args.work)
     out = Path(args.out)
     cells: list[dict] = []

@@ -19,7 +19,7 @@ import numpy as np
 
 from cream_rt.atomic import write_json
 
-from .machine import machine_info
+from .machine import command_line, machine_info
 
 
 def make_split(root: Path, count: int) -> tuple[Path, Path]:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
               "warm_run_seconds": round(warm, 2), "first_run_extra_seconds": round(cold - warm, 2),
               "first_vs_warm": round(cold / warm, 2), "announced_on_stderr": announced,
               "machine": machine_info(),
-              "command": "python -m cream_rt.bench.first_run " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "command": command_line("first_run", argv)}
     print(f"cream eval --maps on {args.maps} maps: first run {cold:.1f} s (empty numba cache), warm {warm:.1f} s "
           f"({cold / warm:.1f}x); announced on stderr: {announced}")
     if args.out:

@@ -12,7 +12,6 @@ percentile ranges. Calibration: 256 training images, as `cream export --int8` do
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from cream_rt.atomic import write_json
 
-from .machine import machine_info
+from .machine import command_line, machine_info
 
 RECIPES = {
     "conv-only, int8 stem (before)": dict(scheme="conv-only", fp32_stem=False),
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     cells = [run_cell(Path(args.work), cell, RECIPES) for cell in args.cells.split(",")]
     result = {"benchmark": "int8_recipes", "cells": cells, "machine": machine_info(),
-              "command": "python -m cream_rt.bench.int8_recipes " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "command": command_line("int8_recipes", argv)}
     if args.out:
         write_json(args.out, result, what="--out")
     return result

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from cream_rt.atomic import write_json
 
-from .machine import machine_info
+from .machine import command_line, machine_info
 
 GEMM_SIZE = 1536
 
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"({bound:.2f}x)")
     result = {"benchmark": "int8_speed", "rows": rows, "gemm_peak_gops": {k: round(v, 1) for k, v in peaks.items()},
               "int8_vs_fp32_gemm_bound": round(bound, 3), "machine": machine_info(),
-              "command": "python -m cream_rt.bench.int8_speed " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "command": command_line("int8_speed", argv)}
     if args.out:
         write_json(args.out, result, what="--out")
     return result

@@ -6,7 +6,13 @@ import platform
 import sys
 from pathlib import Path
 
-__all__ = ["machine_info", "peak_rss_mb", "reset_peak_rss"]
+__all__ = ["machine_info", "command_line", "peak_rss_mb", "reset_peak_rss"]
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command that produced a result: `python -m cream_rt.bench.<module>` and its arguments
+    (`argv`, or the process's own when the module runs as a script)."""
+    return f"python -m cream_rt.bench.{module} " + " ".join(sys.argv[1:] if argv is None else argv)
 
 
 def machine_info() -> dict:

@@ -25,7 +25,7 @@ import numpy as np
 
 from cream_rt.atomic import write_json
 
-from .machine import machine_info
+from .machine import command_line, machine_info
 from .ray_throughput import make_images
 
 MILLION = 1_000_000
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
               "mode": "cream", "iterations": 2, "input_size": args.input_size, "rows": rows, "summary": summary,
               "large_images": large,
               "machine": machine_info(),
-              "command": "python -m cream_rt.bench.throughput " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "command": command_line("throughput", argv)}
     if args.out:
         write_json(args.out, result, what="--out")
     return result
