@@ -22,12 +22,16 @@ from cream_rt.atomic import write_json
 from .machine import command_line, machine_info
 
 RECIPES = {
-    "conv-only, int8 stem (before)": dict(scheme="conv-only", fp32_stem=False),
-    "conv-only, fp32 stem": dict(scheme="conv-only", fp32_stem=True),
-    "conv-only, int8 stem, percentile": dict(scheme="conv-only", fp32_stem=False, calibration="percentile"),
-    "backbone units, int8 stem": dict(scheme="backbone", fp32_stem=False),
-    "backbone units, fp32 stem (default)": dict(scheme="backbone", fp32_stem=True),
-    "backbone units, fp32 stem, percentile": dict(scheme="backbone", fp32_stem=True, calibration="percentile"),
+    "conv-only, int8 stem (before)": dict(scheme="conv-only", fp32_stem=False, bias_correction=False),
+    "conv-only, fp32 stem": dict(scheme="conv-only", fp32_stem=True, bias_correction=False),
+    "conv-only, int8 stem, percentile": dict(scheme="conv-only", fp32_stem=False, calibration="percentile",
+                                             bias_correction=False),
+    "backbone units, int8 stem": dict(scheme="backbone", fp32_stem=False, bias_correction=False),
+    "backbone units, fp32 stem": dict(scheme="backbone", fp32_stem=True, bias_correction=False),
+    "backbone units, fp32 stem, percentile": dict(scheme="backbone", fp32_stem=True, calibration="percentile",
+                                                  bias_correction=False),
+    "backbone units, fp32 stem, bias corrected (default)": dict(scheme="backbone", fp32_stem=True,
+                                                                bias_correction=True),
 }
 
 
@@ -91,8 +95,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", default="accuracy_work", help="the accuracy suite's work folder")
     parser.add_argument("--cells", required=True, help="cell folders, comma-separated")
     parser.add_argument("--out", default=None, help="JSON result file (e.g. bench/results/int8_recipes.json)")
+    parser.add_argument("--recipes", default=None, help="recipe names, separated by semicolons (default: all)")
     args = parser.parse_args(argv)
-    cells = [run_cell(Path(args.work), cell, RECIPES) for cell in args.cells.split(",")]
+    recipes = RECIPES if args.recipes is None else {name: RECIPES[name] for name in args.recipes.split(";")}
+    cells = [run_cell(Path(args.work), cell, recipes) for cell in args.cells.split(",")]
     result = {"benchmark": "int8_recipes", "cells": cells, "machine": machine_info(),
               "command": command_line("int8_recipes", argv)}
     if args.out:

@@ -10,7 +10,7 @@ import numpy as np
 
 from cream_rt.errors import CreamError
 
-__all__ = ["QuantizedTensor", "quantized_tensors", "layer_name", "layer_drift", "format_drift"]
+__all__ = ["QuantizedTensor", "quantized_tensors", "layer_name", "session_with_outputs", "layer_drift", "format_drift"]
 
 UINT8_MAX = 255
 
@@ -59,7 +59,7 @@ def layer_name(source, producer: dict) -> str:
     return f"{source.op_type} {source.name}"
 
 
-def _session_with_outputs(proto, names: list[str]):
+def session_with_outputs(proto, names: list[str]):
     """An ONNX Runtime session (1 thread per core) of `proto` with `names` added as graph outputs."""
     import onnx
     import onnxruntime as ort
@@ -96,8 +96,8 @@ def layer_drift(reference: str, model: str, batches: Iterable[tuple[np.ndarray, 
     if missing:
         raise CreamError(f"{reference}: has no tensor {missing[0]!r} of {model}; give the fp32 export the int8 "
                          f"file was quantized from")
-    ref = _session_with_outputs(ref_proto, [p.name for p in points])
-    q = _session_with_outputs(q_proto, [p.name for p in points] + [p.dequantized for p in points])
+    ref = session_with_outputs(ref_proto, [p.name for p in points])
+    q = session_with_outputs(q_proto, [p.name for p in points] + [p.dequantized for p in points])
     ref_out, q_out = [o.name for o in ref.get_outputs()], [o.name for o in q.get_outputs()]
     sums = {p.name: np.zeros(5) for p in points}  # |dq - ref|^2, |ref|^2, |dq - clamp|^2, |clamp|^2, saturated
     counts = dict.fromkeys(sums, 0)

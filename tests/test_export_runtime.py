@@ -294,9 +294,36 @@ def test_int8_export_quantizes_the_backbone(trained, tmp_path, capsys):
     recipe = i8.manifest.quantization
     assert recipe["quantized_convs"] == 6 and recipe["fp32_convs"] == 1 and recipe["calibration"] == "minmax"
     assert recipe["fp32_stem"][0].startswith("backbone.") and len(recipe["fp32_stem"]) == 2  # Conv + its ReLU
+    corrected = recipe["bias_correction"]
+    assert corrected["convs"] == 6 and corrected["calibration_images"] == 16
+    assert corrected["max_abs_shift_after"] < corrected["max_abs_shift_before"] / 2
+    # Independently (all Conv outputs of each graph at once, matched by node name): on the
+    # calibration images the int8 Convs' mean outputs sit on the fp32 ones, and without the
+    # correction they do not.
+    from cream_rt.export.layer_drift import session_with_outputs
+    from cream_rt.export.quantize import split_images
     from cream_rt.metadata import read_split
     from cream_rt.preprocess import preprocess_batch
 
+    calibration = preprocess_batch(split_images(data / "metadata" / "train", data / "images", 16), 64,
+                                   f.manifest.mean, f.manifest.std)
+
+    def conv_means(proto) -> dict:
+        convs = {n.name: n.output[0] for n in proto.graph.node if n.op_type == "Conv" and n.input[0] != "images"}
+        got = session_with_outputs(proto, list(convs.values())).run(
+            list(convs.values()), {"images": calibration, "class_ids": -np.ones(len(calibration), np.int64)})
+        return {name: value.astype(np.float64).mean(axis=(0, 2, 3)) for name, value in zip(convs, got)}
+
+    plain = tmp_path / "plain.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(plain), "--int8", "--no-bias-correction",
+                 "--calibration-data", str(data), "--calibration-count", "16"]) == 0
+    assert "biases corrected" not in capsys.readouterr().out
+    reference = conv_means(fp32)
+    shift = lambda proto: max(np.abs(m - reference[k]).max() for k, m in conv_means(proto).items())
+    assert shift(q) <= corrected["max_abs_shift_after"] + 1e-4 < shift(onnx.load(plain)) / 2
+    assert OnnxPredictor.load(plain).manifest.quantization["bias_correction"] is False
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "x.onnx"), "--no-bias-correction"]) == 2
+    assert "--no-bias-correction goes with --int8" in capsys.readouterr().err
     test_ids = read_split(data / "metadata" / "test").image_ids  # images like the calibration ones
     x = preprocess_batch([data / "images" / i for i in test_ids], 64, f.manifest.mean, f.manifest.std)
     (lf, mf), (lq, mq) = f(x), i8(x)
@@ -331,6 +358,61 @@ def test_backbone_nodes_stop_at_the_head():
     backbone, stem = backbone_nodes(graph)
     assert backbone == ["stem", "stem_act", "conv1", "act1", "residual", "pool"]
     assert stem == ["stem", "stem_act"]
+
+
+def _one_conv_pair(bias_step: float):
+    """A 1x1 Conv (2 output channels, weights 1 and -2, biases 0.5 and 0) as an fp32 graph and as
+    a QDQ graph: the input through uint8 at step 1, the weights int8 at scale 1, the bias int32
+    at `bias_step` (ONNX Runtime's quantizer writes input x weight scale; finer here, so that the
+    corrected bias is exact)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.array([1.0, -2.0], np.float32).reshape(2, 1, 1, 1)
+    b = np.array([0.5, 0.0], np.float32)
+    io = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [None, 1, 2, 2])]
+    out = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    fp32 = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["images", "w", "b"], ["y"], name="conv")], "fp32", io, out,
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]))
+    inits = [numpy_helper.from_array(np.array(1.0, np.float32), "xs"),
+             numpy_helper.from_array(np.array(0, np.uint8), "xz"),
+             numpy_helper.from_array(w.astype(np.int8), "wq"), numpy_helper.from_array(np.ones(2, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(2, np.int8), "wz"),
+             numpy_helper.from_array(np.rint(b / bias_step).astype(np.int32), "bq"),
+             numpy_helper.from_array(np.full(2, bias_step, np.float32), "bs"),
+             numpy_helper.from_array(np.zeros(2, np.int32), "bz")]
+    nodes = [helper.make_node("QuantizeLinear", ["images", "xs", "xz"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"], name="dq"),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], name="wdq", axis=0),
+             helper.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["bd"], name="bdq", axis=0),
+             helper.make_node("Conv", ["xd", "wd", "bd"], ["y"], name="conv")]
+    int8 = helper.make_model(helper.make_graph(nodes, "int8", io, out, inits))
+    for m in (fp32, int8):
+        m.opset_import[0].version = 17
+        m.ir_version = 8
+    return fp32, int8
+
+
+def test_bias_correction_takes_out_a_hand_computed_shift():
+    """Inputs 0.4 and 1.4 at step 1 round to 0 and 1 (-0.4 at every pixel): channel 0 (weight 1)
+    comes out 0.4 low and channel 1 (weight -2) 0.8 high, so the int32 biases (step 0.01) move
+    by +40 and -80 steps; then the shift is zero and the fp32 graph is untouched."""
+    from onnx import numpy_helper
+
+    from cream_rt.export.bias_correction import conv_output_shift, correct_biases
+
+    fp32, int8 = _one_conv_pair(0.01)
+    inits = {t.name: t for t in int8.graph.initializer}
+    assert numpy_helper.to_array(inits["bq"]).tolist() == [50, 0]
+    x = np.array([0.4, 1.4, 0.4, 1.4], np.float32).reshape(1, 1, 2, 2)
+    shift = conv_output_shift(fp32, int8, ["conv"], [x, x])["conv"]
+    np.testing.assert_allclose(shift, [-0.4, 0.8], atol=1e-6)
+    summary = correct_biases(int8, fp32, ["conv"], [x])
+    assert numpy_helper.to_array(inits["bq"]).tolist() == [90, -80]
+    assert numpy_helper.to_array({t.name: t for t in fp32.graph.initializer}["b"]).tolist() == [0.5, 0.0]
+    np.testing.assert_allclose(conv_output_shift(fp32, int8, ["conv"], [x])["conv"], [0, 0], atol=1e-6)
+    assert summary["convs"] == 1 and summary["calibration_images"] == 1
+    assert summary["max_abs_shift_before"] == pytest.approx(0.8) and summary["max_abs_shift_after"] < 1e-6
 
 
 def test_parity_per_layer_against_a_hand_computed_drift(trained, tmp_path, capsys):

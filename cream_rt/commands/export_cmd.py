@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
                              "--calibration-image-root DIR (images to calibrate the int8 ranges on)")
         if args.calibration_count < 1:
             raise CreamError(f"--calibration-count must be at least 1, got {args.calibration_count}")
+    if args.no_bias_correction and not args.int8:
+        raise CreamError("--no-bias-correction goes with --int8")
     if args.regressor and (args.int8 or args.fused):
         raise CreamError("--regressor goes with a standard fp32 export (not --int8 or --fused)")
     if args.out:
@@ -95,7 +97,8 @@ def _export_int8(args: argparse.Namespace, out: str) -> int:
         fp32 = str(Path(tmp) / "fp32.onnx")
         manifest = export_checkpoint(args.checkpoint, fp32, args.mode, args.iterations, args.opset)
         report = quantize_export(fp32, out, calibration_batches(paths, manifest.input_size, manifest.mean,
-                                                                     manifest.std), args.int8_calibration)
+                                                                     manifest.std), args.int8_calibration,
+                                 bias_correction=not args.no_bias_correction)
     if args.triton_repo:
         _write_triton(args, out)
     if args.json:
@@ -104,5 +107,6 @@ def _export_int8(args: argparse.Namespace, out: str) -> int:
     elif args.out:
         print(f"wrote {out}: {manifest.backbone}, mode {manifest.mode}, T={manifest.iterations}, int8 backbone "
               f"({report['quantized_convs']} convolutions; {report['fp32_convs']} stay fp32) calibrated on "
-              f"{report['calibration_images']} images ({report['calibration']})")
+              f"{report['calibration_images']} images ({report['calibration']}"
+              f"{', biases corrected' if report['bias_correction'] else ''})")
     return 0

@@ -39,22 +39,25 @@ def em_foreground(features: torch.Tensor, centroids: torch.Tensor, iterations: i
     Written for few exported nodes, same maths: the softmax over the two components ignores any
     offset common to both, so the first E-step (pi = 0.5, 0.5) adds no prior and later ones use
     log(mass) for log(mass / N). (The M-step keeps its division by the mass: the cosine's EPS is
-    not negligible next to the mean of small features.)"""
+    not negligible next to the mean of small features.) The normalised features are never
+    formed: cos(mu, x_n) = (mu_n . x_n) / (||x_n|| + EPS) scales a `(B,2,N)` product, and the unit
+    M-step folds 1 / (||x_n|| + EPS) into the responsibilities, so the `(B,K,N)` map is read by
+    the two products only (on an int8 export, one dequantized copy instead of several)."""
     x = features
-    xn = l2_normalize(x, 1)
+    inv_norm = 1.0 / (torch.sqrt((x * x).sum(dim=1, keepdim=True)) + EPS)  # (B,1,N)
     mu = centroids
     n = x.shape[-1]
     log_mass = None  # (B,2,1): log pi_k + log N
     z = torch.empty(0)
     for step in range(iterations):
-        logits = beta * torch.bmm(l2_normalize(mu, 2), xn)  # (B,2,N), log space
+        logits = torch.bmm(l2_normalize(mu, 2), x) * (beta * inv_norm)  # (B,2,N), log space
         if log_mass is not None:
             logits = logits + log_mass
         z = torch.softmax(logits, dim=1)
         if step < iterations - 1:
             zw = z if m_weights is None else z * m_weights
             mass = zw.sum(dim=2, keepdim=True)  # (B,2,1)
-            mu = torch.bmm(zw, (xn if unit_mean else x).transpose(1, 2)) / (mass + EPS)
+            mu = torch.bmm(zw * inv_norm if unit_mean else zw, x.transpose(1, 2)) / (mass + EPS)
             log_mass = torch.log(torch.clamp(mass, min=EPS * n))  # log(max(pi, EPS)) + log N
     return z[:, 0], z[:, 1]
 
