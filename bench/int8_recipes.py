@@ -12,6 +12,7 @@ percentile ranges. Calibration: 256 training images, as `cream export --int8` do
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -96,13 +97,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cells", required=True, help="cell folders, comma-separated")
     parser.add_argument("--out", default=None, help="JSON result file (e.g. bench/results/int8_recipes.json)")
     parser.add_argument("--recipes", default=None, help="recipe names, separated by semicolons (default: all)")
+    parser.add_argument("--append", action="store_true",
+                        help="merge into --out: a cell's rows measured here replace the same rows there")
     args = parser.parse_args(argv)
+    unknown = [name for name in (args.recipes or "").split(";") if name and name not in RECIPES]
+    if unknown:
+        parser.error(f"unknown recipe {unknown[0]!r}; have: {'; '.join(RECIPES)}")
     recipes = RECIPES if args.recipes is None else {name: RECIPES[name] for name in args.recipes.split(";")}
-    cells = [run_cell(Path(args.work), cell, recipes) for cell in args.cells.split(",")]
-    result = {"benchmark": "int8_recipes", "cells": cells, "machine": machine_info(),
-              "command": command_line("int8_recipes", argv)}
-    if args.out:
-        write_json(args.out, result, what="--out")
+    command = command_line("int8_recipes", argv)
+    result = {"benchmark": "int8_recipes", "cells": [], "machine": machine_info(), "commands": []}
+    if args.append and args.out and Path(args.out).is_file():
+        result = dict(json.loads(Path(args.out).read_text()), machine=machine_info())
+        result.setdefault("commands", [result.pop("command")] if "command" in result else [])
+    result["commands"] = list(dict.fromkeys(result["commands"] + [command]))
+    for name in args.cells.split(","):
+        cell = run_cell(Path(args.work), name, recipes)
+        old = next((c for c in result["cells"] if c["cell"] == name), None)
+        if old is None:
+            result["cells"].append(cell)
+        else:
+            old["rows"].update(cell["rows"])
+        if args.out:  # after every cell: a long run keeps what it measured
+            write_json(args.out, result, what="--out")
     return result
 
 

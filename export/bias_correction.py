@@ -98,15 +98,14 @@ def correct_biases(quantized, reference, convs: Sequence[str], batches: Sequence
     from onnx import numpy_helper
 
     graph = quantized.graph
+    order = [n.name for n in graph.node if n.name in set(convs)]
+    _add_zero_biases(quantized, order)
     inits = {t.name: t for t in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
     by_name = {n.name: n for n in graph.node}
-    order = [n.name for n in graph.node if n.name in set(convs)]
     biases = {}
     for conv in order:
         node = by_name[conv]
-        if len(node.input) < 3 or not node.input[2]:
-            raise CreamError(f"Conv {conv} has no bias to correct")
         source = producer.get(node.input[2])
         if source is not None and source.op_type == "DequantizeLinear" and source.input[0] in inits:
             biases[conv] = (inits[source.input[0]], numpy_helper.to_array(inits[source.input[1]]).astype(np.float64))
@@ -131,3 +130,44 @@ def correct_biases(quantized, reference, convs: Sequence[str], batches: Sequence
     largest = lambda means: round(max(float(np.abs(means[c] - fp32[c]).max()) for c in order), 5)
     return {"convs": len(order), "calibration_images": int(sum(len(x) for x in batches)),
             "max_abs_shift_before": largest(before), "max_abs_shift_after": largest(after)}
+
+
+def _add_zero_biases(proto, convs: Sequence[str]) -> None:
+    """Give each Conv named in `convs` that has no bias (ResNet's: BatchNorm folded with a zero
+    shift) a zero one in the quantizer's form: int32 through a DequantizeLinear at input scale x
+    weight scale, so that ONNX Runtime still fuses the unit into one int8 convolution (a float
+    one where the Conv's input or weight is not dequantized)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    wanted = set(convs)
+    nodes = []
+    for node in graph.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        if node.name in wanted and (len(node.input) < 3 or not node.input[2]):
+            name = f"{node.name}_bias"
+            x_dq, w_dq = producer.get(node.input[0]), producer.get(node.input[1])
+            if x_dq is None or w_dq is None or {x_dq.op_type, w_dq.op_type} != {"DequantizeLinear"}:
+                channels = numpy_helper.to_array(inits[node.input[1]]).shape[0]
+                graph.initializer.append(numpy_helper.from_array(np.zeros(channels, np.float32), name))
+            else:
+                w_scale = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float32).reshape(-1)
+                x_scale = numpy_helper.to_array(inits[x_dq.input[1]]).astype(np.float32).reshape(())
+                scale = (x_scale * w_scale).astype(np.float32)
+                parts = [f"{name}_quantized", f"{name}_quantized_scale", f"{name}_quantized_zero_point"]
+                graph.initializer.extend([numpy_helper.from_array(np.zeros(len(scale), np.int32), parts[0]),
+                                          numpy_helper.from_array(scale, parts[1]),
+                                          numpy_helper.from_array(np.zeros(len(scale), np.int32), parts[2])])
+                nodes.append(helper.make_node("DequantizeLinear", parts, [name], name=f"{name}_DequantizeLinear",
+                                              axis=0))
+            if len(copy.input) < 3:
+                copy.input.append(name)
+            else:
+                copy.input[2] = name
+        nodes.append(copy)
+    del graph.node[:]
+    graph.node.extend(nodes)

@@ -282,18 +282,21 @@ def test_int8_export_quantizes_the_backbone(trained, tmp_path, capsys):
         source = fp32_producer[name]
         assert not (source.op_type == "Conv" and {"Relu", "Clip"} & set(fp32_consumers[name])), name
     quantized_inputs = {i for n in q.graph.node if n.op_type == "DequantizeLinear" for i in n.output}
+    once = {n.output[0] for n in q.graph.node if n.op_type == "Relu" and n.input[0] in quantized_inputs}
     read_by_head = set()  # the head (GAP, classifier, CAM, EM, upsampling) computes in fp32 on the
-    for node in q.graph.node:  # dequantized feature map, its only int8 input
+    for node in q.graph.node:  # dequantized feature map, its only int8 input, read through one Relu
         if node.op_type not in ("Conv", "Relu", "Clip", "Add", "MaxPool", "QuantizeLinear", "DequantizeLinear"):
-            read_by_head |= quantized_inputs & set(node.input)
-    assert len(read_by_head) == 1
-    feature_map = producer[producer[read_by_head.pop()].input[0]].input[0]
+            read_by_head |= (quantized_inputs | once) & set(node.input)
+    assert len(read_by_head) == 1 and read_by_head <= once
+    dequantized = producer[read_by_head.pop()].input[0]
+    feature_map = producer[producer[dequantized].input[0]].input[0]  # DequantizeLinear <- QuantizeLinear <- it
     assert {n.op_type for n in fp32.graph.node if feature_map in n.input} >= {"ReduceMean", "Einsum"}
     f, i8 = OnnxPredictor.load(fp32_path), OnnxPredictor.load(q_path)
     assert i8.manifest.precision == "int8" and f.manifest.precision == "fp32" and f.manifest.quantization == {}
     recipe = i8.manifest.quantization
     assert recipe["quantized_convs"] == 6 and recipe["fp32_convs"] == 1 and recipe["calibration"] == "minmax"
     assert recipe["fp32_stem"][0].startswith("backbone.") and len(recipe["fp32_stem"]) == 2  # Conv + its ReLU
+    assert recipe["dequantized_once"] == [dequantized]
     corrected = recipe["bias_correction"]
     assert corrected["convs"] == 6 and corrected["calibration_images"] == 16
     assert corrected["max_abs_shift_after"] < corrected["max_abs_shift_before"] / 2
@@ -360,32 +363,36 @@ def test_backbone_nodes_stop_at_the_head():
     assert stem == ["stem", "stem_act"]
 
 
-def _one_conv_pair(bias_step: float):
-    """A 1x1 Conv (2 output channels, weights 1 and -2, biases 0.5 and 0) as an fp32 graph and as
-    a QDQ graph: the input through uint8 at step 1, the weights int8 at scale 1, the bias int32
-    at `bias_step` (ONNX Runtime's quantizer writes input x weight scale; finer here, so that the
-    corrected bias is exact)."""
+def _one_conv_pair(weights: list[float], weight_step: float, bias: list[float] | None):
+    """A 1x1 Conv (one output channel per weight) as an fp32 graph and as a QDQ graph: the input
+    through uint8 at step 1, the weights int8 at `weight_step`, the bias (if any) int32 at step
+    1 x weight_step, as ONNX Runtime's quantizer writes it."""
     from onnx import TensorProto, helper, numpy_helper
 
-    w = np.array([1.0, -2.0], np.float32).reshape(2, 1, 1, 1)
-    b = np.array([0.5, 0.0], np.float32)
+    w = np.array(weights, np.float32).reshape(-1, 1, 1, 1)
+    n = len(weights)
     io = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [None, 1, 2, 2])]
-    out = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
-    fp32 = helper.make_model(helper.make_graph(
-        [helper.make_node("Conv", ["images", "w", "b"], ["y"], name="conv")], "fp32", io, out,
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]))
+    out = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n, 2, 2])]
+    fp32_inits = [numpy_helper.from_array(w, "w")]
     inits = [numpy_helper.from_array(np.array(1.0, np.float32), "xs"),
              numpy_helper.from_array(np.array(0, np.uint8), "xz"),
-             numpy_helper.from_array(w.astype(np.int8), "wq"), numpy_helper.from_array(np.ones(2, np.float32), "ws"),
-             numpy_helper.from_array(np.zeros(2, np.int8), "wz"),
-             numpy_helper.from_array(np.rint(b / bias_step).astype(np.int32), "bq"),
-             numpy_helper.from_array(np.full(2, bias_step, np.float32), "bs"),
-             numpy_helper.from_array(np.zeros(2, np.int32), "bz")]
+             numpy_helper.from_array(np.rint(w / weight_step).astype(np.int8), "wq"),
+             numpy_helper.from_array(np.full(n, weight_step, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(n, np.int8), "wz")]
     nodes = [helper.make_node("QuantizeLinear", ["images", "xs", "xz"], ["xq"], name="q"),
              helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"], name="dq"),
-             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], name="wdq", axis=0),
-             helper.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["bd"], name="bdq", axis=0),
-             helper.make_node("Conv", ["xd", "wd", "bd"], ["y"], name="conv")]
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], name="wdq", axis=0)]
+    if bias is not None:
+        b = np.array(bias, np.float32)
+        fp32_inits.append(numpy_helper.from_array(b, "b"))
+        inits += [numpy_helper.from_array(np.rint(b / weight_step).astype(np.int32), "bq"),
+                  numpy_helper.from_array(np.full(n, weight_step, np.float32), "bs"),
+                  numpy_helper.from_array(np.zeros(n, np.int32), "bz")]
+        nodes.append(helper.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["bd"], name="bdq", axis=0))
+    tail = ["b"] if bias is not None else []
+    fp32 = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["images", "w", *tail], ["y"], name="conv")], "fp32", io, out, fp32_inits))
+    nodes.append(helper.make_node("Conv", ["xd", "wd", *(["bd"] if bias is not None else [])], ["y"], name="conv"))
     int8 = helper.make_model(helper.make_graph(nodes, "int8", io, out, inits))
     for m in (fp32, int8):
         m.opset_import[0].version = 17
@@ -395,24 +402,66 @@ def _one_conv_pair(bias_step: float):
 
 def test_bias_correction_takes_out_a_hand_computed_shift():
     """Inputs 0.4 and 1.4 at step 1 round to 0 and 1 (-0.4 at every pixel): channel 0 (weight 1)
-    comes out 0.4 low and channel 1 (weight -2) 0.8 high, so the int32 biases (step 0.01) move
-    by +40 and -80 steps; then the shift is zero and the fp32 graph is untouched."""
+    comes out 0.4 low and channel 1 (weight -1.2) 0.48 high, so the int32 biases (step 0.01)
+    move by +40 and -48 steps; then the shift is zero and the fp32 graph is untouched. A Conv
+    without a bias gets one, int32 through a DequantizeLinear, with the same steps."""
+    import onnx
     from onnx import numpy_helper
 
     from cream_rt.export.bias_correction import conv_output_shift, correct_biases
 
-    fp32, int8 = _one_conv_pair(0.01)
-    inits = {t.name: t for t in int8.graph.initializer}
-    assert numpy_helper.to_array(inits["bq"]).tolist() == [50, 0]
     x = np.array([0.4, 1.4, 0.4, 1.4], np.float32).reshape(1, 1, 2, 2)
-    shift = conv_output_shift(fp32, int8, ["conv"], [x, x])["conv"]
-    np.testing.assert_allclose(shift, [-0.4, 0.8], atol=1e-6)
-    summary = correct_biases(int8, fp32, ["conv"], [x])
-    assert numpy_helper.to_array(inits["bq"]).tolist() == [90, -80]
-    assert numpy_helper.to_array({t.name: t for t in fp32.graph.initializer}["b"]).tolist() == [0.5, 0.0]
-    np.testing.assert_allclose(conv_output_shift(fp32, int8, ["conv"], [x])["conv"], [0, 0], atol=1e-6)
-    assert summary["convs"] == 1 and summary["calibration_images"] == 1
-    assert summary["max_abs_shift_before"] == pytest.approx(0.8) and summary["max_abs_shift_after"] < 1e-6
+    for bias in ([0.5, 0.0], None):
+        fp32, int8 = _one_conv_pair([1.0, -1.2], 0.01, bias)
+        np.testing.assert_allclose(conv_output_shift(fp32, int8, ["conv"], [x, x])["conv"], [-0.4, 0.48], atol=1e-6)
+        summary = correct_biases(int8, fp32, ["conv"], [x])
+        onnx.checker.check_model(int8)
+        conv = next(n for n in int8.graph.node if n.op_type == "Conv")
+        dequantize = next(n for n in int8.graph.node if conv.input[2] in n.output)
+        assert dequantize.op_type == "DequantizeLinear"
+        inits = {t.name: numpy_helper.to_array(t) for t in int8.graph.initializer}
+        assert inits[dequantize.input[0]].tolist() == ([90, -48] if bias else [40, -48])
+        assert inits[dequantize.input[0]].dtype == np.int32
+        np.testing.assert_allclose(inits[dequantize.input[1]], [0.01, 0.01])
+        assert len(fp32.graph.initializer) == (2 if bias else 1)
+        np.testing.assert_allclose(conv_output_shift(fp32, int8, ["conv"], [x])["conv"], [0, 0], atol=1e-6)
+        assert summary["convs"] == 1 and summary["calibration_images"] == 1
+        assert summary["max_abs_shift_before"] == pytest.approx(0.48) and summary["max_abs_shift_after"] < 1e-6
+
+
+@pytest.mark.parametrize("zero_point", [0, 3])
+def test_dequantize_once_only_where_exact(zero_point):
+    """A dequantized tensor read by two float ops gets one Relu in front of them when its uint8
+    zero point is 0 (every value >= 0: the Relu changes nothing), and none otherwise; the
+    outputs are the same either way."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from cream_rt.export.quantize import dequantize_once
+
+    inits = [numpy_helper.from_array(np.array(0.5, np.float32), "s"),
+             numpy_helper.from_array(np.array(zero_point, np.uint8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["images", "s", "z"], ["q"], name="q"),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="dq"),
+             helper.make_node("ReduceMean", ["dq"], ["mean"], name="gap", keepdims=0),
+             helper.make_node("Sigmoid", ["dq"], ["map"], name="head")]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, []),
+         helper.make_tensor_value_info("map", TensorProto.FLOAT, [2, 3])], inits))
+    model.opset_import[0].version = 17
+    model.ir_version = 8
+    x = np.array([[-3.0, 0.0, 0.7], [2.2, 5.0, 1.1]], np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x})
+    before = run(model)
+    assert dequantize_once(model) == (["dq"] if zero_point == 0 else [])
+    relus = [n for n in model.graph.node if n.op_type == "Relu"]
+    assert len(relus) == (zero_point == 0)
+    if relus:
+        assert {n.input[0] for n in model.graph.node if n.name in ("gap", "head")} == {relus[0].output[0]}
+    for a, b in zip(before, run(model)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_parity_per_layer_against_a_hand_computed_drift(trained, tmp_path, capsys):
