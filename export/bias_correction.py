@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cream_rt.errors import CreamError
+from cream_rt.progress import progress
 
 __all__ = ["prefix_graph", "channel_means", "conv_output_shift", "correct_biases"]
 
@@ -115,7 +116,7 @@ def correct_biases(quantized, reference, convs: Sequence[str], batches: Sequence
             raise CreamError(f"Conv {conv}: its bias is neither an initializer nor a dequantized one")
     fp32 = dict(zip(order, channel_means(reference, _conv_outputs(reference, order), batches)))
     before = dict(zip(order, channel_means(quantized, _conv_outputs(quantized, order), batches)))
-    for k, conv in enumerate(order):
+    for k, conv in enumerate(progress(order, "int8 bias correction", unit="conv")):
         now = before[conv] if k == 0 else channel_means(quantized, _conv_outputs(quantized, [conv]), batches)[0]
         shift = now - fp32[conv]
         tensor, step = biases[conv]
