@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for lam in args.lambdas:
             path = str(Path(tmp) / f"lam{lam}.pt")
-            fit_embeddings(args.checkpoint, args.data, path, momentum=lam, feature_mean=args.feature_mean)
+            fit_embeddings(args.checkpoint, args.data, path, momentum=lam, feature_mean=args.feature_mean,
+                           estimate="momentum")
             refit, _ = load_checkpoint(path)
             m = evaluate_split(refit, meta, images, {"T=2": ("cream", 2)}, 64)["T=2"]
             result["by_lambda"][str(lam)] = {k: m[k] for k in keys}

@@ -6,6 +6,8 @@ means), the oracle-centroid EM (per-image centroids from the ground-truth mask: 
 learned embedding), and one row per named deviation (ablation). Per row: MaxBoxAccV2, GT-known
 Loc, the mean map inside / outside the object at feature resolution, and the calibration flips.
 EfficientNet-Lite0 cells also score the int8 export next to the fp32 one (ONNX Runtime).
+The cells are trained without the embedding pass (their `CREAM T=*` rows use the momentum
+embeddings, as before 2026-12-05); `bench/embedding_estimates.py` scores the pass on the same cells.
 Writes one JSON (every cell) and one Markdown table (means over seeds). A benchmark, not a test.
 
 `python -m cream_rt.bench.accuracy --suite default --seeds 0,1,2 --backbones small-cnn,efficientnet-lite0 \\
@@ -277,35 +279,49 @@ def regressor_row(ckpt: Path, data: Path, cell_dir: Path, epochs: int, seed: int
     return score_regressor(load_regressor(path), read_split(split_dir), images, 50, "cpu", logits_model=model)
 
 
-def run_cell(preset_name: str, backbone: str, seed: int, work: Path, log, regressor: bool = False,
-             int8: bool = True) -> dict:
-    """Synthesize, train (default CREAM settings), refit raw embeddings, score; returns the cell.
-    With `regressor`, also CREAM + box regressor; without `int8`, no ONNX rows."""
+def train_cell(preset_name: str, backbone: str, seed: int, work: Path,
+               embedding_pass: bool = False) -> tuple[Path, Path]:
+    """Synthesize the cell's data and train its model (resumable; deterministic per seed), as the
+    suite's cells were trained: the embeddings the momentum rule left, unless `embedding_pass`
+    (the trainer's default since 2026-12-05, which changes nothing else). Returns (checkpoint, data)."""
     from cream_rt.model.checkpoint import load_checkpoint, training_progress
     from cream_rt.synth import generate, preset
-    from cream_rt.train.trainer import TrainConfig, fit_embeddings, train
+    from cream_rt.train.trainer import TrainConfig, train
 
     recipe = RECIPES[backbone]
     cell_dir = work / f"{preset_name}-{backbone}-s{seed}"
     data = work / f"data-{preset_name}-{recipe.image_size}-s{seed}"
-    started = time.time()
     if not (data / "metadata" / "test" / "localization.txt").is_file():
         generate(data, preset(preset_name, size=recipe.image_size, train=recipe.train, val=recipe.val,
                               test=recipe.test, seed=seed), show_progress=False)
     cell_dir.mkdir(parents=True, exist_ok=True)
-    ckpt, raw = cell_dir / "model.pt", cell_dir / "raw.pt"
-    quiet = lambda line: None  # noqa: E731
+    ckpt = cell_dir / "model.pt"
     done = training_progress(load_checkpoint(ckpt)[1], ckpt)[0] if ckpt.is_file() else 0
     if done < recipe.epochs:  # new, or cut off after an epoch's checkpoint: resume from it
         train(backbone, str(data), str(ckpt), config=TrainConfig(epochs=recipe.epochs, seed=seed,
-                                                                 lr_decay_epochs=recipe.lr_decay_epochs),
-              input_size=recipe.input_size, log=quiet, resume=str(ckpt) if done else None)
+                                                                 lr_decay_epochs=recipe.lr_decay_epochs,
+                                                                 embedding_pass=embedding_pass),
+              input_size=recipe.input_size, log=lambda line: None, resume=str(ckpt) if done else None)
+    return ckpt, data
+
+
+def run_cell(preset_name: str, backbone: str, seed: int, work: Path, log, regressor: bool = False,
+             int8: bool = True) -> dict:
+    """Synthesize, train (default CREAM settings), refit raw embeddings, score; returns the cell.
+    With `regressor`, also CREAM + box regressor; without `int8`, no ONNX rows."""
+    from cream_rt.train.trainer import fit_embeddings
+
+    started = time.time()
+    recipe = RECIPES[backbone]
+    ckpt, data = train_cell(preset_name, backbone, seed, work)
+    cell_dir = ckpt.parent
+    raw = cell_dir / "raw.pt"
     if not raw.is_file():
-        fit_embeddings(str(ckpt), str(data), str(raw), seed=seed, feature_mean="raw")
+        fit_embeddings(str(ckpt), str(data), str(raw), seed=seed, feature_mean="raw", estimate="momentum")
     refined = {rounds: cell_dir / f"refined{rounds}.pt" for rounds in REFINE_ROUNDS}
     for rounds, path in refined.items():
         if not path.is_file():
-            fit_embeddings(str(ckpt), str(data), str(path), batch_size=50, refine=rounds)
+            fit_embeddings(str(ckpt), str(data), str(path), batch_size=50, refine=rounds, estimate="momentum")
     rows = score_cell(ckpt, raw, data, refined_checkpoints=refined)
     if backbone != "small-cnn" and int8:
         rows.update(int8_rows(ckpt, data, cell_dir))
@@ -351,12 +367,13 @@ def summarize(cells: list[dict]) -> dict:
 RULE_SEEDS, RULE_MEAN_GAIN, RULE_WORST_LOSS = 3, 1.0, 0.5
 
 
-def default_rule(summary: dict, row: str, baseline: str = "CREAM T=2") -> dict | None:
+def default_rule(summary: dict, row: str, baseline: str = "CREAM T=2",
+                 backbones: tuple[str, ...] = tuple(RECIPES)) -> dict | None:
     """`row` against `baseline` under the default-change rule: mean and worst per-cell difference
     of MaxBoxAccV2 over the cells that have both rows, whether every cell has all seeds, and the
     verdict: "fails" once a cell with all its seeds loses more than the limit (or the complete
     suite's mean gain is short), "passes" on the complete suite, else "open" (None where no cell
-    has the row)."""
+    has the row). The suite is complete with every preset on each of `backbones`."""
     diffs = {key: s["rows"][row]["MaxBoxAccV2"] - s["rows"][baseline]["MaxBoxAccV2"]
              for key, s in summary.items() if row in s["rows"] and baseline in s["rows"]}
     if not diffs:
@@ -364,7 +381,7 @@ def default_rule(summary: dict, row: str, baseline: str = "CREAM T=2") -> dict |
     worst = min(diffs, key=diffs.get)
     settled = [key for key in diffs if len(summary[key]["seeds"]) >= RULE_SEEDS
                and "seeds" not in summary[key]["rows"][row]]  # cells with every seed of this row
-    suite = {f"{preset}/{backbone}" for preset in SUITES["default"] for backbone in RECIPES}
+    suite = {f"{preset}/{backbone}" for preset in SUITES["default"] for backbone in backbones}
     complete = suite <= set(settled)  # every preset of the suite, every backbone, all seeds
     mean = float(np.mean(list(diffs.values())))
     worst_settled = min(settled, key=diffs.get) if settled else None

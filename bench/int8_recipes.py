@@ -53,8 +53,9 @@ def score(model: str, meta, images: Path) -> dict:
             "maps": np.concatenate(maps)}
 
 
-def run_cell(work: Path, cell: str, recipes: dict) -> dict:
-    """fp32 and every int8 recipe of one suite cell (`<preset>-<backbone>-s<seed>`)."""
+def run_cell(work: Path, cell: str, recipes: dict, checkpoint: str = "model.pt") -> dict:
+    """fp32 and every int8 recipe of one suite cell (`<preset>-<backbone>-s<seed>`), from the
+    cell folder's `checkpoint`."""
     from cream_rt.export.onnx_export import export_checkpoint
     from cream_rt.export.quantize import calibration_batches, quantize_export, split_images
     from cream_rt.metadata import read_split, split_paths
@@ -68,10 +69,10 @@ def run_cell(work: Path, cell: str, recipes: dict) -> dict:
     split_dir, images = split_paths(data, "test")
     meta = read_split(split_dir)
     train_dir, train_images = split_paths(data, "train")
-    out = {"cell": cell, "rows": {}}
+    out = {"cell": cell, "checkpoint": checkpoint, "rows": {}}
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = str(Path(tmp) / "fp32.onnx")
-        manifest = export_checkpoint(str(work / cell / "model.pt"), fp32)
+        manifest = export_checkpoint(str(work / cell / checkpoint), fp32)
         reference = score(fp32, meta, images)
         out["rows"]["fp32"] = {k: reference[k] for k in ("MaxBoxAccV2", "GT_known_Loc")}
         paths = split_images(train_dir, train_images, 256)
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", default="accuracy_work", help="the accuracy suite's work folder")
     parser.add_argument("--cells", required=True, help="cell folders, comma-separated")
     parser.add_argument("--out", default=None, help="JSON result file (e.g. bench/results/int8_recipes.json)")
+    parser.add_argument("--checkpoint", default="model.pt",
+                        help="checkpoint file name inside each cell folder (default model.pt, as the suite trained it)")
     parser.add_argument("--recipes", default=None, help="recipe names, separated by semicolons (default: all)")
     parser.add_argument("--append", action="store_true",
                         help="merge into --out: a cell's rows measured here replace the same rows there")
@@ -111,8 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
         result.setdefault("commands", [result.pop("command")] if "command" in result else [])
     result["commands"] = list(dict.fromkeys(result["commands"] + [command]))
     for name in args.cells.split(","):
-        cell = run_cell(Path(args.work), name, recipes)
-        old = next((c for c in result["cells"] if c["cell"] == name), None)
+        cell = run_cell(Path(args.work), name, recipes, args.checkpoint)
+        old = next((c for c in result["cells"] if c["cell"] == name
+                    and c.get("checkpoint", "model.pt") == args.checkpoint), None)
         if old is None:
             result["cells"].append(cell)
         else:

@@ -27,6 +27,10 @@ from .argtypes import (
 )
 from .errors import CreamError, Terminated, os_error_line
 
+# TrainConfig.refine_rounds, repeated here so that the CLI imports no torch
+# (tests/test_model_cli.py checks that they agree)
+REFINE_ROUNDS_DEFAULT = 1
+
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {}
 
@@ -150,6 +154,16 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                         "feature where minmax(CAM) >= tau (default 0)")
     p.add_argument("--adapt-bg", type=float_in(0.0, 1.0), default=0.0,
                    help="deviation: the same for the background centroid, over the rest of the image (default 0)")
+    p.add_argument("--center", action=argparse.BooleanOptionalAction, default=None,
+                   help="the EM clusters features minus the training split's mean feature, set by the embedding "
+                        "pass (default: on for backbones with ImageNet weights, off for small-cnn)")
+    p.add_argument("--embedding-pass", action=argparse.BooleanOptionalAction, default=True,
+                   help="after the last epoch, set the embeddings from one pass over the training split with the "
+                        "final weights: feature center, class means under the CAM's mask, --refine rounds "
+                        "(--no-embedding-pass: the momentum averages of training, the paper's rule)")
+    p.add_argument("--refine", type=int_in(0, 100), default=REFINE_ROUNDS_DEFAULT,
+                   help="refinement rounds of the embedding pass, the EM's calibrated responsibilities as soft "
+                        f"masks (default {REFINE_ROUNDS_DEFAULT})")
     p.add_argument("--pretrained", help="ImageNet weights file or URL (default: the usual source)")
     p.add_argument("--resume", help="checkpoint to resume from")
     p.add_argument("--workers", type=int_in(0, 256), default=0, help="data-loading processes")
@@ -167,9 +181,18 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
                    help="lambda in [0, 1) (default: the checkpoint's)")
     p.add_argument("--feature-mean", choices=["raw", "unit"], default=None,
                    help="raw or L2-normalised feature means, for the embeddings and the EM (default: the checkpoint's)")
-    p.add_argument("--refine", type=int_in(0, 100), default=0,
-                   help="instead of a fresh fit: refine the checkpoint's embeddings for R rounds, the EM's calibrated "
-                        "responsibilities as soft masks over the train split (default 0: off)")
+    p.add_argument("--refine", type=int_in(0, 100), default=None,
+                   help="with --estimate pass: refinement rounds after the class means "
+                        f"(default {REFINE_ROUNDS_DEFAULT}); "
+                        "with momentum, instead of a fresh fit: refine the checkpoint's embeddings for R rounds, the "
+                        "EM's calibrated responsibilities as soft masks over the train split (default 0: off)")
+    p.add_argument("--estimate", choices=["pass", "momentum"], default="pass",
+                   help="pass: the embedding pass `cream train` ends with (feature center, class means under the "
+                        "CAM's mask, --refine rounds; eval transform); momentum: the paper's momentum rule over "
+                        "augmented images for --epochs (default pass)")
+    p.add_argument("--center", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --estimate pass: subtract the split's mean feature before the EM (default: the "
+                        "checkpoint's setting)")
     p.add_argument("--json", action="store_true")
 
 

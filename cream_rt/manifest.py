@@ -37,6 +37,7 @@ class Manifest:
     feature_mean: str = "raw"  # the EM's M-step mean ("unit" or "raw"); files without the field are raw
     pas: bool = False  # boxes: thresholds relative to the map's 90th percentile (RCAM's PaS)
     regressor: bool = False  # a `boxes` output from CREAM's box regressor (its boxes are the boxes)
+    center: bool = False  # the EM clusters features minus the training split's mean (CreamConfig.center)
     format: str = MANIFEST_FORMAT
     version: int = MANIFEST_VERSION
 

@@ -52,7 +52,7 @@ def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str 
                     versions={"cream_rt": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
                               "python": platform.python_version()},
                     fused=fused and mode == "cream" and iterations > 0, feature_mean=cfg.cream.feature_mean,
-                    pas=cfg.pas, regressor=regressor)
+                    pas=cfg.pas, regressor=regressor, center=cfg.cream.center and mode == "cream" and iterations > 0)
 
 
 def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", iterations: int | None = None,

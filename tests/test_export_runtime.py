@@ -577,6 +577,25 @@ def test_export_with_the_named_deviations_matches_eager(tmp_path):
     _compare(model, tmp_path / "dev.onnx")
 
 
+def test_export_with_a_feature_center_matches_eager(tmp_path):
+    """CreamConfig.center: the center is a constant of the graph; the export equals eager, says
+    so in its manifest, and its maps differ from the uncentered model's."""
+    model = _model("small-cnn", 48, classes=5)
+    model.config.cream.center = True
+    with torch.no_grad():
+        x = torch.from_numpy(np.random.default_rng(2).normal(0, 1, (4, 3, 48, 48)).astype(np.float32))
+        model.feature_center.copy_(model.features(x).mean((0, 2, 3)))
+    manifest = export_model(model, tmp_path / "center.onnx")
+    assert manifest.center is True
+    _compare(model, tmp_path / "center.onnx")
+    model.config.cream.center = False
+    plain = export_model(model, tmp_path / "plain.onnx")
+    assert plain.center is False
+    x = x.numpy()[:2]
+    maps = OnnxPredictor.load(tmp_path / "center.onnx")(x)[1]
+    assert np.abs(maps - OnnxPredictor.load(tmp_path / "plain.onnx")(x)[1]).max() > 1e-3
+
+
 def test_reduced_decode_scales_large_jpegs_only(trained, tmp_path):
     """`--reduced-decode`: a JPEG >= 2x the input on both sides decodes at the largest of 1/2,
     1/4, 1/8 that stays >= the input (libjpeg rounds up); smaller JPEGs and PNGs decode in full.

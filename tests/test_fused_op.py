@@ -177,10 +177,12 @@ def test_fused_onnx_export_runs_in_onnxruntime_with_extensions(tmp_path, calibra
     from cream_rt.runtime import OnnxPredictor
 
     torch.manual_seed(0)
-    model = create_model("small-cnn", 3, input_size=48, cream=CreamConfig(calibration=calibration)).eval()
+    model = create_model("small-cnn", 3, input_size=48, cream=CreamConfig(calibration=calibration, center=True)).eval()
     model.embeddings.copy_(torch.rand_like(model.embeddings))
+    with torch.no_grad():  # a feature center as the embedding pass sets it: the op gets centered features
+        model.feature_center.copy_(model.features(torch.randn(4, 3, 48, 48)).mean((0, 2, 3)))
     manifest = export_model(model, tmp_path / "f.onnx", fused=True)
-    assert manifest.fused
+    assert manifest.fused and manifest.center
     nodes = onnx.load(tmp_path / "f.onnx").graph.node
     assert [(n.domain, n.op_type) for n in nodes if n.domain == "cream"] == [("cream", "CosineEM")]
     with pytest.raises(ModelFileError, match="uses the custom op cream::CosineEM"):

@@ -93,11 +93,55 @@ def test_resume_continues(tiny, tmp_path):
 def test_fit_embeddings_changes_only_embeddings(tiny, tmp_path):
     data, ckpt = tiny
     out = tmp_path / "fit.pt"
-    assert main(["fit-embeddings", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out)]) == 0
+    assert main(["fit-embeddings", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out),
+                 "--estimate", "momentum"]) == 0
     a = torch.load(ckpt, weights_only=True)["state_dict"]
     b = torch.load(out, weights_only=True)["state_dict"]
     assert not torch.equal(a["embeddings"], b["embeddings"])
     assert all(torch.equal(a[k], b[k]) for k in a if k != "embeddings")
+
+
+def test_train_ends_with_the_embedding_pass(tiny, tmp_path):
+    """`cream train` ends with the embedding pass: its record is in the last epoch's history, the
+    center follows the backbone (off for small-cnn unless --center; then the feature center is the
+    training split's mean feature, computed here in float64 from the final weights), and
+    `fit-embeddings --estimate pass` on the checkpoint gives the same embeddings."""
+    from cream_rt.cli import REFINE_ROUNDS_DEFAULT
+    from cream_rt.metadata import read_split
+    from cream_rt.model.checkpoint import load_checkpoint
+    from cream_rt.train.data import WsolImages
+    from cream_rt.train.trainer import TrainConfig
+
+    assert REFINE_ROUNDS_DEFAULT == TrainConfig().refine_rounds
+    data, ckpt = tiny
+    model, payload = load_checkpoint(ckpt)
+    record = payload["training"]["history"][-1]["embedding_pass"]
+    assert record["center"] is False and record["refine_rounds"] == REFINE_ROUNDS_DEFAULT
+    assert model.config.cream.center is False and not model.feature_center.any()
+    centered_ckpt = tmp_path / "centered.pt"
+    assert main(["train", "--data", str(data), "--out", str(centered_ckpt), "--epochs", "1", "--batch-size", "16",
+                 "--center"]) == 0
+    centered_model, _ = load_checkpoint(centered_ckpt)
+    assert centered_model.config.cream.center is True
+    images = WsolImages(read_split(data / "metadata" / "train", require_localization=False), data / "images",
+                        model.config.input_size, model.config.mean, model.config.std, train=False)
+    with torch.no_grad():
+        feats = torch.cat([centered_model.features(torch.stack([images[i][0]
+                                                                for i in range(j, min(j + 32, len(images)))]))
+                           for j in range(0, len(images), 32)]).double()
+    want = feats.transpose(0, 1).reshape(feats.shape[1], -1).mean(1)
+    np.testing.assert_allclose(centered_model.feature_center.numpy(), want.numpy(), rtol=1e-4, atol=1e-6)
+    out = tmp_path / "pass.pt"
+    assert main(["fit-embeddings", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out),
+                 "--estimate", "pass", "--refine", str(REFINE_ROUNDS_DEFAULT)]) == 0
+    again, _ = load_checkpoint(out)
+    np.testing.assert_allclose(again.embeddings.numpy(), model.embeddings.numpy(), atol=1e-5)
+    plain = tmp_path / "plain.pt"
+    assert main(["train", "--data", str(data), "--out", str(plain), "--epochs", "1", "--batch-size", "16",
+                 "--no-embedding-pass"]) == 0
+    payload = torch.load(plain, weights_only=True)
+    assert "embedding_pass" not in payload["training"]["history"][-1]
+    assert not torch.equal(payload["state_dict"]["embeddings"], model.embeddings)
 
 
 def test_eval_checkpoint_json(tiny, capsys):
@@ -167,7 +211,7 @@ def test_feature_mean_option_end_to_end(tiny, tmp_path, capsys):
     assert torch.load(ckpt, weights_only=True)["config"]["cream"]["feature_mean"] == "unit"  # the default
     out = tmp_path / "raw.pt"
     assert main(["fit-embeddings", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out),
-                 "--feature-mean", "raw"]) == 0
+                 "--feature-mean", "raw", "--estimate", "momentum"]) == 0
     payload = torch.load(out, weights_only=True)
     assert payload["config"]["cream"]["feature_mean"] == "raw"
     assert payload["training"]["fit_embeddings"]["feature_mean"] == "raw"
@@ -185,11 +229,14 @@ def test_checkpoint_saved_before_feature_mean_loads_as_raw(tiny, tmp_path):
 
     _, ckpt = tiny
     payload = torch.load(ckpt, weights_only=True)
-    del payload["config"]["cream"]["feature_mean"]
+    for name in ("feature_mean", "center"):  # neither field existed then, nor the center buffer
+        del payload["config"]["cream"][name]
+    del payload["state_dict"]["feature_center"]
     torch.save(payload, tmp_path / "old.pt")
     old, _ = load_checkpoint(tmp_path / "old.pt")
-    assert old.config.cream.feature_mean == "raw"
+    assert old.config.cream.feature_mean == "raw" and old.config.cream.center is False
     unit, _ = load_checkpoint(ckpt)
+    unit.config.cream.center = False
     x = torch.randn(2, 3, unit.config.input_size, unit.config.input_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         maps_old = old(x, mode="cream", iterations=3)[1]

@@ -16,8 +16,10 @@ def np_minmax(m):
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
-def np_reactivate(features, cam, centroids, iterations, beta, tau, unit=False, border=0, calibration="omega"):
-    """One image at a time, loops over the EM steps, float64, straight from the spec; `unit`:
+def np_reactivate(features, cam, centroids, iterations, beta, tau, unit=False, border=0, calibration="omega",
+                  center=None):
+    """One image at a time, loops over the EM steps, float64, straight from the spec; `center`:
+    the EM's features are the features minus it (the CAM is not); `unit`:
     the M-step averages the L2-normalised features (feature_mean "unit"); `border`: the outer
     rings of cells are left out of the M-step (means and priors) and of Omega; calibration
     "none" keeps z_fg, "cam-mean" the component with the higher z-weighted mean of minmax(CAM)
@@ -26,6 +28,8 @@ def np_reactivate(features, cam, centroids, iterations, beta, tau, unit=False, b
     for f, c, mu0 in zip(features.astype(np.float64), cam.astype(np.float64), centroids.astype(np.float64)):
         k, h, w = f.shape
         x = f.reshape(k, -1).T  # (N,K)
+        if center is not None:
+            x = x - np.asarray(center, np.float64)
         cam_n = np_minmax(c.reshape(-1))
         if iterations == 0:
             out.append(cam_n.reshape(h, w))
@@ -250,6 +254,55 @@ def test_cam_mean_is_the_default_and_older_configs_keep_omega():
     assert ModelConfig.from_dict(saved).cream.calibration == "cam-mean"
     del saved["cream"]["calibration"]
     assert ModelConfig.from_dict(saved).cream.calibration == "omega"
+
+
+@pytest.mark.parametrize("unit", [True, False])
+def test_centered_reactivation_matches_the_float64_reference(unit):
+    """CreamConfig.center: the EM (cosines and M-step) runs on features minus the center, the
+    CAM on the features; fused and unfused alike (the op is given the centered features)."""
+    rng = np.random.default_rng(12)
+    f, c, mu = _random_case(rng, b=8, k=12, h=6, w=7)
+    center = np.abs(rng.normal(0.5, 0.3, 12)).astype(np.float32)
+    want = np_reactivate(f, c, mu, 2, 8.0, 0.2, unit, calibration="cam-mean", center=center)
+    assert not np.allclose(want, np_reactivate(f, c, mu, 2, 8.0, 0.2, unit, calibration="cam-mean"), atol=1e-3)
+    for fused in (False, True):
+        got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2, fused=fused,
+                         unit_mean=unit, calibration="cam-mean", center=torch.from_numpy(center))
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+
+
+def test_center_is_off_for_older_configs_and_a_checkpoint_without_the_buffer_loads():
+    """A config saved before `center` existed clusters the raw features; a state dict without
+    `feature_center` loads it as zeros."""
+    from cream_rt.model.config import ModelConfig
+    from cream_rt.model.network import create_model
+
+    saved = ModelConfig().to_dict()
+    del saved["cream"]["center"]
+    assert ModelConfig.from_dict(saved).cream.center is False
+    model = create_model("small-cnn", 3, input_size=32)
+    state = {k: v for k, v in model.state_dict().items() if k != "feature_center"}
+    model.feature_center.fill_(1.0)
+    model.load_state_dict(state)
+    assert float(model.feature_center.abs().max()) == 0.0
+
+
+def test_center_default_follows_the_backbone():
+    """`center: None` resolves when the model is built: on for a backbone with ImageNet weights,
+    off for small-cnn, an explicit value wins, and the saved config holds the bool."""
+    from cream_rt.model.config import CreamConfig, ModelConfig
+    from cream_rt.model.network import create_model
+
+    assert CreamConfig().center is None
+    assert create_model("small-cnn", 3, input_size=32).config.cream.center is False
+    lite0 = create_model("efficientnet-lite0", 3, input_size=64)
+    assert lite0.config.cream.center is True
+    assert ModelConfig.from_dict(lite0.config.to_dict()).cream.center is True
+    assert create_model("efficientnet-lite0", 3, input_size=64,
+                        cream=CreamConfig(center=False)).config.cream.center is False
+    assert create_model("small-cnn", 3, input_size=32, cream=CreamConfig(center=True)).config.cream.center is True
+    with pytest.raises(ValueError, match="center must be"):
+        CreamConfig(center="yes")
 
 
 def test_adaptive_start_hand_computed():

@@ -18,15 +18,14 @@ from cream_rt.train.refine import refine_embeddings  # noqa: E402
 EPS = 1e-6
 
 
-def _np_round(features, cams, labels, embeddings, unit):
-    """One refinement round from the definition: per image the z~-weighted mean (unit) feature
-    on each side, then the per-class mean of those; a class with no image keeps its rows."""
+def _np_side_class_means(features, z, labels, embeddings, unit, center=None):
+    """Per image the z-weighted mean (unit) feature on each side (of the features minus
+    `center`), then the per-class mean of those; a class with no image keeps its rows."""
     new = embeddings.astype(np.float64).copy()
-    z = np_reactivate(features, cams, embeddings[labels], 2, 8.0, 0.2, unit, calibration="cam-mean")
     b, k = features.shape[:2]
-    cam_n = np.stack([(c - c.min()) / (c.max() - c.min()) for c in cams.reshape(b, -1).astype(np.float64)])
-    z = z.reshape(b, -1) - cam_n  # the map is z~ + minmax(CAM)
     x = features.reshape(b, k, -1).astype(np.float64)
+    if center is not None:
+        x = x - center.astype(np.float64)[None, :, None]
     if unit:
         x = x / (np.linalg.norm(x, axis=1, keepdims=True) + EPS)
     fg = np.einsum("bkn,bn->bk", x, z) / z.sum(1, keepdims=True)
@@ -35,6 +34,45 @@ def _np_round(features, cams, labels, embeddings, unit):
         new[cls, 0] = fg[labels == cls].mean(0)
         new[cls, 1] = bg[labels == cls].mean(0)
     return new
+
+
+def _np_round(features, cams, labels, embeddings, unit, center=None):
+    """One refinement round from the definition: the calibrated responsibilities z~ of the EM
+    as the soft masks of `_np_side_class_means`."""
+    z = np_reactivate(features, cams, embeddings[labels], 2, 8.0, 0.2, unit, calibration="cam-mean", center=center)
+    b = features.shape[0]
+    cam_n = np.stack([(c - c.min()) / (c.max() - c.min()) for c in cams.reshape(b, -1).astype(np.float64)])
+    z = z.reshape(b, -1) - cam_n  # the map is z~ + minmax(CAM)
+    return _np_side_class_means(features, z, labels, embeddings, unit, center)
+
+
+@pytest.mark.parametrize("center", [True, False], ids=["center", "no-center"])
+def test_embedding_pass_matches_its_definition(center):
+    """The pass: center = the split's mean feature over all cells (float64 here), class means
+    of the side means under {minmax(CAM) >= tau}, then one refinement round from those."""
+    from cream_rt.train.refine import embedding_pass
+
+    torch.manual_seed(1)
+    model = create_model("small-cnn", 4, input_size=32).eval()
+    before = model.embeddings.clone().numpy()
+    x = torch.randn(10, 3, 32, 32)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    with torch.no_grad():
+        features = model.features(x).numpy()
+        cams = model.cam(torch.from_numpy(features), labels).numpy()
+    b, k = features.shape[:2]
+    want_center = features.astype(np.float64).transpose(1, 0, 2, 3).reshape(k, -1).mean(1) if center else None
+    cam_n = np.stack([(c - c.min()) / (c.max() - c.min()) for c in cams.reshape(b, -1).astype(np.float64)])
+    means = _np_side_class_means(features, (cam_n >= 0.2).astype(np.float64), labels.numpy(), before, True,
+                                 want_center)
+    want = _np_round(features, cams, labels.numpy(), means.astype(np.float32), True, want_center)
+    record = embedding_pass(model, lambda: [(x[:6], labels[:6]), (x[6:], labels[6:])], center, 1)
+    assert model.config.cream.center is center and record["center"] is center
+    if center:
+        np.testing.assert_allclose(model.feature_center.numpy(), want_center, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.embeddings.numpy(), want, atol=1e-5)
+    np.testing.assert_array_equal(model.embeddings[3].numpy(), before[3])  # no image of class 3
+    assert [r["round"] for r in record["refine"]] == [1]
 
 
 @pytest.mark.parametrize("unit", [True, False], ids=["unit", "raw"])
@@ -74,7 +112,7 @@ def test_fit_embeddings_refine_cli(tiny, tmp_path):
 
     out = tmp_path / "refined.pt"
     result = run("fit-embeddings", "--checkpoint", tiny["ckpt"], "--data", tiny["data"], "--out", out,
-                 "--refine", "2", "--json", expect=0)
+                 "--estimate", "momentum", "--refine", "2", "--json", expect=0)
     record = json.loads(result.stdout)
     assert [r["round"] for r in record["refine"]] == [1, 2]
     payload = torch.load(out, weights_only=True)

@@ -47,6 +47,12 @@ class TrainConfig:
     device: str = "cpu"
     workers: int = 0
     pretrained: str | None = None
+    # After the last epoch, the embedding pass over the training split with the final weights in
+    # eval mode (train/refine.py): the feature center (where the model's CreamConfig.center),
+    # the class means under the CAM's mask, then `refine_rounds` rounds with the EM's soft masks.
+    # Off: the embeddings are the momentum averages of the last training samples (the paper's rule).
+    embedding_pass: bool = True
+    refine_rounds: int = 1
 
 
 def class_names_for(meta_root: Path, num_classes: int) -> list[str]:
@@ -188,8 +194,16 @@ def _train(backbone: str, config: TrainConfig, cream: CreamConfig, image_root: P
         if ctx.enabled:
             record.update({"processes": ctx.world_size, "backend": ctx.backend,
                            "embeddings_max_diff_across_ranks": distributed.embeddings_spread(model, ctx)})
-        if not ctx.is_main:  # validation and the checkpoint are rank 0's
+        if not ctx.is_main:  # validation, the embedding pass and the checkpoint are rank 0's
             continue
+        if epoch == config.epochs - 1 and config.embedding_pass:
+            from .refine import embedding_pass
+
+            model.eval()
+            record["embedding_pass"] = embedding_pass(
+                model,
+                _split_batches(model, train_meta, image_root, config.batch_size, config.device, "embedding pass"),
+                model.config.cream.center, config.refine_rounds, log)
         if val_meta is not None:
             metrics = evaluate_split(model, val_meta, image_root, {"cam": ("cam", 0), "cream": ("cream", None)},
                                      config.batch_size, device=config.device)
@@ -255,7 +269,7 @@ def _initial_model(backbone: str, meta_root: Path, train_meta: SplitMetadata, co
                              f"for {resume} with {model.config.num_classes} classes")
         return model, start_epoch, history, payload
     num_classes = train_meta.num_classes
-    model = create_model(backbone, num_classes, pretrained=config.pretrained or backbone != "small-cnn",
+    model = create_model(backbone, num_classes, pretrained=config.pretrained or get_backbone(backbone).pretrained,
                          class_names=class_names_for(meta_root, num_classes),
                          input_size=input_size or get_backbone(backbone).input_size,
                          large_feature_map=large_feature_map, tap=tap, nwc=nwc, pas=pas, cream=cream)
@@ -321,11 +335,16 @@ def _jsonable(config: TrainConfig) -> dict:
 def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | None = None,
                    metadata: str | None = None, momentum: float | None = None, epochs: int = 1,
                    batch_size: int = 32, seed: int = 0, device: str = "cpu", reset: bool = True,
-                   feature_mean: str | None = None, refine: int = 0) -> dict:
+                   feature_mean: str | None = None, refine: int | None = None, estimate: str = "pass",
+                   center: bool | None = None) -> dict:
     """Learn the context embeddings of a trained CAM model over the train split with the
     classifier frozen and no gradient (docs/method.md 3.1), so any CAM model gets CREAM.
-    `refine` > 0: instead, refine the checkpoint's own embeddings for that many rounds with the
-    EM's calibrated responsibilities as soft masks (`train/refine.py`)."""
+    `estimate`: "pass" (default), the embedding pass that `cream train` ends with
+    (`train/refine.py`: the feature center where `center`, default the checkpoint's, class means
+    under the CAM's mask, `refine` rounds, default TrainConfig.refine_rounds); "momentum", the
+    paper's rule over augmented images for `epochs`. With "momentum" and `refine` > 0: instead,
+    refine the checkpoint's own embeddings for that many rounds with the EM's calibrated
+    responsibilities as soft masks."""
     image_root, meta_root = data_paths(data, images, metadata)
     model, payload = load_checkpoint(checkpoint)
     meta = read_split(meta_root / "train", require_localization=False)
@@ -343,7 +362,13 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
     seed_everything(seed)
     model.to(device).eval()  # frozen: BN statistics untouched
     cfg = model.config
-    if refine > 0:
+    if estimate == "pass":
+        refine = TrainConfig.refine_rounds if refine is None else refine
+        return _pass(model, payload, checkpoint, meta, image_root, out, cfg.cream.center if center is None else center,
+                     refine, batch_size, device)
+    if estimate != "momentum":
+        raise CreamError(f"estimate must be 'momentum' or 'pass', got {estimate!r}")
+    if refine:
         return _refine(model, payload, checkpoint, meta, image_root, out, refine, batch_size, device)
     if reset:
         model.embeddings.copy_(torch.randn_like(model.embeddings))
@@ -362,22 +387,40 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
     return {"checkpoint": os.fspath(out), "images": len(data_set) * epochs}
 
 
-def _refine(model, payload: dict, checkpoint: str, meta, image_root, out: str, rounds: int, batch_size: int,
-            device: str) -> dict:
-    """`fit_embeddings(refine=R)`: R rounds of `refine_embeddings` over the train split
-    (evaluation transform, no augmentation), saved with the rounds' record."""
-    from .refine import refine_embeddings
-
+def _split_batches(model: CamModel, meta: SplitMetadata, image_root: Path, batch_size: int, device: str, desc: str):
+    """A callable yielding (images, labels) of the split in order, evaluation transform (no
+    augmentation), with a progress bar: the input of the embedding pass and refinement."""
     cfg = model.config
     data_set = WsolImages(meta, image_root, cfg.input_size, cfg.mean, cfg.std, train=False)
 
     def batches():
         loader = torch.utils.data.DataLoader(data_set, batch_size=batch_size, shuffle=False)
-        for x, y in progress(loader, "refine", unit="batch"):
+        for x, y in progress(loader, desc, unit="batch"):
             yield x.to(device), y.to(device)
+    return batches
 
-    history = refine_embeddings(model, batches, rounds)
+
+def _pass(model, payload: dict, checkpoint: str, meta, image_root, out: str, center: bool, rounds: int,
+          batch_size: int, device: str) -> dict:
+    """`fit_embeddings(estimate="pass")`: the embedding pass of `train/refine.py`, saved with its record."""
+    from .refine import embedding_pass
+
+    record = embedding_pass(model, _split_batches(model, meta, image_root, batch_size, device, "embedding pass"),
+                            center, rounds)
+    training = dict(payload.get("training", {}))
+    training["embedding_pass"] = {"from": str(checkpoint), **record}
+    save_checkpoint(out, model, training)
+    return {"checkpoint": os.fspath(out), "images": len(meta.image_ids), "embedding_pass": record}
+
+
+def _refine(model, payload: dict, checkpoint: str, meta, image_root, out: str, rounds: int, batch_size: int,
+            device: str) -> dict:
+    """`fit_embeddings(estimate="momentum", refine=R)`: R rounds of `refine_embeddings` over the train split
+    (evaluation transform, no augmentation), saved with the rounds' record."""
+    from .refine import refine_embeddings
+
+    history = refine_embeddings(model, _split_batches(model, meta, image_root, batch_size, device, "refine"), rounds)
     training = dict(payload.get("training", {}))
     training["refine_embeddings"] = {"from": str(checkpoint), "rounds": rounds, "history": history}
     save_checkpoint(out, model, training)
-    return {"checkpoint": os.fspath(out), "images": len(data_set), "refine": history}
+    return {"checkpoint": os.fspath(out), "images": len(meta.image_ids), "refine": history}

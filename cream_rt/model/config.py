@@ -13,6 +13,7 @@ FEATURE_MEANS = ("raw", "unit")
 CALIBRATIONS = ("omega", "cam-mean", "none")
 LEGACY_FEATURE_MEAN = "raw"  # what a saved config without `feature_mean` was computed with
 LEGACY_CALIBRATION = "omega"  # what a saved config without `calibration` was computed with
+LEGACY_CENTER = False  # a saved config without `center` clusters the features as they are
 
 
 @dataclass
@@ -45,12 +46,22 @@ class CreamConfig:
     # {minmax(CAM) >= tau} (foreground, weight adapt_fg) or the rest (background, adapt_bg), in [0, 1].
     adapt_fg: float = 0.0
     adapt_bg: float = 0.0
+    # The EM, the embedding update and the refinement see each feature minus the model's
+    # `feature_center` buffer (the training split's mean feature, set by the embedding pass at the
+    # end of `cream train` or by `cream fit-embeddings`): on a pretrained backbone every cell
+    # shares a large mean direction that dominates the cosines (docs/method.md 3.6). None (default):
+    # the backbone's choice, `BackboneSpec.center` (on where it starts from ImageNet weights, where
+    # the suite gains +0.1 to +14.8; off for small-cnn, whose `tinted` cells lose 0.8), resolved to
+    # true or false when the model is built, so a checkpoint always holds a bool.
+    center: bool | None = None
 
     def __post_init__(self) -> None:
         if self.feature_mean not in FEATURE_MEANS:
             raise ValueError(f"feature_mean must be one of {FEATURE_MEANS}, got {self.feature_mean!r}")
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        if self.center is not None and not isinstance(self.center, bool):
+            raise ValueError(f"center must be true, false or None (the backbone's default), got {self.center!r}")
         if not isinstance(self.border, int) or self.border < 0:
             raise ValueError(f"border must be a non-negative integer, got {self.border!r}")
         if not isinstance(self.upsample, int) or not 1 <= self.upsample <= 8:
@@ -90,6 +101,7 @@ class ModelConfig:
         cream_fields = dict(d.pop("cream", {}))
         cream_fields.setdefault("feature_mean", LEGACY_FEATURE_MEAN)  # saved before the field existed
         cream_fields.setdefault("calibration", LEGACY_CALIBRATION)  # saved before the field existed
+        cream_fields.setdefault("center", LEGACY_CENTER)  # saved before the field existed
         cream = CreamConfig(**cream_fields)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         d.pop("fused", None)  # a run-time switch that older checkpoints saved; not part of the model

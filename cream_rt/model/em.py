@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["EPS", "minmax", "l2_normalize", "em_foreground", "side_means", "adaptive_start", "check_fused",
+__all__ = ["EPS", "minmax", "l2_normalize", "centered", "em_foreground", "side_means", "adaptive_start", "check_fused",
            "border_weights", "Reactivation", "reactivation", "reactivate", "bicubic_matrix", "score_maps"]
 
 EPS = 1e-6
@@ -27,6 +27,15 @@ def minmax(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 def l2_normalize(x: torch.Tensor, dim: int) -> torch.Tensor:
     """x / (||x|| + EPS) along `dim`: an all-zero vector stays zero (cos 0 to anything)."""
     return x / (x.norm(dim=dim, keepdim=True) + EPS)
+
+
+def centered(features: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor:
+    """`features (B,K,...)` minus the feature center `(K,)` (`CreamConfig.center`): the training
+    split's mean feature, the direction that all cells of a pretrained backbone share, so that
+    the cosines of the EM compare what sets cells apart. None: the features as they are."""
+    if center is None:
+        return features
+    return features - center.to(features.dtype).reshape(1, -1, *([1] * (features.dim() - 2)))
 
 
 def em_foreground(features: torch.Tensor, centroids: torch.Tensor, iterations: int,
@@ -114,7 +123,7 @@ class Reactivation(NamedTuple):
 def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor, iterations: int = 2,
                  beta: float = 8.0, tau: float = 0.2, unit_mean: bool = False, border: int = 0,
                  calibration: str = "omega", upsample: int = 1, adapt_fg: float = 0.0,
-                 adapt_bg: float = 0.0) -> Reactivation:
+                 adapt_bg: float = 0.0, center: torch.Tensor | None = None) -> Reactivation:
     """CREAM's re-activation with its parts (torch ops, exportable), iterations >= 1.
 
     EM from `centroids (B,2,K)`, then calibration: with "omega" (the paper) the component with
@@ -125,7 +134,8 @@ def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Ten
     mixed with the image's own feature means (`adaptive_start`). `border` rings of feature cells stay
     out of the M-step and of the calibration region (zero-padding cells cluster apart).
     `upsample` > 1 runs all of it on features and CAM bilinearly upsampled by that factor, so the
-    map is `(B, h*upsample, w*upsample)` (border rings then count upsampled cells)."""
+    map is `(B, h*upsample, w*upsample)` (border rings then count upsampled cells). `center (K,)`:
+    the EM (and the adaptive start) sees the features minus it (`centered`); the CAM does not."""
     if upsample > 1:
         features = torch.nn.functional.interpolate(features, scale_factor=upsample, mode="bilinear",
                                                    align_corners=False)
@@ -134,7 +144,7 @@ def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Ten
     b, k, h, w = features.shape
     cam_n = minmax(cam.reshape(b, h * w), (1,))
     m_weights = border_weights(h, w, border).to(features.device) if border > 0 else None
-    flat = features.reshape(b, k, h * w).float()
+    flat = centered(features.reshape(b, k, h * w).float(), center)
     if adapt_fg or adapt_bg:
         centroids = adaptive_start(flat, cam_n, centroids.float(), tau, unit_mean, adapt_fg, adapt_bg)
     z_fg, z_bg = em_foreground(flat, centroids.float(), iterations, beta, unit_mean, m_weights)
@@ -156,7 +166,8 @@ def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Ten
 def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor,
                iterations: int = 2, beta: float = 8.0, tau: float = 0.2, fused: bool = False,
                unit_mean: bool = False, border: int = 0, calibration: str = "omega",
-               upsample: int = 1, adapt_fg: float = 0.0, adapt_bg: float = 0.0) -> torch.Tensor:
+               upsample: int = 1, adapt_fg: float = 0.0, adapt_bg: float = 0.0,
+               center: torch.Tensor | None = None) -> torch.Tensor:
     """CREAM's final map `z~ + minmax(CAM)` at feature resolution (docs/method.md 3.2-3.4).
 
     Args:
@@ -169,6 +180,7 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
             features once per EM step; implements border 0 and upsample 1, every calibration).
         unit_mean: the M-step averages L2-normalised features (`feature_mean: unit`).
         border, calibration, upsample, adapt_fg, adapt_bg: the named deviations, see `reactivation`.
+        center: `(K,)` feature center subtracted before the EM (`CreamConfig.center`), or None.
     Returns:
         `(B,h,w)` float maps with values in [0, 2] (`upsample` times finer with `upsample`).
     """
@@ -179,14 +191,15 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
         check_fused(border, calibration, upsample)
         from .fused import cosine_em
 
+        features = centered(features.float(), center)  # the op clusters whatever features it is given
         if adapt_fg or adapt_bg:  # the op takes any start: computed here, in torch
             cam_n = minmax(cam.reshape(b, h * w).float(), (1,))
-            centroids = adaptive_start(features.reshape(b, k, h * w).float(), cam_n, centroids.float(), tau,
+            centroids = adaptive_start(features.reshape(b, k, h * w), cam_n, centroids.float(), tau,
                                        unit_mean, adapt_fg, adapt_bg)
-        return cosine_em(features.float(), cam.reshape(b, h, w).float(), centroids.float(), iterations,
+        return cosine_em(features, cam.reshape(b, h, w).float(), centroids.float(), iterations,
                          float(beta), float(tau), bool(unit_mean), calibration)
     return reactivation(features, cam, centroids, iterations, beta, tau, unit_mean, border, calibration,
-                        upsample, adapt_fg, adapt_bg).map
+                        upsample, adapt_fg, adapt_bg, center).map
 
 
 @functools.lru_cache(maxsize=32)

@@ -160,9 +160,11 @@ def import_checkpoint(path: str | os.PathLike, source: str, arch: str, num_class
             raise ModelFileError(f"{path}: key {key!r} has shape {tuple(value.shape)}, expected "
                                  f"{tuple(own[ours].shape)}")
         mapped[ours] = value
-    missing = next((k for k in own if k not in mapped and k != "embeddings"), None)
+    ours = ("embeddings", "feature_center")  # CREAM's buffers: set by `cream fit-embeddings`
+    missing = next((k for k in own if k not in mapped and k not in ours), None)
     if missing is not None:
         raise ModelFileError(f"{path}: no weight for {missing!r} (a {arch} CAM model from {source} has it)")
-    mapped["embeddings"] = own["embeddings"]
+    for key in ours:
+        mapped[key] = own[key]
     model.load_state_dict(mapped)
     return model.eval()

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from .backbones import get_backbone, load_imagenet_weights
 from .config import ModelConfig
-from .em import minmax, reactivate, score_maps, side_means
+from .em import centered, minmax, reactivate, score_maps, side_means
 
 __all__ = ["CamModel", "create_model", "EmbeddingStatistics"]
 
@@ -57,14 +57,19 @@ class CamModel(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        config = dataclasses.replace(config, cream=dataclasses.replace(config.cream),
+        spec = get_backbone(config.backbone)
+        center = spec.center if config.cream.center is None else config.cream.center  # None: the backbone's
+        config = dataclasses.replace(config, cream=dataclasses.replace(config.cream, center=center),
                                      class_names=list(config.class_names))  # never the caller's object
         self.config = config
-        self.backbone = get_backbone(config.backbone).build(config.large_feature_map)
+        self.backbone = spec.build(config.large_feature_map)
         k = self.backbone.out_channels
         self.classifier = nn.Linear(k, config.num_classes)
         # Random initial embeddings: with lambda = 1 they stay random (the paper's case).
         self.register_buffer("embeddings", torch.randn(config.num_classes, 2, k))
+        # The mean feature subtracted before the EM where config.cream.center (zeros until an
+        # embedding pass sets it; checkpoints saved before it existed load it as zeros).
+        self.register_buffer("feature_center", torch.zeros(k))
         with torch.no_grad():
             probe = torch.zeros(1, 3, config.input_size, config.input_size)
             was = self.backbone.training
@@ -74,6 +79,15 @@ class CamModel(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
+
+    @property
+    def center(self) -> torch.Tensor | None:
+        """The feature center the EM subtracts (`CreamConfig.center`), or None."""
+        return self.feature_center if self.config.cream.center else None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "feature_center", torch.zeros_like(self.feature_center))  # older files
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """GAP, or RCAM's TAP in training: mean of the entries > tap_tau * max per channel."""
@@ -119,7 +133,8 @@ class CamModel(nn.Module):
             raise ValueError(f"mode must be 'cam' or 'cream', got {mode!r}")
         c = self.config.cream
         return reactivate(features, cam, self.embeddings[class_ids], t, c.beta, c.tau, fused,
-                          c.feature_mean == "unit", c.border, c.calibration, c.upsample, c.adapt_fg, c.adapt_bg)
+                          c.feature_mean == "unit", c.border, c.calibration, c.upsample, c.adapt_fg, c.adapt_bg,
+                          self.center)
 
     @torch.no_grad()
     def update_embeddings(self, features: torch.Tensor, labels: torch.Tensor) -> None:
@@ -137,7 +152,7 @@ class CamModel(nn.Module):
         features = features.detach().float()
         cam = minmax(self.cam(features, labels).flatten(1), (1,))
         fg = (cam >= self.config.cream.tau).to(features.dtype)  # (B,N)
-        means = side_means(features.flatten(2), fg, self.config.cream.feature_mean == "unit")
+        means = side_means(centered(features.flatten(2), self.center), fg, self.config.cream.feature_mean == "unit")
         n_fg = fg.sum(1)
         return EmbeddingStatistics(labels.detach().long(), means[:, 0], means[:, 1], n_fg > 0, n_fg < fg.shape[1])
 
