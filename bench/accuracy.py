@@ -186,9 +186,10 @@ class CellScorer:
             masks = torch.from_numpy(masks_at(self.root, ids, h, w)).float()
             inside, outside = masks > 0.5, masks < 0.05
             self.pixels += np.array([float(inside.sum()), float(outside.sum())])
-            oracle = {unit: oracle_centroids(features, masks, unit) for unit in (True, False)}
+            em = self.model.em_features(features)  # what the EM clusters
+            oracle = {unit: oracle_centroids(em, masks, unit) for unit in (True, False)}
             for name, variant in self.rows.items():
-                fmap, z, flipped, cos = self.maps(variant, features, cam, labels, oracle)
+                fmap, z, flipped, cos = self.maps(variant, em, cam, labels, oracle)
                 if cos is not None:
                     self.start_cos[name] += cos.sum(0).numpy()
                 self.scorers[name].add(ids, logits, score_maps(fmap, x.shape[-2:]).numpy())
@@ -283,8 +284,11 @@ def train_cell(preset_name: str, backbone: str, seed: int, work: Path,
                embedding_pass: bool = False) -> tuple[Path, Path]:
     """Synthesize the cell's data and train its model (resumable; deterministic per seed), as the
     suite's cells were trained: the embeddings the momentum rule left, unless `embedding_pass`
-    (the trainer's default since 2026-12-05, which changes nothing else). Returns (checkpoint, data)."""
+    (the trainer's default since 2026-12-05, which changes nothing else), on the CAM's features
+    (`em_layer` "cam": the suite's rows move the EM to other layers themselves; the network is
+    trained the same on any). Returns (checkpoint, data)."""
     from cream_rt.model.checkpoint import load_checkpoint, training_progress
+    from cream_rt.model.config import CAM_LAYER, CreamConfig
     from cream_rt.synth import generate, preset
     from cream_rt.train.trainer import TrainConfig, train
 
@@ -301,7 +305,8 @@ def train_cell(preset_name: str, backbone: str, seed: int, work: Path,
         train(backbone, str(data), str(ckpt), config=TrainConfig(epochs=recipe.epochs, seed=seed,
                                                                  lr_decay_epochs=recipe.lr_decay_epochs,
                                                                  embedding_pass=embedding_pass),
-              input_size=recipe.input_size, log=lambda line: None, resume=str(ckpt) if done else None)
+              cream=CreamConfig(em_layer=CAM_LAYER), input_size=recipe.input_size, log=lambda line: None,
+              resume=str(ckpt) if done else None)
     return ckpt, data
 
 

@@ -47,6 +47,7 @@ def separability(checkpoint: str, data: str, split: str = "test", count: int = 2
         with torch.no_grad():
             features = model.features(x)
             cam = model.cam(features, labels)
+            features = model.em_features(features)  # what the EM clusters
         b, k, h, w = features.shape
         masks = torch.from_numpy(np.stack([
             cv2.resize(cv2.imread(str(root / "masks" / i), cv2.IMREAD_GRAYSCALE), (w, h),

@@ -102,6 +102,8 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
 
 @command("backbones", "list the registered backbones", "cream_rt.commands.backbones_cmd:run")
 def _backbones_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layers", metavar="NAME", help="list this backbone's layers (channels, cells at its input size): "
+                                                    "the names `--em-layer` takes")
     p.add_argument("--json", action="store_true")
 
 
@@ -156,7 +158,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="deviation: the same for the background centroid, over the rest of the image (default 0)")
     p.add_argument("--center", action=argparse.BooleanOptionalAction, default=None,
                    help="the EM clusters features minus the training split's mean feature, set by the embedding "
-                        "pass (default: on for backbones with ImageNet weights, off for small-cnn)")
+                        "pass (default: the backbone's, `cream backbones --json`: on for ResNet50, VGG16, "
+                        "InceptionV3; off for small-cnn and EfficientNet-Lite0)")
+    p.add_argument("--em-layer", default=None, metavar="LAYER",
+                   help="the layer whose features the EM clusters: 'cam' (the CAM's own) or an earlier layer at the "
+                        "same resolution (`cream backbones --layers NAME`; default: the backbone's, "
+                        "`cream backbones --json`)")
     p.add_argument("--embedding-pass", action=argparse.BooleanOptionalAction, default=True,
                    help="after the last epoch, set the embeddings from one pass over the training split with the "
                         "final weights: feature center, class means under the CAM's mask, --refine rounds "
@@ -192,7 +199,11 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
                         "augmented images for --epochs (default pass)")
     p.add_argument("--center", action=argparse.BooleanOptionalAction, default=None,
                    help="with --estimate pass: subtract the split's mean feature before the EM (default: the "
-                        "checkpoint's setting)")
+                        "checkpoint's setting; with --em-layer naming the backbone's default layer, the backbone's)")
+    p.add_argument("--em-layer", default=None, metavar="LAYER",
+                   help="the layer whose features the EM clusters, 'cam' or an earlier layer (`cream backbones "
+                        "--layers NAME`); another than the checkpoint's estimates new embeddings (default: the "
+                        "checkpoint's)")
     p.add_argument("--json", action="store_true")
 
 

@@ -61,8 +61,8 @@ def _class_means(model, split: Iterable, masks: Callable) -> torch.Tensor:
     sums = torch.zeros_like(model.embeddings)
     counts = torch.zeros(model.embeddings.shape[0], dtype=sums.dtype, device=sums.device)
     for features, labels in split:
-        b, k = features.shape[:2]
-        means = side_means(centered(features.reshape(b, k, -1).float(), model.center), masks(features, labels), unit)
+        em = model.em_features(features)
+        means = side_means(centered(em.flatten(2).float(), model.center), masks(features, labels), unit)
         sums.index_add_(0, labels, means)
         counts.index_add_(0, labels, torch.ones_like(labels, dtype=counts.dtype))
     new = model.embeddings.clone()
@@ -82,9 +82,9 @@ def _em_mask(model):
 
     def mask(features, labels):
         b, _, h, w = features.shape
-        out = reactivation(features, model.cam(features, labels), model.embeddings[labels], c.iterations, c.beta,
-                           c.tau, c.feature_mean == "unit", c.border, c.calibration, c.upsample, c.adapt_fg,
-                           c.adapt_bg, model.center)
+        out = reactivation(model.em_features(features), model.cam(features, labels), model.embeddings[labels],
+                           c.iterations, c.beta, c.tau, c.feature_mean == "unit", c.border, c.calibration,
+                           c.upsample, c.adapt_fg, c.adapt_bg, model.center)
         z = out.calibrated
         if z.shape[-1] != h * w:  # a finer EM grid: back to feature cells
             z = torch.nn.functional.adaptive_avg_pool2d(z.reshape(b, 1, h * c.upsample, w * c.upsample),
@@ -129,6 +129,7 @@ def embedding_pass(model, batches: Batches, center: bool, rounds: int,
     if center:
         total, cells = None, 0
         for features, _ in split:
+            features = model.em_features(features)
             flat = features.transpose(0, 1).reshape(features.shape[1], -1).double()
             total = flat.sum(1) if total is None else total + flat.sum(1)
             cells += flat.shape[1]

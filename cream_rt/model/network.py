@@ -7,8 +7,9 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from ..errors import CreamError
 from .backbones import get_backbone, load_imagenet_weights
-from .config import ModelConfig
+from .config import CAM_LAYER, ModelConfig
 from .em import centered, minmax, reactivate, score_maps, side_means
 
 __all__ = ["CamModel", "create_model", "EmbeddingStatistics"]
@@ -53,32 +54,78 @@ def create_model(backbone: str, num_classes: int, pretrained: bool | str = False
 
 class CamModel(nn.Module):
     """Backbone -> GAP (or TAP) -> linear classifier, the CAM of a chosen class, and the
-    `C x 2 x K` context embeddings (row 0 foreground, row 1 background) as a buffer."""
+    `C x 2 x K` context embeddings (row 0 foreground, row 1 background) as a buffer.
+
+    The model's feature maps (`features`) are the CAM's K channels, followed, where
+    `config.cream.em_layer` names an earlier layer, by that layer's channels: what the EM
+    clusters (`em_features`); the CAM and the classifier read the first K (`cam_features`)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         spec = get_backbone(config.backbone)
         center = spec.center if config.cream.center is None else config.cream.center  # None: the backbone's
-        config = dataclasses.replace(config, cream=dataclasses.replace(config.cream, center=center),
+        em_layer = spec.em_layer if config.cream.em_layer is None else config.cream.em_layer
+        config = dataclasses.replace(config, cream=dataclasses.replace(config.cream, center=center, em_layer=em_layer),
                                      class_names=list(config.class_names))  # never the caller's object
         self.config = config
         self.backbone = spec.build(config.large_feature_map)
-        k = self.backbone.out_channels
-        self.classifier = nn.Linear(k, config.num_classes)
+        self.cam_channels = self.backbone.out_channels
+        self.classifier = nn.Linear(self.cam_channels, config.num_classes)
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, config.input_size, config.input_size)
+            was = self.backbone.training
+            self.backbone.eval()
+            out = self.backbone(probe)
+            config.feature_size = int(out.shape[-1])
+            k = self.cam_channels
+            if em_layer != CAM_LAYER:
+                if em_layer not in self.backbone.layer_names():
+                    raise CreamError(f"em_layer {em_layer!r} is not a layer of {config.backbone}; expected "
+                                     f"{CAM_LAYER!r} or one of {', '.join(self.backbone.layer_names())}")
+                tapped = self.backbone.forward_tap(probe, em_layer)[1]
+                if tapped.shape[-2:] != out.shape[-2:]:
+                    raise CreamError(f"em_layer {em_layer!r} of {config.backbone} has {tapped.shape[-2]}x"
+                                     f"{tapped.shape[-1]} cells at input size {config.input_size}, the CAM "
+                                     f"{out.shape[-2]}x{out.shape[-1]}; expected a layer at the CAM's resolution")
+                k = int(tapped.shape[1])
+            self.backbone.train(was)
         # Random initial embeddings: with lambda = 1 they stay random (the paper's case).
         self.register_buffer("embeddings", torch.randn(config.num_classes, 2, k))
         # The mean feature subtracted before the EM where config.cream.center (zeros until an
         # embedding pass sets it; checkpoints saved before it existed load it as zeros).
         self.register_buffer("feature_center", torch.zeros(k))
-        with torch.no_grad():
-            probe = torch.zeros(1, 3, config.input_size, config.input_size)
-            was = self.backbone.training
-            self.backbone.eval()
-            config.feature_size = int(self.backbone(probe).shape[-1])
-            self.backbone.train(was)
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)
+    def with_em_layer(self, layer: str | None) -> "CamModel":
+        """A copy of this model whose EM clusters `layer` (None: the backbone's default): the same
+        backbone and classifier; random embeddings and a zero center until an embedding pass."""
+        config = dataclasses.replace(self.config, cream=dataclasses.replace(self.config.cream, em_layer=layer))
+        model = CamModel(config)
+        state = {k: v for k, v in self.state_dict().items() if k not in ("embeddings", "feature_center")}
+        model.load_state_dict(state, strict=False)
+        return model.train(self.training)
+
+    @property
+    def em_layer(self) -> str:
+        """The layer the EM clusters: `config.cream.em_layer`, or the backbone's where a config
+        assigned after construction leaves it None."""
+        layer = self.config.cream.em_layer
+        return get_backbone(self.config.backbone).em_layer if layer is None else layer
+
+    def features(self, images: torch.Tensor, with_em: bool = True) -> torch.Tensor:
+        """`(B, K [+ K_em], h, w)`: the CAM's features, then the EM layer's where it is another
+        (not with `with_em` False: a CAM-only pass, e.g. the CAM export)."""
+        layer = self.em_layer
+        if layer == CAM_LAYER or not with_em:
+            return self.backbone(images)
+        return torch.cat(self.backbone.forward_tap(images, layer), 1)
+
+    def cam_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The CAM's (and the classifier's) channels of `features`."""
+        return features if self.em_layer == CAM_LAYER else features[:, :self.cam_channels]
+
+    def em_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The channels the EM clusters (`config.cream.em_layer`), of `features`."""
+        return features if self.em_layer == CAM_LAYER else features[:, self.cam_channels:]
 
     @property
     def center(self) -> torch.Tensor | None:
@@ -98,21 +145,22 @@ class CamModel(nn.Module):
         return features.mean(dim=(2, 3))
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(features))
+        return self.classifier(self.pool(self.cam_features(features)))
 
     def cam(self, features: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
         """CAM_c = sum_k W[c,k] F[k] (no bias), with max(W, 0) under NWC: `(B,h,w)`."""
         weight = self.classifier.weight
         if self.config.nwc:
             weight = weight.clamp(min=0)
-        return torch.einsum("bk,bkhw->bhw", weight[class_ids], features)
+        return torch.einsum("bk,bkhw->bhw", weight[class_ids], self.cam_features(features))
 
     def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None,
                 mode: str = "cream", iterations: int | None = None, fused: bool = False):
         """Logits `(B,C)`, score maps `(B,H,W)` in [0,1] and the class ids used: the given ones,
         or the predicted top-1 where a class id is -1 or none is given. `fused` runs CREAM's EM
         in the fused C++/CUDA op (same maps within 1e-5)."""
-        features = self.features(images)
+        t = self.config.cream.iterations if iterations is None else iterations
+        features = self.features(images, with_em=mode == "cream" and t > 0)
         logits = self.logits(features)
         predicted = logits.argmax(dim=1)
         if class_ids is None:
@@ -128,11 +176,11 @@ class CamModel(nn.Module):
         cam = self.cam(features, class_ids)
         t = self.config.cream.iterations if iterations is None else iterations
         if mode == "cam" or t == 0:
-            return reactivate(features, cam, self.embeddings[class_ids], 0)
+            return reactivate(cam.unsqueeze(1), cam, self.embeddings[class_ids], 0)
         if mode != "cream":
             raise ValueError(f"mode must be 'cam' or 'cream', got {mode!r}")
         c = self.config.cream
-        return reactivate(features, cam, self.embeddings[class_ids], t, c.beta, c.tau, fused,
+        return reactivate(self.em_features(features), cam, self.embeddings[class_ids], t, c.beta, c.tau, fused,
                           c.feature_mean == "unit", c.border, c.calibration, c.upsample, c.adapt_fg, c.adapt_bg,
                           self.center)
 
@@ -152,7 +200,8 @@ class CamModel(nn.Module):
         features = features.detach().float()
         cam = minmax(self.cam(features, labels).flatten(1), (1,))
         fg = (cam >= self.config.cream.tau).to(features.dtype)  # (B,N)
-        means = side_means(centered(features.flatten(2), self.center), fg, self.config.cream.feature_mean == "unit")
+        means = side_means(centered(self.em_features(features).flatten(2), self.center), fg,
+                           self.config.cream.feature_mean == "unit")
         n_fg = fg.sum(1)
         return EmbeddingStatistics(labels.detach().long(), means[:, 0], means[:, 1], n_fg > 0, n_fg < fg.shape[1])
 
