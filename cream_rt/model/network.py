@@ -75,14 +75,14 @@ class CamModel(nn.Module):
             probe = torch.zeros(1, 3, config.input_size, config.input_size)
             was = self.backbone.training
             self.backbone.eval()
-            out = self.backbone(probe)
+            if em_layer != CAM_LAYER and em_layer not in self.backbone.layer_names():
+                raise CreamError(f"em_layer {em_layer!r} is not a layer of {config.backbone}; expected "
+                                 f"{CAM_LAYER!r} or one of {', '.join(self.backbone.layer_names())}")
+            out, tapped = (self.backbone(probe), None) if em_layer == CAM_LAYER else \
+                self.backbone.forward_tap(probe, em_layer)
             config.feature_size = int(out.shape[-1])
             k = self.cam_channels
-            if em_layer != CAM_LAYER:
-                if em_layer not in self.backbone.layer_names():
-                    raise CreamError(f"em_layer {em_layer!r} is not a layer of {config.backbone}; expected "
-                                     f"{CAM_LAYER!r} or one of {', '.join(self.backbone.layer_names())}")
-                tapped = self.backbone.forward_tap(probe, em_layer)[1]
+            if tapped is not None:
                 if tapped.shape[-2:] != out.shape[-2:]:
                     raise CreamError(f"em_layer {em_layer!r} of {config.backbone} has {tapped.shape[-2]}x"
                                      f"{tapped.shape[-1]} cells at input size {config.input_size}, the CAM "
@@ -100,8 +100,8 @@ class CamModel(nn.Module):
         backbone and classifier; random embeddings and a zero center until an embedding pass."""
         config = dataclasses.replace(self.config, cream=dataclasses.replace(self.config.cream, em_layer=layer))
         model = CamModel(config)
-        state = {k: v for k, v in self.state_dict().items() if k not in ("embeddings", "feature_center")}
-        model.load_state_dict(state, strict=False)
+        fresh = {"embeddings": model.embeddings, "feature_center": model.feature_center}  # the new layer's sizes
+        model.load_state_dict({**self.state_dict(), **fresh})
         return model.train(self.training)
 
     @property
