@@ -5,12 +5,9 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .runner import BenchConfig
 
 def _streamed_ms_per_batch(localizer, batch_paths: list[str], budget_s: float, batches: int = 8) -> float:
     """Median time per batch when `batches` batches go through the path `cream localize` takes:
@@ -28,7 +25,8 @@ def _streamed_ms_per_batch(localizer, batch_paths: list[str], budget_s: float, b
     return float(np.median(per_batch))
 
 
-def pipeline_breakdown(onnx_models: dict, images: list[np.ndarray], config: BenchConfig) -> list[dict]:
+def pipeline_breakdown(onnx_models: dict, images: list[np.ndarray], batch_sizes: tuple[int, ...],
+                       budget_s: float) -> list[dict]:
     """The whole Localizer (decode + preprocess + model + boxes) against the bare model, per
     batch size, for the CREAM export with the largest T (or CAM): where the time goes."""
     import cv2
@@ -45,7 +43,7 @@ def pipeline_breakdown(onnx_models: dict, images: list[np.ndarray], config: Benc
             path = Path(tmp) / f"{i}.png"
             path.write_bytes(data.tobytes())
             paths.append(str(path))
-        for batch in config.batch_sizes:
+        for batch in batch_sizes:
             batch_paths = paths[:batch]
             timings = {"decode_preprocess": [], "model": [], "postprocess": []}
             x, sizes = localizer.preprocess(batch_paths)
@@ -53,7 +51,7 @@ def pipeline_breakdown(onnx_models: dict, images: list[np.ndarray], config: Benc
             for _ in range(3):  # warm-up
                 localizer(batch_paths)
             started = time.perf_counter()
-            while time.perf_counter() - started < config.budget_s or len(timings["model"]) < 10:
+            while time.perf_counter() - started < budget_s or len(timings["model"]) < 10:
                 t0 = time.perf_counter()
                 x, sizes = localizer.preprocess(batch_paths)
                 t1 = time.perf_counter()
@@ -65,7 +63,7 @@ def pipeline_breakdown(onnx_models: dict, images: list[np.ndarray], config: Benc
                     timings[k].append(v * 1e3)
             med = {k: float(np.median(v)) for k, v in timings.items()}
             total = sum(med.values())
-            streamed = _streamed_ms_per_batch(localizer, batch_paths, config.budget_s)
+            streamed = _streamed_ms_per_batch(localizer, batch_paths, budget_s)
             out.append({"batch": batch, "mode": key[0], "iterations": key[1], **{f"{k}_ms": v for k, v in med.items()},
                         "pipeline_ms": total, "bare_model_ms": med["model"],
                         "pipeline_vs_model": total / med["model"], "pipeline_ms_per_image": total / batch,

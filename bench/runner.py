@@ -110,7 +110,7 @@ def run_bench(model, onnx_models: dict[tuple[str, int], str], config: BenchConfi
             rows.append(row)
             log(f"  {engine_name:<20}{mode:<6}T={t} b={batch:<3} {row['p50_ms_per_image']:8.3f} ms/img "
                 f"(p90 {st['p90_ms'] / batch:.3f})  {row['images_per_s']:8.1f} img/s")
-    pipeline = pipeline_breakdown(onnx_models, images, config) if config.pipeline else []
+    pipeline = pipeline_breakdown(onnx_models, images, config.batch_sizes, config.budget_s) if config.pipeline else []
     ran = {r["engine"] for r in rows}
     skipped_list = [{"engine": e, "reason": why} for e, why in skipped.items() if e not in ran]
     return {"rows": rows, "skipped": skipped_list, "pipeline": pipeline, "ratios": ratios(rows, pipeline),

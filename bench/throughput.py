@@ -3,6 +3,8 @@ for the fp32 and the int8 export of one model, with a stage breakdown (read, dec
 normalise, inference, boxes, write) so that the next step is visible.
 
     python -m cream_rt.bench.throughput --images 2000 --out bench/results/throughput.json
+    python -m cream_rt.bench.throughput --folder PHOTOS --models fp32=m.onnx,int8=m-int8.onnx --large 0 \\
+        --out bench/results/throughput_real.json      # a folder of real photos, read in place
 
 The model is EfficientNet-Lite0 CREAM T=2 at 224 px with its ImageNet weights (200 classes; the
 classifier and the embeddings are untrained, which changes no work done); the int8 export is
@@ -207,23 +209,33 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--parity-model", help="a trained fp32 export: score --reduced-decode against a full decode "
                         "with it on --parity-data (re-encoded as JPEG)")
     parser.add_argument("--parity-data", help="data root whose test images are >= 2x the model's input size")
+    parser.add_argument("--folder", help="time this folder of photos (read in place, linked for the start-up run) "
+                                         "instead of --images generated JPEGs")
+    parser.add_argument("--models", help="PRECISION=ONNX,... exports to time (default: fp32 and int8 built here)")
     parser.add_argument("--out", default=None, help="JSON result file (e.g. bench/results/throughput.json)")
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    paths = make_images(work / "images", args.images)
+    folder = Path(args.folder) if args.folder else work / "images"
+    if args.folder:
+        paths = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    else:
+        paths = make_images(folder, args.images)
     small = work / "images-16"
     small.mkdir(exist_ok=True)
     for p in paths[:STARTUP_IMAGES]:
         target = small / Path(p).name
         if not target.exists():
-            target.write_bytes(Path(p).read_bytes())
-    models = build_models(work, args.backbone, args.input_size, paths[:: max(1, len(paths) // 64)][:64])
+            target.symlink_to(Path(p).resolve())
+    if args.models:
+        models = dict(item.split("=", 1) for item in args.models.split(","))
+    else:
+        models = build_models(work, args.backbone, args.input_size, paths[:: max(1, len(paths) // 64)][:64])
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     rows = []
     for precision, model in models.items():
         for batch in batch_sizes:
-            e2e = end_to_end(str(work / "images"), str(small), len(paths), model, work, batch, args.repeats)
+            e2e = end_to_end(str(folder), str(small), len(paths), model, work, batch, args.repeats)
             rows.append({"precision": precision, "batch_size": batch, **e2e,
                          "breakdown_ms_per_image": stage_breakdown(model, paths[:args.breakdown_images], batch)})
             print(f"{precision} batch {batch}: {e2e['images_per_s']} img/s end to end, "
@@ -253,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{p['MaxBoxAccV2_reduced']:.2f}; maps p99 {p['maps_p99_abs_diff']}", flush=True)
     best = {p: max((r for r in rows if r["precision"] == p), key=lambda r: r["images_per_s_net_of_startup"])
             for p in models}
+    if set(models) != {"fp32", "int8"}:
+        raise SystemExit("--models: expected fp32=... and int8=...")
     summary = {
         "int8_vs_fp32": round(best["int8"]["images_per_s_net_of_startup"]
                               / best["fp32"]["images_per_s_net_of_startup"], 3),
@@ -266,8 +280,14 @@ def main(argv: list[str] | None = None) -> dict:
           f"{summary['best_int8_img_s_net']} img/s = {summary['int8_vs_58_img_s_recorded_before']}x the 58 img/s "
           f"recorded before (another machine); 1M images/hour (278 img/s) "
           f"{'reached' if summary['reach_278_img_s'] else 'not reached'}")
-    result = {"benchmark": "throughput", "images": len(paths), "image_size": [500, 375], "model": args.backbone,
-              "mode": "cream", "iterations": 2, "input_size": args.input_size, "rows": rows, "summary": summary,
+    from cream_rt.runtime import OnnxPredictor
+
+    manifests = {k: OnnxPredictor.load(v).manifest for k, v in models.items()}
+    result = {"benchmark": "throughput", "images": len(paths), "folder": str(folder),
+              "image_size": None if args.folder else [500, 375], "model": manifests["fp32"].backbone,
+              "mode": manifests["fp32"].mode, "iterations": manifests["fp32"].iterations,
+              "em_layer": manifests["fp32"].em_layer, "input_size": manifests["fp32"].input_size,
+              "models": models, "rows": rows, "summary": summary,
               "large_images": large,
               "machine": machine_info(),
               "command": command_line("throughput", argv)}

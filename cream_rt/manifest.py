@@ -38,6 +38,13 @@ class Manifest:
     pas: bool = False  # boxes: thresholds relative to the map's 90th percentile (RCAM's PaS)
     regressor: bool = False  # a `boxes` output from CREAM's box regressor (its boxes are the boxes)
     center: bool = False  # the EM clusters features minus the training split's mean (CreamConfig.center)
+    em_layer: str = "cam"  # the layer whose features the EM clusters (CreamConfig.em_layer)
+    calibration: str = "omega"  # files without the field predate cam-mean
+    embeddings: str = "per-class"  # or "agnostic": one pair for every class
+    fallback: str = "class-mean"  # the pair of classes without a fitting image
+    fallback_classes: list[int] = field(default_factory=list)  # the classes that use it
+    box_threshold: float | None = None  # `cream tune`'s threshold, the default of `cream localize`
+    tuned: dict = field(default_factory=dict)  # `cream tune`'s chosen settings and their val scores
     format: str = MANIFEST_FORMAT
     version: int = MANIFEST_VERSION
 
@@ -88,4 +95,7 @@ class Manifest:
             return f"iterations must be an integer in [0, 64], got {self.iterations!r}"
         if not isinstance(self.quantization, dict):
             return f"quantization must be an object, got {self.quantization!r}"
+        if self.box_threshold is not None and (isinstance(self.box_threshold, bool) or not isinstance(
+                self.box_threshold, (int, float)) or not 0 <= self.box_threshold < 1):
+            return f"box_threshold must be a number in [0, 1) or null, got {self.box_threshold!r}"
         return None

@@ -82,16 +82,15 @@ def reduction_factor(width: int, height: int, size: int) -> int:
     return 1
 
 
-def jpeg_dimensions(data: np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's start-of-frame header, or None (not a JPEG, or no frame
-    header found before the scan data)."""
-    raw = data[:65536].tobytes()
-    if not raw.startswith(b"\xff\xd8"):
-        return None
-    pos = 2
-    while pos + 9 <= len(raw):
+def _jpeg_headers(raw: bytes) -> tuple[tuple[int, int] | None, int | None]:
+    """Walk a JPEG's marker segments up to its first start-of-scan: ((width, height) from the
+    frame header or None, the offset where the scan data starts or None where the walk ends
+    first). Segment lengths skip APP segments whole, so an EXIF thumbnail's markers are never
+    mistaken for the image's."""
+    size, pos = None, 2
+    while pos + 4 <= len(raw):
         if raw[pos] != 0xFF:
-            return None
+            return size, None
         marker = raw[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
@@ -100,23 +99,35 @@ def jpeg_dimensions(data: np.ndarray) -> tuple[int, int] | None:
             pos += 2
             continue
         length = int.from_bytes(raw[pos + 2:pos + 4], "big")
-        if marker in _JPEG_SOF:
+        if marker in _JPEG_SOF and pos + 9 <= len(raw):
             height, width = int.from_bytes(raw[pos + 5:pos + 7], "big"), int.from_bytes(raw[pos + 7:pos + 9], "big")
-            return (width, height) if width and height else None
-        if marker == 0xDA:  # start of scan: no frame header before it
-            return None
+            size = (width, height) if width and height else None
+        if marker == 0xDA:  # start of scan
+            return size, pos + 2 + length
         pos += 2 + length
-    return None
+    return size, None
+
+
+def jpeg_dimensions(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame header, or None (not a JPEG, or no frame
+    header found before the scan data)."""
+    raw = data[:65536].tobytes()
+    return _jpeg_headers(raw)[0] if raw.startswith(b"\xff\xd8") else None
 
 
 def _truncation(data: np.ndarray) -> str | None:
     """Why a PNG or JPEG byte string is cut short or corrupt, or None: decoders fill a truncated
-    file's missing rows with grey, and libpng reports CRC errors on stderr by itself."""
+    file's missing rows with grey, and libpng reports CRC errors on stderr by itself. A JPEG is
+    complete when an end-of-image marker follows its first scan: bytes after that marker
+    (padding, a camera's trailer) are allowed, as every decoder allows them."""
     head = data[:8].tobytes()
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return _png_problem(data.tobytes())
-    if head.startswith(b"\xff\xd8") and b"\xff\xd9" not in data[-1024:].tobytes():
-        return "truncated JPEG (no end-of-image marker)"
+    if head.startswith(b"\xff\xd8"):
+        raw = data.tobytes()
+        scan = _jpeg_headers(raw)[1]
+        if scan is None or raw.find(b"\xff\xd9", scan) < 0:  # entropy data stuffs 0xFF as 0xFF00
+            return "truncated JPEG (no end-of-image marker after the scan data)"
     return None
 
 
@@ -164,7 +175,7 @@ def as_rgb_array(image, reduce_to: int | None = None) -> np.ndarray:
 
 def normalize(batch_hwc: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """uint8 `(B,H,W,3)` -> float32 `(B,3,H,W)`: x * (1/255/std) - mean/std, written channel by
-    channel straight into the NCHW output (one pass; 9x faster than astype-then-transpose)."""
+    channel straight into the NCHW output (one pass instead of astype-then-transpose)."""
     scale = np.float32(1 / 255) / np.asarray(std, np.float32)
     shift = np.asarray(mean, np.float32) / np.asarray(std, np.float32)
     b, h, w, _ = batch_hwc.shape

@@ -243,7 +243,9 @@ class Localizer:
 
     def __init__(self, predictor: OnnxPredictor, threshold: float | None = None, all_contours: bool = False):
         self.pas = bool(predictor.manifest.pas)
-        if threshold is None:  # the usual box threshold: 0.2 of the max, or 0.35 of the 90th percentile (PaS)
+        if threshold is None:  # `cream tune`'s, else 0.2 of the max, or 0.35 of the 90th percentile (PaS)
+            threshold = predictor.manifest.box_threshold
+        if threshold is None:
             threshold = PAS_THETA if self.pas else DEFAULT_THRESHOLD
         if not isinstance(threshold, numbers.Real) or not 0 <= threshold < 1:
             raise CreamError(f"threshold must lie in [0, 1), got {threshold}")
@@ -262,8 +264,9 @@ class Localizer:
         Args:
             path: the ONNX file (its manifest gives input size, normalisation, class names).
             providers: ONNX Runtime providers in order (default: TensorRT, CUDA, CPU, those present).
-            threshold: box threshold in [0, 1), a fraction of each map's max (default 0.2), or of
-                its 90th percentile for a model exported with PaS (default 0.35).
+            threshold: box threshold in [0, 1), a fraction of each map's max, or of its 90th
+                percentile for a model exported with PaS (default: the one `cream tune` chose, in
+                the manifest; else 0.2, or 0.35 with PaS).
             all_contours: one box per contour instead of the largest contour's box.
             threads: intra-op threads (default: one per core). They do not spin between batches:
                 the Localizer decodes and extracts boxes on the same cores.

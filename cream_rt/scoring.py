@@ -3,7 +3,7 @@ metrics of its maps and logits. Shared by `cream eval`, `cream parity`, training
 the demo and the accuracy suite. Torch-free."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from .metadata import SplitMetadata
 from .metrics import BoxEvaluator, ImageBoxResult
 from .preprocess import preprocess_batch, read_image
 from .progress import progress
+from .unreadable import UnreadableImages
 
 __all__ = ["batches", "split_batches", "check_labels", "SplitScorer"]
 
@@ -25,12 +26,22 @@ def batches(items: Sequence, size: int) -> Iterator[list]:
 
 
 def split_batches(meta: SplitMetadata, images: Path, batch_size: int, input_size: int, mean, std,
-                  desc: str) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
-    """Yield (image ids, normalised `(B,3,S,S)` float32 batch, GT class ids) over the split."""
+                  desc: str, unreadable: UnreadableImages | None = None,
+                  scorers: Iterable["SplitScorer"] = ()) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+    """Yield (image ids, normalised `(B,3,S,S)` float32 batch, GT class ids) over the split. An
+    image that cannot be decoded raises, or with `unreadable` is recorded there, left out of
+    its batch and scored as a miss by each of `scorers`."""
     ids = meta.image_ids
+    scorers = list(scorers)
     for chunk in progress(batches(ids, batch_size), desc, total=-(-len(ids) // batch_size), unit="batch"):
-        x = preprocess_batch([read_image(images / i) for i in chunk], input_size, mean, std)
-        yield chunk, x, np.array([meta.class_labels[i] for i in chunk], dtype=np.int64)
+        arrays = [read_image(images / i) if unreadable is None else unreadable.read(images / i, i) for i in chunk]
+        for image_id in (i for i, a in zip(chunk, arrays) if a is None):
+            for scorer in scorers:
+                scorer.add_unreadable(image_id)
+        chunk = [i for i, a in zip(chunk, arrays) if a is not None]
+        if chunk:
+            x = preprocess_batch([a for a in arrays if a is not None], input_size, mean, std)
+            yield chunk, x, np.array([meta.class_labels[i] for i in chunk], dtype=np.int64)
 
 
 def check_labels(meta: SplitMetadata, num_classes: int, model: str) -> None:
@@ -71,6 +82,10 @@ class SplitScorer:
             size = (self.map_size, self.map_size)
             self.evaluator.add(maps[i], gt_boxes_at(self.meta, image_id, size), top1_correct=is_top1,
                                top5_correct=bool(label in top5[i]), name=image_id)
+
+    def add_unreadable(self, image_id: str) -> None:
+        """An image that could not be decoded: a miss at every threshold and a wrong class."""
+        self.evaluator.accumulate(None, False, False, image_id)
 
     def add_boxes(self, chunk: list[str], logits: np.ndarray | None, boxes: np.ndarray) -> None:
         """Score one batch of predicted boxes `(B,4)` (fractions of the image, a box regressor's

@@ -52,7 +52,11 @@ def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str 
                     versions={"cream_rt": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
                               "python": platform.python_version()},
                     fused=fused and mode == "cream" and iterations > 0, feature_mean=cfg.cream.feature_mean,
-                    pas=cfg.pas, regressor=regressor, center=cfg.cream.center and mode == "cream" and iterations > 0)
+                    pas=cfg.pas, regressor=regressor, center=cfg.cream.center and mode == "cream" and iterations > 0,
+                    em_layer=model.em_layer, calibration=cfg.cream.calibration, embeddings=cfg.cream.embeddings,
+                    fallback=cfg.cream.fallback,
+                    fallback_classes=[int(c) for c in (~model.embedding_fitted).nonzero().flatten().tolist()],
+                    box_threshold=cfg.box_threshold, tuned=dict(cfg.tuned))
 
 
 def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", iterations: int | None = None,

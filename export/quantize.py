@@ -133,8 +133,8 @@ def quantize_export(fp32_path: str | os.PathLike, out: str | os.PathLike, batche
     """Write `out` (atomically): `fp32_path` with an int8 backbone calibrated on `batches`
     (see the module docstring), the manifest carried over with `precision = "int8"` and the
     recipe in `quantization`. Returns that recipe. `scheme="conv-only"` (Conv nodes alone,
-    a Q/DQ pair on every Conv output: the recipe before 2026-12-04), `fp32_stem=False` and
-    `bias_correction=False` exist for the comparison in `bench/int8_recipes.py`."""
+    a Q/DQ pair on every Conv output), `fp32_stem=False` and `bias_correction=False` exist for
+    the comparison in `bench/studies/int8_recipes.py`."""
     import onnx
     from onnxruntime import quantization as q
 

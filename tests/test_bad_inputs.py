@@ -327,7 +327,7 @@ def test_same_file_names_in_different_folders_keep_their_outputs(world, tmp_path
 def test_eval_save_maps_leaves_no_partial_folder(world, tmp_path):
     out = tmp_path / "maps"
     assert_one_error(run("eval", "--model", world["model"], "--data", world["d"] / "bad_test_image",
-                         "--save-maps", out), "truncated PNG")
+                         "--save-maps", out, "--max-bad-images", "0"), "truncated PNG")
     assert not out.exists()
     no_leftovers(tmp_path)
 
@@ -363,8 +363,22 @@ def test_bad_data_is_one_line(world, tmp_path, variant, command, words):
         "train-workers": ["train", "--data", data, "--out", out, "--epochs", "1", "--workers", "1"],
         "fit-embeddings": ["fit-embeddings", "--checkpoint", world["ckpt"], "--data", data, "--out", out],
     }[command]
+    if variant.startswith("bad_") and command != "parity":  # skipped and reported unless the limit is 0
+        argv += ["--max-bad-images", "0"]
     assert_one_error((run_process if command == "train-workers" else run)(*argv), words)
     assert not out.exists()
+
+
+def test_an_unreadable_training_image_is_skipped_in_workers_too(world, tmp_path):
+    """Under the default --max-bad-images the run goes on: the DataLoader workers hand the
+    unreadable image back, the record names it, one warning line on stderr."""
+    out = tmp_path / "out.pt"
+    result = run_process("train", "--data", world["d"] / "bad_train_image", "--out", out, "--epochs", "1",
+                         "--workers", "1", "--json", expect=0)
+    record = json.loads(result.stdout)
+    assert record["unreadable_images"]["count"] == 1 and out.is_file()
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("cream: warning:")]
+    assert len(warnings) == 1 and "unreadable" in warnings[0]
 
 
 def test_real_processes_match_the_in_process_matrix(world, tmp_path):

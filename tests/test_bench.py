@@ -33,33 +33,6 @@ def test_measure_interleaved_records_one_median_per_round():
     assert 1.5 < paired_ratio(stats["slow"], stats["fast"]) < 4
 
 
-def test_separability_means_inside_and_outside_the_mask():
-    import torch
-
-    from cream_rt.bench.separability import inside_outside
-
-    maps = torch.tensor([[1.0, 0.5, 0.2, 0.0]])
-    masks = torch.tensor([[1.0, 0.6, 0.3, 0.0]])  # 0.3: neither inside (> 0.5) nor outside (< 0.05)
-    assert inside_outside(maps, masks) == (pytest.approx(0.75), pytest.approx(0.0))
-
-
-def test_separability_cell_statistics_hand_computed():
-    import torch
-
-    from cream_rt.bench.separability import add_cell_stats
-
-    flat = torch.tensor([[[3.0, 1.0, 0.0], [4.0, 0.0, 2.0]]])  # cells (3,4), (1,0), (0,2)
-    cam = torch.tensor([[0.9, 0.1, 0.0]])
-    masks = torch.tensor([[1.0, 1.0, 0.0]])
-    centroids = torch.tensor([[[2.0, 0.0], [0.0, 5.0]]])  # fg along x, bg along y
-    cells: dict = {}
-    add_cell_stats(cells, flat, cam, masks, centroids, tau=0.2)
-    expected = {"head (CAM >= 0.5)": [1, 5.0, 0.6, 0.8], "body CAM misses": [1, 1.0, 1.0, 0.0],
-                "background": [1, 2.0, 0.0, 1.0]}
-    for name, values in expected.items():
-        assert cells[name] == pytest.approx(values, abs=1e-5)
-
-
 def test_bench_cli_json_and_plot(tmp_path, capsys):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     args = ["bench", "--backbone", "small-cnn", "--classes", "3", "--input-size", "48", "--engines",
@@ -96,7 +69,7 @@ def test_graph_flops_counts_conv_and_gemm_by_hand(tmp_path):
     import onnx.helper as oh
     from onnx import TensorProto, numpy_helper
 
-    from cream_rt.bench.roofline import graph_flops
+    from cream_rt.bench.studies.roofline import graph_flops
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
@@ -119,7 +92,7 @@ def test_graph_flops_reads_the_inner_dimension_of_a_transposed_gemm(tmp_path):
     import onnx.helper as oh
     from onnx import TensorProto, numpy_helper
 
-    from cream_rt.bench.roofline import graph_flops
+    from cream_rt.bench.studies.roofline import graph_flops
 
     b = numpy_helper.from_array(np.ones((64, 5), np.float32), "b")
     graph = oh.make_graph([oh.make_node("Gemm", ["a", "b"], ["y"], transA=1)], "g",

@@ -568,10 +568,11 @@ def test_export_with_unit_feature_mean_matches_eager(tmp_path):
 def test_export_with_the_named_deviations_matches_eager(tmp_path):
     """border, calibration "omega", the upsampled EM grid and the adaptive start are torch ops:
     the export equals eager."""
-    from cream_rt.model.config import CreamConfig
+    import dataclasses
 
     model = _model("small-cnn", 48, classes=5)
-    model.config.cream = CreamConfig(border=1, calibration="omega", upsample=2, adapt_fg=0.25, adapt_bg=0.75)
+    model.config.cream = dataclasses.replace(model.config.cream, border=1, calibration="omega", upsample=2,
+                                             adapt_fg=0.25, adapt_bg=0.75)
     manifest = export_model(model, tmp_path / "dev.onnx")
     assert manifest.feature_mean == "unit"
     _compare(model, tmp_path / "dev.onnx")

@@ -106,9 +106,9 @@ def test_train_ends_with_the_embedding_pass(tiny, tmp_path):
     center follows the backbone (off for small-cnn unless --center; then the feature center is the
     training split's mean feature, computed here in float64 from the final weights), and
     `fit-embeddings --estimate pass` on the checkpoint gives the same embeddings."""
-    from cream_rt.cli import REFINE_ROUNDS_DEFAULT
     from cream_rt.metadata import read_split
     from cream_rt.model.checkpoint import load_checkpoint
+    from cream_rt.model.config import REFINE_ROUNDS as REFINE_ROUNDS_DEFAULT
     from cream_rt.train.data import WsolImages
     from cream_rt.train.trainer import TrainConfig
 

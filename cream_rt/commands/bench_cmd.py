@@ -6,9 +6,39 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..argtypes import INPUT_SIZE, THREADS, float_in, int_in, int_list, name_list
 from ..atomic import check_output_file, write_json
 from ..errors import CreamError
+from .options import add_json
 from .output import print_json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`cream bench`'s arguments."""
+    src = p.add_argument_group("model (one of)")
+    src.add_argument("--checkpoint", help="a cream checkpoint")
+    src.add_argument("--backbone", help="an untrained model of this backbone (timing only)")
+    p.add_argument("--classes", type=int_in(1, 100_000), default=200,
+                   help="classes of the --backbone model (default 200)")
+    p.add_argument("--input-size", type=INPUT_SIZE, default=None, help="input size of the --backbone model")
+    p.add_argument("--model", help="an exported ONNX model to time for its mode and T (others are exported)")
+    p.add_argument("--engines", type=name_list, default=("eager", "onnxruntime"),
+                   help="comma-separated: eager, eager-fused (CREAM's EM in the C++/CUDA op), "
+                        "eager-channels-last, torch-compile, onnxruntime, onnxruntime-int8 (int8 convolutions, "
+                        "calibrated on synthetic images: timing only), tensorrt, grad-cam, torchcam "
+                        "(default eager,onnxruntime)")
+    p.add_argument("--batch-sizes", type=int_list(1, 4096), default=(1, 8))
+    p.add_argument("--modes", type=name_list, default=("cam", "cream"))
+    p.add_argument("--iterations", type=int_list(1, 32), default=(2,), help="CREAM T values (default 2)")
+    p.add_argument("--budget", type=float_in(0.0, 3600.0, low_open=True), default=2.0,
+                   help="seconds of timed runs per measurement")
+    p.add_argument("--no-pipeline", action="store_true", help="skip the Localizer pipeline breakdown")
+    p.add_argument("--threads", type=THREADS, default=None, help="torch and ONNX Runtime threads (default: all cores)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the eager and ONNX Runtime engines run; tensorrt needs cuda (default cpu)")
+    add_json(p, "print the results as one JSON object on stdout")
+    p.add_argument("--json-out", metavar="PATH", help="write the results JSON to this file")
+    p.add_argument("--plot", help="write a PNG of latency per image against batch size")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..argtypes import EPOCHS, NON_NEGATIVE, float_in, int_in
 from ..atomic import write_json
 from ..metadata import read_split
+from .options import add_json
 from .output import print_json
 
 
@@ -64,6 +66,21 @@ def latency_table(checkpoint: Path, models: dict[str, Path], input_size: int, ba
             table[f"{engine}/{mode}/b{b}"] = {"ms_per_image": stats["p50_ms"] / b, "ms_per_batch": stats["p50_ms"],
                                               "repeats": stats["repeats"]}
     return table
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`cream demo`'s arguments."""
+    p.add_argument("--out", default="demo_out", help="output folder")
+    p.add_argument("--epochs", type=EPOCHS, default=6)
+    p.add_argument("--train", type=int_in(16, 10_000_000), default=3000, help="training images")
+    p.add_argument("--body-tint", type=float_in(0.0, 1.0), default=0.0,
+                   help="synthetic body class tint (see `cream synth`)")
+    p.add_argument("--decoys", type=int_in(0, 16), default=2,
+                   help="synthetic decoy heads per image (see `cream synth`)")
+    p.add_argument("--feature-mean", choices=["raw", "unit"], default="unit",
+                   help="CREAM's embeddings and M-step average L2-normalised (unit, default) or raw features")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    add_json(p)
 
 
 def run(args: argparse.Namespace) -> int:

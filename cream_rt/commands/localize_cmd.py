@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..argtypes import BATCH_SIZE, int_in
 from ..atomic import atomic_dir, atomic_open, check_output_dir, check_output_file
 from ..errors import CreamError, OutputError
 
@@ -61,6 +62,40 @@ def resolve_threshold(value: str | None) -> float | None:
         return float(result["MaxBoxAcc_threshold"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise CreamError(f"{path}: not a `cream eval --json` result (no MaxBoxAcc_threshold)") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`cream localize`'s arguments."""
+    p.add_argument("inputs", nargs="+", help="image files, folders, text files of paths, or metadata split folders")
+    p.add_argument("--model", required=True, help="exported ONNX model")
+    p.add_argument("--out", required=True, help="results file (.jsonl, or .json with --format coco)")
+    p.add_argument("--images", help="image root for metadata split inputs")
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=8)
+    p.add_argument("--threshold", default=None,
+                   help="box threshold as a fraction of the map's max (default 0.2; with a PaS model of its 90th "
+                        "percentile, default 0.35), or a `cream eval --json` output file whose best threshold "
+                        "(MaxBoxAcc_threshold) to use")
+    p.add_argument("--all-contours", action="store_true", help="one box per contour (default: largest)")
+    p.add_argument("--format", choices=["jsonl", "coco"], default="jsonl")
+    p.add_argument("--save-maps", help="write <name>.npy score maps here")
+    p.add_argument("--overlays", help="write overlay PNGs here")
+    p.add_argument("--providers", help="comma-separated ONNX Runtime providers")
+    p.add_argument("--reduced-decode", action="store_true",
+                   help="decode JPEGs at least 2x the model's input size at 1/2, 1/4 or 1/8 scale (libjpeg's DCT "
+                        "scaling): faster on large photos, maps slightly different from a full decode")
+    ray = p.add_argument_group("Ray Data (pip install 'cream-rt[ray]')")
+    ray.add_argument("--ray", action="store_true",
+                     help="run on Ray Data: --out is a folder of result shards plus manifest.json; a re-run on the "
+                          "same folder skips the inputs already written")
+    ray.add_argument("--ray-address", metavar="ADDR",
+                     help="a running Ray cluster (HOST:PORT of `ray start --head`, or auto); default: a local Ray")
+    ray.add_argument("--actors", type=int_in(1, 4096), default=None,
+                     help="ONNX Runtime actors, one session each (default 2)")
+    ray.add_argument("--actor-threads", type=int_in(1, 256), default=None,
+                     help="intra-op threads per actor (default 1)")
+    ray.add_argument("--shard-format", choices=["jsonl", "parquet"], default=None,
+                     help="result shards as JSON lines (default) or Parquet")
+    ray.add_argument("--json", action="store_true", help="print the run's summary as JSON (with --ray)")
 
 
 def run(args: argparse.Namespace) -> int:

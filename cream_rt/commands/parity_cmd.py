@@ -6,10 +6,38 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from ..argtypes import BATCH_SIZE, FRACTION, INTERVAL, POSITIVE
 from ..atomic import check_output_file, write_json
 from ..errors import CreamError
 from ..metadata import read_split, split_paths
+from .options import add_json
 from .output import print_json, print_table
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`cream parity`'s arguments."""
+    ref = p.add_mutually_exclusive_group(required=True)
+    ref.add_argument("--checkpoint", help="the reference: the eager model of this checkpoint")
+    ref.add_argument("--reference", metavar="FP32.onnx",
+                     help="the reference: the fp32 export an --int8 MODEL was quantized from (no torch needed)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--per-layer", action="store_true",
+                   help="int8 MODEL: also compare every quantized activation with the fp32 graph's (needs onnx; "
+                        "with --checkpoint, the fp32 reference is exported on the fly)")
+    p.add_argument("--per-layer-images", type=POSITIVE, default=64,
+                   help="images the --per-layer report runs on (default 64)")
+    p.add_argument("--data", help="data root with images/ and metadata/")
+    p.add_argument("--images", help="image root (instead of DATA/images)")
+    p.add_argument("--metadata", help="metadata split folder (instead of DATA/metadata/SPLIT)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=16)
+    p.add_argument("--threshold", type=FRACTION, default=0.2, help="box threshold compared between engines")
+    p.add_argument("--regressor", metavar="REG", help="the box regressor file the export was made with")
+    p.add_argument("--interval", type=INTERVAL, default=0.01)
+    p.add_argument("--limit", type=POSITIVE, default=None, help="only the first N images")
+    p.add_argument("--json-out", "--results", dest="results", metavar="PATH",
+                   help="also write the JSON result to this file (e.g. bench/results/...)")
+    add_json(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..argtypes import EPOCHS, FRACTION, float_in
+from .options import add_data, add_json
 from .output import print_json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`cream train-regressor`'s arguments."""
+    add_data(p)
+    p.add_argument("--checkpoint", required=True, help="the CREAM checkpoint whose maps give the pseudo boxes")
+    p.add_argument("--out", required=True, help="regressor file to write (.pt)")
+    p.add_argument("--epochs", type=EPOCHS, default=6)
+    p.add_argument("--lr", type=float_in(0.0, 10.0, low_open=True), default=0.01,
+                   help="learning rate of the backbone (the head: 10x)")
+    p.add_argument("--threshold", type=FRACTION, default=None,
+                   help="map threshold of the pseudo boxes (default: the best MaxBoxAcc threshold on the val split)")
+    add_json(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,6 +3,28 @@ from __future__ import annotations
 
 import argparse
 
+from ..argtypes import NON_NEGATIVE, float_in, int_in
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`cream synth`'s arguments."""
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--preset", default="default",
+                   help="named data design: default, no-decoys, tinted, small, clutter, photo (see the docs); "
+                        "the flags below override it")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--classes", type=int_in(2, 64), default=None, help="(default 6)")
+    p.add_argument("--size", type=int_in(32, 4096), default=None, help="image side in pixels (default 96)")
+    p.add_argument("--train", type=int_in(1, 10_000_000), default=3000)
+    p.add_argument("--val", type=int_in(1, 10_000_000), default=300)
+    p.add_argument("--test", type=int_in(1, 10_000_000), default=600)
+    p.add_argument("--body-tint", type=float_in(0.0, 1.0), default=None,
+                   help="faint class tint of the shared body (0: identical bodies)")
+    p.add_argument("--decoys", type=int_in(0, 16), default=None,
+                   help="at most this many bodiless heads of other classes per image (default 2)")
+    p.add_argument("--body-patches", type=int_in(0, 16), default=None,
+                   help="at most this many head-less body-texture patches on the background (default 0)")
+
 
 def run(args: argparse.Namespace) -> int:
     from ..atomic import atomic_dir, check_output_dir

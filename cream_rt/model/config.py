@@ -3,26 +3,32 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "FEATURE_MEANS", "CALIBRATIONS", "LEGACY_FEATURE_MEAN",
-           "LEGACY_CALIBRATION", "LEGACY_CENTER", "CAM_LAYER", "LEGACY_EM_LAYER", "CreamConfig",
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "FEATURE_MEANS", "CALIBRATIONS", "EMBEDDINGS", "FALLBACKS",
+           "LEGACY_FEATURE_MEAN",
+           "LEGACY_CALIBRATION", "LEGACY_CENTER", "CAM_LAYER", "LEGACY_EM_LAYER", "REFINE_ROUNDS", "CreamConfig",
            "ModelConfig"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_MEANS = ("raw", "unit")
 CALIBRATIONS = ("omega", "cam-mean", "none")
+EMBEDDINGS = ("per-class", "agnostic")
+FALLBACKS = ("class-mean", "image-mean")
 LEGACY_FEATURE_MEAN = "raw"  # what a saved config without `feature_mean` was computed with
 LEGACY_CALIBRATION = "omega"  # what a saved config without `calibration` was computed with
 LEGACY_CENTER = False  # a saved config without `center` clusters the features as they are
 CAM_LAYER = "cam"  # em_layer: the EM clusters the CAM's own features (the backbone's output)
 LEGACY_EM_LAYER = CAM_LAYER  # a saved config without `em_layer` clusters the CAM's features
+REFINE_ROUNDS = 1  # refinement rounds of the embedding pass (`cream train`, `cream fit-embeddings`)
 
 
 @dataclass
 class CreamConfig:
     """CREAM hyperparameters (docs/method.md section 3); T counts E-steps (interpretation)."""
 
-    iterations: int = 2
+    # T; None (default): the backbone's choice, `BackboneSpec.iterations` (the paper's 2, or what
+    # the real-photo cells chose), resolved when the model is built
+    iterations: int | None = None
     beta: float = 8.0
     tau: float = 0.2
     momentum: float = 0.8  # lambda of the context-embedding update
@@ -32,7 +38,7 @@ class CreamConfig:
     # the rest of the object; or "raw" features, the paper's literal wording. Checkpoints saved
     # without this field predate it and load as "raw" (LEGACY_FEATURE_MEAN).
     feature_mean: str = "unit"
-    # The calibration (docs/method.md 3.3): "cam-mean" (default since 2026-12-04: keep the
+    # The calibration (docs/method.md 3.3): "cam-mean" (default: keep the
     # component over which minmax(CAM) is higher on average, weighted by responsibility), "omega"
     # (the paper: the larger mean responsibility where minmax(CAM) >= tau) or "none" (keep the one
     # started from the foreground embedding). Configs saved without it load as LEGACY_CALIBRATION.
@@ -65,12 +71,26 @@ class CreamConfig:
     # None (default): the backbone's choice, `BackboneSpec.em_layer`, resolved when the model is
     # built. Configs saved without it load as LEGACY_EM_LAYER.
     em_layer: str | None = None
+    # "per-class" (the paper): a foreground/background pair per class; "agnostic": one pair, fitted
+    # on every image, for all classes (the CAM still picks the class's object).
+    embeddings: str = "per-class"
+    # What a class with no fitting image starts from (never random embeddings): "class-mean", the
+    # mean of the fitted classes' pairs, or "image-mean", the pair fitted on all images alike (the
+    # agnostic pair; the momentum rule has only class-mean). Measured: docs/method.md 3.8.
+    fallback: str = "class-mean"
 
     def __post_init__(self) -> None:
         if self.feature_mean not in FEATURE_MEANS:
             raise ValueError(f"feature_mean must be one of {FEATURE_MEANS}, got {self.feature_mean!r}")
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        if self.iterations is not None and (isinstance(self.iterations, bool) or not isinstance(self.iterations, int)
+                                            or not 0 <= self.iterations <= 64):
+            raise ValueError(f"iterations must be an integer in [0, 64] or None, got {self.iterations!r}")
+        if self.embeddings not in EMBEDDINGS:
+            raise ValueError(f"embeddings must be one of {EMBEDDINGS}, got {self.embeddings!r}")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
         if self.center is not None and not isinstance(self.center, bool):
             raise ValueError(f"center must be true, false or None (the backbone's default), got {self.center!r}")
         if self.em_layer is not None and (not isinstance(self.em_layer, str) or not self.em_layer):
@@ -102,6 +122,10 @@ class ModelConfig:
     pas: bool = False  # RCAM percentile as a standard (box extraction)
     cream: CreamConfig = field(default_factory=CreamConfig)
     feature_size: int = 0  # filled in when the model is built
+    # `cream tune`'s box threshold for `cream localize` (fraction of the map's max) and its record
+    # (the chosen settings with their val scores); None / empty: not tuned
+    box_threshold: float | None = None
+    tuned: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -116,6 +140,7 @@ class ModelConfig:
         cream_fields.setdefault("calibration", LEGACY_CALIBRATION)  # saved before the field existed
         cream_fields.setdefault("center", LEGACY_CENTER)  # saved before the field existed
         cream_fields.setdefault("em_layer", LEGACY_EM_LAYER)  # saved before the field existed
+        cream_fields.setdefault("iterations", 2)  # every saved config has it; 2 was the only default
         cream = CreamConfig(**cream_fields)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         d.pop("fused", None)  # a run-time switch that older checkpoints saved; not part of the model

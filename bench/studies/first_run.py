@@ -3,7 +3,7 @@
 cache that run left (every later run). `make setup` fills the cache, so only a pip install
 without it pays the first figure, announced on stderr.
 
-    python -m cream_rt.bench.first_run --maps 1000 --out bench/results/eval_first_run.json
+    python -m cream_rt.bench.studies.first_run --maps 1000 --out bench/results/studies/eval_first_run.json
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from cream_rt.atomic import write_json
 
-from .machine import command_line, machine_info
+from ..machine import command_line, machine_info
 
 
 def make_split(root: Path, count: int) -> tuple[Path, Path]:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--maps", type=int, default=1000)
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "cream-first-run-bench"))
-    parser.add_argument("--out", default=None, help="JSON result file (e.g. bench/results/eval_first_run.json)")
+    parser.add_argument("--out", default=None, help="JSON result file (e.g. bench/results/studies/eval_first_run.json)")
     args = parser.parse_args(argv)
     work = Path(args.work)
     split, maps = make_split(work, args.maps)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
               "warm_run_seconds": round(warm, 2), "first_run_extra_seconds": round(cold - warm, 2),
               "first_vs_warm": round(cold / warm, 2), "announced_on_stderr": announced,
               "machine": machine_info(),
-              "command": command_line("first_run", argv)}
+              "command": command_line("studies.first_run", argv)}
     print(f"cream eval --maps on {args.maps} maps: first run {cold:.1f} s (empty numba cache), warm {warm:.1f} s "
           f"({cold / warm:.1f}x); announced on stderr: {announced}")
     if args.out:

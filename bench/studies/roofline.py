@@ -3,16 +3,17 @@ ONNX Runtime vs eager speed-up fp32 can give here: the model's multiply-adds cou
 exported graph, a large fp32 GEMM in each engine as the practical peak, and the model timed in
 both engines in one interleaved run.
 
-`python -m cream_rt.bench.roofline [--backbone resnet50] [--batch 8] [--out roofline.json]`"""
+`python -m cream_rt.bench.studies.roofline [--backbone resnet50] [--batch 8] [--out roofline.json]`"""
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from cream_rt.bench.machine import command_line
 
 
 def graph_flops(path: str, batch: int) -> dict[str, float]:
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="results JSON")
     args = parser.parse_args(argv)
     result = roofline(args.backbone, args.batch, budget_s=args.budget)
-    result["command"] = " ".join(["python -m cream_rt.bench.roofline"] + (sys.argv[1:] if argv is None else argv))
+    result["command"] = command_line("studies.roofline", argv)
     for name in ("eager", "onnxruntime"):
         print(f"{name:12s} {result['p50_ms'][name]:9.1f} ms  {result['model_gflops_per_s'][name]:6.1f} GFLOP/s on the "
               f"model ({100 * result['fraction_of_gemm_peak'][name]:.0f}% of the best GEMM rate)")

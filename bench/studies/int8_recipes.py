@@ -1,9 +1,9 @@
 """Which int8 recipe keeps the maps: MaxBoxAccV2 / GT-known Loc of one fp32 export and of its
 int8 exports under several recipes, on trained accuracy-suite cells (test split).
 
-    python -m cream_rt.bench.int8_recipes --work accuracy_work \\
+    python -m cream_rt.bench.studies.int8_recipes --work accuracy_work \\
         --cells tinted-efficientnet-lite0-s0,clutter-efficientnet-lite0-s0,default-efficientnet-lite0-s0 \\
-        --out bench/results/int8_recipes.json
+        --out bench/results/studies/int8_recipes.json
 
 Recipes (export/quantize.py): `conv-only` quantizes each Conv alone (a Q/DQ pair on its
 pre-activation output: the recipe before 2026-12-04), `backbone` quantizes Conv + activation
@@ -20,7 +20,7 @@ import numpy as np
 
 from cream_rt.atomic import write_json
 
-from .machine import command_line, machine_info
+from ..machine import command_line, machine_info
 
 RECIPES = {
     "conv-only, int8 stem (before)": dict(scheme="conv-only", fp32_stem=False, bias_correction=False),
@@ -61,7 +61,7 @@ def run_cell(work: Path, cell: str, recipes: dict, checkpoint: str = "model.pt")
     from cream_rt.metadata import read_split, split_paths
     from cream_rt.synth import PRESETS
 
-    from .accuracy import RECIPES as CELL_RECIPES
+    from ..accuracy import SYNTH_RECIPES as CELL_RECIPES
 
     preset = max((p for p in PRESETS if cell.startswith(p + "-")), key=len)
     backbone, seed = cell[len(preset) + 1:].rsplit("-s", 1)
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="accuracy_work", help="the accuracy suite's work folder")
     parser.add_argument("--cells", required=True, help="cell folders, comma-separated")
-    parser.add_argument("--out", default=None, help="JSON result file (e.g. bench/results/int8_recipes.json)")
+    parser.add_argument("--out", default=None, help="JSON result file (e.g. bench/results/studies/int8_recipes.json)")
     parser.add_argument("--checkpoint", default="model.pt",
                         help="checkpoint file name inside each cell folder (default model.pt, as the suite trained it)")
     parser.add_argument("--recipes", default=None, help="recipe names, separated by semicolons (default: all)")
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         parser.error(f"unknown recipe {unknown[0]!r}; have: {'; '.join(RECIPES)}")
     recipes = RECIPES if args.recipes is None else {name: RECIPES[name] for name in args.recipes.split(";")}
-    command = command_line("int8_recipes", argv)
+    command = command_line("studies.int8_recipes", argv)
     result = {"benchmark": "int8_recipes", "cells": [], "machine": machine_info(), "commands": []}
     if args.append and args.out and Path(args.out).is_file():
         result = dict(json.loads(Path(args.out).read_text()), machine=machine_info())

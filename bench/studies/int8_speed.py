@@ -2,7 +2,8 @@
 interleaved in one run, against what this CPU allows: the int8 / fp32 ratio of a large GEMM in
 ONNX Runtime's own kernels (MatMulInteger u8 x s8 vs MatMul fp32) bounds the model's gain.
 
-    python -m cream_rt.bench.int8_speed --backbones efficientnet-lite0,resnet50 --out bench/results/int8_speed.json
+    python -m cream_rt.bench.studies.int8_speed --backbones efficientnet-lite0,resnet50 \\
+        --out bench/results/studies/int8_speed.json
 
 Models: seed-0 random weights at 224 px (Lite0 with its ImageNet weights when they are
 installed); the int8 export is calibrated on synthetic benchmark images (speed does not depend
@@ -19,7 +20,7 @@ import numpy as np
 
 from cream_rt.atomic import write_json
 
-from .machine import command_line, machine_info
+from ..machine import command_line, machine_info
 
 GEMM_SIZE = 1536
 
@@ -32,7 +33,7 @@ def gemm_peaks(size: int = GEMM_SIZE, budget_s: float = 3.0) -> dict[str, float]
 
     from cream_rt.runtime import make_session
 
-    from .latency import measure_interleaved
+    from ..latency import measure_interleaved
 
     rng = np.random.default_rng(0)
     a32 = rng.standard_normal((size, size)).astype(np.float32)
@@ -67,7 +68,7 @@ def model_pair(backbone: str, folder: str) -> tuple[str, str, np.ndarray, np.nda
     from cream_rt.model import create_model
     from cream_rt.preprocess import preprocess_batch
 
-    from .runner import sample_images, untrained_model
+    from ..runner import sample_images, untrained_model
 
     model = untrained_model(backbone)
     if backbone == "efficientnet-lite0":
@@ -88,11 +89,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", default="efficientnet-lite0,resnet50")
     parser.add_argument("--budget", type=float, default=6.0, help="seconds of timing per model pair")
-    parser.add_argument("--out", default=None, help="JSON result file (e.g. bench/results/int8_speed.json)")
+    parser.add_argument("--out", default=None, help="JSON result file (e.g. bench/results/studies/int8_speed.json)")
     args = parser.parse_args(argv)
     from cream_rt.runtime import make_session
 
-    from .latency import measure_interleaved, paired_ratio
+    from ..latency import measure_interleaved, paired_ratio
     from .roofline import graph_flops
 
     peaks = gemm_peaks()
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"({bound:.2f}x)")
     result = {"benchmark": "int8_speed", "rows": rows, "gemm_peak_gops": {k: round(v, 1) for k, v in peaks.items()},
               "int8_vs_fp32_gemm_bound": round(bound, 3), "machine": machine_info(),
-              "command": command_line("int8_speed", argv)}
+              "command": command_line("studies.int8_speed", argv)}
     if args.out:
         write_json(args.out, result, what="--out")
     return result

@@ -1,0 +1,1 @@
+"""Studies that decided something; their index is README.md beside this file."""

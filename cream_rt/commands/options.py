@@ -1,0 +1,40 @@
+"""Option groups that several subcommands share, each defined once (data, device, threads,
+unreadable images, JSON output)."""
+from __future__ import annotations
+
+import argparse
+
+from ..argtypes import BATCH_SIZE, NON_NEGATIVE, THREADS, int_in
+from ..unreadable import MAX_BAD_IMAGES
+
+__all__ = ["add_data", "add_device", "add_threads", "add_max_bad_images", "add_json"]
+
+
+def add_data(p: argparse.ArgumentParser, batch_size: int = 32, seed: bool = True) -> None:
+    """--data / --images / --metadata (wsolevaluation layout), --batch-size, --seed, --device."""
+    p.add_argument("--data", help="data root: images/ and metadata/<split>/ (wsolevaluation layout)")
+    p.add_argument("--images", help="image root (instead of DATA/images)")
+    p.add_argument("--metadata", help="metadata root with train/ val/ test/ (instead of DATA/metadata)")
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=batch_size)
+    if seed:
+        p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    add_device(p)
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=THREADS, default=None,
+                   help="threads scoring the maps (default: up to 4, one per core)")
+
+
+def add_max_bad_images(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-bad-images", type=int_in(0, 10_000_000), default=MAX_BAD_IMAGES, metavar="N",
+                   help="unreadable images are skipped and reported; more than N stop the run "
+                        f"(default {MAX_BAD_IMAGES})")
+
+
+def add_json(p: argparse.ArgumentParser, text: str = "print one JSON object on stdout") -> None:
+    p.add_argument("--json", action="store_true", help=text)

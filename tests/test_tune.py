@@ -1,0 +1,74 @@
+"""`cream tune` end to end on a small synthetic set: the settings are chosen on val (the test split
+need not exist), the chosen setting's val score is what `cream eval` gives on the tuned
+checkpoint, the box threshold travels into the export's manifest and is `cream localize`'s
+default, and bad requests get one line."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from cli_helpers import assert_one_error, run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("tune")
+    data = root / "data"
+    shutil.copytree(tiny["data"], data)
+    shutil.rmtree(data / "metadata" / "test")  # tune never reads the test split
+    bad = data / "images" / (data / "metadata" / "val" / "image_ids.txt").read_text().split()[0]
+    bad.write_bytes(bad.read_bytes()[:40])  # one unreadable val image: skipped, a miss
+    out = root / "tuned.pt"
+    result = run("tune", "--checkpoint", tiny["ckpt"], "--data", data, "--out", out, "--iterations", "1,2",
+                 "--json", expect=0)
+    return {"data": data, "out": out, "record": json.loads(result.stdout), "stderr": result.stderr, "root": root,
+            "bad": bad}
+
+
+def test_tune_chooses_on_val_and_eval_agrees(tuned):
+    record = tuned["record"]
+    names = {r["name"] for r in record["rows"]}
+    assert len(names) == len(record["rows"]) >= 8 and record["name"] in names
+    best = max(r["MaxBoxAccV2"] for r in record["rows"])
+    assert record["val"]["MaxBoxAccV2"] == pytest.approx(best)
+    assert record["unreadable_images"]["count"] == 1
+    assert sum(line.startswith("cream: warning: tune") for line in tuned["stderr"].splitlines()) == 1
+    out = json.loads(run("eval", "--checkpoint", tuned["out"], "--data", tuned["data"], "--split", "val", "--json",
+                         expect=0).stdout)
+    assert out["MaxBoxAccV2"] == pytest.approx(record["val"]["MaxBoxAccV2"])
+    assert out["num_missing"] == 1 and out["MaxBoxAcc_threshold"] == pytest.approx(record["box_threshold"])
+    payload = torch.load(tuned["out"], weights_only=True)
+    config = payload["config"]
+    assert config["box_threshold"] == record["box_threshold"] and config["tuned"]["name"] == record["name"]
+    assert config["cream"]["em_layer"] == record["setting"]["em_layer"]
+    assert config["cream"]["iterations"] == record["setting"]["iterations"]
+    assert len(payload["training"]["tune"]["rows"]) == len(record["rows"])
+
+
+def test_tuned_threshold_is_the_export_and_localize_default(tuned):
+    from cream_rt.runtime import Localizer
+
+    onnx_path = tuned["root"] / "tuned.onnx"
+    manifest = json.loads(run("export", "--checkpoint", tuned["out"], "--out", onnx_path, "--json", expect=0).stdout)
+    assert manifest["box_threshold"] == tuned["record"]["box_threshold"]
+    assert manifest["tuned"]["name"] == tuned["record"]["name"]
+    assert manifest["em_layer"] == tuned["record"]["setting"]["em_layer"]
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    with Localizer.load(onnx_path) as default, Localizer.load(onnx_path, threshold=manifest["box_threshold"]) as given:
+        assert default.threshold == manifest["box_threshold"]
+        assert default([image])[0].boxes == given([image])[0].boxes
+
+
+def test_tune_refuses_bad_requests(tiny, tmp_path):
+    out = tmp_path / "t.pt"
+    assert_one_error(run("tune", "--checkpoint", tiny["ckpt"], "--data", tiny["data"], "--out", out,
+                         "--layers", "body.1"), "body.1", "resolution")
+    assert_one_error(run("tune", "--checkpoint", tiny["ckpt"], "--data", tiny["data"], "--out", out,
+                         "--val-split", "nowhere"), "nowhere")
+    assert_one_error(run("tune", "--checkpoint", tmp_path / "missing.pt", "--data", tiny["data"], "--out", out),
+                     "missing.pt")
+    assert not out.exists()

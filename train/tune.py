@@ -1,0 +1,314 @@
+"""`cream tune`: CREAM's inference settings chosen on a val split with boxes (wsolevaluation's
+few-box validation protocol): the EM layer, the feature center, T, the feature mean, per-class
+or class-agnostic embeddings, the fallback, and the box threshold `cream localize` uses. The
+features of every candidate layer are computed once per split (one backbone pass); a setting
+re-fits the embeddings from those features with the shipped embedding pass (`split_pass`).
+The accuracy suite's real cells use the same pieces."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cream_rt.metadata import SplitMetadata
+from cream_rt.model.config import CAM_LAYER, EMBEDDINGS, FALLBACKS, FEATURE_MEANS
+from cream_rt.model.em import minmax, score_maps
+from cream_rt.model.network import CamModel
+from cream_rt.progress import progress
+from cream_rt.scoring import SplitScorer, split_batches
+from cream_rt.unreadable import UnreadableImages
+
+from .refine import split_pass
+
+__all__ = ["Setting", "CachedSplit", "cache_split", "candidate_layers", "grid", "fitted_model", "add_maps", "score",
+           "select", "tune"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One combination of the inference settings `cream tune` chooses between."""
+
+    em_layer: str
+    center: bool
+    iterations: int = 2
+    feature_mean: str = "unit"
+    embeddings: str = "per-class"
+    fallback: str = "class-mean"
+
+    @classmethod
+    def of(cls, model: CamModel) -> "Setting":
+        """The settings `model` has."""
+        c = model.config.cream
+        return cls(model.em_layer, bool(c.center), c.iterations, c.feature_mean, c.embeddings, c.fallback)
+
+    def name(self) -> str:
+        parts = [self.em_layer, "center" if self.center else "no center", f"T={self.iterations}"]
+        parts += [p for p, default in ((self.feature_mean, "unit"), (self.embeddings, "per-class"),
+                                       (f"fallback {self.fallback}", "fallback class-mean")) if p != default]
+        return ", ".join(parts)
+
+
+@dataclass
+class CachedSplit:
+    """One split from one backbone pass: ids, labels, logits `(N,C)`, the CAM of each image's
+    label `(N,h,w)`, and each wanted layer's features `(N,K,h,w)` (float16). `unreadable`: the
+    ids that could not be decoded (a miss when the split is scored)."""
+
+    meta: SplitMetadata
+    ids: list[str]
+    labels: torch.Tensor
+    logits: np.ndarray
+    cam: torch.Tensor
+    layers: dict[str, torch.Tensor]
+    unreadable: list[str]
+    input_size: int
+
+    def em_batches(self, layer: str, size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(EM features, CAM, labels) chunks of `layer`, the input of `split_pass` (re-iterable)."""
+        feats = self.layers[layer]
+        return [(feats[i:i + size].float(), self.cam[i:i + size], self.labels[i:i + size])
+                for i in range(0, len(self.ids), size)]
+
+    def classes(self) -> set[int]:
+        return set(self.labels.tolist())
+
+    def subset(self, rows: list[int]) -> "CachedSplit":
+        """The same split restricted to the cached rows `rows` (no unreadable images)."""
+        index = torch.tensor(rows, dtype=torch.long)
+        return dataclasses.replace(self, ids=[self.ids[i] for i in rows], labels=self.labels[index],
+                                   logits=self.logits[rows], cam=self.cam[index],
+                                   layers={k: v[index] for k, v in self.layers.items()}, unreadable=[])
+
+
+def candidate_layers(model: CamModel) -> list[str]:
+    """The layers the EM can cluster: every backbone step at the CAM's resolution, and "cam"."""
+    size = model.config.input_size
+    with torch.no_grad():
+        was = model.backbone.training
+        model.backbone.eval()
+        x = torch.zeros(1, 3, size, size)
+        out, tapped = model.backbone.forward_taps(x, set(model.backbone.layer_names()))
+        model.backbone.train(was)
+    names = [n for n in model.backbone.layer_names() if tapped[n].shape[-2:] == out.shape[-2:]]
+    return [n for n in names if n != model.backbone.layer_names()[-1]] + [CAM_LAYER]
+
+
+@torch.no_grad()
+def cache_split(model: CamModel, meta: SplitMetadata, image_root: Path, layers: Iterable[str], batch_size: int,
+                unreadable: UnreadableImages, desc: str, device: str = "cpu",
+                keep: Callable[[list[str]], list[str]] | None = None) -> CachedSplit:
+    """One backbone pass over the split (evaluation transform), keeping the features of `layers`
+    ("cam": the CAM's own). `keep(ids)`: the ids to use (default all; a subsample that fits)."""
+    if keep is not None:
+        meta = dataclasses.replace(meta, image_ids=keep(meta.image_ids))
+    wanted = set(layers) - {CAM_LAYER}
+    cfg = model.config
+    parts: dict[str, list] = {name: [] for name in layers}
+    ids, labels, logits, cams = [], [], [], []
+    model.eval()
+    before = set(unreadable.reasons)
+    for chunk, x, y in split_batches(meta, image_root, batch_size, cfg.input_size, cfg.mean, cfg.std, desc,
+                                     unreadable):
+        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        out, tapped = model.backbone.forward_taps(x, wanted)
+        tapped[CAM_LAYER] = out
+        for name in layers:
+            parts[name].append(tapped[name].half().cpu())
+        logits.append(model.classifier(out.mean((2, 3))).float().cpu().numpy())
+        cams.append(model.cam(out, y).cpu())
+        ids += chunk
+        labels.append(y.cpu())
+    missing = [i for i in meta.image_ids if i in set(unreadable.reasons) - before]
+    if not ids:
+        from cream_rt.errors import CreamError
+
+        raise CreamError(f"{meta.root}: no readable image in the split")
+    return CachedSplit(meta, ids, torch.cat(labels), np.concatenate(logits), torch.cat(cams),
+                       {name: torch.cat(v) for name, v in parts.items()}, missing, cfg.input_size)
+
+
+def grid(layers: Iterable[str], centers: Iterable[bool], iterations: Iterable[int],
+         feature_means: Iterable[str] = FEATURE_MEANS, embeddings: Iterable[str] = EMBEDDINGS,
+         fallbacks: Iterable[str] = FALLBACKS) -> list[Setting]:
+    """Every combination; the fallback only varies with per-class embeddings (agnostic ones use
+    one pair for all)."""
+    out = []
+    for layer, center, t, mean, emb in itertools.product(layers, centers, iterations, feature_means, embeddings):
+        for fallback in (fallbacks if emb == "per-class" else (next(iter(fallbacks)),)):
+            out.append(Setting(layer, center, t, mean, emb, fallback))
+    return out
+
+
+def fitted_model(model: CamModel, fit: CachedSplit, setting: Setting, rounds: int) -> CamModel:
+    """A copy of `model` with `setting`'s EM and embeddings fitted on `fit` (the embedding pass
+    with `rounds` refinement rounds); the network is shared, not copied."""
+    m = model.with_em_layer(setting.em_layer).eval()
+    m.config.cream = dataclasses.replace(m.config.cream, iterations=setting.iterations,
+                                         feature_mean=setting.feature_mean, embeddings=setting.embeddings,
+                                         fallback=setting.fallback)
+    split_pass(m, fit.em_batches(setting.em_layer), setting.center, rounds, quiet=True)
+    return m
+
+
+@torch.no_grad()
+def add_maps(scorer: SplitScorer, model: CamModel | None, split: CachedSplit, iterations: int | None = None) -> None:
+    """Score `model`'s CREAM maps on a cached split into `scorer` (None: CAM's maps), its
+    unreadable images counted as misses."""
+    for image_id in split.unreadable:
+        scorer.add_unreadable(image_id)
+    size = (split.input_size, split.input_size)
+    for i in range(0, len(split.ids), 64):
+        cam = split.cam[i:i + 64]
+        if model is None:
+            maps = minmax(cam.flatten(1), (1,)).reshape(cam.shape)
+        else:
+            em = split.layers[model.em_layer][i:i + 64].float()
+            maps = model.reactivation(em, cam, split.labels[i:i + 64], iterations).map
+        scorer.add(split.ids[i:i + 64], split.logits[i:i + 64], score_maps(maps, size).numpy())
+
+
+def score(model: CamModel | None, split: CachedSplit, interval: float = 0.01, iterations: int | None = None) -> dict:
+    """wsolevaluation metrics of `model`'s CREAM maps on a cached split (None: CAM's maps)."""
+    scorer = SplitScorer(split.meta, split.input_size, interval)
+    add_maps(scorer, model, split, iterations)
+    return scorer.result()
+
+
+def select(rows: list[dict], default: Setting) -> dict:
+    """The row with the best val MaxBoxAccV2; on a tie the shipped default, then the earlier row."""
+    return max(rows, key=lambda r: (round(r["MaxBoxAccV2"], 6), r["setting"] == dataclasses.asdict(default)))
+
+
+def tune(model: CamModel, fit: CachedSplit, val: CachedSplit, settings: list[Setting], rounds: int,
+         interval: float = 0.01, desc: str = "tune") -> dict:
+    """Score every setting on `val` with embeddings fitted on `fit`; returns {"rows", "best",
+    "cam", "default"}: each row the setting, its val MaxBoxAccV2, GT-known Loc and box thresholds."""
+    default = Setting.of(model)
+    if default not in settings:
+        settings = [default, *settings]
+    cam = score(None, val, interval)
+    rows = []
+    for setting in progress(settings, desc, unit="setting"):
+        metrics = score(fitted_model(model, fit, setting, rounds), val, interval)
+        rows.append({"setting": dataclasses.asdict(setting), "name": setting.name(),
+                     "MaxBoxAccV2": metrics["MaxBoxAccV2"], "GT_known_Loc": metrics["GT_known_Loc"],
+                     "MaxBoxAcc_threshold": metrics["MaxBoxAcc_threshold"],
+                     "MaxBoxAccV2_thresholds": metrics["MaxBoxAccV2_thresholds"]})
+    default_row = next(r for r in rows if r["setting"] == dataclasses.asdict(default))
+    return {"rows": rows, "best": select(rows, default), "default": default_row,
+            "cam": {"MaxBoxAccV2": cam["MaxBoxAccV2"], "GT_known_Loc": cam["GT_known_Loc"],
+                    "MaxBoxAcc_threshold": cam["MaxBoxAcc_threshold"]}}
+
+
+def staged(model: CamModel, layers: list[str], iterations: Iterable[int], fit: CachedSplit, val: CachedSplit,
+           rounds: int, interval: float, top: int = 3) -> dict:
+    """The staged search: every layer x center at the model's other settings, then T, the feature
+    mean and the embeddings (and the fallback, where val has classes the fit split lacks) around
+    the `top` best (layer, center) pairs. Returns `tune`'s result over both stages."""
+    base = Setting.of(model)
+    first = tune(model, fit, val, [dataclasses.replace(base, em_layer=layer, center=center)
+                                   for layer in layers for center in (False, True)], rounds, interval, "tune: layers")
+    ranked = sorted(first["rows"], key=lambda r: -r["MaxBoxAccV2"])
+    pairs = list(dict.fromkeys((r["setting"]["em_layer"], r["setting"]["center"]) for r in ranked))[:top]
+    fallbacks = FALLBACKS if val.classes() - fit.classes() else (base.fallback,)
+    second = [s for layer, center in pairs for s in grid([layer], [center], iterations, FEATURE_MEANS, EMBEDDINGS,
+                                                           fallbacks)]
+    done = {json_key(r["setting"]) for r in first["rows"]}
+    more = tune(model, fit, val, [s for s in second if json_key(dataclasses.asdict(s)) not in done], rounds, interval,
+                "tune: settings")
+    rows = first["rows"] + [r for r in more["rows"] if json_key(r["setting"]) not in done]
+    return {**first, "rows": rows, "best": select(rows, base)}
+
+
+def json_key(setting: dict) -> tuple:
+    return tuple(sorted(setting.items()))
+
+
+def fit_sample(meta: SplitMetadata, limit: int, seed: int = 0) -> Callable[[list[str]], list[str]] | None:
+    """Where the fit split has more than `limit` images: a keep function drawing `limit` of them,
+    every class represented as evenly as it can be (seeded); None where it fits whole."""
+    if len(meta.image_ids) <= limit:
+        return None
+
+    def keep(ids: list[str]) -> list[str]:
+        rng = np.random.default_rng(seed)
+        by_class: dict[int, list[str]] = {}
+        for i in rng.permutation(ids).tolist():
+            by_class.setdefault(meta.class_labels[i], []).append(i)
+        chosen, rank = [], 0
+        while len(chosen) < limit:
+            chosen += [v[rank] for v in by_class.values() if rank < len(v)][:limit - len(chosen)]
+            rank += 1
+        order = {i: n for n, i in enumerate(ids)}
+        return sorted(chosen, key=order.get)
+    return keep
+
+
+def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str, fit_split: str = "train",
+                    val_split: str = "val", layers: list[str] | None = None, iterations: Iterable[int] = (1, 2, 3),
+                    search: str = "staged", rounds: int = 1, interval: float = 0.01, cache_bytes: float = 4e9,
+                    batch_size: int = 32, device: str = "cpu", max_bad_images: int = 10) -> dict:
+    """`cream tune`: choose the settings on `val_split`, fit the chosen embeddings on `fit_split`
+    (all of it, where the search drew a sample that fits `cache_bytes`), and write the checkpoint
+    with the settings, `box_threshold` (the chosen setting's best MaxBoxAcc threshold on val) and
+    the record in `config.tuned`. Returns the record (the whole table under "rows")."""
+    from cream_rt.errors import CreamError
+    from cream_rt.metadata import read_split
+    from cream_rt.model.checkpoint import load_checkpoint, save_checkpoint
+    from cream_rt.scoring import check_labels
+
+    from .refine import embedding_pass
+    from .trainer import _split_batches
+
+    model, payload = load_checkpoint(checkpoint)
+    model.to(device).eval()
+    fit_meta = read_split(meta_root / fit_split, require_localization=False)
+    val_meta = read_split(meta_root / val_split)
+    for meta in (fit_meta, val_meta):
+        check_labels(meta, model.config.num_classes, checkpoint)
+    known = candidate_layers(model)
+    layers = layers or known
+    bad = next((layer for layer in layers if layer not in known), None)
+    if bad is not None:
+        raise CreamError(f"--layers {bad}: not a layer at the CAM's resolution of {model.config.backbone}; "
+                         f"expected some of {', '.join(known)}")
+    unreadable = UnreadableImages(max_bad_images)
+    with torch.no_grad():  # float16 bytes an image's cached features take
+        size = model.config.input_size
+        head, tapped = model.backbone.forward_taps(torch.zeros(1, 3, size, size, device=device),
+                                                   set(layers) - {CAM_LAYER})
+        per_image = 2 * sum(t.numel() for t in (*tapped.values(), *([head] if CAM_LAYER in layers else [])))
+    limit = max(1, int(cache_bytes // per_image) - len(val_meta.image_ids))
+    keep = fit_sample(fit_meta, limit)
+    fit = cache_split(model, fit_meta, image_root, layers, batch_size, unreadable, f"features {fit_split}", device,
+                      keep)
+    val = cache_split(model, val_meta, image_root, layers, batch_size, unreadable, f"features {val_split}", device)
+    if search == "full":
+        result = tune(model, fit, val, grid(layers, (False, True), iterations), rounds, interval)
+    else:
+        result = staged(model, layers, iterations, fit, val, rounds, interval)
+    best = Setting(**result["best"]["setting"])
+    chosen = fitted_model(model, fit, best, rounds)
+    if keep is not None:  # the search saw a sample: the chosen embeddings from the whole split
+        embedding_pass(chosen, _split_batches(chosen, fit_meta, image_root, batch_size, device, "embedding pass",
+                                              unreadable), best.center, rounds)
+    record = {"setting": result["best"]["setting"], "name": result["best"]["name"],
+              "val": {k: result["best"][k] for k in ("MaxBoxAccV2", "GT_known_Loc", "MaxBoxAccV2_thresholds")},
+              "val_default": {"name": result["default"]["name"], "MaxBoxAccV2": result["default"]["MaxBoxAccV2"]},
+              "val_cam": result["cam"], "box_threshold": result["best"]["MaxBoxAcc_threshold"],
+              "fit_split": str(meta_root / fit_split), "fit_images": len(fit.ids),
+              "val_split": str(meta_root / val_split), "val_images": len(val_meta.image_ids),
+              "settings_scored": len(result["rows"]), "refine_rounds": rounds,
+              "unreadable_images": unreadable.record()}
+    chosen.config.box_threshold = record["box_threshold"]
+    chosen.config.tuned = {k: v for k, v in record.items() if k != "unreadable_images"}
+    training = dict(payload.get("training", {}))
+    training["tune"] = {**record, "rows": result["rows"], "from": str(checkpoint)}
+    save_checkpoint(out, chosen, training)
+    unreadable.warn("tune")
+    return {**record, "rows": result["rows"], "checkpoint": str(out)}
