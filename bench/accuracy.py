@@ -299,16 +299,12 @@ def settings_named(spec: str, cell: Cell) -> list:
     return [s for s in out if s.em_layer in cell.layers]
 
 
-def group_of(cell: dict) -> str:
-    return f"{cell['dataset']}/{cell['backbone']}"
-
-
 def summarize(cells: dict) -> dict:
     """Per cell group (dataset/backbone): the seeds and each row's val and test metrics averaged
     over the seeds that have it."""
     groups: dict[str, list[dict]] = {}
     for cell in cells.values():
-        groups.setdefault(group_of(cell), []).append(cell)
+        groups.setdefault(f"{cell['dataset']}/{cell['backbone']}", []).append(cell)
     out = {}
     for key, group in groups.items():
         rows = {}

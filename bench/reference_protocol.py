@@ -44,12 +44,6 @@ def reference_iou(a: list[int], b: list[int]) -> float:
     return inter / (area_a + area_b - inter)
 
 
-def reference_resize_box(box, image_size, resize):
-    width, height = image_size
-    return [int(box[0] * resize[0] / width), int(box[1] * resize[1] / height),
-            int(box[2] * resize[0] / width), int(box[3] * resize[1] / height)]
-
-
 def reference_max_box_acc(scoremaps: list[np.ndarray], gt_boxes: list[list[list[int]]],
                           interval: float = 0.01, all_contours: bool = True,
                           iou_thresholds=(30, 50, 70), correct_class=None, pas: bool = False) -> dict:

@@ -42,12 +42,18 @@ SCHEMES = ("backbone", "conv-only")
 IMAGE_INPUT = "images"
 
 
-def calibration_batches(images: Iterable, input_size: int, mean, std, batch_size: int = 16) -> Iterator[np.ndarray]:
-    """Normalised float32 batches `(B,3,S,S)` of `images` (paths or RGB arrays), as the model is fed."""
+def calibration_batches(images: Iterable, input_size: int, mean, std, batch_size: int = 16,
+                        unreadable=None) -> Iterator[np.ndarray]:
+    """Normalised float32 batches `(B,3,S,S)` of `images` (paths or RGB arrays), as the model is
+    fed; with `unreadable` (an UnreadableImages), a path that cannot be decoded is left out and
+    recorded there."""
     from cream_rt.preprocess import preprocess_batch
 
     for chunk in batches(list(images), batch_size):
-        yield preprocess_batch(chunk, input_size, mean, std)
+        if unreadable is not None:
+            chunk = [a for a in (unreadable.read(p, str(p)) for p in chunk) if a is not None]
+        if chunk:
+            yield preprocess_batch(chunk, input_size, mean, std)
 
 
 def split_images(split_dir: Path, image_root: Path, count: int) -> list[Path]:

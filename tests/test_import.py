@@ -209,7 +209,12 @@ def test_torchvision_resnet50_becomes_a_cam_model(tmp_path):
     net = _randomized(import_torchvision_models().resnet50(weights=None))
     torch.save(net.state_dict(), tmp_path / "resnet50.pth")
     model = import_checkpoint(tmp_path / "resnet50.pth", "torchvision", "resnet50")
-    assert model.config.num_classes == 1000
+    assert model.config.num_classes == 1000  # its ImageNet head, with the ImageNet class names
+    names = model.config.class_names
+    assert len(names) == 1000 and names[0] == "tench" and names[207] == "golden retriever"
+    assert not model.embedding_fitted.any() and not model.embeddings.any()  # zero until fitted, never random
+    with pytest.raises(ModelFileError, match="cream train --backbone vgg16"):
+        import_checkpoint(tmp_path / "resnet50.pth", "torchvision", "vgg16")
     own = model.state_dict()
     assert torch.equal(own["backbone.stem.0.weight"], net.conv1.weight)
     assert torch.equal(own["backbone.layer4.2.conv3.weight"], net.layer4[2].conv3.weight)

@@ -64,3 +64,17 @@ def test_eval_scores_an_unreadable_image_as_a_miss(tiny, tmp_path):
         assert out[key] == pytest.approx(reference[key]), key
     assert_one_error(run("eval", "--checkpoint", tiny["ckpt"], "--data", data, "--max-bad-images", "0"),
                      "--max-bad-images 0", "not a decodable image")
+
+
+def test_int8_calibration_skips_an_unreadable_image(tiny, tmp_path):
+    pytest.importorskip("onnx")
+    from cli_helpers import run
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny["data"], data)
+    bad = (data / "metadata" / "train" / "image_ids.txt").read_text().split()[0]
+    (data / "images" / bad).write_bytes(b"\x89PNG\r\n\x1a\n")
+    out = json.loads(run("export", "--checkpoint", tiny["ckpt"], "--out", tmp_path / "q.onnx", "--int8",
+                         "--calibration-data", data, "--json", expect=0).stdout)
+    assert out["quantization"]["unreadable_images"]["count"] == 1
+    assert out["quantization"]["calibration_images"] == 23  # 24 train images, one unreadable

@@ -375,9 +375,8 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
         spec = get_backbone(model.config.backbone)
         if center is None and em_layer == spec.em_layer:  # the backbone's default layer: its default center
             center = spec.center
-    if momentum is not None:
-        model.config.cream.momentum = momentum
-    overrides = {**(overrides or {}), **({} if feature_mean is None else {"feature_mean": feature_mean})}
+    overrides = {**(overrides or {}), **{k: v for k, v in (("feature_mean", feature_mean), ("momentum", momentum))
+                                         if v is not None}}
     try:
         model.config.cream = dataclasses.replace(model.config.cream, **overrides)
     except (ValueError, TypeError) as exc:

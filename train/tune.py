@@ -74,9 +74,6 @@ class CachedSplit:
         return [(feats[i:i + size].float(), self.cam[i:i + size], self.labels[i:i + size])
                 for i in range(0, len(self.ids), size)]
 
-    def classes(self) -> set[int]:
-        return set(self.labels.tolist())
-
     def subset(self, rows: list[int]) -> "CachedSplit":
         """The same split restricted to the cached rows `rows` (no unreadable images)."""
         index = torch.tensor(rows, dtype=torch.long)
@@ -215,18 +212,13 @@ def staged(model: CamModel, layers: list[str], iterations: Iterable[int], fit: C
                                    for layer in layers for center in (False, True)], rounds, interval, "tune: layers")
     ranked = sorted(first["rows"], key=lambda r: -r["MaxBoxAccV2"])
     pairs = list(dict.fromkeys((r["setting"]["em_layer"], r["setting"]["center"]) for r in ranked))[:top]
-    fallbacks = FALLBACKS if val.classes() - fit.classes() else (base.fallback,)
+    fallbacks = FALLBACKS if set(val.labels.tolist()) - set(fit.labels.tolist()) else (base.fallback,)
     second = [s for layer, center in pairs for s in grid([layer], [center], iterations, FEATURE_MEANS, EMBEDDINGS,
                                                            fallbacks)]
-    done = {json_key(r["setting"]) for r in first["rows"]}
-    more = tune(model, fit, val, [s for s in second if json_key(dataclasses.asdict(s)) not in done], rounds, interval,
-                "tune: settings")
-    rows = first["rows"] + [r for r in more["rows"] if json_key(r["setting"]) not in done]
+    done = {Setting(**r["setting"]) for r in first["rows"]}
+    more = tune(model, fit, val, [s for s in second if s not in done], rounds, interval, "tune: settings")
+    rows = first["rows"] + [r for r in more["rows"] if Setting(**r["setting"]) not in done]
     return {**first, "rows": rows, "best": select(rows, base)}
-
-
-def json_key(setting: dict) -> tuple:
-    return tuple(sorted(setting.items()))
 
 
 def fit_sample(meta: SplitMetadata, limit: int, seed: int = 0) -> Callable[[list[str]], list[str]] | None:

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..argtypes import ITERATIONS, int_in, int_list
-from .options import add_json
+from .options import add_json, add_max_bad_images
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="image root for the calibration ids (default DATA/images)")
     p.add_argument("--calibration-count", type=int_in(1, 100_000), default=256,
                    help="images to calibrate on (default 256)")
+    add_max_bad_images(p)
     triton = p.add_argument_group("Triton Inference Server")
     triton.add_argument("--triton-repo", metavar="DIR",
                         help="write DIR/<name>/config.pbtxt and DIR/<name>/1/model.onnx for Triton's onnxruntime "
@@ -136,16 +137,20 @@ def _export_int8(args: argparse.Namespace, out: str) -> int:
     from ..export.onnx_export import export_checkpoint
     from ..export.quantize import calibration_batches, quantize_export, split_images
     from ..metadata import split_paths
+    from ..unreadable import UnreadableImages
 
     split_dir, image_root = split_paths(args.calibration_data, args.calibration_split, args.calibration_image_root,
                                         args.calibration_metadata)
     paths = split_images(split_dir, image_root, args.calibration_count)
+    unreadable = UnreadableImages(args.max_bad_images)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = str(Path(tmp) / "fp32.onnx")
         manifest = export_checkpoint(args.checkpoint, fp32, args.mode, args.iterations, args.opset)
         report = quantize_export(fp32, out, calibration_batches(paths, manifest.input_size, manifest.mean,
-                                                                     manifest.std), args.int8_calibration,
-                                 bias_correction=not args.no_bias_correction)
+                                                                     manifest.std, unreadable=unreadable),
+                                 args.int8_calibration, bias_correction=not args.no_bias_correction)
+    report["unreadable_images"] = unreadable.record()
+    unreadable.warn("export --int8")
     if args.triton_repo:
         _write_triton(args, out)
     if args.json:

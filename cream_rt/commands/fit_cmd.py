@@ -6,7 +6,7 @@ import json
 
 from ..argtypes import EPOCHS, float_in, int_in
 from ..model.config import REFINE_ROUNDS
-from .options import add_data, add_json, add_max_bad_images
+from .options import add_data, add_embedding_options, add_json, add_max_bad_images
 
 
 def _rounds(args: argparse.Namespace) -> int:
@@ -42,12 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the layer whose features the EM clusters, 'cam' or an earlier layer (`cream backbones "
                         "--layers NAME`); another than the checkpoint's estimates new embeddings (default: the "
                         "checkpoint's)")
-    p.add_argument("--embeddings", choices=["per-class", "agnostic"], default=None,
-                   help="per-class: a foreground/background pair per class (the paper); agnostic: one pair fitted "
-                        "on all images for every class (default: the checkpoint's)")
-    p.add_argument("--fallback", choices=["class-mean", "image-mean"], default=None,
-                   help="the pair of a class without a fitting image: the mean of the fitted classes' pairs or the "
-                        "pair fitted on all images (default: the checkpoint's)")
+    add_embedding_options(p, "the checkpoint's")
     add_max_bad_images(p)
     add_json(p)
 

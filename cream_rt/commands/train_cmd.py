@@ -7,7 +7,7 @@ import sys
 
 from ..argtypes import EPOCHS, FRACTION, INPUT_SIZE, ITERATIONS, NON_NEGATIVE, POSITIVE, float_in, int_in
 from ..model.config import REFINE_ROUNDS
-from .options import add_data, add_json, add_max_bad_images
+from .options import add_data, add_embedding_options, add_json, add_max_bad_images
 from .output import print_json
 
 
@@ -70,12 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", help="ImageNet weights file or URL (default: the usual source)")
     p.add_argument("--resume", help="checkpoint to resume from")
     p.add_argument("--workers", type=int_in(0, 256), default=0, help="data-loading processes")
-    p.add_argument("--embeddings", choices=["per-class", "agnostic"], default=None,
-                   help="per-class: a foreground/background pair per class (the paper); agnostic: one pair fitted "
-                        "on all images for every class (default: per-class)")
-    p.add_argument("--fallback", choices=["class-mean", "image-mean"], default=None,
-                   help="the pair of a class without a fitting image: the mean of the fitted classes' pairs or the "
-                        "pair fitted on all images (default: class-mean)")
+    add_embedding_options(p, "per-class / class-mean")
     add_max_bad_images(p)
     add_json(p, "print the training record as JSON")
 
