@@ -425,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(record["cells"])
         backbones = tuple(dict.fromkeys(c["backbone"] for c in record["cells"].values()))
         pairs = [p.split(":") for p in args.rule.split(";") if p]
-        rules = [r for row, base in pairs for b in backbones if (r := default_rule(summary, row, base, (b,)))]
+        changed = [b for b in backbones if shipped(b) != previous(b)]  # a backbone whose default moved
+        rules = [r for row, base in pairs for b in changed if (r := default_rule(summary, row, base, (b,)))]
         record.update({"date": date.today().isoformat(), "machine": machine_info(), "summary": summary,
                        "rule": rules, "real_recipes": REAL_RECIPES,
                        "synth_recipes": {b: dataclasses.asdict(r) for b, r in SYNTH_RECIPES.items()}})

@@ -33,8 +33,9 @@ def test_tune_chooses_on_val_and_eval_agrees(tuned):
     record = tuned["record"]
     names = {r["name"] for r in record["rows"]}
     assert len(names) == len(record["rows"]) >= 8 and record["name"] in names
-    best = max(r["MaxBoxAccV2"] for r in record["rows"])
-    assert record["val"]["MaxBoxAccV2"] == pytest.approx(best)
+    best, own = max(r["MaxBoxAccV2"] for r in record["rows"]), record["val_default"]["MaxBoxAccV2"]
+    assert record["min_gain"] == pytest.approx(100 / 6)  # one image's worth on a 6-image val split
+    assert record["val"]["MaxBoxAccV2"] == pytest.approx(best if best >= own + record["min_gain"] else own)
     assert record["unreadable_images"]["count"] == 1
     assert sum(line.startswith("cream: warning: tune") for line in tuned["stderr"].splitlines()) == 1
     out = json.loads(run("eval", "--checkpoint", tuned["out"], "--data", tuned["data"], "--split", "val", "--json",
@@ -47,6 +48,14 @@ def test_tune_chooses_on_val_and_eval_agrees(tuned):
     assert config["cream"]["em_layer"] == record["setting"]["em_layer"]
     assert config["cream"]["iterations"] == record["setting"]["iterations"]
     assert len(payload["training"]["tune"]["rows"]) == len(record["rows"])
+
+
+def test_without_a_margin_the_best_val_setting_wins(tiny, tmp_path):
+    out = tmp_path / "t.pt"
+    record = json.loads(run("tune", "--checkpoint", tiny["ckpt"], "--data", tiny["data"], "--out", out,
+                            "--layers", "cam", "--iterations", "1,2", "--min-gain", "0", "--json", expect=0).stdout)
+    assert record["min_gain"] == 0 and {r["setting"]["em_layer"] for r in record["rows"]} == {"cam"}
+    assert record["val"]["MaxBoxAccV2"] == pytest.approx(max(r["MaxBoxAccV2"] for r in record["rows"]))
 
 
 def test_tuned_threshold_is_the_export_and_localize_default(tuned):

@@ -176,15 +176,26 @@ def score(model: CamModel | None, split: CachedSplit, interval: float = 0.01, it
     return scorer.result()
 
 
-def select(rows: list[dict], default: Setting) -> dict:
-    """The row with the best val MaxBoxAccV2; on a tie the shipped default, then the earlier row."""
-    return max(rows, key=lambda r: (round(r["MaxBoxAccV2"], 6), r["setting"] == dataclasses.asdict(default)))
+def min_gain_for(val: CachedSplit) -> float:
+    """How much better on val a setting must be to replace the model's own: one image's worth at
+    every IoU threshold (100 / val images), and never less than the team's 1 point. A smaller
+    margin lets a small val split pick noise (measured: raccoon_kangaroo, 36 val photos)."""
+    return max(1.0, 100.0 / max(len(val.ids) + len(val.unreadable), 1))
+
+
+def select(rows: list[dict], default: Setting, min_gain: float = 0.0) -> dict:
+    """The row with the best val MaxBoxAccV2, unless it beats the `default` row by less than
+    `min_gain` (then the default's); on a tie the default, then the earlier row."""
+    own = next(r for r in rows if r["setting"] == dataclasses.asdict(default))
+    best = max(rows, key=lambda r: (round(r["MaxBoxAccV2"], 6), r is own))
+    return best if best["MaxBoxAccV2"] >= own["MaxBoxAccV2"] + min_gain else own
 
 
 def tune(model: CamModel, fit: CachedSplit, val: CachedSplit, settings: list[Setting], rounds: int,
-         interval: float = 0.01, desc: str = "tune") -> dict:
+         interval: float = 0.01, desc: str = "tune", min_gain: float | None = None) -> dict:
     """Score every setting on `val` with embeddings fitted on `fit`; returns {"rows", "best",
-    "cam", "default"}: each row the setting, its val MaxBoxAccV2, GT-known Loc and box thresholds."""
+    "cam", "default", "min_gain"}: each row the setting, its val MaxBoxAccV2, GT-known Loc and box
+    thresholds; "best" as `select` picks it (min_gain None: `min_gain_for(val)`)."""
     default = Setting.of(model)
     if default not in settings:
         settings = [default, *settings]
@@ -197,19 +208,21 @@ def tune(model: CamModel, fit: CachedSplit, val: CachedSplit, settings: list[Set
                      "MaxBoxAcc_threshold": metrics["MaxBoxAcc_threshold"],
                      "MaxBoxAccV2_thresholds": metrics["MaxBoxAccV2_thresholds"]})
     default_row = next(r for r in rows if r["setting"] == dataclasses.asdict(default))
-    return {"rows": rows, "best": select(rows, default), "default": default_row,
+    min_gain = min_gain_for(val) if min_gain is None else min_gain
+    return {"rows": rows, "best": select(rows, default, min_gain), "default": default_row, "min_gain": min_gain,
             "cam": {"MaxBoxAccV2": cam["MaxBoxAccV2"], "GT_known_Loc": cam["GT_known_Loc"],
                     "MaxBoxAcc_threshold": cam["MaxBoxAcc_threshold"]}}
 
 
 def staged(model: CamModel, layers: list[str], iterations: Iterable[int], fit: CachedSplit, val: CachedSplit,
-           rounds: int, interval: float, top: int = 3) -> dict:
+           rounds: int, interval: float, top: int = 3, min_gain: float | None = None) -> dict:
     """The staged search: every layer x center at the model's other settings, then T, the feature
     mean and the embeddings (and the fallback, where val has classes the fit split lacks) around
     the `top` best (layer, center) pairs. Returns `tune`'s result over both stages."""
     base = Setting.of(model)
     first = tune(model, fit, val, [dataclasses.replace(base, em_layer=layer, center=center)
-                                   for layer in layers for center in (False, True)], rounds, interval, "tune: layers")
+                                   for layer in layers for center in (False, True)], rounds, interval, "tune: layers",
+                 min_gain)
     ranked = sorted(first["rows"], key=lambda r: -r["MaxBoxAccV2"])
     pairs = list(dict.fromkeys((r["setting"]["em_layer"], r["setting"]["center"]) for r in ranked))[:top]
     fallbacks = FALLBACKS if set(val.labels.tolist()) - set(fit.labels.tolist()) else (base.fallback,)
@@ -218,7 +231,7 @@ def staged(model: CamModel, layers: list[str], iterations: Iterable[int], fit: C
     done = {Setting(**r["setting"]) for r in first["rows"]}
     more = tune(model, fit, val, [s for s in second if s not in done], rounds, interval, "tune: settings")
     rows = first["rows"] + [r for r in more["rows"] if Setting(**r["setting"]) not in done]
-    return {**first, "rows": rows, "best": select(rows, base)}
+    return {**first, "rows": rows, "best": select(rows, base, first["min_gain"])}
 
 
 def fit_sample(meta: SplitMetadata, limit: int, seed: int = 0) -> Callable[[list[str]], list[str]] | None:
@@ -244,11 +257,13 @@ def fit_sample(meta: SplitMetadata, limit: int, seed: int = 0) -> Callable[[list
 def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str, fit_split: str = "train",
                     val_split: str = "val", layers: list[str] | None = None, iterations: Iterable[int] = (1, 2, 3),
                     search: str = "staged", rounds: int = 1, interval: float = 0.01, cache_bytes: float = 4e9,
-                    batch_size: int = 32, device: str = "cpu", max_bad_images: int = 10) -> dict:
+                    batch_size: int = 32, device: str = "cpu", max_bad_images: int = 10,
+                    min_gain: float | None = None) -> dict:
     """`cream tune`: choose the settings on `val_split`, fit the chosen embeddings on `fit_split`
     (all of it, where the search drew a sample that fits `cache_bytes`), and write the checkpoint
     with the settings, `box_threshold` (the chosen setting's best MaxBoxAcc threshold on val) and
-    the record in `config.tuned`. Returns the record (the whole table under "rows")."""
+    the record in `config.tuned`; a setting replaces the checkpoint's own only when it is
+    `min_gain` better on val (None: `min_gain_for`). Returns the record (the table under "rows")."""
     from cream_rt.errors import CreamError
     from cream_rt.metadata import read_split
     from cream_rt.model.checkpoint import load_checkpoint, save_checkpoint
@@ -281,9 +296,9 @@ def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str
                       keep)
     val = cache_split(model, val_meta, image_root, layers, batch_size, unreadable, f"features {val_split}", device)
     if search == "full":
-        result = tune(model, fit, val, grid(layers, (False, True), iterations), rounds, interval)
+        result = tune(model, fit, val, grid(layers, (False, True), iterations), rounds, interval, min_gain=min_gain)
     else:
-        result = staged(model, layers, iterations, fit, val, rounds, interval)
+        result = staged(model, layers, iterations, fit, val, rounds, interval, min_gain=min_gain)
     best = Setting(**result["best"]["setting"])
     chosen = fitted_model(model, fit, best, rounds)
     if keep is not None:  # the search saw a sample: the chosen embeddings from the whole split
@@ -295,7 +310,7 @@ def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str
               "val_cam": result["cam"], "box_threshold": result["best"]["MaxBoxAcc_threshold"],
               "fit_split": str(meta_root / fit_split), "fit_images": len(fit.ids),
               "val_split": str(meta_root / val_split), "val_images": len(val_meta.image_ids),
-              "settings_scored": len(result["rows"]), "refine_rounds": rounds,
+              "settings_scored": len(result["rows"]), "refine_rounds": rounds, "min_gain": result["min_gain"],
               "unreadable_images": unreadable.record()}
     chosen.config.box_threshold = record["box_threshold"]
     chosen.config.tuned = {k: v for k, v in record.items() if k != "unreadable_images"}

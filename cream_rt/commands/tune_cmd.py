@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "best; full: every combination")
     p.add_argument("--refine", type=int_in(0, 100), default=REFINE_ROUNDS,
                    help=f"refinement rounds of each fit (default {REFINE_ROUNDS})")
+    p.add_argument("--min-gain", type=float_in(0.0, 100.0), default=None,
+                   help="MaxBoxAccV2 points on val a setting must gain over the checkpoint's own to replace it "
+                        "(default: 100 / val images, at least 1: one image's worth at every IoU threshold)")
     p.add_argument("--interval", type=INTERVAL, default=0.01, help="score-threshold step (default 0.01)")
     p.add_argument("--cache-gb", type=float_in(0.05, 4096.0), default=4.0,
                    help="memory for the cached features (default 4); a larger fit split is sampled for the search "
@@ -46,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     image_root, meta_root = data_paths(args.data, args.images, args.metadata)
     record = tune_checkpoint(args.checkpoint, image_root, meta_root, args.out, args.fit_split, args.val_split,
                              list(args.layers) if args.layers else None, args.iterations, args.search, args.refine,
-                             args.interval, args.cache_gb * 1e9, args.batch_size, args.device, args.max_bad_images)
+                             args.interval, args.cache_gb * 1e9, args.batch_size, args.device, args.max_bad_images,
+                             args.min_gain)
     if args.json:
         print_json(record)
         return 0
@@ -55,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
     print_table([(r["name"], f"{r['MaxBoxAccV2']:.2f}") for r in rows[:15]],
                 f"val MaxBoxAccV2 of the {len(rows)} settings scored (best 15; CAM {cam:.2f})")
     print(f"chose {record['name']}: val MaxBoxAccV2 {record['val']['MaxBoxAccV2']:.2f} (the checkpoint's "
-          f"{record['val_default']['MaxBoxAccV2']:.2f}), box threshold {record['box_threshold']:.2f}; "
-          f"wrote {args.out}")
+          f"{record['val_default']['MaxBoxAccV2']:.2f}; another must gain {record['min_gain']:.2f}), box threshold "
+          f"{record['box_threshold']:.2f}; wrote {args.out}")
     return 0
