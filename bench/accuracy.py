@@ -1,24 +1,12 @@
 """The accuracy suite: where CREAM beats CAM, on real photographs first and on synthetic sets.
-A cell is a model and its data; every row of a cell is scored on its val split and on its test
-split (top-1, GT-known Loc, MaxBoxAccV2): choose on val, report on test.
+A cell is a model and its data; each row is scored on the cell's val and test splits (top-1,
+GT-known Loc, MaxBoxAccV2): choose on val, report on test. Cells and rows: docs/accuracy.md.
+Real cells read `../shared/data/real` (or $CREAM_REAL_DATA) in place: `ilsvrc-own` (Lite0's
+ImageNet head, fitted on the train split), `ilsvrc-disjoint` (fitted on val only; val scored
+two-fold), `rk-<backbone>-s<seed>` (raccoon_kangaroo, trained as REAL_RECIPES say). Synthetic
+cells `synth-<preset>-<backbone>-s<seed>` train as SYNTH_RECIPES say.
 
-Real cells (`../shared/data/real`, read in place, or $CREAM_REAL_DATA):
-- `ilsvrc-own`: EfficientNet-Lite0 with its ImageNet head (`cream import --from imagenet`),
-  embeddings fitted on ilsvrc_dev's train split (every photo, labels only).
-- `ilsvrc-disjoint`: the same model, embeddings fitted on the val photos only; its val score is
-  two-fold (fitted on one half of val, scored on the other), its test score fitted on all of val.
-- `rk-<backbone>-s<seed>`: raccoon_kangaroo, the model trained by `cream train` (REAL_RECIPES).
-Synthetic cells `synth-<preset>-<backbone>-s<seed>`: a `cream synth` preset, the model trained
-as SYNTH_RECIPES say (on the CAM's features; the rows move the EM themselves).
-
-Rows: CAM; `default` (the shipped defaults of the backbone); `previous default` (PREVIOUS);
-every setting asked for (`cream tune`'s Setting names); the oracle EM (per-image centroids from
-the ground-truth boxes); `tuned` (what `cream tune`'s staged search picks on val) and, for real
-cells with `--int8`, the int8 export of the default (calibrated on photos it is not scored on)
-beside its fp32 export. The summary holds the means over seeds per cell group and the team's
-default-change rule over the real val cells with the synthetic check.
-
-`python -m cream_rt.bench.accuracy --cells real --settings default --tuned --int8 \\
+`python -m cream_rt.bench.accuracy --cells real --settings 'grid;default;previous' --tuned --int8 \\
     --out bench/results/accuracy.json`"""
 from __future__ import annotations
 

@@ -81,3 +81,17 @@ def test_tune_refuses_bad_requests(tiny, tmp_path):
     assert_one_error(run("tune", "--checkpoint", tmp_path / "missing.pt", "--data", tiny["data"], "--out", out),
                      "missing.pt")
     assert not out.exists()
+
+
+def test_a_large_fit_split_is_sampled_evenly_over_classes():
+    """Each class's first image before any class's second: 5, 2 and 1 images, 4 kept -> every
+    class once and one second image, in split order; a split that fits is kept whole."""
+    from cream_rt.metadata import SplitMetadata
+    from cream_rt.train.tune import fit_sample
+
+    labels = {f"a{k}": 0 for k in range(5)} | {"b0": 1, "b1": 1, "c0": 2}
+    meta = SplitMetadata(root=None, image_ids=list(labels), class_labels=labels)
+    kept = fit_sample(meta, 4)(meta.image_ids)
+    assert len(kept) == 4 and {labels[i] for i in kept} == {0, 1, 2} and "c0" in kept
+    assert kept == [i for i in meta.image_ids if i in kept]
+    assert fit_sample(meta, 8) is None

@@ -219,7 +219,7 @@ def _train(backbone: str, config: TrainConfig, cream: CreamConfig, image_root: P
                            "val_MaxBoxAccV2_cream": metrics["cream"]["MaxBoxAccV2"]})
         history.append(record)
         log(json.dumps(record))
-        training = {"epoch": epoch + 1, "history": history, "train_config": _jsonable(config),
+        training = {"epoch": epoch + 1, "history": history, "train_config": dataclasses.asdict(config),
                     "data": str(meta_root), "torch": str(torch.__version__), "python": platform.python_version(),
                     "machine": platform.machine(), "command": " ".join(sys.argv),
                     "unreadable_images": unreadable.record()}
@@ -336,15 +336,9 @@ def recalibrate_batchnorm(model: CamModel, loader, batches: int, device: str) ->
         m.momentum = momentum
 
 
-def _jsonable(config: TrainConfig) -> dict:
-    d = dict(config.__dict__)
-    d["lr_decay_epochs"] = list(d["lr_decay_epochs"])
-    return d
-
-
 def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | None = None,
                    metadata: str | None = None, momentum: float | None = None, epochs: int = 1,
-                   batch_size: int = 32, seed: int = 0, device: str = "cpu", reset: bool = True,
+                   batch_size: int = 32, seed: int = 0, device: str = "cpu",
                    feature_mean: str | None = None, refine: int | None = None, estimate: str = "pass",
                    center: bool | None = None, em_layer: str | None = None,
                    max_bad_images: int = MAX_BAD_IMAGES, overrides: dict | None = None) -> dict:
@@ -398,7 +392,7 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
         key, record = "refine_embeddings", {"rounds": refine, "history": refine_embeddings(model, batches("refine"),
                                                                                             refine)}
     else:
-        key, record = "fit_embeddings", _momentum(model, meta, image_root, epochs, batch_size, seed, device, reset,
+        key, record = "fit_embeddings", _momentum(model, meta, image_root, epochs, batch_size, seed, device,
                                                    unreadable)
     record["unreadable_images"] = unreadable.record()
     training = dict(payload.get("training", {}))
@@ -409,12 +403,11 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
 
 
 def _momentum(model: CamModel, meta: SplitMetadata, image_root: Path, epochs: int, batch_size: int, seed: int,
-              device: str, reset: bool, unreadable: UnreadableImages) -> dict:
-    """The paper's momentum rule over augmented training images for `epochs` (from fresh
-    embeddings with `reset`); returns its record."""
+              device: str, unreadable: UnreadableImages) -> dict:
+    """The paper's momentum rule over augmented training images for `epochs`, from fresh
+    embeddings; returns its record."""
     cfg = model.config
-    if reset:
-        model.reset_embeddings()
+    model.reset_embeddings()
     data_set = WsolImages(meta, image_root, cfg.input_size, cfg.mean, cfg.std, train=True, seed=seed)
     for epoch in range(epochs):
         data_set.epoch = epoch

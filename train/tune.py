@@ -84,15 +84,8 @@ class CachedSplit:
 
 def candidate_layers(model: CamModel) -> list[str]:
     """The layers the EM can cluster: every backbone step at the CAM's resolution, and "cam"."""
-    size = model.config.input_size
-    with torch.no_grad():
-        was = model.backbone.training
-        model.backbone.eval()
-        x = torch.zeros(1, 3, size, size)
-        out, tapped = model.backbone.forward_taps(x, set(model.backbone.layer_names()))
-        model.backbone.train(was)
-    names = [n for n in model.backbone.layer_names() if tapped[n].shape[-2:] == out.shape[-2:]]
-    return [n for n in names if n != model.backbone.layer_names()[-1]] + [CAM_LAYER]
+    shapes = model.backbone.layer_shapes(model.config.input_size)
+    return [name for name, _, h, w in shapes[:-1] if [h, w] == list(shapes[-1][2:])] + [CAM_LAYER]
 
 
 @torch.no_grad()
@@ -241,16 +234,12 @@ def fit_sample(meta: SplitMetadata, limit: int, seed: int = 0) -> Callable[[list
         return None
 
     def keep(ids: list[str]) -> list[str]:
-        rng = np.random.default_rng(seed)
-        by_class: dict[int, list[str]] = {}
-        for i in rng.permutation(ids).tolist():
-            by_class.setdefault(meta.class_labels[i], []).append(i)
-        chosen, rank = [], 0
-        while len(chosen) < limit:
-            chosen += [v[rank] for v in by_class.values() if rank < len(v)][:limit - len(chosen)]
-            rank += 1
-        order = {i: n for n, i in enumerate(ids)}
-        return sorted(chosen, key=order.get)
+        rank, count = {}, {}  # in a seeded order, each class's k-th image ranks k
+        for i in np.random.default_rng(seed).permutation(ids).tolist():
+            label = meta.class_labels[i]
+            rank[i] = count[label] = count.get(label, 0) + 1
+        chosen = set(sorted(rank, key=rank.get)[:limit])  # stable: ties keep the seeded order
+        return [i for i in ids if i in chosen]
     return keep
 
 
@@ -285,11 +274,9 @@ def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str
         raise CreamError(f"--layers {bad}: not a layer at the CAM's resolution of {model.config.backbone}; "
                          f"expected some of {', '.join(known)}")
     unreadable = UnreadableImages(max_bad_images)
-    with torch.no_grad():  # float16 bytes an image's cached features take
-        size = model.config.input_size
-        head, tapped = model.backbone.forward_taps(torch.zeros(1, 3, size, size, device=device),
-                                                   set(layers) - {CAM_LAYER})
-        per_image = 2 * sum(t.numel() for t in (*tapped.values(), *([head] if CAM_LAYER in layers else [])))
+    cells = {name: k * h * w for name, k, h, w in model.backbone.layer_shapes(model.config.input_size)}
+    cells[CAM_LAYER] = cells[model.backbone.layer_names()[-1]]  # the last step's: the CAM's features
+    per_image = 2 * sum(cells[layer] for layer in layers)  # float16 bytes of an image's cached features
     limit = max(1, int(cache_bytes // per_image) - len(val_meta.image_ids))
     keep = fit_sample(fit_meta, limit)
     fit = cache_split(model, fit_meta, image_root, layers, batch_size, unreadable, f"features {fit_split}", device,

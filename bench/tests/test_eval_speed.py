@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from cream_rt.bench.machine import machine_info
-from cream_rt.bench.maps_from_boxes import cam_like_map
-from cream_rt.bench.reference_protocol import reference_max_box_acc
+from cream_rt.bench.reference_protocol import cam_like_map, reference_max_box_acc
 from cream_rt.bench.targets import EVALUATOR_TARGET
 from cream_rt.evaluate import gt_boxes_at
 from cream_rt.metadata import read_split

@@ -11,20 +11,12 @@ from .output import print_json, print_table
 def layer_rows(name: str) -> list[dict]:
     """Each layer of backbone `name` in forward order: its output channels and cells at the
     backbone's input size, and whether the EM can cluster it (the CAM's resolution)."""
-    import torch
-
     from ..model.backbones import get_backbone
 
     spec = get_backbone(name)
-    module = spec.build(False).eval()
-    rows, x = [], torch.zeros(1, 3, spec.input_size, spec.input_size)
-    with torch.no_grad():
-        for layer, step in module.layers():
-            x = step(x)
-            rows.append({"layer": layer, "channels": int(x.shape[1]), "cells": [int(x.shape[2]), int(x.shape[3])]})
-    for row in rows:
-        row["em_layer"] = row["cells"] == rows[-1]["cells"]
-    return rows
+    shapes = spec.build(False).layer_shapes(spec.input_size)
+    return [{"layer": layer, "channels": k, "cells": [h, w], "em_layer": (h, w) == shapes[-1][2:]}
+            for layer, k, h, w in shapes]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

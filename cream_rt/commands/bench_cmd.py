@@ -44,8 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench.report import plot
-    from ..bench.runner import BenchConfig, run_bench
+    from ..bench.runner import BenchConfig, plot, run_bench
     from ..model.device import torch_device
 
     _check_args(args)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from ..argtypes import BATCH_SIZE, INPUT_SIZE, INTERVAL, ITERATIONS
+from ..argtypes import BATCH_SIZE, INPUT_SIZE, INTERVAL, ITERATIONS, THREADS
 from ..atomic import atomic_dir, check_output_dir
 from ..errors import CreamError
 from ..metadata import SplitMetadata, read_split, split_paths
 from ..scoring import SplitScorer, check_labels, split_batches
 from ..unreadable import UnreadableImages
-from .options import add_json, add_max_bad_images, add_threads
+from .options import add_json, add_max_bad_images
 from .output import print_json, print_table
 
 
@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="RCAM's percentile as a standard: box thresholds relative to each map's 90th percentile "
                         "(default: the model's setting; off for --maps)")
     add_json(p, "print one JSON object")
-    add_threads(p)
+    p.add_argument("--threads", type=THREADS, default=None, help="threads scoring the maps (default: up to 4)")
     add_max_bad_images(p)
 
 

@@ -1,13 +1,13 @@
-"""Option groups that subcommands share, each defined once (data and device, threads,
-unreadable images, embeddings, JSON output)."""
+"""Option groups that subcommands share, each defined once (data and device, unreadable
+images, embeddings, JSON output)."""
 from __future__ import annotations
 
 import argparse
 
-from ..argtypes import BATCH_SIZE, NON_NEGATIVE, THREADS, int_in
+from ..argtypes import BATCH_SIZE, NON_NEGATIVE, int_in
 from ..unreadable import MAX_BAD_IMAGES
 
-__all__ = ["add_data", "add_threads", "add_max_bad_images", "add_embedding_options", "add_json"]
+__all__ = ["add_data", "add_max_bad_images", "add_embedding_options", "add_json"]
 
 
 def add_data(p: argparse.ArgumentParser, batch_size: int = 32, seed: bool = True) -> None:
@@ -19,11 +19,6 @@ def add_data(p: argparse.ArgumentParser, batch_size: int = 32, seed: bool = True
     if seed:
         p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-
-
-def add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=THREADS, default=None,
-                   help="threads scoring the maps (default: up to 4, one per core)")
 
 
 def add_max_bad_images(p: argparse.ArgumentParser) -> None:

@@ -72,6 +72,17 @@ class Backbone(nn.Module):
     def layer_names(self) -> list[str]:
         return [name for name, _ in self.layers()]
 
+    @torch.no_grad()
+    def layer_shapes(self, input_size: int) -> list[tuple[str, int, int, int]]:
+        """(name, channels, height, width) of each step's output for one `input_size` image."""
+        was, x, shapes = self.training, torch.zeros(1, 3, input_size, input_size), []
+        self.eval()
+        for name, step in self.layers():
+            x = step(x)
+            shapes.append((name, *(int(v) for v in x.shape[1:])))
+        self.train(was)
+        return shapes
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for _, step in self.layers():
             x = step(x)
