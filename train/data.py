@@ -11,7 +11,7 @@ from cream_rt.metadata import SplitMetadata
 from cream_rt.preprocess import normalize, read_image, resize_for_model, train_augment
 from cream_rt.unreadable import Unreadable, UnreadableImages
 
-__all__ = ["WsolImages", "BoxImages", "collate_readable", "readable_batches", "split_loader"]
+__all__ = ["WsolImages", "BoxImages", "collate_readable", "ReadableBatches", "split_loader"]
 
 
 class WsolImages(torch.utils.data.Dataset):
@@ -76,7 +76,7 @@ def collate_readable(items: list) -> tuple[torch.Tensor, torch.Tensor, list[Unre
     return x, y, bad
 
 
-class readable_batches:  # noqa: N801  (used like a generator function)
+class ReadableBatches:
     """(images, labels) of a `collate_readable` loader; each unreadable image goes to `unreadable`
     (which stops the run past its limit) and an empty batch is skipped. Has the loader's len."""
 

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import torch
 
+from cream_rt.errors import CreamError
 from cream_rt.model.em import centered, l2_normalize, minmax, side_means
 
 __all__ = ["ImageSplit", "embedding_pass", "split_pass", "refine_embeddings", "warn_fallback"]
@@ -49,7 +50,8 @@ class ImageSplit:
         filled_bytes = 0
         for x, y in self.batches():
             features = self.model.features(x)
-            item = (self.model.em_features(features), self.model.cam(features, y), y)
+            # a copy of the EM layer's channels: a view would keep the CAM's channels alive in the cache
+            item = (self.model.em_features(features).contiguous(), self.model.cam(features, y), y)
             if filling is not None:
                 filled_bytes += item[0].numel() * item[0].element_size()
                 if filled_bytes <= CACHE_BYTES:
@@ -80,8 +82,6 @@ def _class_means(model, split: Iterable[EmBatch], masks: Callable) -> ClassMeans
         sums.index_add_(0, labels, means)
         counts.index_add_(0, labels, torch.ones_like(labels, dtype=counts.dtype))
     if not bool((counts > 0).any()):
-        from cream_rt.errors import CreamError
-
         raise CreamError("the embedding pass saw no readable image; expected a training split with images")
     seen = counts > 0
     new = torch.zeros_like(sums)

@@ -26,8 +26,8 @@ from cream_rt.scoring import SplitScorer, split_batches
 from cream_rt.unreadable import MAX_BAD_IMAGES, UnreadableImages
 
 from . import distributed
-from .data import WsolImages, readable_batches, split_loader
-from .refine import embedding_pass, warn_fallback
+from .data import ReadableBatches, WsolImages, split_loader
+from .refine import embedding_pass, refine_embeddings, warn_fallback
 
 __all__ = ["training_splits", "TrainConfig", "class_names_for", "check_images_exist", "seed_everything", "param_groups",
            "evaluate_split", "train", "train_epoch", "TrainStep", "recalibrate_batchnorm", "fit_embeddings"]
@@ -188,7 +188,7 @@ def _train(backbone: str, config: TrainConfig, cream: CreamConfig, image_root: P
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * decay
         data_set.epoch = epoch
-        loader = readable_batches(_epoch_loader(data_set, config, epoch, generator, ctx), unreadable)
+        loader = ReadableBatches(_epoch_loader(data_set, config, epoch, generator, ctx), unreadable)
         total, correct, loss_sum = train_epoch(model, loader, optimizer, loss_fn, config.device,
                                                f"epoch {epoch + 1}/{config.epochs}", step, ctx)
         recalibrate_batchnorm(model, loader, config.bn_batches, config.device)
@@ -387,8 +387,6 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
     elif estimate != "momentum":
         raise CreamError(f"estimate must be 'momentum' or 'pass', got {estimate!r}")
     elif refine:  # R rounds of the EM's soft masks from the checkpoint's own embeddings
-        from .refine import refine_embeddings
-
         key, record = "refine_embeddings", {"rounds": refine, "history": refine_embeddings(model, batches("refine"),
                                                                                             refine)}
     else:
@@ -414,7 +412,7 @@ def _momentum(model: CamModel, meta: SplitMetadata, image_root: Path, epochs: in
         loader = split_loader(data_set, batch_size=batch_size, shuffle=True,
                               generator=torch.Generator().manual_seed(seed + epoch))
         with torch.no_grad():
-            for x, y in progress(readable_batches(loader, unreadable), f"embeddings {epoch + 1}/{epochs}",
+            for x, y in progress(ReadableBatches(loader, unreadable), f"embeddings {epoch + 1}/{epochs}",
                                  unit="batch"):
                 model.update_embeddings(model.features(x.to(device)), y.to(device))
     model.fill_unfitted()
@@ -432,6 +430,6 @@ def _split_batches(model: CamModel, meta: SplitMetadata, image_root: Path, batch
 
     def batches():
         loader = split_loader(data_set, batch_size=batch_size, shuffle=False)
-        for x, y in progress(readable_batches(loader, unreadable), desc, unit="batch"):
+        for x, y in progress(ReadableBatches(loader, unreadable), desc, unit="batch"):
             yield x.to(device), y.to(device)
     return batches

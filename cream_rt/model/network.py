@@ -103,7 +103,7 @@ class CamModel(nn.Module):
 
     def with_em_layer(self, layer: str | None) -> "CamModel":
         """A copy of this model whose EM clusters `layer` (None: the backbone's default): the same
-        backbone and classifier; random embeddings and a zero center until an embedding pass."""
+        backbone and classifier; zero embeddings and center until an embedding pass."""
         config = dataclasses.replace(self.config, cream=dataclasses.replace(self.config.cream, em_layer=layer))
         model = CamModel(config)
         fresh = {"embeddings": model.embeddings, "feature_center": model.feature_center,  # the new layer's sizes
