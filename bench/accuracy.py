@@ -21,6 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
+from cream_rt.train.tune import (
+    CachedSplit,
+    Setting,
+    add_maps,
+    cache_split,
+    candidate_layers,
+    fitted_model,
+    grid,
+    score,
+    staged,
+)
+
 REAL_DATA = Path(os.environ.get("CREAM_REAL_DATA", Path(__file__).resolve().parents[2] / "shared/data/real"))
 # how the raccoon_kangaroo cells train (`cream train` flags), per backbone
 REAL_RECIPES = {"efficientnet-lite0": ["--epochs", "4", "--lr", "0.01"],
@@ -56,16 +68,12 @@ def shipped(backbone: str):
     """The Setting the shipped defaults give on `backbone` (BackboneSpec and CreamConfig)."""
     from cream_rt.model.backbones import get_backbone
     from cream_rt.model.config import CreamConfig
-    from cream_rt.train.tune import Setting
-
     spec, c = get_backbone(backbone), CreamConfig()
     return Setting(spec.em_layer, spec.center, spec.iterations, c.feature_mean, c.embeddings, c.fallback)
 
 
 def previous(backbone: str):
     """The defaults before the real-photo cells decided them (Lite0: the EM on `_blocks.5`)."""
-    from cream_rt.train.tune import Setting
-
     return Setting("_blocks.5", False, 2) if backbone == "efficientnet-lite0" else Setting("cam", False, 2)
 
 
@@ -192,7 +200,6 @@ class Cell:
 
         from cream_rt.metadata import read_split
         from cream_rt.model.checkpoint import load_checkpoint
-        from cream_rt.train.tune import cache_split, candidate_layers
         from cream_rt.unreadable import UnreadableImages
 
         self.name, self.interval = name, interval
@@ -201,31 +208,31 @@ class Cell:
         self.model = load_checkpoint(self.checkpoint)[0]
         self.layers = candidate_layers(self.model)
         self.fit_split = "val" if self.dataset == "ilsvrc-disjoint" else "train"
-        cache = work / f"cache-{name}.pt"
+        cache = work / f"cache-{name}.pt"  # tensors and plain lists only: read back without unpickling objects
+        metas = {s: read_split(self.root / "metadata" / s, s != "train")
+                 for s in dict.fromkeys([self.fit_split, "val", "test"])}
         if cache.is_file():
-            self.splits = torch.load(cache, weights_only=False)  # this suite's own file from an earlier run
+            state = torch.load(cache, weights_only=True)
+            self.splits = {s: CachedSplit(meta, **{**state[s], "logits": state[s]["logits"].numpy()})
+                           for s, meta in metas.items()}
         else:
             unreadable = UnreadableImages(100)
-            self.splits = {s: cache_split(self.model, read_split(self.root / "metadata" / s, s != "train"),
-                                          self.root / "images", self.layers, 50, unreadable, f"{name} {s}")
-                           for s in dict.fromkeys([self.fit_split, "val", "test"])}
-            torch.save(self.splits, cache)
+            self.splits = {s: cache_split(self.model, meta, self.root / "images", self.layers, 50, unreadable,
+                                          f"{name} {s}") for s, meta in metas.items()}
+            torch.save({s: {**{f.name: getattr(split, f.name) for f in dataclasses.fields(split) if f.name != "meta"},
+                            "logits": torch.from_numpy(split.logits)} for s, split in self.splits.items()}, cache)
         self.fit = self.splits[self.fit_split]
 
     def fitted(self, setting, fit=None):
-        from cream_rt.train.tune import fitted_model
-
         return fitted_model(self.model, fit or self.fit, setting, REFINE)
 
-    def val_score(self, setting) -> dict:
-        """The setting's val metrics (two-fold in the disjoint cell: fitted on one half of val,
-        scored on the other, pooled)."""
+    def val_score(self, setting, model) -> dict:
+        """The setting's val metrics with `model` (its fit on the fit split), or in the disjoint
+        cell two-fold: fitted on one half of val, scored on the other, pooled."""
         from cream_rt.scoring import SplitScorer
-        from cream_rt.train.tune import add_maps, score
-
         val = self.splits["val"]
         if self.dataset != "ilsvrc-disjoint":
-            return metrics_row(score(self.fitted(setting), val, self.interval))
+            return metrics_row(score(model, val, self.interval))
         halves = [list(range(0, len(val.ids), 2)), list(range(1, len(val.ids), 2))]
         scorer = SplitScorer(val.meta, val.input_size, self.interval)
         for fit_rows, score_rows in (halves, halves[::-1]):
@@ -235,17 +242,14 @@ class Cell:
         return metrics_row(scorer.result())
 
     def row(self, setting) -> dict:
-        from cream_rt.train.tune import score
-
-        return {"val": self.val_score(setting), "test": metrics_row(score(self.fitted(setting), self.splits["test"],
-                                                                          self.interval)),
+        model = self.fitted(setting)
+        return {"val": self.val_score(setting, model),
+                "test": metrics_row(score(model, self.splits["test"], self.interval)),
                 "setting": dataclasses.asdict(setting)}
 
     def tuned_row(self) -> dict:
         """`cream tune`'s staged search from the shipped default on this cell's val split (in the
         disjoint cell: fitted on val, as `cream tune --fit-split val` would), scored on test."""
-        from cream_rt.train.tune import Setting, staged
-
         base = self.fitted(shipped(self.backbone))
         result = staged(base, self.layers, (1, 2, 3), self.fit, self.splits["val"], REFINE, self.interval)
         return {**self.row(Setting(**result["best"]["setting"])), "name": result["best"]["name"]}
@@ -271,8 +275,6 @@ class Cell:
 def settings_named(spec: str, cell: Cell) -> list:
     """`grid` (every layer x center at T=2), `default`, `previous`, or ';'-separated specs
     `layer,center|no-center,T[,unit|raw][,per-class|agnostic][,class-mean|image-mean]`."""
-    from cream_rt.train.tune import Setting, grid
-
     out = []
     for item in spec.split(";"):
         if item == "grid":
@@ -379,8 +381,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from cream_rt.atomic import atomic_path, write_json
     from cream_rt.bench.machine import command_line, machine_info
-    from cream_rt.train.tune import score
-
     torch.set_num_threads(os.cpu_count() or 1)
     out, work = Path(args.out), Path(args.work)
     record = json.loads(out.read_text()) if out.is_file() else {"cells": {}}

@@ -34,6 +34,8 @@ def test_cell_rows_equal_cream_eval(tmp_path, monkeypatch):
                 want = score(None, cell.splits[split])
             assert want["MaxBoxAccV2"] == pytest.approx(out["MaxBoxAccV2"])
             assert want["GT_known_Loc"] == pytest.approx(out["GT_known_Loc"])
+    again = accuracy.Cell("synth-default-small-cnn-s0", tmp_path)  # from the cache file, read without unpickling
+    assert again.row(setting) == row
 
 
 def test_default_rule_hand_made_summary():

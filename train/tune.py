@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cream_rt.errors import CreamError
 from cream_rt.metadata import SplitMetadata
 from cream_rt.model.config import CAM_LAYER, EMBEDDINGS, FALLBACKS, FEATURE_MEANS
 from cream_rt.model.em import minmax, score_maps
@@ -26,7 +27,7 @@ from cream_rt.unreadable import UnreadableImages
 from .refine import split_pass
 
 __all__ = ["Setting", "CachedSplit", "cache_split", "candidate_layers", "grid", "fitted_model", "add_maps", "score",
-           "select", "tune"]
+           "score_settings", "select", "tune", "staged", "tune_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,8 @@ def cache_split(model: CamModel, meta: SplitMetadata, image_root: Path, layers: 
         cams.append(model.cam(out, y).cpu())
         ids += chunk
         labels.append(y.cpu())
-    missing = [i for i in meta.image_ids if i in set(unreadable.reasons) - before]
+    missing = [i for i in meta.image_ids if i in unreadable.reasons and i not in before]
     if not ids:
-        from cream_rt.errors import CreamError
-
         raise CreamError(f"{meta.root}: no readable image in the split")
     return CachedSplit(meta, ids, torch.cat(labels), np.concatenate(logits), torch.cat(cams),
                        {name: torch.cat(v) for name, v in parts.items()}, missing, cfg.input_size)
@@ -135,8 +134,8 @@ def grid(layers: Iterable[str], centers: Iterable[bool], iterations: Iterable[in
 
 
 def fitted_model(model: CamModel, fit: CachedSplit, setting: Setting, rounds: int) -> CamModel:
-    """A copy of `model` with `setting`'s EM and embeddings fitted on `fit` (the embedding pass
-    with `rounds` refinement rounds); the network is shared, not copied."""
+    """A new model with `model`'s weights and `setting`'s EM, its embeddings fitted on `fit` (the
+    embedding pass with `rounds` refinement rounds, from the cached features: no backbone pass)."""
     m = model.with_em_layer(setting.em_layer).eval()
     m.config.cream = dataclasses.replace(m.config.cream, iterations=setting.iterations,
                                          feature_mean=setting.feature_mean, embeddings=setting.embeddings,
@@ -171,8 +170,7 @@ def score(model: CamModel | None, split: CachedSplit, interval: float = 0.01, it
 
 def min_gain_for(val: CachedSplit) -> float:
     """How much better on val a setting must be to replace the model's own: one image's worth at
-    every IoU threshold (100 / val images), and never less than the team's 1 point. A smaller
-    margin lets a small val split pick noise (measured: raccoon_kangaroo, 36 val photos)."""
+    every IoU threshold (100 / val images; less let 36 val photos pick noise), at least 1 point."""
     return max(1.0, 100.0 / max(len(val.ids) + len(val.unreadable), 1))
 
 
@@ -184,15 +182,9 @@ def select(rows: list[dict], default: Setting, min_gain: float = 0.0) -> dict:
     return best if best["MaxBoxAccV2"] >= own["MaxBoxAccV2"] + min_gain else own
 
 
-def tune(model: CamModel, fit: CachedSplit, val: CachedSplit, settings: list[Setting], rounds: int,
-         interval: float = 0.01, desc: str = "tune", min_gain: float | None = None) -> dict:
-    """Score every setting on `val` with embeddings fitted on `fit`; returns {"rows", "best",
-    "cam", "default", "min_gain"}: each row the setting, its val MaxBoxAccV2, GT-known Loc and box
-    thresholds; "best" as `select` picks it (min_gain None: `min_gain_for(val)`)."""
-    default = Setting.of(model)
-    if default not in settings:
-        settings = [default, *settings]
-    cam = score(None, val, interval)
+def score_settings(model: CamModel, fit: CachedSplit, val: CachedSplit, settings: list[Setting], rounds: int,
+                   interval: float, desc: str) -> list[dict]:
+    """Per setting (embeddings fitted on `fit`): its val MaxBoxAccV2, GT-known Loc and box thresholds."""
     rows = []
     for setting in progress(settings, desc, unit="setting"):
         metrics = score(fitted_model(model, fit, setting, rounds), val, interval)
@@ -200,6 +192,17 @@ def tune(model: CamModel, fit: CachedSplit, val: CachedSplit, settings: list[Set
                      "MaxBoxAccV2": metrics["MaxBoxAccV2"], "GT_known_Loc": metrics["GT_known_Loc"],
                      "MaxBoxAcc_threshold": metrics["MaxBoxAcc_threshold"],
                      "MaxBoxAccV2_thresholds": metrics["MaxBoxAccV2_thresholds"]})
+    return rows
+
+
+def tune(model: CamModel, fit: CachedSplit, val: CachedSplit, settings: list[Setting], rounds: int,
+         interval: float = 0.01, desc: str = "tune", min_gain: float | None = None) -> dict:
+    """Score the model's own setting and every one of `settings` on `val` (`score_settings`);
+    returns {"rows", "best", "cam", "default", "min_gain"}: "best" as `select` picks it
+    (min_gain None: `min_gain_for(val)`)."""
+    default = Setting.of(model)
+    rows = score_settings(model, fit, val, list(dict.fromkeys([default, *settings])), rounds, interval, desc)
+    cam = score(None, val, interval)
     default_row = next(r for r in rows if r["setting"] == dataclasses.asdict(default))
     min_gain = min_gain_for(val) if min_gain is None else min_gain
     return {"rows": rows, "best": select(rows, default, min_gain), "default": default_row, "min_gain": min_gain,
@@ -222,8 +225,8 @@ def staged(model: CamModel, layers: list[str], iterations: Iterable[int], fit: C
     second = [s for layer, center in pairs for s in grid([layer], [center], iterations, FEATURE_MEANS, EMBEDDINGS,
                                                            fallbacks)]
     done = {Setting(**r["setting"]) for r in first["rows"]}
-    more = tune(model, fit, val, [s for s in second if s not in done], rounds, interval, "tune: settings")
-    rows = first["rows"] + [r for r in more["rows"] if Setting(**r["setting"]) not in done]
+    rows = first["rows"] + score_settings(model, fit, val, [s for s in second if s not in done], rounds, interval,
+                                          "tune: settings")
     return {**first, "rows": rows, "best": select(rows, base, first["min_gain"])}
 
 
@@ -253,7 +256,6 @@ def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str
     with the settings, `box_threshold` (the chosen setting's best MaxBoxAcc threshold on val) and
     the record in `config.tuned`; a setting replaces the checkpoint's own only when it is
     `min_gain` better on val (None: `min_gain_for`). Returns the record (the table under "rows")."""
-    from cream_rt.errors import CreamError
     from cream_rt.metadata import read_split
     from cream_rt.model.checkpoint import load_checkpoint, save_checkpoint
     from cream_rt.scoring import check_labels
