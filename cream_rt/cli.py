@@ -7,6 +7,7 @@ import argparse
 import os
 import signal
 import sys
+from typing import NoReturn
 
 from . import __version__
 from .errors import CreamError, Terminated, os_error_line
@@ -83,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    code = _dispatch(args)
+    if getattr(args, "ends_process", False):
+        _end_process(code)
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """The command's exit status; its errors as one line."""
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if _main_thread() else None
     try:
         return int(args._run(args) or 0)
@@ -106,6 +115,19 @@ def main(argv: list[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 2
+
+
+def _end_process(code: int) -> NoReturn:
+    """Exit a torchrun worker without interpreter shutdown, its output flushed. torch keeps the
+    default process group referenced after destroy_process_group once DDP has been imported, so
+    gloo's worker threads outlive it; one that frees a finished collective while the interpreter
+    shuts down aborts the process (SIGABRT) after a good run (docs/distributed.md)."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _main_thread() -> bool:

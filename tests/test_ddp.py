@@ -179,3 +179,25 @@ def test_broken_torchrun_environment_is_one_line(data, tmp_path):
                              str(tmp_path / "m.pt"), "--epochs", "1"], capture_output=True, text=True, timeout=120,
                             env=env)
     assert_one_error(result, "WORLD_SIZE")
+
+
+def test_a_worker_exits_without_interpreter_shutdown(data, tmp_path, monkeypatch, capsys):
+    """Under torchrun `cream train` ends with os._exit (gloo's threads outlive the process group
+    and may abort a shutting-down interpreter), with its status and its error line written."""
+    from cream_rt import cli
+
+    ended = []
+
+    def fake_exit(code: int):
+        ended.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    argv = ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m.pt"), "--epochs", "1"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert ended == [2]
+    assert capsys.readouterr().err.startswith("cream: error: ")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: an ordinary return
+    assert cli.main(argv) == 2 and ended == [2]

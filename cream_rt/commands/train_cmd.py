@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.trainer import TrainConfig
     from ..train.trainer import train as run_train
 
+    args.ends_process = os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1")  # a torchrun worker
     check_output_file(args.out, "--out")
     torch_device(args.device)
 
