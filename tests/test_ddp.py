@@ -181,6 +181,33 @@ def test_broken_torchrun_environment_is_one_line(data, tmp_path):
     assert_one_error(result, "WORLD_SIZE")
 
 
+def test_a_rank_whose_whole_batch_is_unreadable_skips_with_the_others(data, tmp_path):
+    """Rank 1's first batch is all broken files: both ranks skip that step (DDP's all-reduce
+    needs every rank), the job ends normally, and rank 0's record names rank 1's images."""
+    import shutil
+
+    from cream_rt.metadata import read_split
+
+    broken = tmp_path / "data"
+    shutil.copytree(data, broken)
+    ids = read_split(broken / "metadata" / "train", require_localization=False).image_ids
+    sampler = torch.utils.data.DistributedSampler(range(len(ids)), 2, 1, shuffle=True, seed=0, drop_last=True)
+    sampler.set_epoch(0)
+    bad = sorted(ids[i] for i in list(sampler)[:8])
+    for name in bad:
+        (broken / "images" / name).write_bytes(b"not an image")
+    out = tmp_path / "m.pt"
+    result = subprocess.run(torchrun("--data", broken, "--out", out, "--epochs", "1", "--batch-size", "8",
+                                     "--input-size", "64", "--bn-batches", "2", "--json", "--no-embedding-pass",
+                                     "--max-bad-images", "8"),
+                            capture_output=True, text=True, timeout=300, env=DDP_ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    training = torch.load(out, weights_only=True)["training"]
+    assert sorted(training["unreadable_images"]["images"]) == bad
+    assert training["history"][0]["embeddings_max_diff_across_ranks"] == 0.0
+    assert "skipped 8 unreadable images" in result.stderr
+
+
 def test_a_worker_exits_without_interpreter_shutdown(data, tmp_path, monkeypatch, capsys):
     """Under torchrun `cream train` ends with os._exit (gloo's threads outlive the process group
     and may abort a shutting-down interpreter), with its status and its error line written."""

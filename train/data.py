@@ -78,10 +78,11 @@ def collate_readable(items: list) -> tuple[torch.Tensor, torch.Tensor, list[Unre
 
 class ReadableBatches:
     """(images, labels) of a `collate_readable` loader; each unreadable image goes to `unreadable`
-    (which stops the run past its limit) and an empty batch is skipped. Has the loader's len."""
+    (which stops the run past its limit) and an empty batch is skipped, or yielded with
+    `keep_empty` (under torchrun every rank must skip the same steps). Has the loader's len."""
 
-    def __init__(self, loader, unreadable: UnreadableImages):
-        self.loader, self.unreadable = loader, unreadable
+    def __init__(self, loader, unreadable: UnreadableImages, keep_empty: bool = False):
+        self.loader, self.unreadable, self.keep_empty = loader, unreadable, keep_empty
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -90,7 +91,7 @@ class ReadableBatches:
         for x, y, bad in self.loader:
             for item in bad:
                 self.unreadable.add(item.name, item.reason)
-            if len(y):
+            if len(y) or self.keep_empty:
                 yield x, y
 
 

@@ -5,6 +5,7 @@ of this runs."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 from dataclasses import dataclass
 
@@ -13,9 +14,10 @@ import torch.distributed as dist
 
 from cream_rt.errors import CreamError
 from cream_rt.model.network import CamModel, EmbeddingStatistics
+from cream_rt.unreadable import UnreadableImages
 
 __all__ = ["Distributed", "from_environment", "gather_statistics", "update_embeddings", "average_batchnorm",
-           "embeddings_spread", "sum_over_ranks"]
+           "embeddings_spread", "sum_over_ranks", "any_rank_empty", "share_unreadable"]
 
 TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("CREAM_DDP_TIMEOUT", 600)))
 
@@ -118,3 +120,32 @@ def sum_over_ranks(values: list[float], ctx: Distributed) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=ctx.device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def any_rank_empty(batch_size: int, ctx: Distributed) -> bool:
+    """Whether this step's batch is empty on any rank (all its images unreadable): then every
+    rank skips the step, as DDP's gradient all-reduce needs all of them or none."""
+    if not ctx.enabled:
+        return batch_size == 0
+    empty = torch.tensor([float(batch_size == 0)], device=ctx.device)
+    dist.all_reduce(empty, op=dist.ReduceOp.MAX)
+    return bool(empty.item())
+
+
+def share_unreadable(unreadable: UnreadableImages, ctx: Distributed) -> None:
+    """Every rank's unreadable images added to every rank's list, in rank order, so that rank 0's
+    record and warning name all of them and the --max-bad-images limit counts the whole job
+    (past it every rank stops alike). Sent as JSON bytes: no pickling."""
+    if not ctx.enabled:
+        return
+    mine = torch.tensor(list(json.dumps(unreadable.reasons).encode()), dtype=torch.uint8, device=ctx.device)
+    size = torch.tensor([len(mine)], dtype=torch.int64, device=ctx.device)
+    sizes = [torch.empty_like(size) for _ in range(ctx.world_size)]
+    dist.all_gather(sizes, size)
+    padded = torch.zeros(max(int(n) for n in sizes), dtype=torch.uint8, device=ctx.device)
+    padded[:len(mine)] = mine
+    parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, padded)
+    for part, n in zip(parts, sizes):
+        for name, reason in json.loads(bytes(part[:int(n)].cpu().tolist()).decode()).items():
+            unreadable.add(name, reason)

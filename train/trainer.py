@@ -9,6 +9,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -188,11 +189,13 @@ def _train(backbone: str, config: TrainConfig, cream: CreamConfig, image_root: P
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * decay
         data_set.epoch = epoch
-        loader = ReadableBatches(_epoch_loader(data_set, config, epoch, generator, ctx), unreadable)
+        loader = ReadableBatches(_epoch_loader(data_set, config, epoch, generator, ctx), unreadable,
+                                 keep_empty=ctx.enabled)
         total, correct, loss_sum = train_epoch(model, loader, optimizer, loss_fn, config.device,
                                                f"epoch {epoch + 1}/{config.epochs}", step, ctx)
         recalibrate_batchnorm(model, loader, config.bn_batches, config.device)
         distributed.average_batchnorm(model, ctx)
+        distributed.share_unreadable(unreadable, ctx)
         total, correct, loss_sum = distributed.sum_over_ranks([total, correct, loss_sum], ctx)
         record = {"epoch": epoch + 1, "loss": loss_sum / max(total, 1), "train_acc": 100.0 * correct / max(total, 1),
                   "seconds": round(time.time() - started, 1), "unreadable_images": len(unreadable)}
@@ -301,6 +304,8 @@ def train_epoch(model: CamModel, loader, optimizer, loss_fn, device: str, desc: 
     model.train()
     total, correct, loss_sum = 0, 0, 0.0
     for x, y in progress(loader, desc, unit="batch", enabled=None if ctx.is_main else False):
+        if distributed.any_rank_empty(len(y), ctx):  # a batch of unreadable images: every rank skips the step
+            continue
         x, y = x.to(device), y.to(device)
         features, logits = step(x)
         loss = loss_fn(logits, y)
@@ -328,9 +333,7 @@ def recalibrate_batchnorm(model: CamModel, loader, batches: int, device: str) ->
         m.momentum = None  # cumulative average
     model.train()
     with torch.no_grad():
-        for index, (x, _) in enumerate(loader):
-            if index >= batches:
-                break
+        for x in islice((x for x, _ in loader if len(x)), batches):
             model.features(x.to(device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
