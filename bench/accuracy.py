@@ -24,9 +24,9 @@ import numpy as np
 from cream_rt.train.tune import (
     CachedSplit,
     Setting,
-    add_maps,
     cache_split,
     candidate_layers,
+    cross_fitted_score,
     fitted_model,
     grid,
     score,
@@ -229,17 +229,10 @@ class Cell:
     def val_score(self, setting, model) -> dict:
         """The setting's val metrics with `model` (its fit on the fit split), or in the disjoint
         cell two-fold: fitted on one half of val, scored on the other, pooled."""
-        from cream_rt.scoring import SplitScorer
         val = self.splits["val"]
         if self.dataset != "ilsvrc-disjoint":
             return metrics_row(score(model, val, self.interval))
-        halves = [list(range(0, len(val.ids), 2)), list(range(1, len(val.ids), 2))]
-        scorer = SplitScorer(val.meta, val.input_size, self.interval)
-        for fit_rows, score_rows in (halves, halves[::-1]):
-            add_maps(scorer, self.fitted(setting, val.subset(fit_rows)), val.subset(score_rows))
-        for image_id in val.unreadable:
-            scorer.add_unreadable(image_id)
-        return metrics_row(scorer.result())
+        return metrics_row(cross_fitted_score(self.model, val, setting, REFINE, self.interval))
 
     def row(self, setting) -> dict:
         model = self.fitted(setting)
@@ -249,7 +242,7 @@ class Cell:
 
     def tuned_row(self) -> dict:
         """`cream tune`'s staged search from the shipped default on this cell's val split (in the
-        disjoint cell: fitted on val, as `cream tune --fit-split val` would), scored on test."""
+        disjoint cell: two-fold on val, as `cream tune --fit-split val` does), scored on test."""
         base = self.fitted(shipped(self.backbone))
         result = staged(base, self.layers, (1, 2, 3), self.fit, self.splits["val"], REFINE, self.interval)
         return {**self.row(Setting(**result["best"]["setting"])), "name": result["best"]["name"]}

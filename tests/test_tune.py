@@ -95,3 +95,42 @@ def test_a_large_fit_split_is_sampled_evenly_over_classes():
     assert len(kept) == 4 and {labels[i] for i in kept} == {0, 1, 2} and "c0" in kept
     assert kept == [i for i in meta.image_ids if i in kept]
     assert fit_sample(meta, 8) is None
+
+
+def _metadata_subset(src, dst, ids: list[str]) -> None:
+    """A wsolevaluation metadata split holding `ids` of the split at `src`."""
+    dst.mkdir(parents=True)
+    keep = set(ids)
+    for f in src.iterdir():
+        lines = [line for line in f.read_text().splitlines() if line.split(",")[0] in keep]
+        (dst / f.name).write_text("\n".join(lines) + "\n")
+
+
+def test_fitting_on_val_scores_it_two_fold(tiny, tmp_path):
+    """`--fit-split val`: the model's own setting is scored on val two-fold, as the CLI computes it
+    by hand here: embeddings fitted (`cream fit-embeddings`) on every other val photo, maps of the
+    rest saved by `cream eval`, both halves' maps scored together by `cream eval --maps`."""
+    data = tiny["data"]
+    val = data / "metadata" / "val"
+    ids = (val / "image_ids.txt").read_text().split()
+    halves = [ids[0::2], ids[1::2]]
+    maps = tmp_path / "maps"
+    for k, (fit_ids, score_ids) in enumerate((halves, halves[::-1])):
+        meta = tmp_path / f"meta{k}"
+        _metadata_subset(val, meta / "train", fit_ids)
+        _metadata_subset(val, meta / "scored", score_ids)
+        ckpt = tmp_path / f"half{k}.pt"
+        run("fit-embeddings", "--checkpoint", tiny["ckpt"], "--images", data / "images", "--metadata", meta,
+            "--out", ckpt, expect=0)
+        run("eval", "--checkpoint", ckpt, "--images", data / "images", "--metadata", meta / "scored",
+            "--save-maps", tmp_path / f"maps{k}", expect=0)
+        shutil.copytree(tmp_path / f"maps{k}", maps, dirs_exist_ok=True)
+    by_hand = json.loads(run("eval", "--maps", maps, "--data", data, "--split", "val", "--map-size", "64", "64",
+                             "--json", expect=0).stdout)
+    record = json.loads(run("tune", "--checkpoint", tiny["ckpt"], "--data", data, "--out", tmp_path / "t.pt",
+                            "--fit-split", "val", "--layers", "cam", "--iterations", "1", "--json", expect=0).stdout)
+    assert record["val_default"]["MaxBoxAccV2"] == pytest.approx(by_hand["MaxBoxAccV2"])
+    fitted_on_all = json.loads(run("eval", "--checkpoint", record["checkpoint"], "--data", data, "--split", "val",
+                                   "--json", expect=0).stdout)
+    assert record["fit_images"] == len(ids)  # the chosen embeddings: fitted on the whole of val
+    assert fitted_on_all["num_images"] == len(ids)

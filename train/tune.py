@@ -168,6 +168,21 @@ def score(model: CamModel | None, split: CachedSplit, interval: float = 0.01, it
     return scorer.result()
 
 
+def cross_fitted_score(model: CamModel, split: CachedSplit, setting: Setting, rounds: int,
+                       interval: float = 0.01) -> dict:
+    """`setting`'s metrics on a split its embeddings are also fitted on, two-fold: fitted on every
+    other photo and scored on the rest, then the other way, pooled, so that no photo is scored
+    by embeddings fitted on it (scoring on the fitting photos would favour settings that
+    memorise them)."""
+    halves = [list(range(0, len(split.ids), 2)), list(range(1, len(split.ids), 2))]
+    scorer = SplitScorer(split.meta, split.input_size, interval)
+    for image_id in split.unreadable:
+        scorer.add_unreadable(image_id)
+    for fit_rows, score_rows in (halves, halves[::-1]):
+        add_maps(scorer, fitted_model(model, split.subset(fit_rows), setting, rounds), split.subset(score_rows))
+    return scorer.result()
+
+
 def min_gain_for(val: CachedSplit) -> float:
     """How much better on val a setting must be to replace the model's own: one image's worth at
     every IoU threshold (100 / val images; less let 36 val photos pick noise), at least 1 point."""
@@ -184,10 +199,12 @@ def select(rows: list[dict], default: Setting, min_gain: float = 0.0) -> dict:
 
 def score_settings(model: CamModel, fit: CachedSplit, val: CachedSplit, settings: list[Setting], rounds: int,
                    interval: float, desc: str) -> list[dict]:
-    """Per setting (embeddings fitted on `fit`): its val MaxBoxAccV2, GT-known Loc and box thresholds."""
+    """Per setting (embeddings fitted on `fit`; two-fold where `fit` is `val`): its val
+    MaxBoxAccV2, GT-known Loc and box thresholds."""
     rows = []
     for setting in progress(settings, desc, unit="setting"):
-        metrics = score(fitted_model(model, fit, setting, rounds), val, interval)
+        metrics = (cross_fitted_score(model, val, setting, rounds, interval) if fit is val else
+                   score(fitted_model(model, fit, setting, rounds), val, interval))
         rows.append({"setting": dataclasses.asdict(setting), "name": setting.name(),
                      "MaxBoxAccV2": metrics["MaxBoxAccV2"], "GT_known_Loc": metrics["GT_known_Loc"],
                      "MaxBoxAcc_threshold": metrics["MaxBoxAcc_threshold"],
@@ -213,7 +230,8 @@ def tune(model: CamModel, fit: CachedSplit, val: CachedSplit, settings: list[Set
 def staged(model: CamModel, layers: list[str], iterations: Iterable[int], fit: CachedSplit, val: CachedSplit,
            rounds: int, interval: float, top: int = 3, min_gain: float | None = None) -> dict:
     """The staged search: every layer x center at the model's other settings, then T, the feature
-    mean and the embeddings (and the fallback, where val has classes the fit split lacks) around
+    mean and the embeddings (and the fallback, where val has classes the fit split lacks, as the
+    halves of a two-fold score do) around
     the `top` best (layer, center) pairs. Returns `tune`'s result over both stages."""
     base = Setting.of(model)
     first = tune(model, fit, val, [dataclasses.replace(base, em_layer=layer, center=center)
@@ -221,7 +239,8 @@ def staged(model: CamModel, layers: list[str], iterations: Iterable[int], fit: C
                  min_gain)
     ranked = sorted(first["rows"], key=lambda r: -r["MaxBoxAccV2"])
     pairs = list(dict.fromkeys((r["setting"]["em_layer"], r["setting"]["center"]) for r in ranked))[:top]
-    fallbacks = FALLBACKS if set(val.labels.tolist()) - set(fit.labels.tolist()) else (base.fallback,)
+    unfitted = fit is val or set(val.labels.tolist()) - set(fit.labels.tolist())  # two-fold: a half lacks classes
+    fallbacks = FALLBACKS if unfitted else (base.fallback,)
     second = [s for layer, center in pairs for s in grid([layer], [center], iterations, FEATURE_MEANS, EMBEDDINGS,
                                                            fallbacks)]
     done = {Setting(**r["setting"]) for r in first["rows"]}
@@ -255,7 +274,9 @@ def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str
     (all of it, where the search drew a sample that fits `cache_bytes`), and write the checkpoint
     with the settings, `box_threshold` (the chosen setting's best MaxBoxAcc threshold on val) and
     the record in `config.tuned`; a setting replaces the checkpoint's own only when it is
-    `min_gain` better on val (None: `min_gain_for`). Returns the record (the table under "rows")."""
+    `min_gain` better on val (None: `min_gain_for`). With `fit_split` = `val_split` (the disjoint
+    protocol) val is scored two-fold (`cross_fitted_score`) and the chosen embeddings are fitted
+    on all of it. Returns the record (the table under "rows")."""
     from cream_rt.metadata import read_split
     from cream_rt.model.checkpoint import load_checkpoint, save_checkpoint
     from cream_rt.scoring import check_labels
@@ -280,10 +301,10 @@ def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str
     cells[CAM_LAYER] = cells[model.backbone.layer_names()[-1]]  # the last step's: the CAM's features
     per_image = 2 * sum(cells[layer] for layer in layers)  # float16 bytes of an image's cached features
     limit = max(1, int(cache_bytes // per_image) - len(val_meta.image_ids))
-    keep = fit_sample(fit_meta, limit)
-    fit = cache_split(model, fit_meta, image_root, layers, batch_size, unreadable, f"features {fit_split}", device,
-                      keep)
+    keep = None if fit_split == val_split else fit_sample(fit_meta, limit)
     val = cache_split(model, val_meta, image_root, layers, batch_size, unreadable, f"features {val_split}", device)
+    fit = val if fit_split == val_split else cache_split(model, fit_meta, image_root, layers, batch_size, unreadable,
+                                                         f"features {fit_split}", device, keep)
     if search == "full":
         result = tune(model, fit, val, grid(layers, (False, True), iterations), rounds, interval, min_gain=min_gain)
     else:
