@@ -230,9 +230,9 @@ def tune(model: CamModel, fit: CachedSplit, val: CachedSplit, settings: list[Set
 def staged(model: CamModel, layers: list[str], iterations: Iterable[int], fit: CachedSplit, val: CachedSplit,
            rounds: int, interval: float, top: int = 3, min_gain: float | None = None) -> dict:
     """The staged search: every layer x center at the model's other settings, then T, the feature
-    mean and the embeddings (and the fallback, where val has classes the fit split lacks, as the
-    halves of a two-fold score do) around
-    the `top` best (layer, center) pairs. Returns `tune`'s result over both stages."""
+    mean and the embeddings around the `top` best (layer, center) pairs, and the fallback too
+    where val has classes the fit split lacks (as each half of a two-fold score does). Returns
+    `tune`'s result over both stages."""
     base = Setting.of(model)
     first = tune(model, fit, val, [dataclasses.replace(base, em_layer=layer, center=center)
                                    for layer in layers for center in (False, True)], rounds, interval, "tune: layers",
