@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import MetadataError
 
-__all__ = ["MAX_CLASSES", "SplitMetadata", "read_split", "data_paths", "split_paths", "resize_box"]
+__all__ = ["MAX_CLASSES", "SplitMetadata", "read_split", "data_paths", "split_folder", "split_paths", "resize_box"]
 
 Box = tuple[float, float, float, float]
 MAX_CLASSES = 100_000  # labels are 0..C-1; a larger label is a broken file, not a classifier to size
@@ -181,10 +181,21 @@ def data_paths(data: str | os.PathLike | None, images: str | os.PathLike | None 
     raise MetadataError("pass --data DIR (images/ and metadata/) or both --images and --metadata")
 
 
+def split_folder(folder: str | os.PathLike, split: str) -> Path:
+    """A `--metadata` folder as a split folder: itself, or FOLDER/SPLIT where it is a metadata
+    root (what `cream train --metadata` takes) and has no image_ids.txt of its own."""
+    folder = Path(folder)
+    if not (folder / "image_ids.txt").is_file() and (folder / split / "image_ids.txt").is_file():
+        return folder / split
+    return folder
+
+
 def split_paths(data: str | os.PathLike | None, split: str = "test", images: str | os.PathLike | None = None,
                 split_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """(metadata split folder, image root): `DATA/metadata/SPLIT` and `DATA/images` unless
-    `split_dir` / `images` name them."""
+    `split_dir` / `images` name them. `split_dir` may also be a metadata root holding SPLIT/
+    (what `cream train --metadata` takes)."""
+    split_dir = split_folder(split_dir, split) if split_dir else None
     if split_dir and images:
         return Path(split_dir), Path(images)
     if not data:

@@ -122,8 +122,8 @@ def test_fitting_on_val_scores_it_two_fold(tiny, tmp_path):
         ckpt = tmp_path / f"half{k}.pt"
         run("fit-embeddings", "--checkpoint", tiny["ckpt"], "--images", data / "images", "--metadata", meta,
             "--out", ckpt, expect=0)
-        run("eval", "--checkpoint", ckpt, "--images", data / "images", "--metadata", meta / "scored",
-            "--save-maps", tmp_path / f"maps{k}", expect=0)
+        run("eval", "--checkpoint", ckpt, "--images", data / "images", "--metadata", meta, "--split", "scored",
+            "--save-maps", tmp_path / f"maps{k}", expect=0)  # a metadata root, as fit-embeddings takes it
         shutil.copytree(tmp_path / f"maps{k}", maps, dirs_exist_ok=True)
     by_hand = json.loads(run("eval", "--maps", maps, "--data", data, "--split", "val", "--map-size", "64", "64",
                              "--json", expect=0).stdout)

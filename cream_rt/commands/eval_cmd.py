@@ -8,7 +8,7 @@ import contextlib
 from ..argtypes import BATCH_SIZE, INPUT_SIZE, INTERVAL, ITERATIONS, THREADS
 from ..atomic import atomic_dir, check_output_dir
 from ..errors import CreamError
-from ..metadata import SplitMetadata, read_split, split_paths
+from ..metadata import SplitMetadata, read_split, split_folder, split_paths
 from ..scoring import SplitScorer, check_labels, split_batches
 from ..unreadable import UnreadableImages
 from .options import add_json, add_max_bad_images
@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--maps", help="folder of <image_id>.npy score maps (wsolevaluation layout)")
     src.add_argument("--checkpoint", help="a cream training checkpoint (.pt)")
     src.add_argument("--model", help="an exported ONNX model (runs on ONNX Runtime, no torch)")
-    p.add_argument("--metadata", help="metadata split folder (image_ids.txt, class_labels.txt, ...)")
+    p.add_argument("--metadata", help="metadata split folder (image_ids.txt, class_labels.txt, ...), or a metadata "
+                                      "root with SPLIT/ in it")
     p.add_argument("--data", help="data root with images/ and metadata/<split>/ (with --checkpoint/--model)")
     p.add_argument("--images", help="image root, if not DATA/images")
     p.add_argument("--split", default="test", help="split name under DATA/metadata (default: test)")
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.maps:
         from ..evaluate import evaluate_map_folder
 
-        split_dir = args.metadata or split_paths(args.data, args.split)[0]
+        split_dir = split_folder(args.metadata, args.split) if args.metadata else split_paths(args.data, args.split)[0]
         result = evaluate_map_folder(args.maps, read_split(split_dir), args.interval, args.mask_root,
                                      args.allow_missing, tuple(args.map_size), args.threads, bool(args.pas))
         report(result, args.json, f"wsolevaluation metrics of {args.maps}")

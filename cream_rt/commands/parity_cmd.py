@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="images the --per-layer report runs on (default 64)")
     p.add_argument("--data", help="data root with images/ and metadata/")
     p.add_argument("--images", help="image root (instead of DATA/images)")
-    p.add_argument("--metadata", help="metadata split folder (instead of DATA/metadata/SPLIT)")
+    p.add_argument("--metadata", help="metadata split folder, or a metadata root with SPLIT/ "
+                                      "(instead of DATA/metadata/SPLIT)")
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=BATCH_SIZE, default=16)
     p.add_argument("--threshold", type=FRACTION, default=0.2, help="box threshold compared between engines")
