@@ -81,9 +81,9 @@ def _class_means(model, split: Iterable[EmBatch], masks: Callable) -> ClassMeans
         means = side_means(centered(em.flatten(2).float(), model.center), masks(em, cam, labels), unit)
         sums.index_add_(0, labels, means)
         counts.index_add_(0, labels, torch.ones_like(labels, dtype=counts.dtype))
-    if not bool((counts > 0).any()):
-        raise CreamError("the embedding pass saw no readable image; expected a training split with images")
     seen = counts > 0
+    if not bool(seen.any()):
+        raise CreamError("the embedding pass saw no readable image; expected a training split with images")
     new = torch.zeros_like(sums)
     new[seen] = sums[seen] / counts[seen].reshape(-1, 1, 1)
     return ClassMeans(new, seen, sums.sum(0) / counts.sum())
