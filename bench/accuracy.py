@@ -37,7 +37,12 @@ REAL_DATA = Path(os.environ.get("CREAM_REAL_DATA", Path(__file__).resolve().pare
 # how the raccoon_kangaroo cells train (`cream train` flags), per backbone
 REAL_RECIPES = {"efficientnet-lite0": ["--epochs", "4", "--lr", "0.01"],
                 "small-cnn": ["--epochs", "30", "--lr-decay-epochs", "20"]}
-REAL_CELLS = ("ilsvrc-own", "ilsvrc-disjoint", *(f"rk-{b}-s{s}" for b in REAL_RECIPES for s in (0, 1, 2)))
+# the ImageNet classifiers of the ilsvrc cells (`cream import --from imagenet`)
+IMAGENET_BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+TRAINED_SETS = {"rk": "raccoon_kangaroo", "fruits": "fruits"}  # real sets a cell trains on
+REAL_CELLS = (*(f"ilsvrc-{p}-{b}" for b in IMAGENET_BACKBONES for p in ("own", "disjoint")),
+              *(f"rk-{b}-s{s}" for b in REAL_RECIPES for s in (0, 1, 2)),
+              *(f"fruits-efficientnet-lite0-s{s}" for s in (0, 1, 2)))
 PRESETS = ("default", "no-decoys", "tinted", "small", "clutter", "photo")
 REFINE = 1  # refinement rounds of every fit (the shipped default)
 # The rule for a new default (DEVELOPERS.md): >= 1 point better on the mean over the real val
@@ -73,20 +78,22 @@ def shipped(backbone: str):
 
 
 def previous(backbone: str):
-    """The defaults before the real-photo cells decided them (Lite0: the EM on `_blocks.5`)."""
-    return Setting("_blocks.5", False, 2) if backbone == "efficientnet-lite0" else Setting("cam", False, 2)
+    """The defaults before this round's real-photo cells decided them (EfficientNet-Lite: the EM on
+    `_blocks.11`, centered, T=1, chosen on the mis-normalised stride-16 Lite0)."""
+    return Setting("_blocks.11", True, 1) if backbone.startswith("efficientnet-lite") else Setting("cam", False, 2)
 
 
 def parse_cell(name: str) -> tuple[str, str, int]:
-    """(dataset: ilsvrc-own, ilsvrc-disjoint, rk or synth-<preset>; backbone; seed) of a cell name."""
-    if name in ("ilsvrc-own", "ilsvrc-disjoint"):
-        return name, "efficientnet-lite0", 0
+    """(dataset: ilsvrc-own, ilsvrc-disjoint, rk, fruits or synth-<preset>; backbone; seed) of a cell name."""
+    for protocol in ("ilsvrc-own", "ilsvrc-disjoint"):
+        if name.startswith(protocol + "-") and name[len(protocol) + 1:] in IMAGENET_BACKBONES:
+            return protocol, name[len(protocol) + 1:], 0
     head, _, seed = name.rpartition("-s")
     backbone = next((b for b in REAL_RECIPES if head.endswith("-" + b)), None)
     dataset = head[:-len(backbone) - 1] if backbone else ""
-    if (dataset != "rk" and dataset[len("synth-"):] not in PRESETS) or not seed.isdigit():
-        raise ValueError(f"unknown cell {name!r}: ilsvrc-own, ilsvrc-disjoint, rk-<backbone>-s<seed> or "
-                         f"synth-<preset>-<backbone>-s<seed>")
+    if (dataset not in TRAINED_SETS and dataset[len("synth-"):] not in PRESETS) or not seed.isdigit():
+        raise ValueError(f"unknown cell {name!r}: ilsvrc-own-<lite>, ilsvrc-disjoint-<lite>, "
+                         f"rk|fruits-<backbone>-s<seed> or synth-<preset>-<backbone>-s<seed>")
     return dataset, backbone, int(seed)
 
 
@@ -141,12 +148,12 @@ def cell_model(dataset: str, backbone: str, seed: int, work: Path) -> tuple[Path
     a user makes them."""
     if dataset.startswith("synth-"):
         return synth_cell(dataset[len("synth-"):], backbone, seed, work)
-    root = REAL_DATA / ("ilsvrc_dev" if dataset.startswith("ilsvrc") else "raccoon_kangaroo")
+    root = REAL_DATA / ("ilsvrc_dev" if dataset.startswith("ilsvrc") else TRAINED_SETS[dataset])
     if dataset.startswith("ilsvrc"):
-        path = work / "ilsvrc-lite0.pt"
-        argv = ["import", "--from", "imagenet", "--arch", "efficientnet-lite0", "--out", str(path)]
+        path = work / f"ilsvrc-{backbone}.pt"
+        argv = ["import", "--from", "imagenet", "--arch", backbone, "--out", str(path)]
     else:
-        path = work / f"rk-{backbone}-s{seed}.pt"
+        path = work / f"{dataset}-{backbone}-s{seed}.pt"
         argv = ["train", "--data", str(root), "--backbone", backbone, "--seed", str(seed), "--out", str(path),
                 *REAL_RECIPES[backbone]]
     if not path.is_file():
@@ -184,7 +191,8 @@ def oracle_row(model, split, interval: float) -> dict:
     mean = lambda m: (x * m[:, None]).sum(2) / m.sum(1, keepdim=True).clamp(min=1)  # noqa: E731
     centroids = torch.stack([mean((masks > 0.5).float()), mean((masks < 0.05).float())], 1)
     c = model.config.cream
-    maps = reactivation(em, split.cam, centroids, 1, c.beta, c.tau, True, calibration="none", center=model.center).map
+    maps = reactivation(em, split.cam_on(model.em_layer, slice(None)), centroids, 1, c.beta, c.tau, True,
+                        calibration="none", center=model.center).map
     scorer = SplitScorer(split.meta, size, interval)
     for image_id in split.unreadable:
         scorer.add_unreadable(image_id)
@@ -249,7 +257,7 @@ class Cell:
 
     def int8_rows(self, work: Path) -> dict:
         """The shipped default's fp32 and int8 exports on test through the CLI; int8 calibrated on
-        photos the test split does not hold (ilsvrc: val; raccoon_kangaroo: train)."""
+        photos the test split does not hold (ilsvrc: val; the trained sets: train)."""
         from cream_rt.model.checkpoint import save_checkpoint
 
         ckpt = work / f"{self.name}-default.pt"
@@ -279,7 +287,7 @@ def settings_named(spec: str, cell: Cell) -> list:
             extra = [next((p for p in parts[3:] if p in options), options[0])
                      for options in (("unit", "raw"), ("per-class", "agnostic"), ("class-mean", "image-mean"))]
             out.append(Setting(parts[0], parts[1] == "center", int(parts[2]), *extra))
-    return [s for s in out if s.em_layer in cell.layers]
+    return [s for s in out if cell.model.backbone.resolve_layer(s.em_layer) in cell.layers]
 
 
 def summarize(cells: dict) -> dict:

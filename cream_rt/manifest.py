@@ -44,6 +44,7 @@ class Manifest:
     fallback: str = "class-mean"  # the pair of classes without a fitting image
     fallback_classes: list[int] = field(default_factory=list)  # the classes that use it
     box_threshold: float | None = None  # `cream tune`'s threshold, the default of `cream localize`
+    network_threshold: float | None = None  # the backbone's shipped threshold for this mode, used untuned
     tuned: dict = field(default_factory=dict)  # `cream tune`'s chosen settings and their val scores
     format: str = MANIFEST_FORMAT
     version: int = MANIFEST_VERSION
@@ -95,7 +96,9 @@ class Manifest:
             return f"iterations must be an integer in [0, 64], got {self.iterations!r}"
         if not isinstance(self.quantization, dict):
             return f"quantization must be an object, got {self.quantization!r}"
-        if self.box_threshold is not None and (isinstance(self.box_threshold, bool) or not isinstance(
-                self.box_threshold, (int, float)) or not 0 <= self.box_threshold < 1):
-            return f"box_threshold must be a number in [0, 1) or null, got {self.box_threshold!r}"
+        for name in ("box_threshold", "network_threshold"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 <= value < 1):
+                return f"{name} must be a number in [0, 1) or null, got {value!r}"
         return None

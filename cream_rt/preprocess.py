@@ -26,11 +26,11 @@ except AttributeError:  # OpenCV built without the logging module
     pass
 
 
-def read_image(path: str | os.PathLike, reduce_to: int | None = None) -> np.ndarray:
+def read_image(path: str | os.PathLike, reduce_to: int | None = None, exif_orientation: bool = False) -> np.ndarray:
     """Decode an image file to RGB uint8 `(H,W,3)`; ImageReadError names the file otherwise
-    (missing, unreadable, truncated, too large, not an image). `reduce_to`: see
-    `decode_image_bytes`."""
-    return decode_image_bytes(read_image_bytes(path), path, reduce_to)
+    (missing, unreadable, truncated, too large, not an image). `reduce_to`, `exif_orientation`:
+    see `decode_image_bytes`."""
+    return decode_image_bytes(read_image_bytes(path), path, reduce_to, exif_orientation)
 
 
 def read_image_bytes(path: str | os.PathLike) -> np.ndarray:
@@ -43,9 +43,12 @@ def read_image_bytes(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(f"{path}: cannot read ({(exc.strerror or str(exc)).lower()})") from None
 
 
-def decode_image_bytes(data: np.ndarray | bytes, name: str | os.PathLike, reduce_to: int | None = None) -> np.ndarray:
+def decode_image_bytes(data: np.ndarray | bytes, name: str | os.PathLike, reduce_to: int | None = None,
+                       exif_orientation: bool = False) -> np.ndarray:
     """Encoded image bytes -> RGB uint8 `(H,W,3)`; ImageReadError naming `name` if they are
-    truncated, corrupt, too large or not an image (the same lines as `read_image`). With
+    truncated, corrupt, too large or not an image (the same lines as `read_image`). The pixels
+    as stored, as wsolevaluation reads them (its boxes are in that frame); `exif_orientation`
+    applies the EXIF orientation tag (the displayed frame) instead. With
     `reduce_to` (the model's input size), a JPEG at least twice that size on both sides is
     decoded at 1/2, 1/4 or 1/8 scale in the DCT (libjpeg's scaled decode), never below
     `reduce_to`: 2-3x less decoding for the same resized input, slightly different pixels."""
@@ -57,6 +60,8 @@ def decode_image_bytes(data: np.ndarray | bytes, name: str | os.PathLike, reduce
     if reduce_to:
         size = jpeg_dimensions(data)
         flag = REDUCED_FLAGS[reduction_factor(*size, reduce_to)] if size else flag
+    if not exif_orientation:
+        flag |= cv2.IMREAD_IGNORE_ORIENTATION
     try:
         img = cv2.imdecode(data, flag) if data.size else None
     except cv2.error as exc:
@@ -150,12 +155,20 @@ def _png_problem(raw: bytes) -> str | None:
     return "truncated PNG (no IEND chunk)"
 
 
-def as_rgb_array(image, reduce_to: int | None = None) -> np.ndarray:
-    """Accept a path, a PIL image or an RGB uint8 array (gray or RGBA converted); a path is
+def as_rgb_array(image, reduce_to: int | None = None, exif_orientation: bool = False) -> np.ndarray:
+    """Accept a path, encoded bytes, a PIL image or an RGB uint8 array (gray or RGBA converted),
+    each in one frame: the pixels as stored, or with `exif_orientation` as the EXIF tag of a
+    file, bytes or PIL image says they are displayed (an array has no tag). A path or bytes are
     decoded with `reduce_to` (see `decode_image_bytes`)."""
     if isinstance(image, (str, os.PathLike)):
-        return read_image(image, reduce_to)
+        return read_image(image, reduce_to, exif_orientation)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_image_bytes(image, "image bytes", reduce_to, exif_orientation)
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL image, without importing PIL
+        if exif_orientation:
+            from PIL import ImageOps
+
+            image = ImageOps.exif_transpose(image)
         image = image.convert("RGB")
     array = np.asarray(image)
     if array.dtype == object:

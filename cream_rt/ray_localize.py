@@ -98,7 +98,8 @@ def read_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"path": batch["path"], "data": np.array(data, dtype=object), "error": np.array(errors, dtype=object)}
 
 
-def decode_batch(batch: dict[str, np.ndarray], input_size: int) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], input_size: int, exif_orientation: bool = False) \
+        -> dict[str, np.ndarray]:
     """Ray Data stage: decode and resize to the model's input as the single-process path does
     (same functions, same error lines); uint8 pixels travel to the actors, a quarter of the
     normalised float32 tensor. A failed image keeps zero pixels and its error."""
@@ -112,7 +113,7 @@ def decode_batch(batch: dict[str, np.ndarray], input_size: int) -> dict[str, np.
     for i, (path, data) in enumerate(zip(batch["path"], batch["data"])):
         if errors[i]:
             continue
-        decoded = decode_or_error(str(path), data)
+        decoded = decode_or_error(str(path), data, exif_orientation=exif_orientation)
         if isinstance(decoded, Exception):
             errors[i] = str(decoded)
             continue
@@ -170,7 +171,8 @@ def _model_bytes(model: str) -> tuple[bytes, str]:
 def localize_ray(paths: Sequence[str | os.PathLike], model: str, out: str | os.PathLike, *,
                  address: str | None = None, actors: int = 2, batch_size: int = 8, threads: int = 1,
                  threshold: float | None = None, all_contours: bool = False, shard_format: str = "jsonl",
-                 num_cpus: int | None = None, show_progress: bool = False, log=None) -> dict:
+                 num_cpus: int | None = None, show_progress: bool = False, log=None,
+                 exif_orientation: bool = False) -> dict:
     """Localize `paths` with the exported `model` on Ray Data into the shard folder `out`.
 
     Args:
@@ -180,7 +182,7 @@ def localize_ray(paths: Sequence[str | os.PathLike], model: str, out: str | os.P
         address: a running Ray cluster (`ray start --head`), or None for a local Ray.
         actors: ONNX Runtime actors (one session each); threads: intra-op threads per actor.
         batch_size: images per batch through every stage and per shard.
-        threshold, all_contours: box extraction, as for `Localizer`.
+        threshold, all_contours, exif_orientation: box extraction and image frame, as for `Localizer`.
         shard_format: "jsonl" or "parquet".
         num_cpus: CPUs of a local Ray (default: all cores).
     Returns:
@@ -196,12 +198,12 @@ def localize_ray(paths: Sequence[str | os.PathLike], model: str, out: str | os.P
     manifest = read_manifest(make_session(str(model), ["CPUExecutionProvider"], 1, data=data), str(model))
     with ShardFolder(out, shard_format, sha, str(model)) as folder:
         return _localize_into(folder, paths, data, str(model), manifest, address, actors, batch_size, threads,
-                              threshold, all_contours, num_cpus, show_progress, log)
+                              threshold, all_contours, num_cpus, show_progress, log, exif_orientation)
 
 
 def _localize_into(folder: ShardFolder, paths: Sequence, data: bytes, model: str, manifest, address: str | None,
                    actors: int, batch_size: int, threads: int, threshold, all_contours: bool, num_cpus: int | None,
-                   show_progress: bool, log) -> dict:
+                   show_progress: bool, log, exif_orientation: bool = False) -> dict:
     """Skip what the folder holds, run the pipeline on the rest, record the run."""
     done = folder.done()
     todo = []
@@ -225,7 +227,8 @@ def _localize_into(folder: ShardFolder, paths: Sequence, data: bytes, model: str
         try:
             if todo:
                 written, errors = _run_pipeline(ray, todo, data, model, manifest, folder, actors, batch_size,
-                                                threads, threshold, all_contours, show_progress, log)
+                                                threads, threshold, all_contours, show_progress, log,
+                                                exif_orientation)
             complete = True
         finally:
             seconds = time.perf_counter() - started
@@ -247,7 +250,7 @@ def cpu_shares(cluster_cpus: float, actors: int) -> tuple[float, float]:
 
 def _run_pipeline(ray, todo: list[str], model_bytes: bytes, model_name: str, manifest, folder: ShardFolder,
                   actors: int, batch_size: int, threads: int, threshold, all_contours: bool, show_progress: bool,
-                  log) -> tuple[int, int]:
+                  log, exif_orientation: bool = False) -> tuple[int, int]:
     """Build and drain the Ray Data pipeline; each finished batch becomes one shard."""
     from tqdm import tqdm
 
@@ -256,7 +259,8 @@ def _run_pipeline(ray, todo: list[str], model_bytes: bytes, model_name: str, man
     dataset = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
     dataset = dataset.map_batches(read_batch, batch_size=batch_size, num_cpus=task_cpus)
     dataset = dataset.map_batches(decode_batch, batch_size=batch_size, num_cpus=task_cpus,
-                                  fn_kwargs={"input_size": manifest.input_size})
+                                  fn_kwargs={"input_size": manifest.input_size,
+                                             "exif_orientation": exif_orientation})
     with warnings.catch_warnings():  # max_restarts still goes through the deprecated **ray_remote_args in 2.60
         warnings.simplefilter("ignore")
         # not restarted: a crashed actor fails the run, and a re-run redoes only its batches

@@ -2,6 +2,8 @@
 boxes in original image coordinates. Imports numpy, OpenCV and onnxruntime only."""
 from __future__ import annotations
 
+import functools
+import logging
 import numbers
 import os
 import threading
@@ -19,7 +21,8 @@ from .preprocess import as_rgb_array, decode_image_bytes, preprocess_batch
 __all__ = ["DEFAULT_PROVIDERS", "make_session", "read_manifest", "class_id_array", "OnnxPredictor", "Localization",
            "softmax", "map_boxes", "scale_boxes", "decode_ahead", "decode_or_error", "Localizer", "load"]
 
-DEFAULT_THRESHOLD = 0.2  # box threshold as a fraction of the map's max (CAM's usual value)
+DEFAULT_THRESHOLD = 0.2  # box threshold of a model with no tuned or network threshold (CAM's usual value)
+_log = logging.getLogger(__name__)
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)  # see make_session
 
@@ -176,13 +179,14 @@ def scale_boxes(boxes: np.ndarray, map_size: int, width: int, height: int) -> li
     return out
 
 
-def decode_ahead(images: Sequence, batch_size: int, depth: int = 3,
-                 reduce_to: int | None = None) -> Iterator[tuple[list, list]]:
+def decode_ahead(images: Sequence, batch_size: int, depth: int = 3, reduce_to: int | None = None,
+                 exif_orientation: bool = False) -> Iterator[tuple[list, list]]:
     """Yield (inputs, decoded RGB arrays or the CreamError each raised) per batch, decoded by a
     background thread up to `depth` batches ahead, so that decoding overlaps the model. Any
     failure to decode one image becomes that image's error; a failure of the thread itself is
     re-raised here; closing the generator early stops and joins the thread. `reduce_to`:
-    large JPEGs decoded at reduced scale (see `preprocess.decode_image_bytes`)."""
+    large JPEGs decoded at reduced scale; `exif_orientation`: the displayed frame (see
+    `preprocess.decode_image_bytes`)."""
     import queue
 
     if batch_size < 1:
@@ -203,7 +207,8 @@ def decode_ahead(images: Sequence, batch_size: int, depth: int = 3,
         try:
             for start in range(0, len(images), batch_size):
                 chunk = list(images[start:start + batch_size])
-                if not put((chunk, [decode_or_error(image, reduce_to=reduce_to) for image in chunk])):
+                if not put((chunk, [decode_or_error(image, reduce_to=reduce_to, exif_orientation=exif_orientation)
+                                   for image in chunk])):
                     return
             put(None)
         except BaseException as exc:  # handed to the consumer, never lost
@@ -221,12 +226,13 @@ def decode_ahead(images: Sequence, batch_size: int, depth: int = 3,
         thread.join(timeout=10)  # at most one image's decode; a stuck read must not block the exit
 
 
-def decode_or_error(image, data: np.ndarray | bytes | None = None,
-                    reduce_to: int | None = None) -> np.ndarray | CreamError:
+def decode_or_error(image, data: np.ndarray | bytes | None = None, reduce_to: int | None = None,
+                    exif_orientation: bool = False) -> np.ndarray | CreamError:
     """The decoded RGB array, or the error that names why this one image failed; with `data`,
     those bytes (already read from the path `image`) are decoded."""
     try:
-        return as_rgb_array(image, reduce_to) if data is None else decode_image_bytes(data, image, reduce_to)
+        return (as_rgb_array(image, reduce_to, exif_orientation) if data is None
+                else decode_image_bytes(data, image, reduce_to, exif_orientation))
     except CreamError as exc:
         return exc
     except (OSError, ValueError, MemoryError) as exc:
@@ -241,16 +247,25 @@ class Localizer:
     It owns a decoding thread pool: use it as a context manager (`with Localizer.load(p) as
     loc:`) or call `close()`."""
 
-    def __init__(self, predictor: OnnxPredictor, threshold: float | None = None, all_contours: bool = False):
+    def __init__(self, predictor: OnnxPredictor, threshold: float | None = None, all_contours: bool = False,
+                 exif_orientation: bool = False):
         self.pas = bool(predictor.manifest.pas)
-        if threshold is None:  # `cream tune`'s, else 0.2 of the max, or 0.35 of the 90th percentile (PaS)
-            threshold = predictor.manifest.box_threshold
-        if threshold is None:
-            threshold = PAS_THETA if self.pas else DEFAULT_THRESHOLD
+        m = predictor.manifest
+        # the caller's, else `cream tune`'s, else the backbone's shipped one, else 0.2 (0.35 of the
+        # 90th percentile with PaS), which is said once: it gives loose boxes on many photos
+        for source, value in (("argument", threshold), ("tuned", m.box_threshold), ("network", m.network_threshold),
+                              ("pas" if self.pas else "fallback", PAS_THETA if self.pas else DEFAULT_THRESHOLD)):
+            if value is not None:
+                self.threshold_source, threshold = source, value
+                break
         if not isinstance(threshold, numbers.Real) or not 0 <= threshold < 1:
             raise CreamError(f"threshold must lie in [0, 1), got {threshold}")
-        self.predictor, self.threshold, self.all_contours = predictor, threshold, all_contours
-        self.manifest = predictor.manifest
+        if self.threshold_source == "fallback":
+            _log.warning("%s: no tuned or shipped box threshold for this model; using %g of the map's max "
+                         "(run `cream tune`, or pass a threshold)", predictor.path, threshold)
+        self.predictor, self.threshold, self.all_contours = predictor, float(threshold), all_contours
+        self.exif_orientation = exif_orientation
+        self.manifest = m
         from concurrent.futures import ThreadPoolExecutor
 
         self._pool = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="cream-decode")
@@ -258,7 +273,7 @@ class Localizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike, providers: Sequence[str] | None = None, threshold: float | None = None,
-             all_contours: bool = False, threads: int | None = None) -> "Localizer":
+             all_contours: bool = False, threads: int | None = None, exif_orientation: bool = False) -> "Localizer":
         """Open an export made by `cream export`.
 
         Args:
@@ -266,16 +281,21 @@ class Localizer:
             providers: ONNX Runtime providers in order (default: TensorRT, CUDA, CPU, those present).
             threshold: box threshold in [0, 1), a fraction of each map's max, or of its 90th
                 percentile for a model exported with PaS (default: the one `cream tune` chose, in
-                the manifest; else 0.2, or 0.35 with PaS).
+                the manifest; else the backbone's shipped threshold for the export's mode; else
+                0.2, logged as a warning, or 0.35 with PaS). `threshold_source` says which.
             all_contours: one box per contour instead of the largest contour's box.
             threads: intra-op threads (default: one per core). They do not spin between batches:
                 the Localizer decodes and extracts boxes on the same cores.
+            exif_orientation: apply a file's (or PIL image's) EXIF orientation tag, boxes in the
+                displayed frame; default: the pixels as stored (wsolevaluation's frame), so a path,
+                its bytes, its PIL image and its array give the same class and boxes.
         Returns:
             A Localizer; use it in a `with` block or call `close()`.
         Raises:
             ModelFileError: missing, corrupt or foreign file, or a manifest from another version.
         """
-        return cls(OnnxPredictor.load(path, providers, threads, spinning=False), threshold, all_contours)
+        return cls(OnnxPredictor.load(path, providers, threads, spinning=False), threshold, all_contours,
+                   exif_orientation)
 
     def close(self) -> None:
         """Stop the decoding threads; the Localizer cannot be called afterwards."""
@@ -290,7 +310,8 @@ class Localizer:
 
     def preprocess(self, images: Sequence) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Decode (in parallel) and preprocess; returns the batch and each original (width, height)."""
-        arrays = list(self._pool.map(as_rgb_array, images)) if len(images) > 1 else [as_rgb_array(images[0])]
+        decode = functools.partial(as_rgb_array, exif_orientation=self.exif_orientation)
+        arrays = list(self._pool.map(decode, images)) if len(images) > 1 else [decode(images[0])]
         sizes = [(a.shape[1], a.shape[0]) for a in arrays]
         m = self.manifest
         return preprocess_batch(arrays, m.input_size, m.mean, m.std, self._pool), sizes
@@ -319,7 +340,7 @@ class Localizer:
         """Localize a batch.
 
         Args:
-            images: paths, PIL images or uint8 RGB arrays of any size (or one of them).
+            images: paths, encoded bytes, PIL images or uint8 RGB arrays of any size (or one of them).
             class_ids: one per image, the class whose map is used; -1 or None: the predicted one.
             return_maps: keep each score map (model resolution) in `Localization.map`.
         Returns:
@@ -329,7 +350,7 @@ class Localizer:
         """
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)  # a (B, H, W, 3) batch
-        elif isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "convert"):
+        elif isinstance(images, (str, os.PathLike, np.ndarray, bytes)) or hasattr(images, "convert"):
             images = [images]  # one image, not a sequence of rows
         if len(images) == 0:
             return []

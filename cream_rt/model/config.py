@@ -114,6 +114,11 @@ class ModelConfig:
     class_names: list[str] = field(default_factory=list)
     input_size: int = 224
     large_feature_map: bool = False
+    # every stride of the backbone as its ImageNet weights were trained (an imported classifier:
+    # `cream import --from imagenet|torchvision`, which then predicts what the stock network
+    # predicts); False: the WSOL layout, the last stride removed (models trained by `cream train`).
+    # Files saved before the field were all the WSOL layout.
+    stock_strides: bool = False
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     tap: bool = False  # RCAM thresholded average pooling (training)

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 __all__ = ["EPS", "minmax", "l2_normalize", "centered", "em_foreground", "side_means", "adaptive_start", "check_fused",
-           "border_weights", "Reactivation", "reactivation", "reactivate", "bicubic_matrix", "score_maps"]
+           "border_weights", "Reactivation", "reactivation", "reactivate", "bicubic_matrix", "score_maps", "to_grid",
+           "bilinear_matrix", "grid_mean_weights"]
 
 EPS = 1e-6
 
@@ -203,6 +204,49 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
                          float(beta), float(tau), bool(unit_mean), calibration)
     return reactivation(features, cam, centroids, iterations, beta, tau, unit_mean, border, calibration,
                         upsample, adapt_fg, adapt_bg, center).map
+
+
+def to_grid(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`(B,C,h,w)` (or `(B,h,w)`) bilinearly resized (align_corners=False) to `size` cells: the
+    CAM (or its features) on the grid of a finer EM layer. Linear, so resizing the features and
+    then taking the CAM equals taking the CAM and resizing it."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    flat = maps.dim() == 3
+    out = torch.nn.functional.interpolate(maps.unsqueeze(1) if flat else maps, size=tuple(size), mode="bilinear",
+                                          align_corners=False)
+    return out.squeeze(1) if flat else out
+
+
+def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """`A (out, in)` float64 with `A @ v` = the 1-D bilinear resize of v as PyTorch computes it
+    (`to_grid`): align_corners=False, source = (dst + 0.5) * in/out - 0.5 floored at 0, the
+    upper tap clamped to the border."""
+    a = np.zeros((out_size, in_size), np.float64)
+    for dst in range(out_size):
+        src = max((dst + 0.5) * in_size / out_size - 0.5, 0.0)
+        low = min(int(np.floor(src)), in_size - 1)
+        frac = src - low
+        a[dst, low] += 1 - frac
+        a[dst, min(low + 1, in_size - 1)] += frac
+    return a
+
+
+@functools.lru_cache(maxsize=32)
+def _grid_mean_weights(size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+    parts = []
+    for out_size, in_size in zip(size, grid):
+        a = bilinear_matrix(out_size, in_size)  # full column rank: a^T x = 1 has the least-norm solution below
+        parts.append(a @ np.linalg.solve(a.T @ a, np.ones(in_size)) / in_size)
+    return np.outer(parts[0], parts[1]).reshape(-1).astype(np.float32)
+
+
+def grid_mean_weights(size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """`(H*W,)` float32 weights `w` with `sum(w * to_grid(F, size))` = mean(F) for every `F` on
+    `grid`: global average pooling of the original grid read off the resized one (exact in exact
+    arithmetic), so that a classifier keeps its logits when its features are resized. NumPy and
+    cached, a constant in exported graphs."""
+    return torch.from_numpy(_grid_mean_weights(tuple(map(int, size)), tuple(map(int, grid))))
 
 
 @functools.lru_cache(maxsize=32)

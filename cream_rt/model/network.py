@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple
 
 import torch
@@ -10,9 +11,33 @@ import torch.nn as nn
 from ..errors import CreamError
 from .backbones import get_backbone, load_imagenet_weights
 from .config import CAM_LAYER, ModelConfig
-from .em import Reactivation, centered, minmax, reactivate, reactivation, score_maps, side_means
+from .em import (
+    Reactivation,
+    centered,
+    grid_mean_weights,
+    minmax,
+    reactivate,
+    reactivation,
+    score_maps,
+    side_means,
+    to_grid,
+)
 
-__all__ = ["CamModel", "create_model", "EmbeddingStatistics"]
+__all__ = ["CamModel", "create_model", "EmbeddingStatistics", "em_grid_ok", "coarse_grid"]
+
+
+def coarse_grid(grid: tuple[int, int]) -> tuple[int, int]:
+    """The grid one stride-2 step below `grid`: ceil(n / 2) per side, as 'SAME' padding and a
+    3x3 (or 1x1) stride-2 convolution with padding 1 (0) both give."""
+    return tuple(math.ceil(int(n) / 2) for n in grid)
+
+
+def em_grid_ok(em: tuple[int, int], cam: tuple[int, int]) -> bool:
+    """Whether the EM can cluster a layer of `em` cells beside a CAM of `cam` cells: the same
+    grid, or one stride-2 step finer (the stride-16 layers of a stock stride-32 network), onto
+    which the CAM is resized."""
+    em, cam = tuple(map(int, em)), tuple(map(int, cam))
+    return em == cam or coarse_grid(em) == cam
 
 
 class EmbeddingStatistics(NamedTuple):
@@ -69,9 +94,12 @@ class CamModel(nn.Module):
         config = dataclasses.replace(config, cream=dataclasses.replace(config.cream, center=center, em_layer=em_layer,
                                                                        iterations=iterations),
                                      class_names=list(config.class_names))  # never the caller's object
+        self.backbone = spec.build(config.large_feature_map, config.stock_strides)
+        if em_layer != CAM_LAYER:  # a place named by stage becomes its layer's name
+            em_layer = self.backbone.resolve_layer(em_layer)
+            config.cream = dataclasses.replace(config.cream, em_layer=em_layer)
         self.config = config
         self._em_layer = em_layer
-        self.backbone = spec.build(config.large_feature_map)
         self.cam_channels = self.backbone.out_channels
         self.classifier = nn.Linear(self.cam_channels, config.num_classes)
         with torch.no_grad():
@@ -85,13 +113,19 @@ class CamModel(nn.Module):
                 self.backbone.forward_tap(probe, em_layer)
             config.feature_size = int(out.shape[-1])
             k = self.cam_channels
+            self.cam_grid = self.em_grid = tuple(int(v) for v in out.shape[-2:])
             if tapped is not None:
-                if tapped.shape[-2:] != out.shape[-2:]:
+                if not em_grid_ok(tapped.shape[-2:], out.shape[-2:]):
                     raise CreamError(f"em_layer {em_layer!r} of {config.backbone} has {tapped.shape[-2]}x"
                                      f"{tapped.shape[-1]} cells at input size {config.input_size}, the CAM "
-                                     f"{out.shape[-2]}x{out.shape[-1]}; expected a layer at the CAM's resolution")
+                                     f"{out.shape[-2]}x{out.shape[-1]}; expected a layer at the CAM's resolution "
+                                     f"or one stride-2 step finer")
                 k = int(tapped.shape[1])
+                self.em_grid = tuple(int(v) for v in tapped.shape[-2:])
             self.backbone.train(was)
+        # where the EM layer is one stride-2 step finer, `features` resizes the CAM's features onto its
+        # grid, and `logits` pools them with weights that give the CAM grid's own mean
+        self.em_finer = self.em_grid != self.cam_grid
         # Zero embeddings until fitted (cosine 0 to every feature: the EM then changes nothing, the
         # map is CAM's); `embedding_fitted` marks the classes whose pair came from their own images,
         # the others get the class-agnostic fallback (`fill_unfitted`), never random values.
@@ -119,11 +153,13 @@ class CamModel(nn.Module):
 
     def features(self, images: torch.Tensor, with_em: bool = True) -> torch.Tensor:
         """`(B, K [+ K_em], h, w)`: the CAM's features, then the EM layer's where it is another
-        (not with `with_em` False: a CAM-only pass, e.g. the CAM export)."""
+        (not with `with_em` False: a CAM-only pass, e.g. the CAM export); where the EM layer is
+        finer, the CAM's features resized onto its grid (`to_grid`)."""
         layer = self.em_layer
         if layer == CAM_LAYER or not with_em:
             return self.backbone(images)
-        return torch.cat(self.backbone.forward_tap(images, layer), 1)
+        out, em = self.backbone.forward_tap(images, layer)
+        return torch.cat((to_grid(out, em.shape[-2:]), em), 1)
 
     def cam_features(self, features: torch.Tensor) -> torch.Tensor:
         """The CAM's (and the classifier's) channels of `features`."""
@@ -153,7 +189,14 @@ class CamModel(nn.Module):
         return features.mean(dim=(2, 3))
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(self.cam_features(features)))
+        """The classifier's logits `(B,C)`: those of the network itself, also where `features`
+        holds the CAM's features resized onto a finer EM layer's grid."""
+        cam_features = self.cam_features(features)
+        if self.em_finer and features.shape[1] > self.cam_channels:  # resized by `features`
+            size = tuple(cam_features.shape[-2:])
+            weights = grid_mean_weights(size, coarse_grid(size)).to(features.device, features.dtype)
+            return self.classifier(torch.matmul(cam_features.flatten(2), weights))
+        return self.classifier(self.pool(cam_features))
 
     def cam(self, features: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
         """CAM_c = sum_k W[c,k] F[k] (no bias), with max(W, 0) under NWC: `(B,h,w)`."""

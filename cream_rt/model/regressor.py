@@ -42,7 +42,7 @@ class BoxRegressor(nn.Module):
     def __init__(self, config: RegressorConfig):
         super().__init__()
         self.config = config
-        self.backbone = get_backbone(config.backbone).build(config.large_feature_map)
+        self.backbone = get_backbone(config.backbone).build(config.large_feature_map, False)
         k = self.backbone.out_channels
         self.pool = nn.AdaptiveAvgPool2d(config.grid)
         self.head = nn.Sequential(nn.Linear(k * config.grid * config.grid, config.hidden), nn.ReLU(inplace=True),
