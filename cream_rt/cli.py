@@ -4,6 +4,7 @@ onnx) happen inside the subcommands that need them, so `cream localize` and `cre
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    _log_to_stderr()
     code = _dispatch(args)
     if getattr(args, "ends_process", False):
         _end_process(code)
@@ -128,6 +130,22 @@ def _end_process(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+class _StderrLines(logging.Handler):
+    """The library's warnings as `cream: warning: ...` lines on the stderr of the moment."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"cream: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+def _log_to_stderr() -> None:
+    """The CLI prints the library's log records of level WARNING and above, once."""
+    logger = logging.getLogger("cream_rt")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        logger.addHandler(_StderrLines(logging.WARNING))
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
 
 
 def _main_thread() -> bool:

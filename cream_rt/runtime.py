@@ -19,7 +19,8 @@ from .manifest import MANIFEST_KEY, Manifest
 from .preprocess import as_rgb_array, decode_image_bytes, preprocess_batch
 
 __all__ = ["DEFAULT_PROVIDERS", "make_session", "read_manifest", "class_id_array", "OnnxPredictor", "Localization",
-           "softmax", "map_boxes", "scale_boxes", "decode_ahead", "decode_or_error", "Localizer", "load"]
+           "softmax", "map_boxes", "scale_boxes", "decode_ahead", "decode_or_error", "box_threshold",
+           "announce_fallback", "Localizer", "load"]
 
 DEFAULT_THRESHOLD = 0.2  # box threshold of a model with no tuned or network threshold (CAM's usual value)
 _log = logging.getLogger(__name__)
@@ -240,6 +241,25 @@ def decode_or_error(image, data: np.ndarray | bytes | None = None, reduce_to: in
                               f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})")
 
 
+def box_threshold(manifest: Manifest, threshold: float | None = None) -> tuple[float, str]:
+    """(the box threshold, where it comes from): `threshold` ("argument"), else `cream tune`'s
+    ("tuned"), else the backbone's shipped one for the export's mode ("network"), else 0.35 of
+    the 90th percentile for a PaS model ("pas") or 0.2 of the max ("fallback": loose boxes on many
+    photos, which callers announce). CreamError for a value outside [0, 1)."""
+    candidates = (("argument", threshold), ("tuned", manifest.box_threshold), ("network", manifest.network_threshold),
+                  ("pas" if manifest.pas else "fallback", PAS_THETA if manifest.pas else DEFAULT_THRESHOLD))
+    source, value = next((s, v) for s, v in candidates if v is not None)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise CreamError(f"threshold must lie in [0, 1), got {value}")
+    return float(value), source
+
+
+def announce_fallback(path: str, threshold: float) -> None:
+    """Log (a warning) that the model at `path` has no tuned or shipped box threshold."""
+    _log.warning("%s has no tuned or shipped box threshold: using %g of the map's max (run `cream tune`, or pass "
+                 "a threshold)", path, threshold)
+
+
 class Localizer:
     """Batched localization over an exported model: images (paths, PIL images or uint8 RGB
     arrays of any size) -> class, score, boxes in original coordinates, optionally maps.
@@ -251,18 +271,9 @@ class Localizer:
                  exif_orientation: bool = False):
         self.pas = bool(predictor.manifest.pas)
         m = predictor.manifest
-        # the caller's, else `cream tune`'s, else the backbone's shipped one, else 0.2 (0.35 of the
-        # 90th percentile with PaS), which is said once: it gives loose boxes on many photos
-        for source, value in (("argument", threshold), ("tuned", m.box_threshold), ("network", m.network_threshold),
-                              ("pas" if self.pas else "fallback", PAS_THETA if self.pas else DEFAULT_THRESHOLD)):
-            if value is not None:
-                self.threshold_source, threshold = source, value
-                break
-        if not isinstance(threshold, numbers.Real) or not 0 <= threshold < 1:
-            raise CreamError(f"threshold must lie in [0, 1), got {threshold}")
+        threshold, self.threshold_source = box_threshold(m, threshold)
         if self.threshold_source == "fallback":
-            _log.warning("%s: no tuned or shipped box threshold for this model; using %g of the map's max "
-                         "(run `cream tune`, or pass a threshold)", predictor.path, threshold)
+            announce_fallback(predictor.path, threshold)
         self.predictor, self.threshold, self.all_contours = predictor, float(threshold), all_contours
         self.exif_orientation = exif_orientation
         self.manifest = m

@@ -62,11 +62,12 @@ def test_default_rule_hand_made_summary():
 def test_cell_names():
     assert accuracy.parse_cell("rk-efficientnet-lite0-s2") == ("rk", "efficientnet-lite0", 2)
     assert accuracy.parse_cell("synth-small-small-cnn-s1") == ("synth-small", "small-cnn", 1)
-    assert accuracy.parse_cell("ilsvrc-disjoint") == ("ilsvrc-disjoint", "efficientnet-lite0", 0)
-    for bad in ("rk-vgg16-s0", "synth-nope-small-cnn-s0", "ilsvrc"):
+    assert accuracy.parse_cell("ilsvrc-disjoint-efficientnet-lite2") == ("ilsvrc-disjoint", "efficientnet-lite2", 0)
+    assert accuracy.parse_cell("fruits-efficientnet-lite0-s1") == ("fruits", "efficientnet-lite0", 1)
+    for bad in ("rk-vgg16-s0", "synth-nope-small-cnn-s0", "ilsvrc", "ilsvrc-disjoint", "ilsvrc-own-small-cnn"):
         with pytest.raises(ValueError):
             accuracy.parse_cell(bad)
-    assert len(accuracy.cell_names("real")) == 8 and len(accuracy.cell_names("synthetic")) == 36
+    assert len(accuracy.cell_names("real")) == 15 and len(accuracy.cell_names("synthetic")) == 36
 
 
 def test_a_synthetic_cell_cut_off_after_an_epoch_resumes_its_training(tmp_path, monkeypatch):

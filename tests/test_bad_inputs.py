@@ -288,8 +288,7 @@ def test_symlink_is_written_through_and_device_accepted(world, tmp_path):
 
 # ---------------------------------------------------------------- images -------------------------
 
-BAD_IMAGES = ["truncated.png", "crc_error.png", "truncated.jpg", "garbage.jpg", "empty.png", "huge_header.png",
-              "missing.png"]
+BAD_IMAGES = ["truncated.png", "crc_error.png", "truncated.jpg", "garbage.jpg", "empty.png", "huge_header.png"]
 
 
 def test_localize_reports_each_bad_image_and_keeps_the_rest(world, tmp_path):
@@ -308,8 +307,23 @@ def test_localize_reports_each_bad_image_and_keeps_the_rest(world, tmp_path):
     by_name = {Path(r["image"]).name: r.get("error", "") for r in records}
     assert "truncated PNG" in by_name["truncated.png"] and "truncated JPEG" in by_name["truncated.jpg"]
     assert "CRC error" in by_name["crc_error.png"]
-    assert "pixels" in by_name["huge_header.png"] and "not found" in by_name["missing.png"]
+    assert "pixels" in by_name["huge_header.png"]
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["good.jpg.npy", "good.png.npy"]
+
+
+def test_localize_refuses_a_missing_input_argument(world, tmp_path):
+    """A path on the command line that does not exist is a bad argument: one line, exit 2, no
+    results file (a missing image named inside a list of paths is that image's error record)."""
+    out = tmp_path / "r.jsonl"
+    for missing in (tmp_path / "nosuchdir", world["img"] / "missing.png"):
+        result = run("localize", world["img"] / "good.png", missing, "--model", world["model"], "--out", out)
+        assert_one_error(result, str(missing))
+        assert not out.exists()
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{world['img'] / 'good.png'}\n{world['img'] / 'missing.png'}\n")
+    run("localize", listing, "--model", world["model"], "--out", out, expect=1)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "error" not in records[0] and "not found" in records[1]["error"]
 
 
 def test_same_file_names_in_different_folders_keep_their_outputs(world, tmp_path):

@@ -199,9 +199,11 @@ def test_untuned_threshold_comes_from_the_backbone_or_is_announced(tiny, tmp_pat
 
     image = tiny["data"] / "images" / (tiny["data"] / "metadata" / "test" / "image_ids.txt").read_text().split()[0]
     out = tmp_path / "r.jsonl"
-    result = run("localize", image, "--model", tiny["model"], "--out", out, expect=0)
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("cream: warning:")]
-    assert len(warnings) == 1 and "no tuned or shipped box threshold" in warnings[0]
+    result = run("localize", image, "--model", tiny["model"], "--out", out, "--json", expect=0)
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("cream: warning:") and "no tuned or shipped" in warnings[0]
+    summary = json.loads(result.stdout)  # --json: one object
+    assert (summary["localized"], summary["threshold"], summary["threshold_source"]) == (1, 0.2, "fallback")
     with Localizer.load(tiny["model"]) as loc:
         assert (loc.threshold, loc.threshold_source) == (0.2, "fallback")
     spec = backbones.REGISTRY["small-cnn"]
@@ -216,3 +218,12 @@ def test_untuned_threshold_comes_from_the_backbone_or_is_announced(tiny, tmp_pat
             assert (loc.threshold, loc.threshold_source) == (0.4, "argument")
         result = run("localize", image, "--model", path, "--out", out, expect=0)
         assert "warning" not in result.stderr
+
+
+def test_an_unknown_calibration_is_refused_where_it_enters():
+    from cream_rt.model.em import reactivate
+
+    features, cam, centroids = torch.rand(1, 4, 3, 3), torch.rand(1, 3, 3), torch.rand(1, 2, 4)
+    for fused in (False, True):
+        with pytest.raises(ValueError, match="calibration must be one of"):
+            reactivate(features, cam, centroids, 2, calibration="omgea", fused=fused)

@@ -75,7 +75,7 @@ def test_tuned_threshold_is_the_export_and_localize_default(tuned):
 def test_tune_refuses_bad_requests(tiny, tmp_path):
     out = tmp_path / "t.pt"
     assert_one_error(run("tune", "--checkpoint", tiny["ckpt"], "--data", tiny["data"], "--out", out,
-                         "--layers", "body.1"), "body.1", "resolution")
+                         "--layers", "body.1"), "body.1", "not an EM layer")
     assert_one_error(run("tune", "--checkpoint", tiny["ckpt"], "--data", tiny["data"], "--out", out,
                          "--val-split", "nowhere"), "nowhere")
     assert_one_error(run("tune", "--checkpoint", tmp_path / "missing.pt", "--data", tiny["data"], "--out", out),

@@ -201,7 +201,8 @@ def select(rows: list[dict], default: Setting, min_gain: float = 0.0) -> dict:
     `min_gain` (then the default's); on a tie the default, then the earlier row."""
     own = next(r for r in rows if r["setting"] == dataclasses.asdict(default))
     best = max(rows, key=lambda r: (round(r["MaxBoxAccV2"], 6), r is own))
-    return best if best["MaxBoxAccV2"] >= own["MaxBoxAccV2"] + min_gain else own
+    # rounded like the ranking: rows equal to 1e-6 are one score (sums of image counts in another order)
+    return best if round(best["MaxBoxAccV2"], 6) >= round(own["MaxBoxAccV2"] + min_gain, 6) else own
 
 
 def score_settings(model: CamModel, fit: CachedSplit, val: CachedSplit, settings: list[Setting], rounds: int,
@@ -307,11 +308,12 @@ def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str
     unreadable = UnreadableImages(max_bad_images)
     cells = {name: k * h * w for name, k, h, w in model.backbone.layer_shapes(model.config.input_size)}
     cells[CAM_LAYER] = cells[model.backbone.layer_names()[-1]]  # the last step's: the CAM's features
-    per_image = 2 * sum(cells[layer] for layer in layers)  # float16 bytes of an image's cached features
+    cached = list(dict.fromkeys([*layers, model.em_layer]))  # the model's own setting is always scored
+    per_image = 2 * sum(cells[layer] for layer in cached)  # float16 bytes of an image's cached features
     limit = max(1, int(cache_bytes // per_image) - len(val_meta.image_ids))
     keep = None if fit_split == val_split else fit_sample(fit_meta, limit)
-    val = cache_split(model, val_meta, image_root, layers, batch_size, unreadable, f"features {val_split}", device)
-    fit = val if fit_split == val_split else cache_split(model, fit_meta, image_root, layers, batch_size, unreadable,
+    val = cache_split(model, val_meta, image_root, cached, batch_size, unreadable, f"features {val_split}", device)
+    fit = val if fit_split == val_split else cache_split(model, fit_meta, image_root, cached, batch_size, unreadable,
                                                          f"features {fit_split}", device, keep)
     if search == "full":
         result = tune(model, fit, val, grid(layers, (False, True), iterations), rounds, interval, min_gain=min_gain)

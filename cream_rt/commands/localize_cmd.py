@@ -38,8 +38,11 @@ def collect_inputs(inputs: list[str], image_root: str | None) -> list[Path]:
             except (OSError, UnicodeDecodeError) as exc:
                 raise CreamError(f"{path}: not a readable text file of image paths "
                                  f"({exc.__class__.__name__})") from None
+        elif not path.exists():  # a mistyped argument: one error line, no results file
+            raise CreamError(f"{path}: no such file or folder (expected an image, a folder of images, a text "
+                             "file of paths or a metadata split folder)")
         else:
-            paths.append(path)  # a missing file is reported per image, like a corrupt one
+            paths.append(path)  # an unreadable file is reported per image; so is a missing one a list names
     if not paths:
         raise CreamError(f"no images found in {', '.join(inputs)}")
     return paths
@@ -99,7 +102,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="intra-op threads per actor (default 1)")
     ray.add_argument("--shard-format", choices=["jsonl", "parquet"], default=None,
                      help="result shards as JSON lines (default) or Parquet")
-    ray.add_argument("--json", action="store_true", help="print the run's summary as JSON (with --ray)")
+    p.add_argument("--json", action="store_true", help="print the run's summary as one JSON object on stdout")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,8 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.ray:
         return run_ray(args)
-    ray_only = [flag for flag, value in (("--ray-address", args.ray_address), ("--json", args.json),
-                                         ("--actors", args.actors), ("--actor-threads", args.actor_threads),
+    ray_only = [flag for flag, value in (("--ray-address", args.ray_address), ("--actors", args.actors), ("--actor-threads", args.actor_threads),
                                          ("--shard-format", args.shard_format)) if value]
     if ray_only:
         raise CreamError(f"{ray_only[0]} goes with --ray")
@@ -121,9 +123,6 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         localizer = stack.enter_context(Localizer.load(args.model, providers, resolve_threshold(args.threshold),
                                                        args.all_contours, exif_orientation=args.exif_orientation))
-        if localizer.threshold_source == "fallback":
-            print(f"cream: warning: {args.model} has no tuned or shipped box threshold: using {localizer.threshold:g} "
-                  "of the map's max (run `cream tune`, or pass --threshold)", file=sys.stderr)
         maps_dir = stack.enter_context(atomic_dir(args.save_maps, "--save-maps")) if args.save_maps else None
         overlay_dir = stack.enter_context(atomic_dir(args.overlays, "--overlays")) if args.overlays else None
         records = localize_all(localizer, paths, args.batch_size, maps_dir, overlay_dir,
@@ -135,6 +134,12 @@ def run(args: argparse.Namespace) -> int:
                 for record in records:
                     handle.write(json.dumps(record) + "\n")
     failures = sum("error" in r for r in records)
+    if args.json:
+        from .output import print_json
+
+        print_json({"out": str(args.out), "images": len(records), "localized": len(records) - failures,
+                    "failed": failures, "threshold": localizer.threshold,
+                    "threshold_source": localizer.threshold_source})
     print(f"localized {len(records) - failures} of {len(records)} images -> {args.out}"
           + (f" ({failures} failed)" if failures else ""), file=sys.stderr)
     return 1 if failures else 0
@@ -154,9 +159,16 @@ def run_ray(args: argparse.Namespace) -> int:
         raise CreamError(f"{unsupported[0]} is not available with --ray (it writes record shards only)")
     import_ray()  # one line saying how to install it, before any work
     paths = collect_inputs(args.inputs, args.images)
+    threshold = resolve_threshold(args.threshold)
+    if threshold is None:
+        from ..runtime import announce_fallback, box_threshold, make_session, read_manifest
+
+        value, source = box_threshold(read_manifest(make_session(args.model, ["CPUExecutionProvider"], 1), args.model))
+        if source == "fallback":
+            announce_fallback(args.model, value)
     summary = localize_ray([str(p) for p in paths], args.model, args.out, address=args.ray_address,
                            actors=args.actors or 2, batch_size=args.batch_size, threads=args.actor_threads or 1,
-                           threshold=resolve_threshold(args.threshold), all_contours=args.all_contours,
+                           threshold=threshold, all_contours=args.all_contours,
                            shard_format=args.shard_format or "jsonl", show_progress=progress_enabled(),
                            log=lambda line: print(line, file=sys.stderr), exif_orientation=args.exif_orientation)
     if args.json:

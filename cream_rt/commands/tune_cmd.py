@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     rows = sorted(record["rows"], key=lambda r: -r["MaxBoxAccV2"])
     cam = record["val_cam"]["MaxBoxAccV2"]
     print_table([(r["name"], f"{r['MaxBoxAccV2']:.2f}") for r in rows[:15]],
-                f"val MaxBoxAccV2 of the {len(rows)} settings scored (best 15; CAM {cam:.2f})")
+                f"val MaxBoxAccV2 of the {len(rows)} settings scored"
+                + (f" (best 15; CAM {cam:.2f})" if len(rows) > 15 else f" (CAM {cam:.2f})"))
     print(f"chose {record['name']}: val MaxBoxAccV2 {record['val']['MaxBoxAccV2']:.2f} (the checkpoint's "
           f"{record['val_default']['MaxBoxAccV2']:.2f}; another must gain {record['min_gain']:.2f}), box threshold "
           f"{record['box_threshold']:.2f}; wrote {args.out}")

@@ -9,6 +9,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .config import CALIBRATIONS
+
 __all__ = ["EPS", "minmax", "l2_normalize", "centered", "em_foreground", "side_means", "adaptive_start", "check_fused",
            "border_weights", "Reactivation", "reactivation", "reactivate", "bicubic_matrix", "score_maps", "to_grid",
            "bilinear_matrix", "grid_mean_weights"]
@@ -140,6 +142,8 @@ def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Ten
     `upsample` > 1 runs all of it on features and CAM bilinearly upsampled by that factor, so the
     map is `(B, h*upsample, w*upsample)` (border rings then count upsampled cells). `center (K,)`:
     the EM (and the adaptive start) sees the features minus it (`centered`); the CAM does not."""
+    if calibration not in CALIBRATIONS:  # one check where the string enters; no silent default below
+        raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
     if upsample > 1:
         features = torch.nn.functional.interpolate(features, scale_factor=upsample, mode="bilinear",
                                                    align_corners=False)
@@ -160,7 +164,7 @@ def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Ten
             weights = weights * m_weights
         level = (weights * cam_n.unsqueeze(1)).sum(2) / (weights.sum(2) + EPS)  # (B,2)
         keep_fg = level[:, :1] >= level[:, 1:]
-    else:
+    else:  # "omega"
         in_omega = cam_n >= tau if m_weights is None else (cam_n >= tau) & (m_weights > 0)
         keep_fg = torch.where(in_omega, z_fg - z_bg, 0.0).sum(dim=1, keepdim=True) >= 0  # s_fg >= s_bg over omega
     calibrated = torch.where(keep_fg, z_fg, z_bg)
@@ -192,6 +196,8 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
     if iterations <= 0:
         return minmax(cam.reshape(b, h * w), (1,)).reshape(b, h, w)
     if fused:
+        if calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
         check_fused(border, calibration, upsample)
         from .fused import cosine_em
 
