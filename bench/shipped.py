@@ -73,8 +73,9 @@ def measure(backbone: str, work: Path) -> dict:
             threshold, source = loc.threshold, loc.threshold_source
         cli(["localize", *(str(root / "images" / i) for i in ids), "--model", str(onnx_path), "--out", str(results)])
         records = [json.loads(line) for line in results.read_text().splitlines()]
-        rows[mode] = {"eval": {k: evaluated[k] for k in ("MaxBoxAccV2", "GT_known_Loc", "Top1_Loc", "Top1_Loc_threshold",
-                                                         "MaxBoxAcc_threshold", "classification_top1")},
+        kept = ("MaxBoxAccV2", "GT_known_Loc", "Top1_Loc", "Top1_Loc_threshold", "MaxBoxAcc_threshold",
+                "classification_top1")
+        rows[mode] = {"eval": {k: evaluated[k] for k in kept},
                       "localize": {**localize_scores(records, ids, labels, boxes, root), "threshold": threshold,
                                    "threshold_source": source}}
         rows[mode]["localize_minus_best_Top1_Loc"] = rows[mode]["localize"]["Top1_Loc"] - evaluated["Top1_Loc"]

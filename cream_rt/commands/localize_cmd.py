@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.ray:
         return run_ray(args)
-    ray_only = [flag for flag, value in (("--ray-address", args.ray_address), ("--actors", args.actors), ("--actor-threads", args.actor_threads),
+    ray_only = [flag for flag, value in (("--ray-address", args.ray_address), ("--actors", args.actors),
+                                         ("--actor-threads", args.actor_threads),
                                          ("--shard-format", args.shard_format)) if value]
     if ray_only:
         raise CreamError(f"{ray_only[0]} goes with --ray")
