@@ -69,12 +69,13 @@ SYNTH_RECIPES = {
 }
 
 
-def shipped(backbone: str):
-    """The Setting the shipped defaults give on `backbone` (BackboneSpec and CreamConfig)."""
+def shipped(backbone: str, stock: bool = False):
+    """The Setting the shipped defaults give on `backbone` in the stock or WSOL layout
+    (BackboneSpec and CreamConfig)."""
     from cream_rt.model.backbones import get_backbone
     from cream_rt.model.config import CreamConfig
-    spec, c = get_backbone(backbone), CreamConfig()
-    return Setting(spec.em_layer, spec.center, spec.iterations, c.feature_mean, c.embeddings, c.fallback)
+    d, c = get_backbone(backbone).cream_defaults(stock), CreamConfig()
+    return Setting(d.em_layer, d.center, d.iterations, c.feature_mean, c.embeddings, c.fallback)
 
 
 def previous(backbone: str):
@@ -231,6 +232,10 @@ class Cell:
                             "logits": torch.from_numpy(split.logits)} for s, split in self.splits.items()}, cache)
         self.fit = self.splits[self.fit_split]
 
+    def default(self):
+        """The shipped default Setting of this cell's model (its backbone, its layout)."""
+        return shipped(self.backbone, self.model.config.stock_strides)
+
     def fitted(self, setting, fit=None):
         return fitted_model(self.model, fit or self.fit, setting, REFINE)
 
@@ -251,7 +256,7 @@ class Cell:
     def tuned_row(self) -> dict:
         """`cream tune`'s staged search from the shipped default on this cell's val split (in the
         disjoint cell: two-fold on val, as `cream tune --fit-split val` does), scored on test."""
-        base = self.fitted(shipped(self.backbone))
+        base = self.fitted(self.default())
         result = staged(base, self.layers, (1, 2, 3), self.fit, self.splits["val"], REFINE, self.interval)
         return {**self.row(Setting(**result["best"]["setting"])), "name": result["best"]["name"]}
 
@@ -261,7 +266,7 @@ class Cell:
         from cream_rt.model.checkpoint import save_checkpoint
 
         ckpt = work / f"{self.name}-default.pt"
-        save_checkpoint(ckpt, self.fitted(shipped(self.backbone)))
+        save_checkpoint(ckpt, self.fitted(self.default()))
         calibration = "val" if self.dataset.startswith("ilsvrc") else "train"
         rows = {}
         for precision, extra in (("fp32", []), ("int8", ["--int8", "--calibration-data", str(self.root),
@@ -281,13 +286,23 @@ def settings_named(spec: str, cell: Cell) -> list:
         if item == "grid":
             out += grid(cell.layers, (False, True), (2,), ("unit",), ("per-class",), ("class-mean",))
         elif item in ("default", "previous"):
-            out.append((shipped if item == "default" else previous)(cell.backbone))
+            out.append(cell.default() if item == "default" else previous(cell.backbone))
         else:
             parts = item.split(",")
             extra = [next((p for p in parts[3:] if p in options), options[0])
                      for options in (("unit", "raw"), ("per-class", "agnostic"), ("class-mean", "image-mean"))]
             out.append(Setting(parts[0], parts[1] == "center", int(parts[2]), *extra))
-    return [s for s in out if cell.model.backbone.resolve_layer(s.em_layer) in cell.layers]
+    return [s for s in out if _resolved(cell, s.em_layer) in cell.layers]
+
+
+def _resolved(cell: Cell, layer: str) -> str | None:
+    """`layer` as the cell's backbone names it, or None where it names a place the backbone lacks."""
+    from cream_rt.errors import CreamError
+
+    try:
+        return cell.model.backbone.resolve_layer(layer)
+    except CreamError:
+        return None
 
 
 def summarize(cells: dict) -> dict:
@@ -391,18 +406,18 @@ def main(argv: list[str] | None = None) -> int:
         cell = Cell(name, work)
         entry = record["cells"].setdefault(name, {"rows": {}})
         entry.update({"dataset": cell.dataset, "backbone": cell.backbone, "seed": cell.seed,
-                      "fit_split": cell.fit_split, "default": shipped(cell.backbone).name(),
+                      "fit_split": cell.fit_split, "default": cell.default().name(),
                       "unreadable_images": sorted({i for s in cell.splits.values() for i in s.unreadable})})
         rows = entry["rows"]
         if "CAM" not in rows:
             rows["CAM"] = {s: metrics_row(score(None, cell.splits[s], cell.interval)) for s in ("val", "test")}
-            oracle_model = cell.fitted(shipped(cell.backbone))
+            oracle_model = cell.fitted(cell.default())
             rows["oracle EM T=1"] = {s: oracle_row(oracle_model, cell.splits[s], cell.interval)
                                      for s in ("val", "test")}
         for setting in settings_named(args.settings, cell):
             if setting.name() not in rows:
                 rows[setting.name()] = cell.row(setting)
-        for label, setting in (("default", shipped(cell.backbone)), ("previous default", previous(cell.backbone))):
+        for label, setting in (("default", cell.default()), ("previous default", previous(cell.backbone))):
             rows[label] = rows.get(setting.name()) or cell.row(setting)
         if args.tuned and "tuned" not in rows:
             rows["tuned"] = cell.tuned_row()
@@ -414,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(record["cells"])
         backbones = tuple(dict.fromkeys(c["backbone"] for c in record["cells"].values()))
         pairs = [p.split(":") for p in args.rule.split(";") if p]
-        changed = [b for b in backbones if shipped(b) != previous(b)]  # a backbone whose default moved
+        changed = [b for b in backbones if previous(b) not in (shipped(b), shipped(b, True))]  # defaults that moved
         rules = [r for row, base in pairs for b in changed if (r := default_rule(summary, row, base, (b,)))]
         record.update({"date": date.today().isoformat(), "machine": machine_info(), "summary": summary,
                        "rule": rules, "real_recipes": REAL_RECIPES,

@@ -60,7 +60,8 @@ def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str 
                     fallback=cfg.cream.fallback,
                     fallback_classes=[int(c) for c in (~model.embedding_fitted).nonzero().flatten().tolist()],
                     box_threshold=cfg.box_threshold, tuned=dict(cfg.tuned),
-                    network_threshold=None if cfg.pas else get_backbone(cfg.backbone).box_threshold(cream))
+                    network_threshold=None if cfg.pas else
+                    get_backbone(cfg.backbone).cream_defaults(cfg.stock_strides).box_threshold(cream))
 
 
 def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", iterations: int | None = None,

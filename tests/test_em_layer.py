@@ -172,7 +172,8 @@ def test_backbones_lists_layers_and_defaults():
     assert [r["layer"] for r in rows] == [f"body.{i}" for i in range(7)]
     assert [r["em_layer"] for r in rows] == [False] * 3 + [True] * 4  # the CAM's grid, or one stride step finer
     listing = json.loads(run("backbones", "--json", expect=0).stdout)
-    assert listing["small-cnn"]["em_layer"] == "cam"
+    assert listing["small-cnn"]["wsol_layout"]["em_layer"] == "cam" and "stock_strides" not in listing["small-cnn"]
+    assert listing["efficientnet-lite1"]["stock_strides"]["em_layer"] == "stage5.last"
     run("backbones", "--layers", "nope", expect=2)
 
 

@@ -207,8 +207,8 @@ def test_untuned_threshold_comes_from_the_backbone_or_is_announced(tiny, tmp_pat
     with Localizer.load(tiny["model"]) as loc:
         assert (loc.threshold, loc.threshold_source) == (0.2, "fallback")
     spec = backbones.REGISTRY["small-cnn"]
-    monkeypatch.setitem(backbones.REGISTRY, "small-cnn", dataclasses.replace(spec, cam_threshold=0.3,
-                                                                             cream_threshold=0.55))
+    shipped = dataclasses.replace(spec.defaults, cam_threshold=0.3, cream_threshold=0.55)
+    monkeypatch.setitem(backbones.REGISTRY, "small-cnn", dataclasses.replace(spec, defaults=shipped))
     for mode, want in (("cream", 0.55), ("cam", 0.3)):
         path = tmp_path / f"{mode}.onnx"
         run("export", "--checkpoint", tiny["ckpt"], "--out", path, "--mode", mode, expect=0)

@@ -300,7 +300,9 @@ def test_center_default_follows_the_backbone():
     assert ModelConfig.from_dict(resnet.config.to_dict()).cream.center is True
     assert create_model("resnet50", 3, input_size=64, cream=CreamConfig(center=False)).config.cream.center is False
     lite0 = create_model("efficientnet-lite0", 3, input_size=64)  # chosen on the real photos' val splits
-    assert lite0.config.cream.center is True and lite0.config.cream.em_layer == "_blocks.10"  # stage5.last
+    assert lite0.config.cream.center is True and lite0.config.cream.em_layer == "_blocks.11"  # WSOL: stage6.first
+    stock = create_model("efficientnet-lite0", 3, input_size=64, stock_strides=True)
+    assert stock.config.cream.em_layer == "_blocks.10" and stock.config.cream.iterations == 1  # stock: stage5.last
     assert lite0.config.cream.iterations == 1 and resnet.config.cream.iterations == 2
     assert create_model("small-cnn", 3, input_size=32, cream=CreamConfig(center=True)).config.cream.center is True
     with pytest.raises(ValueError, match="center must be"):

@@ -369,9 +369,9 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
             raise CreamError(f"--em-layer {em_layer}: the checkpoint's embeddings are of another layer "
                              f"({model.em_layer}); expected --estimate pass, or momentum without --refine")
         model = model.with_em_layer(em_layer)
-        spec = get_backbone(model.config.backbone)
-        if center is None and em_layer == spec.em_layer:  # the backbone's default layer: its default center
-            center = spec.center
+        shipped = get_backbone(model.config.backbone).cream_defaults(model.config.stock_strides)
+        if center is None and model.em_layer == model.backbone.resolve_layer(shipped.em_layer):
+            center = shipped.center  # the backbone's default layer: its default center
     overrides = {**(overrides or {}), **{k: v for k, v in (("feature_mean", feature_mean), ("momentum", momentum))
                                          if v is not None}}
     try:

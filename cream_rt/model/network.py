@@ -88,9 +88,10 @@ class CamModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         spec = get_backbone(config.backbone)
-        center = spec.center if config.cream.center is None else config.cream.center  # None: the backbone's
-        em_layer = spec.em_layer if config.cream.em_layer is None else config.cream.em_layer
-        iterations = spec.iterations if config.cream.iterations is None else config.cream.iterations
+        shipped = spec.cream_defaults(config.stock_strides)  # None fields: the backbone's, for this layout
+        center = shipped.center if config.cream.center is None else config.cream.center
+        em_layer = shipped.em_layer if config.cream.em_layer is None else config.cream.em_layer
+        iterations = shipped.iterations if config.cream.iterations is None else config.cream.iterations
         config = dataclasses.replace(config, cream=dataclasses.replace(config.cream, center=center, em_layer=em_layer,
                                                                        iterations=iterations),
                                      class_names=list(config.class_names))  # never the caller's object
