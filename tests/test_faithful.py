@@ -19,7 +19,7 @@ from test_reactivate import np_reactivate  # noqa: E402
 
 from cream_rt.errors import CreamError  # noqa: E402
 from cream_rt.model.config import CreamConfig  # noqa: E402
-from cream_rt.model.em import bilinear_matrix, grid_mean_weights, to_grid  # noqa: E402
+from cream_rt.model.em import bilinear_matrix, grid_mean_weights, score_maps, to_grid  # noqa: E402
 from cream_rt.model.network import coarse_grid, create_model  # noqa: E402
 
 
@@ -83,6 +83,11 @@ def test_finer_em_layer_matches_the_float64_reference():
             np.testing.assert_allclose(model.maps_from_features(features, ids, fused=fused).numpy(), want,
                                        atol=1e-5)
         cam_only = model.logits(model.features(x, with_em=False)).numpy()
+        for fused in (False, True):  # forward resizes the one-channel CAM instead of its features
+            forward_logits, forward_maps, _ = model(x, ids, fused=fused)
+            np.testing.assert_allclose(forward_maps.numpy(), score_maps(torch.from_numpy(want).float(),
+                                                                        (96, 96)).numpy(), atol=1e-5)
+            np.testing.assert_allclose(forward_logits.numpy(), logits, atol=1e-5)
     want_logits = out.astype(np.float64).mean((2, 3)) @ weight.T + model.classifier.bias.detach().numpy()
     np.testing.assert_allclose(logits, want_logits, atol=1e-5)
     np.testing.assert_allclose(cam_only, want_logits, atol=1e-5)

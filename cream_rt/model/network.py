@@ -212,20 +212,33 @@ class CamModel(nn.Module):
         or the predicted top-1 where a class id is -1 or none is given. `fused` runs CREAM's EM
         in the fused C++/CUDA op (same maps within 1e-5)."""
         t = self.config.cream.iterations if iterations is None else iterations
-        features = self.features(images, with_em=mode == "cream" and t > 0)
+        finer = self.em_finer and mode == "cream" and t > 0
+        # on a finer EM layer the one-channel CAM is resized, not the CAM's K features (the same
+        # maps by linearity, without resizing and concatenating K channels per image)
+        features, em = self.backbone.forward_tap(images, self.em_layer) if finer else \
+            (self.features(images, with_em=mode == "cream" and t > 0), None)
         logits = self.logits(features)
         predicted = logits.argmax(dim=1)
         if class_ids is None:
             class_ids = predicted
         else:
             class_ids = torch.where(class_ids < 0, predicted, class_ids)
-        maps = self.maps_from_features(features, class_ids, mode, iterations, fused)
+        if finer:
+            cam = to_grid(self.cam(features, class_ids), em.shape[-2:])
+            maps = self.maps_from_cam(cam, em, class_ids, mode, iterations, fused)
+        else:
+            maps = self.maps_from_features(features, class_ids, mode, iterations, fused)
         return logits, score_maps(maps, images.shape[-2:]), class_ids
 
     def maps_from_features(self, features: torch.Tensor, class_ids: torch.Tensor, mode: str = "cream",
                            iterations: int | None = None, fused: bool = False) -> torch.Tensor:
         """Feature-resolution maps: minmax(CAM) for 'cam', `z~ + minmax(CAM)` for 'cream'."""
-        cam = self.cam(features, class_ids)
+        return self.maps_from_cam(self.cam(features, class_ids), self.em_features(features), class_ids, mode,
+                                  iterations, fused)
+
+    def maps_from_cam(self, cam: torch.Tensor, em: torch.Tensor, class_ids: torch.Tensor, mode: str = "cream",
+                      iterations: int | None = None, fused: bool = False) -> torch.Tensor:
+        """`maps_from_features` from the CAM `(B,h,w)` and the EM layer's features on its grid."""
         t = self.config.cream.iterations if iterations is None else iterations
         if mode == "cam" or t == 0:
             return reactivate(cam.unsqueeze(1), cam, self.embeddings[class_ids], 0)
@@ -233,10 +246,10 @@ class CamModel(nn.Module):
             raise ValueError(f"mode must be 'cam' or 'cream', got {mode!r}")
         if fused:
             c = self.config.cream
-            return reactivate(self.em_features(features), cam, self.embeddings[class_ids], t, c.beta, c.tau, True,
+            return reactivate(em, cam, self.embeddings[class_ids], t, c.beta, c.tau, True,
                               c.feature_mean == "unit", c.border, c.calibration, c.upsample, c.adapt_fg, c.adapt_bg,
                               self.center)
-        return self.reactivation(self.em_features(features), cam, class_ids, t).map
+        return self.reactivation(em, cam, class_ids, t).map
 
     def reactivation(self, em: torch.Tensor, cam: torch.Tensor, class_ids: torch.Tensor,
                      iterations: int | None = None) -> Reactivation:
