@@ -42,6 +42,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"cream: error: {sub + ': ' if sub else ''}{message} (see `{self.prog} --help`)\n")
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """`--help` shows each option's default, where it has one and its help does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in text \
+                or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser with every subcommand; the arguments of `only` that one (None: of all). Each
     command module declares its own (`add_arguments`) and is imported only when it is needed."""
@@ -52,10 +63,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cream-rt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, (help_text, module_name) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_DefaultsShown)
         if only is None or name == only:
             module = importlib.import_module(f"cream_rt.commands.{module_name}")
             module.add_arguments(p)
+            for action in p._actions:  # argparse omits the help line (and so the default) of an option without help
+                if action.help is None and action.option_strings and action.default is not None \
+                        and action.default is not False:
+                    action.help = "default: %(default)s"
             p.set_defaults(_run=module.run)
     return parser
 

@@ -76,7 +76,10 @@ def read_split(split_dir: str | os.PathLike, require_localization: bool = True) 
     """Read a wsolevaluation split folder; raise MetadataError naming file and line on bad input."""
     root = Path(split_dir)
     if not root.is_dir():
-        raise MetadataError(f"{root}: metadata split folder not found")
+        parent = root.parent
+        splits = sorted(p.name for p in parent.iterdir() if (p / "image_ids.txt").is_file()) if parent.is_dir() else []
+        raise MetadataError(f"{root}: metadata split folder not found"
+                            + (f"; {parent} has the splits {', '.join(splits)}" if splits else ""))
     ids_path = root / "image_ids.txt"
     image_ids = [line.strip() for _, line in _read_lines(ids_path)]
     if not image_ids:
@@ -119,7 +122,8 @@ def read_split(split_dir: str | os.PathLike, require_localization: bool = True) 
     loc_path = root / "localization.txt"
     if not loc_path.is_file():
         if require_localization:
-            raise MetadataError(f"{loc_path}: localization file not found")
+            raise MetadataError(f"{loc_path}: localization file not found (this split has image labels only, "
+                                "as wsolevaluation's train splits do: boxes are scored on val or test)")
         return meta
     lines = _read_lines(loc_path)
     # Box files have 5 fields a line; mask files (OpenImages) have 3.

@@ -57,6 +57,8 @@ def make_session(path: str, providers: Sequence[str] | None = None, threads: int
                                     disabled_optimizers=list(DISABLED_OPTIMIZERS))
     except Exception as exc:  # corrupt protobuf, unknown op, truncated file
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+        if Path(path).suffix.lower() in (".pt", ".pth", ".tar", ".ckpt"):
+            first = f"a torch checkpoint? export it first: cream export --checkpoint {path} --out m.onnx"
         raise ModelFileError(f"{path}: not a loadable ONNX model ({first})") from None
 
 

@@ -232,3 +232,27 @@ def test_an_unknown_calibration_is_refused_where_it_enters():
     for fused in (False, True):
         with pytest.raises(ValueError, match="calibration must be one of"):
             reactivate(features, cam, centroids, 2, calibration="omgea", fused=fused)
+
+
+def test_a_model_file_of_the_other_kind_says_what_to_do(tiny, tmp_path):
+    """An .onnx given where a checkpoint is expected, a .pt given to `localize --model`, a split
+    that does not exist: one line that says what was expected."""
+    from cli_helpers import assert_one_error
+
+    out = tmp_path / "x.pt"
+    assert_one_error(run("fit-embeddings", "--checkpoint", tiny["model"], "--data", tiny["data"], "--out", out),
+                     "an ONNX export", "the checkpoint (.pt)")
+    image = next((tiny["data"] / "images").rglob("*.png"))
+    assert_one_error(run("localize", image, "--model", tiny["ckpt"], "--out", tmp_path / "r.jsonl"),
+                     "cream export --checkpoint")
+    assert_one_error(run("eval", "--model", tiny["model"], "--data", tiny["data"], "--split", "validation"),
+                     "has the splits test, train, val")
+    assert not out.exists() and not (tmp_path / "r.jsonl").exists()
+
+
+def test_help_shows_defaults():
+    text = run("train", "--help").stdout
+    for option, default in (("--epochs", "6"), ("--batch-size", "32"), ("--lr", "0.01"), ("--seed", "0")):
+        start = text.index(f"\n  {option} ")
+        line = text[start:text.index("\n  --", start + 1)]
+        assert f"default: {default}" in line, line

@@ -231,6 +231,8 @@ def test_torchvision_inception_v3_keeps_its_logits(tmp_path):
     torch.save(net.state_dict(), tmp_path / "inception_v3.pth")
     model = import_checkpoint(tmp_path / "inception_v3.pth", "torchvision", "inception_v3")
     assert model.config.backbone == "inceptionv3-imagenet" and model.config.input_size == 299
+    assert import_checkpoint(tmp_path / "inception_v3.pth", "torchvision", "inceptionv3").config.backbone == \
+        "inceptionv3-imagenet"  # wsolevaluation's spelling is an alias
     assert tuple(model.config.mean) == (0.5, 0.5, 0.5)
     x = torch.randn(2, 3, 299, 299)
     with torch.no_grad():

@@ -26,6 +26,8 @@ ARCHITECTURES = {"imagenet": LITE, "wsolevaluation": ("vgg16", "resnet50", "ince
 IMAGENET_CLASSES = 1000
 # the backbone each (source, arch) becomes, where the names differ
 BACKBONES = {("torchvision", "inception_v3"): "inceptionv3-imagenet"}
+# one architecture, two spellings (torchvision's and wsolevaluation's): each source takes both
+ALIASES = {("torchvision", "inceptionv3"): "inception_v3", ("wsolevaluation", "inception_v3"): "inceptionv3"}
 # auxiliary heads a checkpoint may carry that take no part in the CAM model: left out by name
 AUXILIARY = {("torchvision", "inception_v3"): "AuxLogits."}
 REFUSED = {
@@ -150,6 +152,7 @@ def import_checkpoint(path: str | os.PathLike | None, source: str, arch: str, nu
     """
     if source not in SOURCES:
         raise ModelFileError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
+    arch = ALIASES.get((source, arch), arch)
     if (source, arch) in REFUSED:
         raise ModelFileError(f"--arch {arch} from {source}: not importable: {REFUSED[(source, arch)]}")
     if arch not in ARCHITECTURES[source]:

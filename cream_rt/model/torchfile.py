@@ -19,6 +19,9 @@ def load_torch_file(path: str | os.PathLike, what: str = "torch file") -> object
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: {what} not found")
+    if path.suffix.lower() == ".onnx":
+        raise ModelFileError(f"{path}: an ONNX export, not a {what}; this command takes the checkpoint (.pt) the "
+                             "export was made from")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is ours
             warnings.simplefilter("ignore")
