@@ -256,3 +256,20 @@ def test_help_shows_defaults():
         start = text.index(f"\n  {option} ")
         line = text[start:text.index("\n  --", start + 1)]
         assert f"default: {default}" in line, line
+
+
+def test_fit_embeddings_takes_a_place_name(tiny, tmp_path):
+    """`--em-layer stage5.last` on a stock Lite0 resolves to `_blocks.10`; the model's own layer
+    named by place keeps the checkpoint's layer (no refit error with the momentum estimate)."""
+    from cream_rt.model.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt, out = tmp_path / "lite.pt", tmp_path / "fit.pt"
+    torch.manual_seed(0)
+    save_checkpoint(ckpt, create_model("efficientnet-lite0", 3, input_size=64, stock_strides=True,
+                                       cream=CreamConfig(em_layer="cam")))
+    run("fit-embeddings", "--checkpoint", ckpt, "--data", tiny["data"], "--out", out, "--em-layer", "stage5.last",
+        "--batch-size", "8", expect=0)
+    model = load_checkpoint(out)[0]
+    assert model.em_layer == "_blocks.10" and model.embedding_fitted.any()
+    run("fit-embeddings", "--checkpoint", out, "--data", tiny["data"], "--out", tmp_path / "again.pt",
+        "--em-layer", "stage5.last", "--estimate", "momentum", "--refine", "1", "--batch-size", "8", expect=0)

@@ -19,7 +19,7 @@ from cream_rt.errors import CreamError
 from cream_rt.metadata import SplitMetadata, data_paths, read_split
 from cream_rt.model.backbones import get_backbone
 from cream_rt.model.checkpoint import load_checkpoint, save_checkpoint, training_progress
-from cream_rt.model.config import REFINE_ROUNDS, CreamConfig
+from cream_rt.model.config import CAM_LAYER, REFINE_ROUNDS, CreamConfig
 from cream_rt.model.em import score_maps
 from cream_rt.model.network import CamModel, create_model
 from cream_rt.progress import progress
@@ -364,6 +364,8 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
     if meta.num_classes > model.config.num_classes:
         raise CreamError(f"{meta_root / 'train'}: class label {meta.num_classes - 1} is out of range for a "
                          f"model with {model.config.num_classes} classes")
+    if em_layer is not None and em_layer != CAM_LAYER:
+        em_layer = model.backbone.resolve_layer(em_layer)  # a place named by stage: its layer
     if em_layer is not None and em_layer != model.em_layer:
         if estimate != "pass" and refine:
             raise CreamError(f"--em-layer {em_layer}: the checkpoint's embeddings are of another layer "

@@ -39,9 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --estimate pass: subtract the split's mean feature before the EM (default: the "
                         "checkpoint's setting; with --em-layer naming the backbone's default layer, the backbone's)")
     p.add_argument("--em-layer", default=None, metavar="LAYER",
-                   help="the layer whose features the EM clusters, 'cam' or an earlier layer (`cream backbones "
-                        "--layers NAME`); another than the checkpoint's estimates new embeddings (default: the "
-                        "checkpoint's)")
+                   help="the layer whose features the EM clusters: 'cam', an earlier layer on the CAM's grid or one "
+                        "stride-2 step finer (`cream backbones --layers NAME`), or a place such as stage5.last; "
+                        "another than the checkpoint's estimates new embeddings (default: the checkpoint's)")
     add_embedding_options(p, "the checkpoint's")
     add_max_bad_images(p)
     add_json(p)

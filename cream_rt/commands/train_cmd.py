@@ -57,9 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "pass (default: the backbone's, `cream backbones --json`: on for ResNet50, VGG16, "
                         "InceptionV3 and EfficientNet-Lite0; off for small-cnn)")
     p.add_argument("--em-layer", default=None, metavar="LAYER",
-                   help="the layer whose features the EM clusters: 'cam' (the CAM's own) or an earlier layer at the "
-                        "same resolution (`cream backbones --layers NAME`; default: the backbone's, "
-                        "`cream backbones --json`)")
+                   help="the layer whose features the EM clusters: 'cam' (the CAM's own), an earlier layer on the "
+                        "CAM's grid or one stride-2 step finer, or a place such as stage6.first (`cream backbones "
+                        "--layers NAME`; default: the backbone's, `cream backbones --json`)")
     p.add_argument("--embedding-pass", action=argparse.BooleanOptionalAction, default=True,
                    help="after the last epoch, set the embeddings from one pass over the training split with the "
                         "final weights: feature center, class means under the CAM's mask, --refine rounds "

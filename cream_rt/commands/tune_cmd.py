@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-split", default="val", help="the split with boxes that scores each setting (default val; "
                                                       "the test split is never read)")
     p.add_argument("--layers", type=name_list, default=None,
-                   help="comma-separated candidate EM layers (default: every layer at the CAM's resolution, and cam)")
+                   help="comma-separated candidate EM layers or places (stage5.last) (default: every layer on the "
+                        "CAM's grid or one stride-2 step finer, and cam)")
     p.add_argument("--iterations", type=int_list(1, 32), default=(1, 2, 3), help="candidate T (default 1,2,3)")
     p.add_argument("--search", choices=["staged", "full"], default="staged",
                    help="staged (default): every layer x center, then T, feature mean and embeddings around the 3 "
