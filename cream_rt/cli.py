@@ -139,12 +139,27 @@ def _end_process(code: int) -> NoReturn:
     default process group referenced after destroy_process_group once DDP has been imported, so
     gloo's worker threads outlive it; one that frees a finished collective while the interpreter
     shuts down aborts the process (SIGABRT) after a good run (docs/distributed.md)."""
-    import logging
-
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+    if code != 0:
+        _wait_for_other_ranks()
     os._exit(code)
+
+
+def _wait_for_other_ranks(seconds: float = 10.0) -> None:
+    """A failing torchrun worker waits (at most `seconds`) for the other ranks before it exits:
+    torchrun stops every rank as soon as one exits, so a rank failing on the same check a moment
+    later would be stopped before printing its own line."""
+    import datetime
+
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=seconds), wait_all_ranks=True)
+    except Exception:  # a rank that never arrives, or a group already broken: exit as before
+        pass
 
 
 class _StderrLines(logging.Handler):
