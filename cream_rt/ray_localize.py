@@ -190,12 +190,15 @@ def localize_ray(paths: Sequence[str | os.PathLike], model: str, out: str | os.P
     Raises:
         CreamError: Ray missing or unreachable, a model without a manifest, a folder not ours.
     """
-    from .runtime import make_session, read_manifest
+    from .runtime import announce_fallback, box_threshold, make_session, read_manifest
 
     import_ray()
     check_address(address)  # before anything is written
     data, sha = _model_bytes(model)
     manifest = read_manifest(make_session(str(model), ["CPUExecutionProvider"], 1, data=data), str(model))
+    value, source = box_threshold(manifest, threshold)
+    if source == "fallback":  # said here once, not by every actor
+        announce_fallback(str(model), value)
     with ShardFolder(out, shard_format, sha, str(model)) as folder:
         return _localize_into(folder, paths, data, str(model), manifest, address, actors, batch_size, threads,
                               threshold, all_contours, num_cpus, show_progress, log, exif_orientation)

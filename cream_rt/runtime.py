@@ -276,7 +276,7 @@ class Localizer:
         threshold, self.threshold_source = box_threshold(m, threshold)
         if self.threshold_source == "fallback":
             announce_fallback(predictor.path, threshold)
-        self.predictor, self.threshold, self.all_contours = predictor, float(threshold), all_contours
+        self.predictor, self.threshold, self.all_contours = predictor, threshold, all_contours
         self.exif_orientation = exif_orientation
         self.manifest = m
         from concurrent.futures import ThreadPoolExecutor

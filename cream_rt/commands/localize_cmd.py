@@ -160,16 +160,9 @@ def run_ray(args: argparse.Namespace) -> int:
         raise CreamError(f"{unsupported[0]} is not available with --ray (it writes record shards only)")
     import_ray()  # one line saying how to install it, before any work
     paths = collect_inputs(args.inputs, args.images)
-    threshold = resolve_threshold(args.threshold)
-    if threshold is None:
-        from ..runtime import announce_fallback, box_threshold, make_session, read_manifest
-
-        value, source = box_threshold(read_manifest(make_session(args.model, ["CPUExecutionProvider"], 1), args.model))
-        if source == "fallback":
-            announce_fallback(args.model, value)
     summary = localize_ray([str(p) for p in paths], args.model, args.out, address=args.ray_address,
                            actors=args.actors or 2, batch_size=args.batch_size, threads=args.actor_threads or 1,
-                           threshold=threshold, all_contours=args.all_contours,
+                           threshold=resolve_threshold(args.threshold), all_contours=args.all_contours,
                            shard_format=args.shard_format or "jsonl", show_progress=progress_enabled(),
                            log=lambda line: print(line, file=sys.stderr), exif_orientation=args.exif_orientation)
     if args.json:

@@ -11,9 +11,9 @@ import torch
 
 from .config import CALIBRATIONS
 
-__all__ = ["EPS", "minmax", "l2_normalize", "centered", "em_foreground", "side_means", "adaptive_start", "check_fused",
-           "border_weights", "Reactivation", "reactivation", "reactivate", "bicubic_matrix", "score_maps", "to_grid",
-           "bilinear_matrix", "grid_mean_weights"]
+__all__ = ["EPS", "minmax", "l2_normalize", "centered", "em_foreground", "side_means", "adaptive_start",
+           "check_calibration", "check_fused", "border_weights", "Reactivation", "reactivation", "reactivate",
+           "bicubic_matrix", "score_maps", "to_grid", "bilinear_matrix", "grid_mean_weights"]
 
 EPS = 1e-6
 
@@ -99,6 +99,13 @@ def adaptive_start(features: torch.Tensor, cam_n: torch.Tensor, centroids: torch
     return (1 - weights) * centroids + weights * means
 
 
+def check_calibration(calibration: str) -> None:
+    """ValueError for a calibration that is not one of CALIBRATIONS: checked where the string
+    enters the EM, so that no branch below runs one silently as another."""
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
+
+
 def check_fused(border: int, calibration: str, upsample: int) -> None:
     """CreamError where the fused cosine-EM op cannot compute this re-activation: it implements
     every calibration on the feature grid with every cell in the M-step."""
@@ -142,8 +149,7 @@ def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Ten
     `upsample` > 1 runs all of it on features and CAM bilinearly upsampled by that factor, so the
     map is `(B, h*upsample, w*upsample)` (border rings then count upsampled cells). `center (K,)`:
     the EM (and the adaptive start) sees the features minus it (`centered`); the CAM does not."""
-    if calibration not in CALIBRATIONS:  # one check where the string enters; no silent default below
-        raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
+    check_calibration(calibration)
     if upsample > 1:
         features = torch.nn.functional.interpolate(features, scale_factor=upsample, mode="bilinear",
                                                    align_corners=False)
@@ -196,8 +202,7 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
     if iterations <= 0:
         return minmax(cam.reshape(b, h * w), (1,)).reshape(b, h, w)
     if fused:
-        if calibration not in CALIBRATIONS:
-            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
+        check_calibration(calibration)
         check_fused(border, calibration, upsample)
         from .fused import cosine_em
 
