@@ -72,8 +72,8 @@ SYNTH_RECIPES = {
 def shipped(backbone: str, stock: bool = False):
     """The Setting the shipped defaults give on `backbone` in the stock or WSOL layout
     (BackboneSpec and CreamConfig)."""
+    from cream_rt.config import CreamConfig
     from cream_rt.model.backbones import get_backbone
-    from cream_rt.model.config import CreamConfig
     d, c = get_backbone(backbone).cream_defaults(stock), CreamConfig()
     return Setting(d.em_layer, d.center, d.iterations, c.feature_mean, c.embeddings, c.fallback)
 
@@ -107,8 +107,8 @@ def cell_names(spec: str) -> list[str]:
 def synth_cell(preset_name: str, backbone: str, seed: int, work: Path) -> tuple[Path, Path]:
     """Synthesize the cell's data and train its model (resumable; deterministic per seed).
     Returns (checkpoint, data root)."""
+    from cream_rt.config import CAM_LAYER, CreamConfig
     from cream_rt.model.checkpoint import load_checkpoint, training_progress
-    from cream_rt.model.config import CAM_LAYER, CreamConfig
     from cream_rt.synth import generate, preset
     from cream_rt.train.trainer import TrainConfig, train
 
@@ -191,9 +191,9 @@ def oracle_row(model, split, interval: float) -> dict:
     x = l2_normalize(centered(em.flatten(2), model.center), 1)
     mean = lambda m: (x * m[:, None]).sum(2) / m.sum(1, keepdim=True).clamp(min=1)  # noqa: E731
     centroids = torch.stack([mean((masks > 0.5).float()), mean((masks < 0.05).float())], 1)
-    c = model.config.cream
-    maps = reactivation(em, split.cam_on(model.em_layer, slice(None)), centroids, 1, c.beta, c.tau, True,
-                        calibration="none", center=model.center).map
+    oracle = model.config.cream.with_changes(feature_mean="unit", calibration="none")
+    maps = reactivation(em, split.cam_on(model.em_layer, slice(None)), centroids, oracle, iterations=1,
+                        center=model.center).map
     scorer = SplitScorer(split.meta, size, interval)
     for image_id in split.unreadable:
         scorer.add_unreadable(image_id)

@@ -127,7 +127,7 @@ def _check_fused_op(model, mode: str, device: str) -> None:
     c = model.config.cream
     try:
         if mode == "cream":  # CAM never reaches the op
-            check_fused(c.border, c.calibration, c.upsample)
+            check_fused(c)
     except CreamError as exc:
         raise EngineUnavailable(str(exc)) from None
     try:

@@ -69,6 +69,8 @@ def read_manifest(session, path: str) -> Manifest:
         raise ModelFileError(f"{path}: no cream_rt manifest in the model (not exported by `cream export`)")
     manifest = Manifest.from_json(props[MANIFEST_KEY], path)
     outputs = {o.name: o.shape for o in session.get_outputs()}
+    if list(outputs) != manifest.outputs:
+        raise ModelFileError(f"{path}: the graph's outputs {list(outputs)} are not the manifest's {manifest.outputs}")
     classes = outputs.get("logits", [None, None])[-1]
     if isinstance(classes, int) and classes != len(manifest.class_names):
         raise ModelFileError(f"{path}: the manifest names {len(manifest.class_names)} classes but the graph "
@@ -133,7 +135,7 @@ class OnnxPredictor:
             raise CreamError(f"images must have shape (B, 3, {self.input_size}, {self.input_size}), got {x.shape}")
         ids = class_id_array(class_ids, len(x), len(self.manifest.class_names))
         outputs = self.session.run(None, {"images": x, "class_ids": ids})
-        return outputs[0], outputs[1], (outputs[3] if len(outputs) > 3 else None)
+        return outputs[0], outputs[1], (outputs[3] if self.manifest.regressor else None)
 
     def describe(self) -> dict:
         m = self.manifest

@@ -14,15 +14,13 @@ import torch
 from cream_rt import __version__
 from cream_rt.atomic import atomic_path
 from cream_rt.errors import CreamError
-from cream_rt.manifest import MANIFEST_KEY, Manifest
+from cream_rt.manifest import MANIFEST_KEY, OUTPUTS, REGRESSOR_OUTPUT, Manifest
 from cream_rt.model.checkpoint import file_sha256, load_checkpoint
 from cream_rt.model.network import CamModel
 
-__all__ = ["INPUT_NAMES", "OUTPUT_NAMES", "ExportWrapper", "build_manifest", "export_model", "export_checkpoint"]
+__all__ = ["INPUT_NAMES", "ExportWrapper", "build_manifest", "export_model", "export_checkpoint"]
 
 INPUT_NAMES = ["images", "class_ids"]
-OUTPUT_NAMES = ["logits", "maps", "class_ids_used"]
-REGRESSOR_OUTPUT = "boxes"  # (B,4) fractions of the image, from the box regressor when exported with one
 
 
 class ExportWrapper(torch.nn.Module):
@@ -41,6 +39,7 @@ class ExportWrapper(torch.nn.Module):
 
 def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str | None,
                    fused: bool = False, regressor: bool = False) -> Manifest:
+    """The manifest of `model` exported in `mode` with T = `iterations`."""
     import onnx
 
     from cream_rt.model.backbones import get_backbone
@@ -49,19 +48,16 @@ def build_manifest(model: CamModel, mode: str, iterations: int, checkpoint: str 
     cream = mode == "cream" and iterations > 0
     return Manifest(input_size=cfg.input_size, mean=list(cfg.mean), std=list(cfg.std),
                     class_names=list(cfg.class_names) or [str(c) for c in range(cfg.num_classes)],
-                    mode=mode, iterations=iterations if mode == "cream" else 0, beta=cfg.cream.beta,
-                    tau=cfg.cream.tau, backbone=cfg.backbone, feature_size=cfg.feature_size,
+                    mode=mode, iterations=iterations if mode == "cream" else 0, model=cfg.to_dict(),
+                    outputs=[*OUTPUTS, REGRESSOR_OUTPUT] if regressor else list(OUTPUTS), pas=cfg.pas,
+                    box_threshold=cfg.box_threshold,
+                    network_threshold=None if cfg.pas else
+                    get_backbone(cfg.backbone).cream_defaults(cfg.stock_strides).box_threshold(cream),
+                    fused=fused and cream,
+                    fallback_classes=[int(c) for c in (~model.embedding_fitted).nonzero().flatten().tolist()],
                     checkpoint_sha256=file_sha256(checkpoint) if checkpoint else "",
                     versions={"cream_rt": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
-                              "python": platform.python_version()},
-                    fused=fused and mode == "cream" and iterations > 0, feature_mean=cfg.cream.feature_mean,
-                    pas=cfg.pas, regressor=regressor, center=cfg.cream.center and mode == "cream" and iterations > 0,
-                    em_layer=model.em_layer, calibration=cfg.cream.calibration, embeddings=cfg.cream.embeddings,
-                    fallback=cfg.cream.fallback,
-                    fallback_classes=[int(c) for c in (~model.embedding_fitted).nonzero().flatten().tolist()],
-                    box_threshold=cfg.box_threshold, tuned=dict(cfg.tuned),
-                    network_threshold=None if cfg.pas else
-                    get_backbone(cfg.backbone).cream_defaults(cfg.stock_strides).box_threshold(cream))
+                              "python": platform.python_version()})
 
 
 def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", iterations: int | None = None,
@@ -92,8 +88,7 @@ def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", i
     if fused and mode == "cream" and t > 0:
         from cream_rt.model.em import check_fused
 
-        c = model.config.cream
-        check_fused(c.border, c.calibration, c.upsample)  # before tracing: one error line, not a trace
+        check_fused(model.config.cream)  # before tracing: one error line, not a trace
     if opset < 18:
         raise CreamError(f"opset must be >= 18 for the torch.export-based exporter, got {opset}")
     model = model.eval()
@@ -117,7 +112,7 @@ def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", i
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             wrapper, (images, class_ids), dynamo=True, opset_version=opset,
-            input_names=INPUT_NAMES, output_names=OUTPUT_NAMES + ([REGRESSOR_OUTPUT] if regressor is not None else []),
+            input_names=INPUT_NAMES, output_names=[*OUTPUTS, *([REGRESSOR_OUTPUT] if regressor is not None else [])],
             custom_translation_table=table,
             dynamic_shapes={"images": {0: batch}, "class_ids": {0: batch}}, optimize=True, verbose=False)
     proto = program.model_proto

@@ -17,6 +17,7 @@ ranges from the calibration images (min-max by default). The recipe is recorded 
 manifest (`quantization`); `cream parity --reference FP32 --per-layer` shows where it drifts."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -223,9 +224,8 @@ def quantize_export(fp32_path: str | os.PathLike, out: str | os.PathLike, batche
     }
     recipe["bias_correction"] = corrected or False
     recipe["dequantized_once"] = shared
-    manifest.precision = "int8"
-    manifest.quantization = recipe
-    manifest.versions = dict(manifest.versions, onnxruntime_quantization=_ort_version())
+    manifest = dataclasses.replace(manifest, precision="int8", quantization=recipe,
+                                   versions=dict(manifest.versions, onnxruntime_quantization=_ort_version()))
     del proto.metadata_props[:]
     for key, value in props.items():
         entry = proto.metadata_props.add()

@@ -13,8 +13,8 @@ onnx = pytest.importorskip("onnx")
 from test_reactivate import np_reactivate  # noqa: E402
 from test_refine import _np_round, _np_side_class_means  # noqa: E402
 
+from cream_rt.config import CreamConfig, ModelConfig  # noqa: E402
 from cream_rt.errors import CreamError  # noqa: E402
-from cream_rt.model.config import CreamConfig, ModelConfig  # noqa: E402
 from cream_rt.model.network import create_model  # noqa: E402
 
 
@@ -123,7 +123,7 @@ def test_em_layer_is_validated_and_older_configs_cluster_the_cam_features():
         CreamConfig(em_layer="")
     saved = ModelConfig().to_dict()
     del saved["cream"]["em_layer"]
-    assert ModelConfig.from_dict(saved).cream.em_layer == "cam"
+    assert ModelConfig.from_dict(saved, 1).cream.em_layer == "cam"  # a version-1 file without the field
     model = create_model("small-cnn", 3, input_size=32)
     assert model.config.cream.em_layer == "cam" and model.embeddings.shape == (3, 2, 128)
     assert ModelConfig.from_dict(model.config.to_dict()).cream.em_layer == "cam"

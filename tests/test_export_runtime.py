@@ -85,7 +85,7 @@ def test_runtime_rejects_bad_inputs_and_files(tmp_path):
         OnnxPredictor.load(tmp_path / "missing.onnx")
     proto = onnx.load(tmp_path / "m.onnx")
     entry = proto.metadata_props[0]
-    entry.value = entry.value.replace('"version": 1', '"version": 99')
+    entry.value = entry.value.replace('"version": 2', '"version": 99')
     onnx.save(proto, tmp_path / "future.onnx")
     with pytest.raises(ModelFileError, match="manifest version 99 is not supported"):
         OnnxPredictor.load(tmp_path / "future.onnx")
@@ -543,22 +543,36 @@ def test_int8_export_rejects_bad_requests(trained, tmp_path, capsys):
         build_engine("onnxruntime-int8", None, str(fp32_path), "cream", 2, x, np.zeros(1, np.int64))
 
 
-def test_manifest_without_precision_reads_as_fp32():
+def test_a_version_1_manifest_is_migrated():
+    """A version-1 manifest (settings as top-level fields, some missing because they came later)
+    reads as version 2: the contract kept, the model's config under `model` with what the
+    missing fields meant then (raw mean, omega, no center, the CAM's features), outputs from
+    `regressor`. Written by hand, as the version-1 exporter wrote them."""
+    from cream_rt.errors import ModelFileError
     from cream_rt.manifest import Manifest
 
-    fields = dict(input_size=64, mean=[0.0] * 3, std=[1.0] * 3, class_names=["a"], mode="cam", iterations=0,
-                  beta=8.0, tau=0.2, backbone="small-cnn", feature_size=8, checkpoint_sha256="")
-    text = json.dumps({**fields, "format": "cream_rt.onnx", "version": 1})
-    assert Manifest.from_json(text, "old.onnx").precision == "fp32"
+    fields = dict(input_size=64, mean=[0.0] * 3, std=[1.0] * 3, class_names=["a", "b"], mode="cream", iterations=2,
+                  beta=6.0, tau=0.3, backbone="small-cnn", feature_size=8, checkpoint_sha256="", regressor=True,
+                  box_threshold=0.4, pas=False)
+    m = Manifest.from_json(json.dumps({**fields, "format": "cream_rt.onnx", "version": 1}), "old.onnx")
+    assert (m.version, m.precision, m.input_size, m.class_names, m.box_threshold) == (2, "fp32", 64, ["a", "b"], 0.4)
+    assert m.outputs == ["logits", "maps", "class_ids_used", "boxes"] and m.regressor and m.backbone == "small-cnn"
+    c = m.config
+    assert (c.num_classes, c.feature_size, c.box_threshold, c.stock_strides) == (2, 8, 0.4, False)
+    assert (c.cream.iterations, c.cream.beta, c.cream.tau, c.cream.feature_mean, c.cream.calibration,
+            c.cream.center, c.cream.em_layer) == (2, 6.0, 0.3, "raw", "omega", False, "cam")
+    with pytest.raises(ModelFileError, match="invalid cream_rt manifest: model: calibration must be one of"):
+        Manifest.from_json(json.dumps({**fields, "calibration": "omgea", "format": "cream_rt.onnx", "version": 1}),
+                           "bad.onnx")
 
 
 def test_export_with_unit_feature_mean_matches_eager(tmp_path):
     model = _model("small-cnn", 48, classes=5)
-    model.config.cream.feature_mean, model.config.cream.iterations = "unit", 3
+    model.config = model.config.with_cream(feature_mean="unit", iterations=3)
     export_model(model, tmp_path / "unit.onnx")
     _compare(model, tmp_path / "unit.onnx")
     raw = _model("small-cnn", 48, classes=5)
-    raw.config.cream.feature_mean, raw.config.cream.iterations = "raw", 3
+    raw.config = raw.config.with_cream(feature_mean="raw", iterations=3)
     export_model(raw, tmp_path / "raw.onnx")
     x = np.random.default_rng(1).normal(0, 1, (2, 3, 48, 48)).astype(np.float32)
     unit_maps = OnnxPredictor.load(tmp_path / "unit.onnx")(x)[1]
@@ -568,13 +582,12 @@ def test_export_with_unit_feature_mean_matches_eager(tmp_path):
 def test_export_with_the_named_deviations_matches_eager(tmp_path):
     """border, calibration "omega", the upsampled EM grid and the adaptive start are torch ops:
     the export equals eager."""
-    import dataclasses
 
     model = _model("small-cnn", 48, classes=5)
-    model.config.cream = dataclasses.replace(model.config.cream, border=1, calibration="omega", upsample=2,
+    model.config = model.config.with_cream(border=1, calibration="omega", upsample=2,
                                              adapt_fg=0.25, adapt_bg=0.75)
     manifest = export_model(model, tmp_path / "dev.onnx")
-    assert manifest.feature_mean == "unit"
+    assert manifest.config.cream.feature_mean == "unit"
     _compare(model, tmp_path / "dev.onnx")
 
 
@@ -582,16 +595,16 @@ def test_export_with_a_feature_center_matches_eager(tmp_path):
     """CreamConfig.center: the center is a constant of the graph; the export equals eager, says
     so in its manifest, and its maps differ from the uncentered model's."""
     model = _model("small-cnn", 48, classes=5)
-    model.config.cream.center = True
+    model.config = model.config.with_cream(center=True)
     with torch.no_grad():
         x = torch.from_numpy(np.random.default_rng(2).normal(0, 1, (4, 3, 48, 48)).astype(np.float32))
         model.feature_center.copy_(model.features(x).mean((0, 2, 3)))
     manifest = export_model(model, tmp_path / "center.onnx")
-    assert manifest.center is True
+    assert manifest.config.cream.center is True
     _compare(model, tmp_path / "center.onnx")
-    model.config.cream.center = False
+    model.config = model.config.with_cream(center=False)
     plain = export_model(model, tmp_path / "plain.onnx")
-    assert plain.center is False
+    assert plain.config.cream.center is False
     x = x.numpy()[:2]
     maps = OnnxPredictor.load(tmp_path / "center.onnx")(x)[1]
     assert np.abs(maps - OnnxPredictor.load(tmp_path / "plain.onnx")(x)[1]).max() > 1e-3

@@ -17,8 +17,8 @@ from cli_helpers import run  # noqa: E402
 from test_em_layer import _hooked  # noqa: E402
 from test_reactivate import np_reactivate  # noqa: E402
 
+from cream_rt.config import CreamConfig  # noqa: E402
 from cream_rt.errors import CreamError  # noqa: E402
-from cream_rt.model.config import CreamConfig  # noqa: E402
 from cream_rt.model.em import bilinear_matrix, grid_mean_weights, score_maps, to_grid  # noqa: E402
 from cream_rt.model.network import coarse_grid, create_model  # noqa: E402
 
@@ -225,13 +225,19 @@ def test_untuned_threshold_comes_from_the_backbone_or_is_announced(tiny, tmp_pat
         assert "warning" not in result.stderr
 
 
-def test_an_unknown_calibration_is_refused_where_it_enters():
-    from cream_rt.model.em import reactivate
+def test_an_unknown_setting_is_refused_where_it_enters():
+    """Every string setting is checked once, by the config the EM takes, and a frozen config cannot
+    be changed into an unchecked one."""
+    import dataclasses
 
-    features, cam, centroids = torch.rand(1, 4, 3, 3), torch.rand(1, 3, 3), torch.rand(1, 2, 4)
-    for fused in (False, True):
-        with pytest.raises(ValueError, match="calibration must be one of"):
-            reactivate(features, cam, centroids, 2, calibration="omgea", fused=fused)
+    for field, value in (("calibration", "omgea"), ("feature_mean", "mean"), ("embeddings", "both"),
+                         ("fallback", "zeros")):
+        with pytest.raises(ValueError, match=f"{field} must be one of"):
+            CreamConfig(**{field: value})
+        with pytest.raises(ValueError, match=f"{field} must be one of"):
+            CreamConfig().with_changes(**{field: value})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        CreamConfig().calibration = "omgea"
 
 
 def test_a_model_file_of_the_other_kind_says_what_to_do(tiny, tmp_path):

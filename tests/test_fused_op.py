@@ -15,6 +15,7 @@ if shutil.which("c++") is None and shutil.which("g++") is None:
     pytest.skip("no C++ compiler: the fused op cannot be built here", allow_module_level=True)
 from test_reactivate import _random_case, np_reactivate  # noqa: E402
 
+from cream_rt.config import CreamConfig  # noqa: E402
 from cream_rt.model.em import reactivate  # noqa: E402
 from cream_rt.model.fused import cosine_em  # noqa: E402
 
@@ -33,8 +34,9 @@ def test_fused_reactivate_matches_float64_reference(iterations, shape, unit, cal
     b, k, h, w = shape
     f, c, mu = _random_case(rng, b, k, h, w)
     f[0, :, :2] = 0  # zero pixels
-    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), iterations, 8.0, 0.2, fused=True,
-                     unit_mean=unit, calibration=calibration)
+    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu),
+                     CreamConfig(feature_mean="unit" if unit else "raw", calibration=calibration),
+                     iterations=iterations, fused=True)
     want = np_reactivate(f, c, mu, iterations, 8.0, 0.2, unit=unit, calibration=calibration)
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
 
@@ -58,10 +60,13 @@ def test_fused_equals_unfused_reactivate(unit, calibration):
     f = torch.relu(torch.randn(3, 96, 12, 12, generator=gen)) * torch.rand(3, 1, 12, 12, generator=gen).mul(9).add(1)
     c, mu = torch.randn(3, 12, 12, generator=gen), torch.rand(3, 2, 96, generator=gen)
     for t in (2, 3):
-        plain = reactivate(f, c, mu, t, 8.0, 0.2, unit_mean=unit, calibration=calibration)
-        fused = reactivate(f, c, mu, t, 8.0, 0.2, fused=True, unit_mean=unit, calibration=calibration)
+        plain = reactivate(f, c, mu, CreamConfig(feature_mean="unit" if unit else "raw", calibration=calibration),
+                           iterations=t)
+        fused = reactivate(f, c, mu, CreamConfig(feature_mean="unit" if unit else "raw", calibration=calibration),
+                           iterations=t, fused=True)
         assert float((plain - fused).abs().max()) < 1e-5
-    other = reactivate(f, c, mu, 2, 8.0, 0.2, fused=True, unit_mean=not unit, calibration=calibration)
+    other = reactivate(f, c, mu, CreamConfig(feature_mean="unit" if not unit else "raw", beta=8.0, tau=0.2,
+                       calibration=calibration), iterations=2, fused=True)
     assert float((other - fused).abs().max()) > 1e-3  # the flag reaches the kernel
 
 
@@ -103,8 +108,8 @@ def test_fused_equals_torch_path_on_edge_cases():
     c[1] = 2.0
     mu[2, 0] = 0
     for calibration in CALIBRATIONS:
-        a = reactivate(f, c, mu, 2, fused=False, calibration=calibration)
-        b = reactivate(f, c, mu, 2, fused=True, calibration=calibration)
+        a = reactivate(f, c, mu, CreamConfig(feature_mean="raw", calibration=calibration), iterations=2, fused=False)
+        b = reactivate(f, c, mu, CreamConfig(feature_mean="raw", calibration=calibration), iterations=2, fused=True)
         assert torch.isfinite(b).all() and (a - b).abs().max() < 1e-5
 
 
@@ -169,10 +174,10 @@ def test_fused_onnx_export_runs_in_onnxruntime_with_extensions(tmp_path, calibra
     pytest.importorskip("onnxruntime_extensions")
     import onnx
 
+    from cream_rt.config import CreamConfig
     from cream_rt.errors import ModelFileError
     from cream_rt.export.onnx_export import export_model
     from cream_rt.export.tensorrt_build import build_engine
-    from cream_rt.model.config import CreamConfig
     from cream_rt.model.network import create_model
     from cream_rt.runtime import OnnxPredictor
 
@@ -182,7 +187,7 @@ def test_fused_onnx_export_runs_in_onnxruntime_with_extensions(tmp_path, calibra
     with torch.no_grad():  # a feature center as the embedding pass sets it: the op gets centered features
         model.feature_center.copy_(model.features(torch.randn(4, 3, 48, 48)).mean((0, 2, 3)))
     manifest = export_model(model, tmp_path / "f.onnx", fused=True)
-    assert manifest.fused and manifest.center
+    assert manifest.fused and manifest.config.cream.center
     nodes = onnx.load(tmp_path / "f.onnx").graph.node
     assert [(n.domain, n.op_type) for n in nodes if n.domain == "cream"] == [("cream", "CosineEM")]
     with pytest.raises(ModelFileError, match="uses the custom op cream::CosineEM"):
@@ -229,7 +234,8 @@ def test_fused_with_an_adaptive_start_equals_unfused():
     """The op takes any start: with adapt_fg / adapt_bg the start is computed in torch first."""
     f, c, mu = (torch.from_numpy(a) for a in _random_case(np.random.default_rng(4), 3, 40, 8, 8))
     for unit in (True, False):
-        plain = reactivate(f, c, mu, 2, unit_mean=unit, calibration="cam-mean", adapt_fg=0.4, adapt_bg=1.0)
-        fused = reactivate(f, c, mu, 2, fused=True, unit_mean=unit, calibration="cam-mean", adapt_fg=0.4,
-                           adapt_bg=1.0)
+        plain = reactivate(f, c, mu, CreamConfig(feature_mean="unit" if unit else "raw", calibration="cam-mean",
+                           adapt_fg=0.4, adapt_bg=1.0), iterations=2)
+        fused = reactivate(f, c, mu, CreamConfig(feature_mean="unit" if unit else "raw", calibration="cam-mean",
+                           adapt_fg=0.4, adapt_bg=1.0), iterations=2, fused=True)
         assert float((plain - fused).abs().max()) < 1e-5

@@ -106,9 +106,9 @@ def test_train_ends_with_the_embedding_pass(tiny, tmp_path):
     center follows the backbone (off for small-cnn unless --center; then the feature center is the
     training split's mean feature, computed here in float64 from the final weights), and
     `fit-embeddings --estimate pass` on the checkpoint gives the same embeddings."""
+    from cream_rt.config import REFINE_ROUNDS as REFINE_ROUNDS_DEFAULT
     from cream_rt.metadata import read_split
     from cream_rt.model.checkpoint import load_checkpoint
-    from cream_rt.model.config import REFINE_ROUNDS as REFINE_ROUNDS_DEFAULT
     from cream_rt.train.data import WsolImages
     from cream_rt.train.trainer import TrainConfig
 
@@ -187,7 +187,7 @@ def test_every_subcommand_has_help():
 def test_embedding_update_hand_computed(feature_mean, fg, bg):
     """Pixel 0 = (3, 4) has CAM 3 (foreground), pixel 1 = (1, 0) has CAM 1 (background); lambda 0.5
     from zero embeddings: V = 0.5 * mean, of the raw or of the L2-normalised features."""
-    from cream_rt.model.config import CreamConfig
+    from cream_rt.config import CreamConfig
     from cream_rt.model.network import create_model
 
     model = create_model("small-cnn", 2, input_size=32, cream=CreamConfig(momentum=0.5, feature_mean=feature_mean))
@@ -205,7 +205,7 @@ def test_embedding_update_hand_computed(feature_mean, fg, bg):
 
 
 def test_feature_mean_option_end_to_end(tiny, tmp_path, capsys):
-    from cream_rt.model.config import CreamConfig
+    from cream_rt.config import CreamConfig
 
     data, ckpt = tiny
     assert torch.load(ckpt, weights_only=True)["config"]["cream"]["feature_mean"] == "unit"  # the default
@@ -232,17 +232,19 @@ def test_checkpoint_saved_before_feature_mean_loads_as_raw(tiny, tmp_path):
     for name in ("feature_mean", "center"):  # neither field existed then, nor the center buffer
         del payload["config"]["cream"][name]
     del payload["state_dict"]["feature_center"]
-    torch.save(payload, tmp_path / "old.pt")
+    del payload["state_dict"]["embedding_fitted"]
+    torch.save({**payload, "version": 1}, tmp_path / "old.pt")
     old, _ = load_checkpoint(tmp_path / "old.pt")
     assert old.config.cream.feature_mean == "raw" and old.config.cream.center is False
+    assert float(old.feature_center.abs().max()) == 0.0 and bool(old.embedding_fitted.all())
     unit, _ = load_checkpoint(ckpt)
-    unit.config.cream.center = False
+    unit.config = unit.config.with_cream(center=False)
     x = torch.randn(2, 3, unit.config.input_size, unit.config.input_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         maps_old = old(x, mode="cream", iterations=3)[1]
-        unit.config.cream.feature_mean = "raw"
+        unit.config = unit.config.with_cream(feature_mean="raw")
         maps_raw = unit(x, mode="cream", iterations=3)[1]
-        unit.config.cream.feature_mean = "unit"
+        unit.config = unit.config.with_cream(feature_mean="unit")
         maps_unit = unit(x, mode="cream", iterations=3)[1]
     assert torch.equal(maps_old, maps_raw) and float((maps_old - maps_unit).abs().max()) > 1e-4
 

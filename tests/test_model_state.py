@@ -14,20 +14,26 @@ onnx = pytest.importorskip("onnx")
 F = torch.nn.functional
 from cli_helpers import run  # noqa: E402
 
-from cream_rt.model.config import CreamConfig  # noqa: E402
+from cream_rt.config import CreamConfig  # noqa: E402
 from cream_rt.model.network import create_model  # noqa: E402
 
 
 def test_em_layer_is_fixed_when_the_model_is_built():
-    """Changing `model.config` afterwards does not switch the features the EM clusters."""
+    """The config is frozen; a changed copy that would change what the weights and buffers were
+    built for (the EM layer, the classes, the input size) is refused, other changes are taken."""
+    import dataclasses
+
+    from cream_rt.errors import CreamError
+
     model = create_model("small-cnn", 3, input_size=32, cream=CreamConfig(em_layer="body.5")).eval()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        before = model.features(x)
+    with pytest.raises(dataclasses.FrozenInstanceError):
         model.config.cream.em_layer = "cam"
-        assert model.em_layer == "body.5"
-        after = model.features(x)
-    assert after.shape[1] == 256 and torch.equal(before, after)
+    with pytest.raises(CreamError, match="cannot change cream.em_layer of a built model"):
+        model.config = model.config.with_cream(em_layer="cam")
+    with pytest.raises(CreamError, match="cannot change num_classes, input_size"):
+        model.config = dataclasses.replace(model.config, num_classes=4, input_size=64)
+    model.config = model.config.with_cream(iterations=3)
+    assert model.em_layer == "body.5" and model.config.cream.iterations == 3
     assert model.with_em_layer("cam").em_layer == "cam"
 
 
@@ -86,7 +92,8 @@ def test_export_manifest_records_the_em_settings(tiny, tmp_path):
     run("fit-embeddings", "--checkpoint", tiny["ckpt"], "--data", tiny["data"], "--out", fitted,
         "--em-layer", "body.5", "--center", expect=0)
     manifest = json.loads(run("export", "--checkpoint", fitted, "--out", fp32, "--json", expect=0).stdout)
-    assert (manifest["em_layer"], manifest["center"], manifest["calibration"]) == ("body.5", True, "cam-mean")
+    c = manifest["model"]["cream"]  # the model's config verbatim
+    assert (c["em_layer"], c["center"], c["calibration"]) == ("body.5", True, "cam-mean")
     assert manifest["fallback_classes"] == [] and manifest["box_threshold"] is None
     run("export", "--checkpoint", fitted, "--out", int8, "--int8", "--calibration-data", tiny["data"], expect=0)
     from cream_rt.runtime import OnnxPredictor
@@ -94,7 +101,7 @@ def test_export_manifest_records_the_em_settings(tiny, tmp_path):
     x = np.random.default_rng(0).normal(size=(4, 3, 64, 64)).astype(np.float32)
     ids = np.array([0, 1, 2, 0])
     a, b = OnnxPredictor.load(fp32), OnnxPredictor.load(int8)
-    assert b.manifest.em_layer == "body.5" and b.manifest.precision == "int8"
+    assert b.manifest.config.cream.em_layer == "body.5" and b.manifest.precision == "int8"
     _, maps_fp32, _ = a.run(x, ids)
     _, maps_int8, _ = b.run(x, ids)
     assert np.abs(maps_fp32 - maps_int8).mean() < 0.1

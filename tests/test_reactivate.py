@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+from cream_rt.config import CreamConfig  # noqa: E402
 from cream_rt.model.em import minmax, reactivate, score_maps  # noqa: E402
 
 EPS = 1e-6
+
+PAPER = CreamConfig(feature_mean="raw", calibration="omega")  # the paper's EM, as the float64 reference has it
+PAPER_UNIT = PAPER.with_changes(feature_mean="unit")
+
 
 
 def np_minmax(m):
@@ -73,7 +78,8 @@ def test_reactivate_matches_float64_reference(iterations, beta, tau):
     rng = np.random.default_rng(iterations * 100 + int(beta))
     for _ in range(5):
         f, c, mu = _random_case(rng)
-        got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), iterations, beta, tau)
+        got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), PAPER.with_changes(beta=beta,
+                         tau=tau), iterations=iterations)
         assert got.dtype == torch.float32 and got.shape == c.shape
         np.testing.assert_allclose(got.numpy(), np_reactivate(f, c, mu, iterations, beta, tau), atol=1e-5)
 
@@ -84,11 +90,11 @@ def test_unit_feature_mean_matches_float64_reference(iterations):
     for _ in range(5):
         f, c, mu = _random_case(rng)
         f[0] *= rng.uniform(0.1, 50, (1,) + f.shape[2:]).astype(np.float32)  # norms that differ per pixel
-        got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), iterations, 8.0, 0.2,
-                         unit_mean=True)
+        got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), PAPER_UNIT,
+                         iterations=iterations)
         np.testing.assert_allclose(got.numpy(), np_reactivate(f, c, mu, iterations, 8.0, 0.2, unit=True), atol=1e-5)
-    raw = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2)
-    unit = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2, unit_mean=True)
+    raw = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), PAPER, iterations=2)
+    unit = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), PAPER_UNIT, iterations=2)
     assert iterations == 1 or float((raw - unit).abs().max()) > 1e-3  # the option changes the M-step
 
 
@@ -99,7 +105,7 @@ def test_edge_cases():
     f[1, :, :3, :] = 0  # some zero pixels
     c[2] = 3.0  # constant CAM: minmax 0, empty Omega
     mu[3, 0] = 0  # zero foreground centroid
-    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2).numpy()
+    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), PAPER, iterations=2).numpy()
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, np_reactivate(f, c, mu, 2, 8.0, 0.2), atol=1e-5)
     np.testing.assert_allclose(got[0], 0.5 + np_minmax(c[0].astype(np.float64)), atol=1e-6)
@@ -108,7 +114,7 @@ def test_edge_cases():
 def test_iterations_zero_is_minmax_cam_and_score_maps_in_unit_range():
     rng = np.random.default_rng(2)
     f, c, mu = _random_case(rng)
-    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 0)
+    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), PAPER, iterations=0)
     np.testing.assert_allclose(got.numpy(), np.stack([np_minmax(m.astype(np.float64)) for m in c]), atol=1e-6)
     maps = score_maps(got, (28, 36))
     assert maps.shape == (4, 28, 36) and float(maps.min()) == 0.0 and float(maps.max()) == 1.0
@@ -151,11 +157,13 @@ def test_border_rings_match_float64_reference(border, unit):
     for iterations in (1, 2, 3):
         f, c, mu = _random_case(rng, b=3, k=12, h=8, w=9)
         f[:, :, 0, :] *= 6.0  # a bright border row, as zero padding gives
-        got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), iterations, 8.0, 0.2,
-                         unit_mean=unit, border=border)
+        got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu),
+                         CreamConfig(feature_mean="unit" if unit else "raw", calibration="omega", border=border),
+                         iterations=iterations)
         np.testing.assert_allclose(got.numpy(), np_reactivate(f, c, mu, iterations, 8.0, 0.2, unit, border),
                                    atol=1e-5)
-    plain = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2, unit_mean=unit)
+    plain = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu),
+                       CreamConfig(feature_mean="unit" if unit else "raw", calibration="omega"), iterations=2)
     assert float((plain - got).abs().max()) > 1e-4
 
 
@@ -164,12 +172,12 @@ def test_calibration_none_keeps_the_foreground_component():
 
     rng = np.random.default_rng(9)
     f, c, mu = _random_case(rng, b=6)
-    out = reactivation(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2, True,
-                       calibration="none")
+    out = reactivation(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu),
+                       CreamConfig(feature_mean="unit", beta=8.0, tau=0.2, calibration="none"), iterations=2)
     assert bool(out.keep_fg.all())
     np.testing.assert_allclose(out.map.numpy(), np_reactivate(f, c, mu, 2, 8.0, 0.2, True, calibration="none"),
                                atol=1e-5)
-    paper = reactivation(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2, True)
+    paper = reactivation(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), PAPER_UNIT, iterations=2)
     flipped = ~paper.keep_fg.reshape(-1)
     assert flipped.any() and not flipped.all()  # both cases occur in this draw
     # where the paper's calibration flips, the maps differ by exactly the swap z_fg <-> 1 - z_fg
@@ -178,8 +186,8 @@ def test_calibration_none_keeps_the_foreground_component():
 
 
 def test_deviation_fields_are_validated_and_refused_by_the_fused_op():
+    from cream_rt.config import CreamConfig
     from cream_rt.errors import CreamError
-    from cream_rt.model.config import CreamConfig
 
     with pytest.raises(ValueError, match="calibration must be one of"):
         CreamConfig(calibration="cam")
@@ -187,7 +195,7 @@ def test_deviation_fields_are_validated_and_refused_by_the_fused_op():
         CreamConfig(border=-1)
     f, c, mu = (torch.from_numpy(a) for a in _random_case(np.random.default_rng(2)))
     with pytest.raises(CreamError, match="fused cosine-EM op implements border 0"):
-        reactivate(f, c, mu, 2, fused=True, border=1)
+        reactivate(f, c, mu, PAPER.with_changes(border=1), iterations=2, fused=True)
     from cream_rt.export.onnx_export import export_model
     from cream_rt.model.network import create_model
 
@@ -202,8 +210,8 @@ def test_upsampled_em_grid_is_the_em_on_bilinearly_upsampled_inputs():
     f, c, mu = _random_case(np.random.default_rng(4), b=2, k=10, h=5, w=6)
     up = lambda a: torch.nn.functional.interpolate(torch.from_numpy(a), scale_factor=2, mode="bilinear",  # noqa: E731
                                                    align_corners=False).numpy()
-    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2, unit_mean=True,
-                     upsample=2)
+    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), PAPER_UNIT.with_changes(beta=8.0,
+                     tau=0.2, upsample=2), iterations=2)
     assert got.shape == (2, 10, 12)
     np.testing.assert_allclose(got.numpy(), np_reactivate(up(f), up(c[:, None])[:, 0], mu, 2, 8.0, 0.2, True),
                                atol=1e-5)
@@ -223,14 +231,16 @@ def test_cam_mean_calibration_hand_computed():
         cam = torch.tensor([[[1.0, 0.6, 0.0, 0.2]]])
         features, centroids = torch.ones(1, 3, 1, 4), torch.ones(1, 2, 3)
         for calibration in ("cam-mean", "omega"):
-            out = module.reactivation(features, cam, centroids, 2, 8.0, 0.2, True, calibration=calibration)
+            out = module.reactivation(features, cam, centroids, CreamConfig(feature_mean="unit", beta=8.0, tau=0.2,
+                                      calibration=calibration), iterations=2)
             assert not bool(out.keep_fg) and torch.allclose(out.calibrated, 1 - z)
         # a small object: z_fg on pixel 0 only, Omega = pixels 0-2: the paper's rule swaps (0.9 < 2.1),
         # cam-mean keeps it (mean CAM 0.9*1 / 0.9 = 1 vs (0.1*1 + 0.6 + 0.5 + 0) / 3.1 = 0.39)
         z = torch.tensor([[0.9, 0.0, 0.0, 0.0]])
         cam = torch.tensor([[[1.0, 0.6, 0.5, 0.0]]])
-        assert not bool(module.reactivation(features, cam, centroids, 2, 8.0, 0.2, True).keep_fg)
-        assert bool(module.reactivation(features, cam, centroids, 2, 8.0, 0.2, True, calibration="cam-mean").keep_fg)
+        assert not bool(module.reactivation(features, cam, centroids, PAPER_UNIT, iterations=2).keep_fg)
+        assert bool(module.reactivation(features, cam, centroids, CreamConfig(feature_mean="unit", beta=8.0, tau=0.2,
+                                        calibration="cam-mean"), iterations=2).keep_fg)
     finally:
         module.em_foreground = original
 
@@ -238,8 +248,8 @@ def test_cam_mean_calibration_hand_computed():
 @pytest.mark.parametrize("unit", [True, False], ids=["unit", "raw"])
 def test_cam_mean_reactivation_matches_the_float64_reference(unit):
     f, c, mu = _random_case(np.random.default_rng(11), b=16, k=12, h=6, w=7)
-    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2, unit_mean=unit,
-                     calibration="cam-mean")
+    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu),
+                     CreamConfig(feature_mean="unit" if unit else "raw", calibration="cam-mean"), iterations=2)
     np.testing.assert_allclose(got.numpy(), np_reactivate(f, c, mu, 2, 8.0, 0.2, unit, calibration="cam-mean"),
                                atol=1e-5)
 
@@ -247,13 +257,13 @@ def test_cam_mean_reactivation_matches_the_float64_reference(unit):
 def test_cam_mean_is_the_default_and_older_configs_keep_omega():
     """docs/method.md 3.3: new models calibrate by cam-mean; a config saved before the field
     existed was computed with the paper's rule and keeps it, as feature_mean keeps raw."""
-    from cream_rt.model.config import CreamConfig, ModelConfig
+    from cream_rt.config import CreamConfig, ModelConfig
 
     assert CreamConfig().calibration == "cam-mean"
     saved = ModelConfig().to_dict()
     assert ModelConfig.from_dict(saved).cream.calibration == "cam-mean"
     del saved["cream"]["calibration"]
-    assert ModelConfig.from_dict(saved).cream.calibration == "omega"
+    assert ModelConfig.from_dict(saved, 1).cream.calibration == "omega"  # a version-1 file without the field
 
 
 @pytest.mark.parametrize("unit", [True, False])
@@ -266,31 +276,28 @@ def test_centered_reactivation_matches_the_float64_reference(unit):
     want = np_reactivate(f, c, mu, 2, 8.0, 0.2, unit, calibration="cam-mean", center=center)
     assert not np.allclose(want, np_reactivate(f, c, mu, 2, 8.0, 0.2, unit, calibration="cam-mean"), atol=1e-3)
     for fused in (False, True):
-        got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2, fused=fused,
-                         unit_mean=unit, calibration="cam-mean", center=torch.from_numpy(center))
+        got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu),
+                         CreamConfig(feature_mean="unit" if unit else "raw", calibration="cam-mean"), iterations=2,
+                         fused=fused, center=torch.from_numpy(center))
         np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
 
 
-def test_center_is_off_for_older_configs_and_a_checkpoint_without_the_buffer_loads():
-    """A config saved before `center` existed clusters the raw features; a state dict without
-    `feature_center` loads it as zeros."""
-    from cream_rt.model.config import ModelConfig
-    from cream_rt.model.network import create_model
+def test_center_is_off_for_older_configs_and_unknown_versions_are_refused():
+    """A version-1 config saved before `center` existed clusters the raw features (the checkpoint
+    without the buffer: test_model_cli); a version this cream-rt does not know is refused."""
+    from cream_rt.config import ModelConfig
 
     saved = ModelConfig().to_dict()
     del saved["cream"]["center"]
-    assert ModelConfig.from_dict(saved).cream.center is False
-    model = create_model("small-cnn", 3, input_size=32)
-    state = {k: v for k, v in model.state_dict().items() if k != "feature_center"}
-    model.feature_center.fill_(1.0)
-    model.load_state_dict(state)
-    assert float(model.feature_center.abs().max()) == 0.0
+    assert ModelConfig.from_dict(saved, 1).cream.center is False
+    with pytest.raises(ValueError, match="model config version 3 is not supported"):
+        ModelConfig.from_dict(saved, 3)
 
 
 def test_center_default_follows_the_backbone():
     """`center: None` resolves when the model is built: on for a backbone with ImageNet weights,
     off for small-cnn, an explicit value wins, and the saved config holds the bool."""
-    from cream_rt.model.config import CreamConfig, ModelConfig
+    from cream_rt.config import CreamConfig, ModelConfig
     from cream_rt.model.network import create_model
 
     assert CreamConfig().center is None
@@ -319,12 +326,13 @@ def test_adaptive_start_hand_computed():
     # pixel features (columns): (3,0,4) -> (0.6,0,0.8); (0,2,0) -> (0,1,0); (0,0,5) -> (0,0,1)
     cam_n = torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float64)
     v = torch.tensor([[[1.0, 1.0, 1.0], [-1.0, 0.0, 2.0]]], dtype=torch.float64)
-    start = adaptive_start(x, cam_n, v, 0.2, True, 0.5, 0.25)
+    start = adaptive_start(x, cam_n, v, tau=0.2, unit_mean=True, adapt_fg=0.5, adapt_bg=0.25)
     np.testing.assert_allclose(start[0, 0].numpy(), 0.5 * np.array([1, 1, 1]) + 0.5 * np.array([0.3, 0.5, 0.4]),
                                atol=1e-6)
     np.testing.assert_allclose(start[0, 1].numpy(), 0.75 * np.array([-1, 0, 2]) + 0.25 * np.array([0, 0, 1]),
                                atol=1e-6)
-    raw = adaptive_start(x, cam_n, v, 0.2, False, 1.0, 1.0)  # raw means, the image's own only
+    # raw means, the image's own only
+    raw = adaptive_start(x, cam_n, v, tau=0.2, unit_mean=False, adapt_fg=1.0, adapt_bg=1.0)
     np.testing.assert_allclose(raw[0].numpy(), [[1.5, 1.0, 2.0], [0.0, 0.0, 5.0]], atol=1e-12)
 
 
@@ -343,13 +351,14 @@ def test_adaptive_start_reactivation_is_the_em_from_the_mixed_start(unit):
         bg = xs[cam_n < 0.2].mean(0)
         starts.append([(1 - a_fg) * mi[0] + a_fg * fg, (1 - a_bg) * mi[1] + a_bg * bg])
     want = np_reactivate(f, c, np.array(starts), 2, 8.0, 0.2, unit, calibration="cam-mean")
-    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu), 2, 8.0, 0.2, unit_mean=unit,
-                     calibration="cam-mean", adapt_fg=a_fg, adapt_bg=a_bg)
+    got = reactivate(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(mu),
+                     CreamConfig(feature_mean="unit" if unit else "raw", calibration="cam-mean", adapt_fg=a_fg,
+                     adapt_bg=a_bg), iterations=2)
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
 
 
 def test_adapt_fields_are_validated():
-    from cream_rt.model.config import CreamConfig
+    from cream_rt.config import CreamConfig
 
     for bad in (-0.1, 1.5, "0.5", True):
         with pytest.raises(ValueError, match="adapt_bg must be a number in \\[0, 1\\]"):

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from test_reactivate import np_reactivate  # noqa: E402
 
-from cream_rt.model.config import CreamConfig  # noqa: E402
+from cream_rt.config import CreamConfig  # noqa: E402
 from cream_rt.model.network import create_model  # noqa: E402
 from cream_rt.train.refine import refine_embeddings  # noqa: E402
 

@@ -60,7 +60,7 @@ def test_cli_regressor_end_to_end(tmp_path, capsys):
                  "--epochs", "1", "--batch-size", "16", "--json"]) == 0
     capsys.readouterr()
     assert main(["export", "--checkpoint", str(ckpt), "--regressor", str(reg), "--out", str(onnx_path), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["regressor"] is True
+    assert json.loads(capsys.readouterr().out)["outputs"][-1] == "boxes"
 
     assert main(["eval", "--model", str(onnx_path), "--data", str(data), "--json"]) == 0
     exported = json.loads(capsys.readouterr().out)

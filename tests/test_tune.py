@@ -64,8 +64,8 @@ def test_tuned_threshold_is_the_export_and_localize_default(tuned):
     onnx_path = tuned["root"] / "tuned.onnx"
     manifest = json.loads(run("export", "--checkpoint", tuned["out"], "--out", onnx_path, "--json", expect=0).stdout)
     assert manifest["box_threshold"] == tuned["record"]["box_threshold"]
-    assert manifest["tuned"]["name"] == tuned["record"]["name"]
-    assert manifest["em_layer"] == tuned["record"]["setting"]["em_layer"]
+    assert manifest["model"]["tuned"]["name"] == tuned["record"]["name"]
+    assert manifest["model"]["cream"]["em_layer"] == tuned["record"]["setting"]["em_layer"]
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     with Localizer.load(onnx_path) as default, Localizer.load(onnx_path, threshold=manifest["box_threshold"]) as given:
         assert default.threshold == manifest["box_threshold"]

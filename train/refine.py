@@ -163,7 +163,7 @@ def split_pass(model, split: Iterable[EmBatch], center: bool, rounds: int,
     """`embedding_pass` over a re-iterable `split` of (EM features, CAM of the label, labels)
     batches (e.g. features cached once for many settings, `cream tune`); `quiet`: no warning
     line for classes without images."""
-    model.config.cream.center = center
+    model.config = model.config.with_cream(center=center)
     if center:
         total, cells = None, 0
         for features, _, _ in split:

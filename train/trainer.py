@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cream_rt.config import CAM_LAYER, REFINE_ROUNDS, CreamConfig
 from cream_rt.errors import CreamError
 from cream_rt.metadata import SplitMetadata, data_paths, read_split
 from cream_rt.model.backbones import get_backbone
 from cream_rt.model.checkpoint import load_checkpoint, save_checkpoint, training_progress
-from cream_rt.model.config import CAM_LAYER, REFINE_ROUNDS, CreamConfig
 from cream_rt.model.em import score_maps
 from cream_rt.model.network import CamModel, create_model
 from cream_rt.progress import progress
@@ -377,7 +377,7 @@ def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | No
     overrides = {**(overrides or {}), **{k: v for k, v in (("feature_mean", feature_mean), ("momentum", momentum))
                                          if v is not None}}
     try:
-        model.config.cream = dataclasses.replace(model.config.cream, **overrides)
+        model.config = model.config.with_cream(**overrides)
     except (ValueError, TypeError) as exc:
         raise CreamError(str(exc)) from None
     seed_everything(seed)

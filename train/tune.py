@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cream_rt.config import CAM_LAYER, EMBEDDINGS, FALLBACKS, FEATURE_MEANS, CreamConfig
 from cream_rt.errors import CreamError
 from cream_rt.metadata import SplitMetadata
-from cream_rt.model.config import CAM_LAYER, EMBEDDINGS, FALLBACKS, FEATURE_MEANS
 from cream_rt.model.em import minmax, score_maps, to_grid
 from cream_rt.model.network import CamModel, em_grid_ok
 from cream_rt.progress import progress
@@ -30,16 +30,19 @@ __all__ = ["Setting", "CachedSplit", "cache_split", "candidate_layers", "grid", 
            "score_settings", "select", "tune", "staged", "tune_checkpoint"]
 
 
+_DEFAULT = CreamConfig()  # the settings a Setting leaves out
+
+
 @dataclass(frozen=True)
 class Setting:
     """One combination of the inference settings `cream tune` chooses between."""
 
     em_layer: str
     center: bool
-    iterations: int = 2
-    feature_mean: str = "unit"
-    embeddings: str = "per-class"
-    fallback: str = "class-mean"
+    iterations: int
+    feature_mean: str = _DEFAULT.feature_mean
+    embeddings: str = _DEFAULT.embeddings
+    fallback: str = _DEFAULT.fallback
 
     @classmethod
     def of(cls, model: CamModel) -> "Setting":
@@ -49,8 +52,9 @@ class Setting:
 
     def name(self) -> str:
         parts = [self.em_layer, "center" if self.center else "no center", f"T={self.iterations}"]
-        parts += [p for p, default in ((self.feature_mean, "unit"), (self.embeddings, "per-class"),
-                                       (f"fallback {self.fallback}", "fallback class-mean")) if p != default]
+        d = _DEFAULT
+        parts += [p for p, default in ((self.feature_mean, d.feature_mean), (self.embeddings, d.embeddings),
+                                       (f"fallback {self.fallback}", f"fallback {d.fallback}")) if p != default]
         return ", ".join(parts)
 
 
@@ -143,9 +147,8 @@ def fitted_model(model: CamModel, fit: CachedSplit, setting: Setting, rounds: in
     """A new model with `model`'s weights and `setting`'s EM, its embeddings fitted on `fit` (the
     embedding pass with `rounds` refinement rounds, from the cached features: no backbone pass)."""
     m = model.with_em_layer(setting.em_layer).eval()  # a place named by stage resolves to its layer
-    m.config.cream = dataclasses.replace(m.config.cream, iterations=setting.iterations,
-                                         feature_mean=setting.feature_mean, embeddings=setting.embeddings,
-                                         fallback=setting.fallback)
+    m.config = m.config.with_cream(iterations=setting.iterations, feature_mean=setting.feature_mean,
+                                   embeddings=setting.embeddings, fallback=setting.fallback)
     split_pass(m, fit.em_batches(m.em_layer), setting.center, rounds, quiet=True)
     return m
 
@@ -332,8 +335,8 @@ def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str
               "val_split": str(meta_root / val_split), "val_images": len(val_meta.image_ids),
               "settings_scored": len(result["rows"]), "refine_rounds": rounds, "min_gain": result["min_gain"],
               "unreadable_images": unreadable.record()}
-    chosen.config.box_threshold = record["box_threshold"]
-    chosen.config.tuned = {k: v for k, v in record.items() if k != "unreadable_images"}
+    chosen.config = dataclasses.replace(chosen.config, box_threshold=record["box_threshold"],
+                                        tuned={k: v for k, v in record.items() if k != "unreadable_images"})
     training = dict(payload.get("training", {}))
     training["tune"] = {**record, "rows": result["rows"], "from": str(checkpoint)}
     save_checkpoint(out, chosen, training)

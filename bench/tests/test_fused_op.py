@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from cream_rt.bench.latency import measure_interleaved, paired_ratio  # noqa: E402
 from cream_rt.bench.targets import FUSED_OP_TARGET  # noqa: E402
+from cream_rt.config import CreamConfig  # noqa: E402
 from cream_rt.model.em import reactivate  # noqa: E402
 
 RESULTS: dict = {"op": [], "end_to_end": []}
@@ -41,12 +42,17 @@ def test_fused_vs_torch_reactivate(device, k, side, batch, unit):
     centroids = torch.rand(batch, 2, k, generator=gen).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else None
     with torch.no_grad():
-        ref = reactivate(features, cam, centroids, 2, unit_mean=unit)
-        got = reactivate(features, cam, centroids, 2, fused=True, unit_mean=unit)
+        ref = reactivate(features, cam, centroids, CreamConfig(feature_mean="unit" if unit else "raw",
+                         calibration="omega"), iterations=2)
+        got = reactivate(features, cam, centroids, CreamConfig(feature_mean="unit" if unit else "raw",
+                         calibration="omega"), iterations=2, fused=True)
         assert (ref - got).abs().max().item() < 1e-5
-        stats = measure_interleaved({"torch": lambda: reactivate(features, cam, centroids, 2, unit_mean=unit),
-                                     "fused": lambda: reactivate(features, cam, centroids, 2, fused=True,
-                                                                 unit_mean=unit)},
+        stats = measure_interleaved({"torch": lambda: reactivate(features, cam, centroids,
+                                                                 CreamConfig(feature_mean="unit" if unit else "raw",
+                                                                 calibration="omega"), iterations=2),
+                                     "fused": lambda: reactivate(features, cam, centroids,
+                                                                 CreamConfig(feature_mean="unit" if unit else "raw",
+                                                                 calibration="omega"), iterations=2, fused=True)},
                                     budget_s=6, sync=sync)
         t_torch, t_fused = stats["torch"]["p50_ms"], stats["fused"]["p50_ms"]
     ratio = t_torch / t_fused

@@ -101,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> dict:
+    from ..config import CreamConfig
     from ..export.onnx_export import export_checkpoint
     from ..model.checkpoint import load_checkpoint
-    from ..model.config import CreamConfig
     from ..parity import compute_parity
     from ..synth import SynthConfig, generate
     from ..train.trainer import TrainConfig, evaluate_split, train

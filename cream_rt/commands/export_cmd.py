@@ -154,8 +154,7 @@ def _export_int8(args: argparse.Namespace, out: str) -> int:
     if args.triton_repo:
         _write_triton(args, out)
     if args.json:
-        manifest.precision = "int8"
-        print(json.dumps({**asdict(manifest), "quantization": report}, indent=2))
+        print(json.dumps({**asdict(manifest), "precision": "int8", "quantization": report}, indent=2))
     elif args.out:
         print(f"wrote {out}: {manifest.backbone}, mode {manifest.mode}, T={manifest.iterations}, int8 backbone "
               f"({report['quantized_convs']} convolutions; {report['fp32_convs']} stay fp32) calibrated on "

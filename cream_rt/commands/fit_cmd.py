@@ -5,7 +5,7 @@ import argparse
 import json
 
 from ..argtypes import EPOCHS, float_in, int_in
-from ..model.config import REFINE_ROUNDS
+from ..config import REFINE_ROUNDS
 from .options import add_data, add_embedding_options, add_json, add_max_bad_images
 
 

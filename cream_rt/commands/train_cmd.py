@@ -6,7 +6,7 @@ import os
 import sys
 
 from ..argtypes import EPOCHS, FRACTION, INPUT_SIZE, ITERATIONS, NON_NEGATIVE, POSITIVE, float_in, int_in
-from ..model.config import REFINE_ROUNDS
+from ..config import REFINE_ROUNDS
 from .options import add_data, add_embedding_options, add_json, add_max_bad_images
 from .output import print_json
 
@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..atomic import check_output_file
-    from ..model.config import CreamConfig
+    from ..config import CreamConfig
     from ..model.device import torch_device
     from ..train.trainer import TrainConfig
     from ..train.trainer import train as run_train

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..argtypes import INTERVAL, float_in, int_in, int_list, name_list
-from ..model.config import REFINE_ROUNDS
+from ..config import REFINE_ROUNDS
 from .options import add_data, add_json, add_max_bad_images
 from .output import print_json, print_table
 

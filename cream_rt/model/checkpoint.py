@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_path
+from ..config import CONFIG_VERSION, ModelConfig
 from ..errors import ModelFileError
-from .config import ModelConfig
 from .network import CamModel
 from .torchfile import load_torch_file
 
@@ -18,7 +18,7 @@ __all__ = ["FORMAT", "VERSION", "save_checkpoint", "read_checkpoint", "training_
            "file_sha256"]
 
 FORMAT = "cream_rt.checkpoint"
-VERSION = 1
+VERSION = CONFIG_VERSION  # the payload's version is its config's (config.migrate_config)
 
 
 def save_checkpoint(path: str | os.PathLike, model: CamModel, training: dict | None = None,
@@ -43,9 +43,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     payload = load_torch_file(path, "cream checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:  # e.g. a bare state dict
         raise ModelFileError(f"{path}: not a cream checkpoint (expected format {FORMAT!r})")
-    if payload.get("version") != VERSION:
+    if payload.get("version") not in (1, VERSION):
         raise ModelFileError(f"{path}: checkpoint version {payload.get('version')!r} is not supported "
-                             f"(expected {VERSION})")
+                             f"(expected 1 to {VERSION})")
     payload.setdefault("training", {})  # optional: imported models have no training record
     for key, kind in (("config", dict), ("state_dict", dict), ("training", dict)):
         if not isinstance(payload.get(key), kind):
@@ -68,12 +68,20 @@ def training_progress(payload: dict, path: str | os.PathLike) -> tuple[int, list
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[CamModel, dict]:
-    """Rebuild the model from a checkpoint; returns (model in eval mode, the raw payload)."""
+    """Rebuild the model from a checkpoint; returns (model in eval mode, the raw payload).
+
+    Example:
+        >>> model, payload = load_checkpoint("runs/model.pt")  # doctest: +SKIP
+    """
     payload = read_checkpoint(path)
     try:
-        config = ModelConfig.from_dict(payload["config"])
+        config = ModelConfig.from_dict(payload["config"], payload["version"])
         model = CamModel(config)
-        model.load_state_dict(payload["state_dict"])
+        state = payload["state_dict"]
+        if payload["version"] == 1:  # buffers added later: no center, every class's pair taken as fitted
+            fitted = torch.ones_like(model.embedding_fitted)
+            state = {"feature_center": model.feature_center, "embedding_fitted": fitted, **state}
+        model.load_state_dict(state)
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: checkpoint does not match its model config "
                              f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:160]})") from None
@@ -81,6 +89,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[CamModel, dict]:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """The file's SHA-256, hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -9,10 +9,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .config import CALIBRATIONS
+from ..config import CreamConfig
 
 __all__ = ["EPS", "minmax", "l2_normalize", "centered", "em_foreground", "side_means", "adaptive_start",
-           "check_calibration", "check_fused", "border_weights", "Reactivation", "reactivation", "reactivate",
+           "check_fused", "border_weights", "Reactivation", "reactivation", "reactivate",
            "bicubic_matrix", "score_maps", "to_grid", "bilinear_matrix", "grid_mean_weights"]
 
 EPS = 1e-6
@@ -41,9 +41,8 @@ def centered(features: torch.Tensor, center: torch.Tensor | None) -> torch.Tenso
     return features - center.to(features.dtype).reshape(1, -1, *([1] * (features.dim() - 2)))
 
 
-def em_foreground(features: torch.Tensor, centroids: torch.Tensor, iterations: int,
-                  beta: float, unit_mean: bool = False, m_weights: torch.Tensor | None = None) \
-        -> tuple[torch.Tensor, torch.Tensor]:
+def em_foreground(features: torch.Tensor, centroids: torch.Tensor, iterations: int, *, beta: float, unit_mean: bool,
+                  m_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """EM with p(x|k) ~ exp(beta cos(x, mu_k)) started from `centroids (B,2,K)`; `features
     (B,K,N)`. T E-steps with an M-step between consecutive ones; returns (z_fg, z_bg) `(B,N)`.
     The M-step averages the raw features, or with `unit_mean` the L2-normalised ones;
@@ -87,7 +86,7 @@ def side_means(features: torch.Tensor, foreground: torch.Tensor, unit_mean: bool
     return torch.bmm(weights, x.transpose(1, 2)) / weights.sum(2, keepdim=True).clamp_min(EPS)
 
 
-def adaptive_start(features: torch.Tensor, cam_n: torch.Tensor, centroids: torch.Tensor, tau: float,
+def adaptive_start(features: torch.Tensor, cam_n: torch.Tensor, centroids: torch.Tensor, *, tau: float,
                    unit_mean: bool, adapt_fg: float, adapt_bg: float) -> torch.Tensor:
     """The EM's start `(B,2,K)`: each class embedding mixed with this image's own mean feature on
     its side of the CAM, `(1 - a) V + a f` with f the mean (L2-normalised under `unit_mean`)
@@ -99,21 +98,14 @@ def adaptive_start(features: torch.Tensor, cam_n: torch.Tensor, centroids: torch
     return (1 - weights) * centroids + weights * means
 
 
-def check_calibration(calibration: str) -> None:
-    """ValueError for a calibration that is not one of CALIBRATIONS: checked where the string
-    enters the EM, so that no branch below runs one silently as another."""
-    if calibration not in CALIBRATIONS:
-        raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
-
-
-def check_fused(border: int, calibration: str, upsample: int) -> None:
+def check_fused(settings: CreamConfig) -> None:
     """CreamError where the fused cosine-EM op cannot compute this re-activation: it implements
     every calibration on the feature grid with every cell in the M-step."""
-    if border or upsample != 1:
+    if settings.border or settings.upsample != 1:
         from ..errors import CreamError
 
         raise CreamError(f"the fused cosine-EM op implements border 0 and upsample 1 only "
-                         f"(this model: border {border}, calibration {calibration!r}, upsample {upsample})")
+                         f"(this model: border {settings.border}, upsample {settings.upsample})")
 
 
 def border_weights(h: int, w: int, rings: int) -> torch.Tensor:
@@ -133,54 +125,56 @@ class Reactivation(NamedTuple):
     keep_fg: torch.Tensor
 
 
-def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor, iterations: int = 2,
-                 beta: float = 8.0, tau: float = 0.2, unit_mean: bool = False, border: int = 0,
-                 calibration: str = "omega", upsample: int = 1, adapt_fg: float = 0.0,
-                 adapt_bg: float = 0.0, center: torch.Tensor | None = None) -> Reactivation:
-    """CREAM's re-activation with its parts (torch ops, exportable), iterations >= 1.
+def _steps(settings: CreamConfig, iterations: int | None) -> int:
+    t = settings.iterations if iterations is None else iterations
+    if t is None:
+        raise ValueError("iterations: neither given nor set in the settings (a built model's config has them)")
+    return t
 
-    EM from `centroids (B,2,K)`, then calibration: with "omega" (the paper) the component with
-    the larger mean responsibility over `{minmax(CAM) >= tau}` is the foreground; "cam-mean":
-    the component over which minmax(CAM) is higher on average (weighted by responsibility), which
-    does not depend on how much of Omega the object fills; "none" keeps the component started
-    from the foreground embedding. `adapt_fg`, `adapt_bg` > 0 start the EM from the embeddings
-    mixed with the image's own feature means (`adaptive_start`). `border` rings of feature cells stay
-    out of the M-step and of the calibration region (zero-padding cells cluster apart).
-    `upsample` > 1 runs all of it on features and CAM bilinearly upsampled by that factor, so the
-    map is `(B, h*upsample, w*upsample)` (border rings then count upsampled cells). `center (K,)`:
-    the EM (and the adaptive start) sees the features minus it (`centered`); the CAM does not."""
-    check_calibration(calibration)
-    if upsample > 1:
-        features = torch.nn.functional.interpolate(features, scale_factor=upsample, mode="bilinear",
+
+def reactivation(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor,
+                 settings: CreamConfig | None = None, *, iterations: int | None = None,
+                 center: torch.Tensor | None = None) -> Reactivation:
+    """CREAM's re-activation with its parts (torch ops, exportable), T >= 1 (see `reactivate`).
+
+    EM from `centroids (B,2,K)`, then calibration (`settings.calibration`: "cam-mean", "omega" or
+    "none", docs/method.md 3.3), then fusion with minmax(CAM). With `upsample` > 1 all of it runs
+    on features and CAM bilinearly upsampled by that factor (border rings then count upsampled
+    cells); `border` rings stay out of the M-step and the calibration region; `adapt_*` start the
+    EM from the embeddings mixed with the image's own side means (`adaptive_start`)."""
+    c = settings or CreamConfig()
+    t = _steps(c, iterations)
+    if c.upsample > 1:
+        features = torch.nn.functional.interpolate(features, scale_factor=c.upsample, mode="bilinear",
                                                    align_corners=False)
         cam = torch.nn.functional.interpolate(cam.reshape(features.shape[0], 1, *cam.shape[-2:]),
-                                              scale_factor=upsample, mode="bilinear", align_corners=False)
+                                              scale_factor=c.upsample, mode="bilinear", align_corners=False)
     b, k, h, w = features.shape
+    unit = c.feature_mean == "unit"
     cam_n = minmax(cam.reshape(b, h * w), (1,))
-    m_weights = border_weights(h, w, border).to(features.device) if border > 0 else None
+    m_weights = border_weights(h, w, c.border).to(features.device) if c.border > 0 else None
     flat = centered(features.reshape(b, k, h * w).float(), center)
-    if adapt_fg or adapt_bg:
-        centroids = adaptive_start(flat, cam_n, centroids.float(), tau, unit_mean, adapt_fg, adapt_bg)
-    z_fg, z_bg = em_foreground(flat, centroids.float(), iterations, beta, unit_mean, m_weights)
-    if calibration == "none":
+    if c.adapt_fg or c.adapt_bg:
+        centroids = adaptive_start(flat, cam_n, centroids.float(), tau=c.tau, unit_mean=unit, adapt_fg=c.adapt_fg,
+                                   adapt_bg=c.adapt_bg)
+    z_fg, z_bg = em_foreground(flat, centroids.float(), t, beta=c.beta, unit_mean=unit, m_weights=m_weights)
+    if c.calibration == "none":
         keep_fg = torch.ones(b, 1, dtype=torch.bool, device=features.device)
-    elif calibration == "cam-mean":  # the component whose responsibility-weighted mean CAM is higher
+    elif c.calibration == "cam-mean":  # the component whose responsibility-weighted mean CAM is higher
         weights = torch.stack([z_fg, z_bg], 1)  # (B,2,N)
         if m_weights is not None:
             weights = weights * m_weights
         level = (weights * cam_n.unsqueeze(1)).sum(2) / (weights.sum(2) + EPS)  # (B,2)
         keep_fg = level[:, :1] >= level[:, 1:]
-    else:  # "omega"
-        in_omega = cam_n >= tau if m_weights is None else (cam_n >= tau) & (m_weights > 0)
+    else:  # "omega" (CreamConfig admits no other value)
+        in_omega = cam_n >= c.tau if m_weights is None else (cam_n >= c.tau) & (m_weights > 0)
         keep_fg = torch.where(in_omega, z_fg - z_bg, 0.0).sum(dim=1, keepdim=True) >= 0  # s_fg >= s_bg over omega
     calibrated = torch.where(keep_fg, z_fg, z_bg)
     return Reactivation((calibrated + cam_n).reshape(b, h, w), calibrated, keep_fg)
 
 
 def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor,
-               iterations: int = 2, beta: float = 8.0, tau: float = 0.2, fused: bool = False,
-               unit_mean: bool = False, border: int = 0, calibration: str = "omega",
-               upsample: int = 1, adapt_fg: float = 0.0, adapt_bg: float = 0.0,
+               settings: CreamConfig | None = None, *, iterations: int | None = None, fused: bool = False,
                center: torch.Tensor | None = None) -> torch.Tensor:
     """CREAM's final map `z~ + minmax(CAM)` at feature resolution (docs/method.md 3.2-3.4).
 
@@ -188,33 +182,37 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
         features: `(B,K,h,w)` pixel features (after the ReLU).
         cam: `(B,h,w)` CAM of the chosen class.
         centroids: `(B,2,K)` the class's context embeddings (row 0 foreground, 1 background).
-        iterations: E-steps T; 0 returns `minmax(CAM)` (plain CAM).
-        beta, tau: the cosine base model's sharpness and the calibration region's threshold.
+        settings: beta, tau, feature mean, calibration and the named deviations (default: `CreamConfig()`).
+        iterations: E-steps T (default: `settings.iterations`); 0 returns `minmax(CAM)` (plain CAM).
         fused: run EM, calibration and fusion in the C++/CUDA op `cream::cosine_em` (reads the
             features once per EM step; implements border 0 and upsample 1, every calibration).
-        unit_mean: the M-step averages L2-normalised features (`feature_mean: unit`).
-        border, calibration, upsample, adapt_fg, adapt_bg: the named deviations, see `reactivation`.
         center: `(K,)` feature center subtracted before the EM (`CreamConfig.center`), or None.
     Returns:
         `(B,h,w)` float maps with values in [0, 2] (`upsample` times finer with `upsample`).
-    """
-    b, k, h, w = features.shape
-    if iterations <= 0:
-        return minmax(cam.reshape(b, h * w), (1,)).reshape(b, h, w)
-    if fused:
-        check_calibration(calibration)
-        check_fused(border, calibration, upsample)
-        from .fused import cosine_em
 
-        features = centered(features.float(), center)  # the op clusters whatever features it is given
-        if adapt_fg or adapt_bg:  # the op takes any start: computed here, in torch
-            cam_n = minmax(cam.reshape(b, h * w).float(), (1,))
-            centroids = adaptive_start(features.reshape(b, k, h * w), cam_n, centroids.float(), tau,
-                                       unit_mean, adapt_fg, adapt_bg)
-        return cosine_em(features, cam.reshape(b, h, w).float(), centroids.float(), iterations,
-                         float(beta), float(tau), bool(unit_mean), calibration)
-    return reactivation(features, cam, centroids, iterations, beta, tau, unit_mean, border, calibration,
-                        upsample, adapt_fg, adapt_bg, center).map
+    Example:
+        >>> maps = reactivate(torch.rand(2, 8, 7, 7), torch.rand(2, 7, 7), torch.rand(2, 2, 8), iterations=2)
+        >>> tuple(maps.shape)
+        (2, 7, 7)
+    """
+    c = settings or CreamConfig()
+    t = _steps(c, iterations)
+    b, k, h, w = features.shape
+    if t <= 0:
+        return minmax(cam.reshape(b, h * w), (1,)).reshape(b, h, w)
+    if not fused:
+        return reactivation(features, cam, centroids, c, iterations=t, center=center).map
+    check_fused(c)
+    from .fused import cosine_em
+
+    unit = c.feature_mean == "unit"
+    features = centered(features.float(), center)  # the op clusters whatever features it is given
+    if c.adapt_fg or c.adapt_bg:  # the op takes any start: computed here, in torch
+        cam_n = minmax(cam.reshape(b, h * w).float(), (1,))
+        centroids = adaptive_start(features.reshape(b, k, h * w), cam_n, centroids.float(), tau=c.tau, unit_mean=unit,
+                                   adapt_fg=c.adapt_fg, adapt_bg=c.adapt_bg)
+    return cosine_em(features, cam.reshape(b, h, w).float(), centroids.float(), t, float(c.beta), float(c.tau),
+                     unit, c.calibration)
 
 
 def to_grid(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

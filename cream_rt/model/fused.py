@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ..config import CALIBRATIONS
 from ..errors import CreamError
-from .config import CALIBRATIONS
 
 __all__ = ["SOURCES", "load_extension", "check_inputs", "cosine_em"]
 

@@ -8,9 +8,9 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from ..config import CAM_LAYER, ModelConfig
 from ..errors import CreamError
 from .backbones import get_backbone, load_imagenet_weights
-from .config import CAM_LAYER, ModelConfig
 from .em import (
     Reactivation,
     centered,
@@ -92,14 +92,11 @@ class CamModel(nn.Module):
         center = shipped.center if config.cream.center is None else config.cream.center
         em_layer = shipped.em_layer if config.cream.em_layer is None else config.cream.em_layer
         iterations = shipped.iterations if config.cream.iterations is None else config.cream.iterations
-        config = dataclasses.replace(config, cream=dataclasses.replace(config.cream, center=center, em_layer=em_layer,
-                                                                       iterations=iterations),
-                                     class_names=list(config.class_names))  # never the caller's object
         self.backbone = spec.build(config.large_feature_map, config.stock_strides)
         if em_layer != CAM_LAYER:  # a place named by stage becomes its layer's name
             em_layer = self.backbone.resolve_layer(em_layer)
-            config.cream = dataclasses.replace(config.cream, em_layer=em_layer)
-        self.config = config
+        config = dataclasses.replace(config.with_cream(center=center, em_layer=em_layer, iterations=iterations),
+                                     class_names=list(config.class_names))  # never the caller's object
         self._em_layer = em_layer
         self.cam_channels = self.backbone.out_channels
         self.classifier = nn.Linear(self.cam_channels, config.num_classes)
@@ -112,7 +109,7 @@ class CamModel(nn.Module):
                                  f"{CAM_LAYER!r} or one of {', '.join(self.backbone.layer_names())}")
             out, tapped = (self.backbone(probe), None) if em_layer == CAM_LAYER else \
                 self.backbone.forward_tap(probe, em_layer)
-            config.feature_size = int(out.shape[-1])
+            self._config = dataclasses.replace(config, feature_size=int(out.shape[-1]))
             k = self.cam_channels
             self.cam_grid = self.em_grid = tuple(int(v) for v in out.shape[-2:])
             if tapped is not None:
@@ -147,6 +144,22 @@ class CamModel(nn.Module):
         return model.train(self.training)
 
     @property
+    def config(self) -> ModelConfig:
+        """The model's description (frozen): set a changed copy, `model.config = model.config.with_cream(...)`;
+        what the weights and buffers were built for (backbone, classes, input size, EM layer) cannot change."""
+        return self._config
+
+    @config.setter
+    def config(self, config: ModelConfig) -> None:
+        fixed = ("backbone", "num_classes", "input_size", "large_feature_map", "stock_strides", "feature_size")
+        changed = [f for f in fixed if getattr(config, f) != getattr(self._config, f)]
+        changed += ["cream.em_layer"] if config.cream.em_layer != self.em_layer else []
+        if changed:
+            raise CreamError(f"cannot change {', '.join(changed)} of a built model (use create_model or "
+                             f"with_em_layer)")
+        self._config = config
+
+    @property
     def em_layer(self) -> str:
         """The layer the EM clusters, fixed when the model is built (the embeddings and the center
         are of its features; `with_em_layer` makes a model for another layer)."""
@@ -174,12 +187,6 @@ class CamModel(nn.Module):
     def center(self) -> torch.Tensor | None:
         """The feature center the EM subtracts (`CreamConfig.center`), or None."""
         return self.feature_center if self.config.cream.center else None
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        state_dict.setdefault(prefix + "feature_center", torch.zeros_like(self.feature_center))  # older files
-        # files from before the record: their embeddings are what they are, taken as fitted
-        state_dict.setdefault(prefix + "embedding_fitted", torch.ones_like(self.embedding_fitted))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """GAP, or RCAM's TAP in training: mean of the entries > tap_tau * max per channel."""
@@ -241,24 +248,20 @@ class CamModel(nn.Module):
         """`maps_from_features` from the CAM `(B,h,w)` and the EM layer's features on its grid."""
         t = self.config.cream.iterations if iterations is None else iterations
         if mode == "cam" or t == 0:
-            return reactivate(cam.unsqueeze(1), cam, self.embeddings[class_ids], 0)
+            return reactivate(cam.unsqueeze(1), cam, self.embeddings[class_ids], iterations=0)
         if mode != "cream":
             raise ValueError(f"mode must be 'cam' or 'cream', got {mode!r}")
         if fused:
-            c = self.config.cream
-            return reactivate(em, cam, self.embeddings[class_ids], t, c.beta, c.tau, True,
-                              c.feature_mean == "unit", c.border, c.calibration, c.upsample, c.adapt_fg, c.adapt_bg,
-                              self.center)
+            return reactivate(em, cam, self.embeddings[class_ids], self.config.cream, iterations=t, fused=True,
+                              center=self.center)
         return self.reactivation(em, cam, class_ids, t).map
 
     def reactivation(self, em: torch.Tensor, cam: torch.Tensor, class_ids: torch.Tensor,
                      iterations: int | None = None) -> Reactivation:
         """CREAM's re-activation with this model's settings and embeddings (T >= 1) from the EM
         layer's features `em (B,K,h,w)` and the CAM `(B,h,w)` of `class_ids`."""
-        c = self.config.cream
-        t = c.iterations if iterations is None else iterations
-        return reactivation(em, cam, self.embeddings[class_ids], t, c.beta, c.tau, c.feature_mean == "unit", c.border,
-                            c.calibration, c.upsample, c.adapt_fg, c.adapt_bg, self.center)
+        return reactivation(em, cam, self.embeddings[class_ids], self.config.cream, iterations=iterations,
+                            center=self.center)
 
     @torch.no_grad()
     def update_embeddings(self, features: torch.Tensor, labels: torch.Tensor) -> None:
