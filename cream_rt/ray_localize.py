@@ -131,9 +131,9 @@ class LocalizeActor:
         import ray
 
         from .preprocess import normalize
-        from .runtime import Localizer, OnnxPredictor, make_session, read_manifest
+        from .runtime import Localizer, OnnxPredictor, make_session, read_manifest, result_record
 
-        self._normalize = normalize
+        self._normalize, self._record = normalize, result_record
         # the bytes travel as an object reference inside a list: fetched here once, not inlined
         # into every actor's constructor arguments
         session = make_session(model_name, None, threads, spinning=False, data=ray.get(model_ref[0]))
@@ -142,17 +142,16 @@ class LocalizeActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         good = [i for i, error in enumerate(batch["error"]) if not error]
-        records = [json.dumps({"image": str(path), "error": str(error)}) for path, error in
-                   zip(batch["path"], batch["error"])]
+        results = list(batch["error"])  # each image's result or its error, as Localizer.localize_decoded gives
         if good:
             ids = np.full(len(good), -1, np.int64)
             m = self.localizer.manifest
             x = self._normalize(batch["pixels"][good], m.mean, m.std)
             logits, maps, regressed = self.localizer.predictor.run(x, ids)
             sizes = [(int(w), int(h)) for w, h in batch["size"][good]]
-            results = self.localizer.postprocess(logits, maps, ids, sizes, False, regressed)
-            for i, result in zip(good, results):
-                records[i] = json.dumps({"image": str(batch["path"][i]), **result.to_dict()})
+            for i, result in zip(good, self.localizer.postprocess(logits, maps, ids, sizes, False, regressed)):
+                results[i] = result
+        records = [json.dumps(self._record(path, result)) for path, result in zip(batch["path"], results)]
         return {"record": np.array(records, dtype=object)}
 
 

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -20,8 +21,10 @@ from .preprocess import as_rgb_array, decode_image_bytes, preprocess_batch
 
 __all__ = ["DEFAULT_PROVIDERS", "make_session", "read_manifest", "class_id_array", "OnnxPredictor", "Localization",
            "softmax", "map_boxes", "scale_boxes", "decode_ahead", "decode_or_error", "box_threshold",
-           "announce_fallback", "Localizer", "load"]
+           "announce_fallback", "Localizer", "result_record", "load"]
 
+OnError = Literal["raise", "return"]  # what Localizer does with an image it cannot decode
+Decoded = np.ndarray | CreamError  # an RGB image, or why it could not be decoded
 DEFAULT_THRESHOLD = 0.2  # box threshold of a model with no tuned or network threshold (CAM's usual value)
 _log = logging.getLogger(__name__)
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -324,7 +327,8 @@ class Localizer:
         self.close()
 
     def preprocess(self, images: Sequence) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """Decode (in parallel) and preprocess; returns the batch and each original (width, height)."""
+        """Decode (in parallel; the first unreadable image raises) and preprocess; returns the
+        batch and each original (width, height)."""
         decode = functools.partial(as_rgb_array, exif_orientation=self.exif_orientation)
         arrays = list(self._pool.map(decode, images)) if len(images) > 1 else [decode(images[0])]
         sizes = [(a.shape[1], a.shape[0]) for a in arrays]
@@ -350,31 +354,80 @@ class Localizer:
                                         "map" if regressed is None else "regressor"))
         return results
 
-    def __call__(self, images: Sequence, class_ids: Sequence[int] | None = None,
-                 return_maps: bool = False) -> list[Localization]:
+    def __call__(self, images: Sequence, class_ids: Sequence[int] | None = None, return_maps: bool = False,
+                 on_error: OnError = "raise") -> list:
         """Localize a batch.
 
         Args:
             images: paths, encoded bytes, PIL images or uint8 RGB arrays of any size (or one of them).
             class_ids: one per image, the class whose map is used; -1 or None: the predicted one.
             return_maps: keep each score map (model resolution) in `Localization.map`.
+            on_error: "raise": an image that cannot be decoded raises its error; "return": its place
+                in the list holds that error (an `ImageReadError`) and the other images are localized.
         Returns:
-            One `Localization` per image, in order, boxes in the original image's pixels.
+            One `Localization` per image (or, with on_error "return", an image's error), in order,
+            boxes in the original image's pixels.
         Raises:
-            CreamError: an image that cannot be decoded, a class id that is not an integer in range.
+            CreamError: an image that cannot be decoded (on_error "raise"), a class id that is not an
+                integer in range, a closed Localizer.
+
+        Example:
+            >>> with Localizer.load("model.onnx") as loc:  # doctest: +SKIP
+            ...     results = loc(["a.jpg", "broken.jpg"], on_error="return")
         """
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)  # a (B, H, W, 3) batch
         elif isinstance(images, (str, os.PathLike, np.ndarray, bytes)) or hasattr(images, "convert"):
             images = [images]  # one image, not a sequence of rows
+        if on_error not in get_args(OnError):
+            raise CreamError(f"on_error must be one of {get_args(OnError)}, got {on_error!r}")
         if len(images) == 0:
             return []
         ids = class_id_array(class_ids, len(images), len(self.manifest.class_names))
         if self._closed:
             raise CreamError("this Localizer is closed")
-        x, sizes = self.preprocess(images)
-        logits, maps, regressed = self.predictor.run(x, ids)
-        return self.postprocess(logits, maps, ids, sizes, return_maps, regressed)
+        decode = functools.partial(decode_or_error, exif_orientation=self.exif_orientation)
+        decoded = list(self._pool.map(decode, images)) if len(images) > 1 else [decode(images[0])]
+        failed = next((d for d in decoded if isinstance(d, CreamError)), None)
+        if failed is not None and on_error == "raise":
+            raise failed
+        return self.localize_decoded(decoded, ids, return_maps)
+
+    def localize_decoded(self, decoded: Sequence[np.ndarray | CreamError], class_ids: Sequence[int] | None = None,
+                         return_maps: bool = False) -> list[Localization | CreamError]:
+        """Localizations of decoded RGB arrays in one model run; an error in `decoded` (as
+        `decode_or_error` gives it) stays in its place."""
+        ids = class_id_array(class_ids, len(decoded), len(self.manifest.class_names))
+        good = [i for i, d in enumerate(decoded) if not isinstance(d, CreamError)]
+        out: list[Localization | CreamError] = list(decoded)  # type: ignore[arg-type]
+        if good:
+            x, sizes = self.preprocess([decoded[i] for i in good])
+            logits, maps, regressed = self.predictor.run(x, ids[good])
+            for i, result in zip(good, self.postprocess(logits, maps, ids[good], sizes, return_maps, regressed)):
+                out[i] = result
+        return out
+
+    def stream(self, images: Sequence, *, batch_size: int = 8, return_maps: bool = False,
+               reduce_to: int | None = None) -> Iterator[tuple[object, Decoded, Localization | CreamError]]:
+        """Localize `images` batch by batch while a background thread decodes the next batch;
+        yields (input, decoded array or its error, result or error) per image, in order: an image
+        that cannot be read never stops the stream. `reduce_to`: large JPEGs decoded at reduced scale.
+
+        Example:
+            >>> with Localizer.load("model.onnx") as loc:  # doctest: +SKIP
+            ...     for path, _, result in loc.stream(paths, batch_size=16):
+            ...         print(path, result)
+        """
+        for chunk, decoded in decode_ahead(images, batch_size, reduce_to=reduce_to,
+                                           exif_orientation=self.exif_orientation):
+            yield from zip(chunk, decoded, self.localize_decoded(decoded, return_maps=return_maps))
+
+
+def result_record(image: object, result: Localization | CreamError | str) -> dict:
+    """The JSON record of one image (`cream localize`'s line): its result, or its error."""
+    if isinstance(result, Localization):
+        return {"image": str(image), **result.to_dict()}
+    return {"image": str(image), "error": str(result)}
 
 
 def load(path: str | Path, **kwargs) -> Localizer:

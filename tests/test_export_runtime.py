@@ -113,6 +113,38 @@ def test_localizer_boxes_in_original_coordinates(tmp_path):
         assert result.map.shape == (48, 48)
 
 
+def test_localizer_on_error_and_stream_keep_the_batch(tmp_path):
+    """An unreadable image in a batch: on_error "raise" raises its error; "return" puts the error
+    in its place and localizes the rest exactly as a batch without it does; `stream` yields the
+    same per image, in order, across batches. Reference: the same images localized one at a time."""
+    from cream_rt.errors import CreamError, ImageReadError
+
+    model = _model("small-cnn", 48, classes=3)
+    export_model(model, tmp_path / "m.onnx")
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (40 + 9 * i, 60, 3), dtype=np.uint8) for i in range(4)]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    batch = [images[0], str(bad), images[1], images[2], tmp_path / "missing.jpg", images[3]]
+    with Localizer.load(tmp_path / "m.onnx") as loc:
+        with pytest.raises(ImageReadError, match="broken.png"):
+            loc(batch)
+        with pytest.raises(CreamError, match="on_error must be one of"):
+            loc(batch, on_error="skip")
+        alone = [loc([image])[0] for image in images]
+        got = loc(batch, on_error="return")
+        streamed = list(loc.stream(batch, batch_size=4))
+    assert [type(r).__name__ for r in got] == ["Localization", "ImageReadError", "Localization", "Localization",
+                                               "ImageReadError", "Localization"]
+    assert "broken.png" in str(got[1]) and "missing.jpg" in str(got[4])
+    kept = [r for r in got if not isinstance(r, Exception)]
+    assert [(r.class_id, r.boxes) for r in kept] == [(r.class_id, r.boxes) for r in alone]
+    np.testing.assert_allclose([r.score for r in kept], [r.score for r in alone], atol=1e-5)
+    assert [str(item[0]) for item in streamed] == [str(b) for b in batch]
+    assert [str(item[2]) if isinstance(item[2], Exception) else item[2].to_dict() for item in streamed] == \
+        [str(r) if isinstance(r, Exception) else r.to_dict() for r in got]
+
+
 def test_scale_boxes_hand_computed():
     from cream_rt.runtime import scale_boxes
 

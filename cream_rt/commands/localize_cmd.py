@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         maps_dir = stack.enter_context(atomic_dir(args.save_maps, "--save-maps")) if args.save_maps else None
         overlay_dir = stack.enter_context(atomic_dir(args.overlays, "--overlays")) if args.overlays else None
         records = localize_all(localizer, paths, args.batch_size, maps_dir, overlay_dir,
-                               localizer.manifest.input_size if args.reduced_decode else None, args.exif_orientation)
+                               localizer.manifest.input_size if args.reduced_decode else None)
         with atomic_open(args.out, what="--out") as handle:
             if args.format == "coco":
                 json.dump(coco_detections(records, localizer.manifest.class_names), handle)
@@ -174,35 +174,29 @@ def run_ray(args: argparse.Namespace) -> int:
 
 
 def localize_all(localizer, paths: list[Path], batch_size: int, maps_dir: Path | None,
-                 overlay_dir: Path | None, reduce_to: int | None = None, exif_orientation: bool = False) -> list[dict]:
-    """One record per input in order: the result, or the image's error (also on stderr);
-    `reduce_to`: large JPEGs decoded at reduced scale for a model of that input size;
-    `exif_orientation`: decoded in the displayed frame."""
+                 overlay_dir: Path | None, reduce_to: int | None = None) -> list[dict]:
+    """One record per input in order (`Localizer.stream`): the result, or the image's error (also
+    on stderr); `reduce_to`: large JPEGs decoded at reduced scale for a model of that input size."""
     from tqdm import tqdm
 
     from ..progress import progress_enabled
-    from ..runtime import decode_ahead
+    from ..runtime import result_record
 
     names = output_names(paths)
     records: list[dict] = []
     with tqdm(total=len(paths), desc="localize", unit="img", disable=not progress_enabled(), file=sys.stderr) as bar:
-        for chunk, decoded in decode_ahead(paths, batch_size, reduce_to=reduce_to, exif_orientation=exif_orientation):
-            bar.update(len(chunk))
-            good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
-            results = localizer([decoded[i] for i in good], return_maps=bool(maps_dir or overlay_dir))
-            by_index = dict(zip(good, results))
-            for i, path in enumerate(chunk):
-                name = names[len(records)]
-                if i not in by_index:
-                    print(f"cream: error: {decoded[i]}", file=sys.stderr)
-                    records.append({"image": str(path), "error": str(decoded[i])})
-                    continue
-                result = by_index[i]
-                records.append({"image": str(path), **result.to_dict()})
-                if maps_dir:
-                    _save_map(maps_dir / f"{name}.npy", result.map)
-                if overlay_dir:
-                    _save_overlay(overlay_dir / f"{name}.png", decoded[i], result)
+        for path, decoded, result in localizer.stream(paths, batch_size=batch_size, reduce_to=reduce_to,
+                                                      return_maps=bool(maps_dir or overlay_dir)):
+            bar.update(1)
+            name = names[len(records)]
+            records.append(result_record(path, result))
+            if isinstance(result, Exception):
+                print(f"cream: error: {result}", file=sys.stderr)
+                continue
+            if maps_dir:
+                _save_map(maps_dir / f"{name}.npy", result.map)
+            if overlay_dir:
+                _save_overlay(overlay_dir / f"{name}.png", decoded, result)
     return records
 
 
