@@ -124,7 +124,7 @@ def synth_cell(preset_name: str, backbone: str, seed: int, work: Path) -> tuple[
         train(backbone, str(data), str(ckpt), config=TrainConfig(epochs=recipe.epochs, seed=seed,
                                                                  lr_decay_epochs=recipe.lr_decay_epochs,
                                                                  embedding_pass=False),
-              cream=CreamConfig(em_layer=CAM_LAYER), input_size=recipe.input_size, log=lambda line: None,
+              cream=CreamConfig(em_layer=CAM_LAYER), input_size=recipe.input_size,
               resume=str(ckpt) if done else None)
     return ckpt, data
 

@@ -18,7 +18,7 @@ The tests check both against a plain per-threshold reference on adversarial maps
 """
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 import time
 
@@ -28,6 +28,8 @@ import numpy as np
 __all__ = ["NO_BOX", "PAS_PERCENTILE", "PAS_THETA", "reference_level", "quantize", "threshold_levels",
            "boxes_at_threshold", "iou_matrix", "quantize_checked", "threshold_ious", "box_to_fractions",
            "fractions_to_box", "compile_kernels"]
+
+_log = logging.getLogger(__name__)
 
 try:  # numba is the `fast` extra; without it the evaluator uses OpenCV per level.
     import numba
@@ -541,13 +543,12 @@ _compiled = threading.Event()
 def compile_kernels(announce: bool = True) -> float:
     """Compile the evaluator's numba kernels now (or load them from numba's on-disk cache), once
     per process, and return the seconds it took. A fresh install's first evaluation pays the
-    compilation (about 5-10 s on 2 cores) before its first map; with `announce`, a line on stderr
+    compilation (about 5-10 s on 2 cores) before its first map; with `announce`, a logged line
     says so when it takes more than a second. `make setup` calls this, so the cache is warm."""
     if not HAVE_NUMBA or _compiled.is_set():
         return 0.0
-    notice = threading.Timer(COMPILE_NOTICE_AFTER_S, lambda: print(
-        "cream: compiling the evaluator's numba kernels (first run after install; cached afterwards) ...",
-        file=sys.stderr, flush=True))
+    notice = threading.Timer(COMPILE_NOTICE_AFTER_S, lambda: _log.warning(
+        "compiling the evaluator's numba kernels (first run after install; cached afterwards) ..."))
     notice.daemon = True
     if announce:
         notice.start()

@@ -163,18 +163,25 @@ def _wait_for_other_ranks(seconds: float = 10.0) -> None:
 
 
 class _StderrLines(logging.Handler):
-    """The library's warnings as `cream: warning: ...` lines on the stderr of the moment."""
+    """The library's log records as lines on the stderr of the moment: progress (INFO) as it is,
+    warnings and errors as `cream: warning: ...`."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"cream: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+        message = record.getMessage()
+        print(message if record.levelno < logging.WARNING else f"cream: {record.levelname.lower()}: {message}",
+              file=sys.stderr)
 
 
 def _log_to_stderr() -> None:
-    """The CLI prints the library's log records of level WARNING and above, once."""
+    """The CLI's process-wide settings, once: the library's log records (INFO and above) on
+    stderr, and OpenCV's (`preprocess.configure_opencv`)."""
+    from .preprocess import configure_opencv
+
+    configure_opencv()
     logger = logging.getLogger("cream_rt")
     if not any(isinstance(h, _StderrLines) for h in logger.handlers):
-        logger.addHandler(_StderrLines(logging.WARNING))
-        logger.setLevel(logging.WARNING)
+        logger.addHandler(_StderrLines(logging.INFO))
+        logger.setLevel(logging.INFO)
         logger.propagate = False
 
 

@@ -5,25 +5,33 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 from .errors import ImageReadError
 
-# Largest image decoded, in pixels (OpenCV refuses larger ones before allocating); a header
+__all__ = ["MAX_IMAGE_PIXELS", "configure_opencv", "read_image", "read_image_bytes", "decode_image_bytes",
+           "as_rgb_array", "normalize", "resize_for_model", "preprocess_batch", "train_augment"]
+
+# Largest image the CLI decodes, in pixels (OpenCV refuses larger ones before allocating); a header
 # claiming 100000x100000 is an error for that image, not an out-of-memory kill.
 MAX_IMAGE_PIXELS = int(os.environ.get("CREAM_MAX_IMAGE_PIXELS", 1 << 27))
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 
-import cv2  # noqa: E402  (reads OPENCV_IO_MAX_IMAGE_PIXELS when it decodes)
 
-__all__ = ["MAX_IMAGE_PIXELS", "read_image", "read_image_bytes", "decode_image_bytes", "as_rgb_array",
-           "normalize", "resize_for_model", "preprocess_batch",
-           "train_augment"]
+def configure_opencv(max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Process-wide OpenCV settings the CLI makes (the library makes none): images above
+    `max_pixels` refused before allocation (OpenCV reads the limit once, at its first decode;
+    its own default is 2^30) and OpenCV's log silent, a bad image being reported once, as that
+    image's error.
 
-try:  # silent: a bad image is reported once, as that image's error
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-except AttributeError:  # OpenCV built without the logging module
-    pass
+    Example:
+        >>> configure_opencv()  # before the first decode, as `cream` does
+    """
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(max_pixels))
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:  # OpenCV built without the logging module
+        pass
 
 
 def read_image(path: str | os.PathLike, reduce_to: int | None = None, exif_orientation: bool = False) -> np.ndarray:
@@ -66,7 +74,8 @@ def decode_image_bytes(data: np.ndarray | bytes, name: str | os.PathLike, reduce
         img = cv2.imdecode(data, flag) if data.size else None
     except cv2.error as exc:
         too_large = "MAX_IMAGE_PIXELS" in str(exc) or "validateInputImageSize" in str(exc)
-        reason = f"larger than {MAX_IMAGE_PIXELS} pixels (CREAM_MAX_IMAGE_PIXELS)" if too_large else "cannot decode"
+        limit = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30)  # OpenCV's default unless configure_opencv ran
+        reason = f"larger than {limit} pixels (CREAM_MAX_IMAGE_PIXELS)" if too_large else "cannot decode"
         raise ImageReadError(f"{name}: {reason}") from None
     if img is None or img.size == 0:
         raise ImageReadError(f"{name}: not a decodable image")

@@ -14,6 +14,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from .shards import ShardFolder
 
 __all__ = ["import_ray", "check_address", "ray_session", "read_batch", "decode_batch", "LocalizeActor",
            "cpu_shares", "localize_ray"]
+
+_log = logging.getLogger(__name__)
 
 RAY_MISSING = "--ray needs Ray Data: pip install 'cream-rt[ray]'"
 
@@ -170,8 +173,7 @@ def _model_bytes(model: str) -> tuple[bytes, str]:
 def localize_ray(paths: Sequence[str | os.PathLike], model: str, out: str | os.PathLike, *,
                  address: str | None = None, actors: int = 2, batch_size: int = 8, threads: int = 1,
                  threshold: float | None = None, all_contours: bool = False, shard_format: str = "jsonl",
-                 num_cpus: int | None = None, show_progress: bool = False, log=None,
-                 exif_orientation: bool = False) -> dict:
+                 num_cpus: int | None = None, show_progress: bool = False, exif_orientation: bool = False) -> dict:
     """Localize `paths` with the exported `model` on Ray Data into the shard folder `out`.
 
     Args:
@@ -199,13 +201,41 @@ def localize_ray(paths: Sequence[str | os.PathLike], model: str, out: str | os.P
     if source == "fallback":  # said here once, not by every actor
         announce_fallback(str(model), value)
     with ShardFolder(out, shard_format, sha, str(model)) as folder:
-        return _localize_into(folder, paths, data, str(model), manifest, address, actors, batch_size, threads,
-                              threshold, all_contours, num_cpus, show_progress, log, exif_orientation)
+        options = RayOptions(address, actors, batch_size, threads, threshold, all_contours, num_cpus, show_progress,
+                             exif_orientation)
+        return _localize_into(folder, paths, data, str(model), manifest, options)
 
 
-def _localize_into(folder: ShardFolder, paths: Sequence, data: bytes, model: str, manifest, address: str | None,
-                   actors: int, batch_size: int, threads: int, threshold, all_contours: bool, num_cpus: int | None,
-                   show_progress: bool, log, exif_orientation: bool = False) -> dict:
+@dataclass(frozen=True)
+class RayOptions:
+    """How `localize_ray` runs (its keyword arguments)."""
+
+    address: str | None
+    actors: int
+    batch_size: int
+    threads: int
+    threshold: float | None
+    all_contours: bool
+    num_cpus: int | None
+    show_progress: bool
+    exif_orientation: bool
+
+
+@contextlib.contextmanager
+def _quiet_loggers(names: Sequence[str], level: int = logging.ERROR) -> Iterator[None]:
+    """Ray's INFO/WARNING lines would bury ours: raised to `level` while the block runs, then restored."""
+    loggers = [logging.getLogger(name) for name in names]
+    before = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, old in zip(loggers, before):
+            logger.setLevel(old)
+
+
+def _localize_into(folder: ShardFolder, paths: Sequence, data: bytes, model: str, manifest, o: RayOptions) -> dict:
     """Skip what the folder holds, run the pipeline on the rest, record the run."""
     done = folder.done()
     todo = []
@@ -215,22 +245,18 @@ def _localize_into(folder: ShardFolder, paths: Sequence, data: bytes, model: str
         else:
             todo.append(path)
     skipped = len(paths) - len(todo)
-    with ray_session(address, num_cpus) as ray:
+    with ray_session(o.address, o.num_cpus) as ray, _quiet_loggers(("ray", "ray.data")):
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
-        for name in ("ray", "ray.data"):  # Ray's INFO/WARNING lines would bury ours
-            logging.getLogger(name).setLevel(logging.ERROR)
-        folder.start_run({"address": address or "local", "actors": actors, "batch_size": batch_size,
-                          "threads": threads, "inputs": len(paths), "skipped": skipped})
+        folder.start_run({"address": o.address or "local", "actors": o.actors, "batch_size": o.batch_size,
+                          "threads": o.threads, "inputs": len(paths), "skipped": skipped})
         written = errors = 0
         started = time.perf_counter()
         complete = False
         try:
             if todo:
-                written, errors = _run_pipeline(ray, todo, data, model, manifest, folder, actors, batch_size,
-                                                threads, threshold, all_contours, show_progress, log,
-                                                exif_orientation)
+                written, errors = _run_pipeline(ray, todo, data, model, manifest, folder, o)
             complete = True
         finally:
             seconds = time.perf_counter() - started
@@ -251,33 +277,34 @@ def cpu_shares(cluster_cpus: float, actors: int) -> tuple[float, float]:
 
 
 def _run_pipeline(ray, todo: list[str], model_bytes: bytes, model_name: str, manifest, folder: ShardFolder,
-                  actors: int, batch_size: int, threads: int, threshold, all_contours: bool, show_progress: bool,
-                  log, exif_orientation: bool = False) -> tuple[int, int]:
-    """Build and drain the Ray Data pipeline; each finished batch becomes one shard."""
+                  o: RayOptions) -> tuple[int, int]:
+    """Build and drain the Ray Data pipeline; each finished batch becomes one shard; each image's
+    error is logged."""
     from tqdm import tqdm
 
+    actors, batch_size = o.actors, o.batch_size
     blocks = max(1, min(len(todo) // batch_size, 10_000))
     task_cpus, actor_cpus = cpu_shares(float(ray.cluster_resources().get("CPU", 1.0)), actors)
     dataset = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
     dataset = dataset.map_batches(read_batch, batch_size=batch_size, num_cpus=task_cpus)
     dataset = dataset.map_batches(decode_batch, batch_size=batch_size, num_cpus=task_cpus,
                                   fn_kwargs={"input_size": manifest.input_size,
-                                             "exif_orientation": exif_orientation})
+                                             "exif_orientation": o.exif_orientation})
     with warnings.catch_warnings():  # max_restarts still goes through the deprecated **ray_remote_args in 2.60
         warnings.simplefilter("ignore")
         # not restarted: a crashed actor fails the run, and a re-run redoes only its batches
         dataset = dataset.map_batches(LocalizeActor, batch_size=batch_size, num_cpus=actor_cpus, max_restarts=0,
                                       compute=ray.data.ActorPoolStrategy(size=actors),
                                       fn_constructor_kwargs={"model_ref": [ray.put(model_bytes)],
-                                                             "model_name": model_name, "threshold": threshold,
-                                                             "all_contours": all_contours, "threads": threads})
+                                                             "model_name": model_name, "threshold": o.threshold,
+                                                             "all_contours": o.all_contours, "threads": o.threads})
     written = errors = 0
-    with tqdm(total=len(todo), desc="localize (ray)", unit="img", disable=not show_progress, file=sys.stderr) as bar:
+    with tqdm(total=len(todo), desc="localize (ray)", unit="img", disable=not o.show_progress, file=sys.stderr) as bar:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
             records = [json.loads(r) for r in batch["record"]]
             for record in records:
-                if "error" in record and log is not None:
-                    log(f"cream: error: {record['error']}")
+                if "error" in record:
+                    _log.error("%s", record["error"])
             folder.write(records)
             written += len(records)
             errors += sum("error" in r for r in records)

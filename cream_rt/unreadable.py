@@ -3,8 +3,8 @@
 silently; more than `limit` of them stop the run with one error line. Torch-free."""
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -13,6 +13,8 @@ from .errors import CreamError, ImageReadError
 from .preprocess import read_image
 
 __all__ = ["MAX_BAD_IMAGES", "Unreadable", "UnreadableImages"]
+
+_log = logging.getLogger(__name__)
 
 MAX_BAD_IMAGES = 10  # `--max-bad-images` default: a few broken files, not a broken folder
 
@@ -54,9 +56,9 @@ class UnreadableImages:
         return {"count": len(self.reasons), "images": dict(sorted(self.reasons.items()))}
 
     def warn(self, what: str) -> None:
-        """One line on stderr naming the skipped images (nothing when there are none)."""
+        """One warning (logged) naming the skipped images (nothing when there are none)."""
         if self.reasons:
             names = sorted(self.reasons)
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-            print(f"cream: warning: {what}: skipped {len(names)} unreadable image{'s' * (len(names) > 1)} "
-                  f"({shown}; reasons in the record)", file=sys.stderr)
+            _log.warning("%s: skipped %d unreadable image%s (%s; reasons in the record)", what, len(names),
+                         "s" * (len(names) > 1), shown)

@@ -80,7 +80,7 @@ def test_a_synthetic_cell_cut_off_after_an_epoch_resumes_its_training(tmp_path, 
     (tmp_path / "default-small-cnn-s0").mkdir()
     ckpt = tmp_path / "default-small-cnn-s0" / "model.pt"
     train("small-cnn", str(data), str(ckpt), config=TrainConfig(epochs=1, seed=0, lr_decay_epochs=(1,)),
-          input_size=48, log=lambda line: None)
+          input_size=48)
     accuracy.synth_cell("default", "small-cnn", 0, tmp_path)
     training = torch.load(ckpt, weights_only=True)["training"]
     assert training["epoch"] == 2 and len(training["history"]) == 2

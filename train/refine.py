@@ -14,7 +14,7 @@ training split, after training or for any trained CAM model.
 No gradient; the classifier is frozen."""
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
@@ -24,6 +24,8 @@ from cream_rt.errors import CreamError
 from cream_rt.model.em import centered, l2_normalize, minmax, side_means
 
 __all__ = ["ImageSplit", "embedding_pass", "split_pass", "refine_embeddings", "warn_fallback"]
+
+_log = logging.getLogger(__name__)
 
 # features of the whole split stay in memory up to this size; beyond it each round recomputes them
 CACHE_BYTES = 1 << 30
@@ -119,47 +121,44 @@ def _set(model, new: ClassMeans) -> float:
 
 
 def warn_fallback(model, what: str, quiet: bool = False) -> dict:
-    """The record of the classes without a pair of their own, with one warning line on stderr
-    where there are any: {"fallback": kind, "fallback_classes": count}."""
+    """The record of the classes without a pair of their own, with one warning (logged) where
+    there are any: {"fallback": kind, "fallback_classes": count}."""
     c = model.config.cream
     count = int((~model.embedding_fitted).sum())
     kind = "agnostic pair" if c.embeddings == "agnostic" else c.fallback
     if count and not quiet:
-        print(f"cream: warning: {what}: {count} of {len(model.embedding_fitted)} classes had no fitting image; they "
-              f"use the class-agnostic pair ({kind})", file=sys.stderr)
+        _log.warning("%s: %d of %d classes had no fitting image; they use the class-agnostic pair (%s)", what, count,
+                     len(model.embedding_fitted), kind)
     return {"embeddings": c.embeddings, "fallback": c.fallback, "fallback_classes": count}
 
 
-def _refine_rounds(model, split: Iterable[EmBatch], rounds: int, log, history: list[dict]) -> None:
+def _refine_rounds(model, split: Iterable[EmBatch], rounds: int, history: list[dict]) -> None:
     for round_index in range(rounds):
         change = _set(model, _class_means(model, split, _em_mask(model)))
         history.append({"round": round_index + 1, "mean_change": change})
-        log(f"refine round {round_index + 1}/{rounds}: mean change of the embeddings {change:.4f}")
+        _log.info(f"refine round {round_index + 1}/{rounds}: mean change of the embeddings {change:.4f}")
 
 
 @torch.no_grad()
-def refine_embeddings(model, batches: Batches, rounds: int,
-                      log: Callable[[str], None] = lambda line: None) -> list[dict]:
+def refine_embeddings(model, batches: Batches, rounds: int) -> list[dict]:
     """`rounds` refinement rounds of `model.embeddings` in place over `batches()` (images,
     labels: the training split, evaluation transform), from the embeddings it has; returns per
     round the mean change of the rows (1 - cosine to the previous round's)."""
     history: list[dict] = []
-    _refine_rounds(model, ImageSplit(model, batches), rounds, log, history)
+    _refine_rounds(model, ImageSplit(model, batches), rounds, history)
     return history
 
 
 @torch.no_grad()
-def embedding_pass(model, batches: Batches, center: bool, rounds: int,
-                   log: Callable[[str], None] = lambda line: None) -> dict:
+def embedding_pass(model, batches: Batches, center: bool, rounds: int) -> dict:
     """Set the feature center (with `center`, and `config.cream.center` with it), the class means
     under the CAM's hard mask and then `rounds` refinement rounds, over `batches()` (the training
     split, evaluation transform, model in eval mode). Returns the pass's record."""
-    return split_pass(model, ImageSplit(model, batches), center, rounds, log)
+    return split_pass(model, ImageSplit(model, batches), center, rounds)
 
 
 @torch.no_grad()
-def split_pass(model, split: Iterable[EmBatch], center: bool, rounds: int,
-               log: Callable[[str], None] = lambda line: None, quiet: bool = False) -> dict:
+def split_pass(model, split: Iterable[EmBatch], center: bool, rounds: int, quiet: bool = False) -> dict:
     """`embedding_pass` over a re-iterable `split` of (EM features, CAM of the label, labels)
     batches (e.g. features cached once for many settings, `cream tune`); `quiet`: no warning
     line for classes without images."""
@@ -171,10 +170,10 @@ def split_pass(model, split: Iterable[EmBatch], center: bool, rounds: int,
             total = flat.sum(1) if total is None else total + flat.sum(1)
             cells += flat.shape[1]
         model.feature_center.copy_((total / max(cells, 1)).to(model.feature_center.dtype))
-        log(f"embedding pass: feature center over {cells} cells, norm {float(model.feature_center.norm()):.3f}")
+        _log.info(f"embedding pass: feature center over {cells} cells, norm {float(model.feature_center.norm()):.3f}")
     change = _set(model, _class_means(model, split, _hard_mask(model)))
-    log(f"embedding pass: class means under the CAM's mask, mean change {change:.4f}")
+    _log.info(f"embedding pass: class means under the CAM's mask, mean change {change:.4f}")
     history: list[dict] = []
-    _refine_rounds(model, split, rounds, log, history)
+    _refine_rounds(model, split, rounds, history)
     return {"center": center, "refine_rounds": rounds, "class_means_change": change, "refine": history,
             **warn_fallback(model, "embedding pass", quiet)}

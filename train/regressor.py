@@ -6,6 +6,7 @@ noisy targets within a few epochs, so the epoch with the best validation GT-know
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import platform
 import sys
@@ -29,6 +30,8 @@ from .data import BoxImages
 from .trainer import seed_everything, training_splits
 
 __all__ = ["validation_threshold", "pseudo_boxes", "score_regressor", "train_regressor"]
+
+_log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -74,7 +77,7 @@ def score_regressor(regressor: BoxRegressor, meta: SplitMetadata, images: Path, 
 
 def train_regressor(checkpoint: str, data: str | None, out: str, images: str | None = None,
                     metadata: str | None = None, epochs: int = 6, batch_size: int = 32, lr: float = 0.01,
-                    threshold: float | None = None, seed: int = 0, device: str = "cpu", log=print) -> dict:
+                    threshold: float | None = None, seed: int = 0, device: str = "cpu") -> dict:
     """Pseudo boxes from `checkpoint`'s CREAM maps, then the regressor; returns the record."""
     image_root, meta_root, train_meta, val_meta = training_splits(data, images, metadata)
     model, _ = load_checkpoint(checkpoint)
@@ -86,7 +89,7 @@ def train_regressor(checkpoint: str, data: str | None, out: str, images: str | N
         if val_meta is None:
             raise CreamError(f"{meta_root / 'val'}: no validation split to choose the threshold on; pass --threshold")
         threshold = validation_threshold(model, val_meta, image_root, batch_size, device)
-    log(f"pseudo boxes at map threshold {threshold:.2f}")
+    _log.info(f"pseudo boxes at map threshold {threshold:.2f}")
     boxes = pseudo_boxes(model, train_meta, image_root, threshold, batch_size, device)
     cfg = model.config
     seed_everything(seed)
@@ -120,7 +123,7 @@ def train_regressor(checkpoint: str, data: str | None, out: str, images: str | N
             if metrics["GT_known_Loc"] > best[0]:
                 best = (metrics["GT_known_Loc"], copy.deepcopy(regressor.state_dict()), epoch + 1)
         history.append(record)
-        log(str(record))
+        _log.info(str(record))
     if best[1] is not None:  # keep the epoch that localizes the validation split best
         regressor.load_state_dict(best[1])
     training = {"from": os.fspath(checkpoint), "threshold": threshold, "epochs": epochs, "lr": lr, "seed": seed,

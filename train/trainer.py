@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import platform
 import sys
@@ -32,6 +33,8 @@ from .refine import embedding_pass, refine_embeddings, warn_fallback
 
 __all__ = ["training_splits", "TrainConfig", "class_names_for", "check_images_exist", "seed_everything", "param_groups",
            "evaluate_split", "train", "train_epoch", "TrainStep", "recalibrate_batchnorm", "fit_embeddings"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -131,17 +134,16 @@ def evaluate_split(model: CamModel, meta: SplitMetadata, images: Path, variants:
 def train(backbone: str, data: str | None, out: str, images: str | None = None, metadata: str | None = None,
           config: TrainConfig | None = None, cream: CreamConfig | None = None, input_size: int | None = None,
           large_feature_map: bool = False, tap: bool = False, nwc: bool = False, resume: str | None = None,
-          log=print, pas: bool = False) -> dict:
+          pas: bool = False) -> dict:
     """Train a CAM model with context-embedding learning; returns the training record."""
     config, cream = config or TrainConfig(), cream or CreamConfig()
     image_root, meta_root, train_meta, val_meta = training_splits(data, images, metadata)
     ctx = distributed.from_environment(config.device)  # torchrun: join the job; otherwise one process
     if ctx.enabled:
         config = dataclasses.replace(config, device=ctx.device)
-        log = log if ctx.is_main else (lambda line: None)
     try:
         return _train(backbone, config, cream, image_root, meta_root, train_meta, val_meta, out, input_size,
-                      large_feature_map, tap, nwc, resume, log, pas, ctx)
+                      large_feature_map, tap, nwc, resume, pas, ctx)
     except (torch.distributed.DistError, RuntimeError) as exc:
         if not ctx.enabled:
             raise
@@ -155,12 +157,12 @@ def train(backbone: str, data: str | None, out: str, images: str | None = None, 
 
 def _train(backbone: str, config: TrainConfig, cream: CreamConfig, image_root: Path, meta_root: Path,
            train_meta: SplitMetadata, val_meta: SplitMetadata | None, out: str, input_size: int | None,
-           large_feature_map: bool, tap: bool, nwc: bool, resume: str | None, log, pas: bool,
+           large_feature_map: bool, tap: bool, nwc: bool, resume: str | None, pas: bool,
            ctx: distributed.Distributed) -> dict:
     seed_everything(config.seed)
     get_backbone(backbone)  # an unknown name fails before any work
     model, start_epoch, history, payload = _initial_model(backbone, meta_root, train_meta, config, cream, input_size,
-                                                          large_feature_map, tap, nwc, resume, log, pas)
+                                                          large_feature_map, tap, nwc, resume, pas, ctx.is_main)
     model.to(config.device)
     optimizer = torch.optim.SGD(param_groups(model, config.lr), lr=config.lr, momentum=0.9, nesterov=True,
                                 weight_decay=config.weight_decay)
@@ -210,7 +212,7 @@ def _train(backbone: str, config: TrainConfig, cream: CreamConfig, image_root: P
                 model,
                 _split_batches(model, train_meta, image_root, config.batch_size, config.device, "embedding pass",
                                unreadable),
-                model.config.cream.center, config.refine_rounds, log)
+                model.config.cream.center, config.refine_rounds)
         elif epoch == config.epochs - 1:  # the momentum embeddings: the fallback for classes never seen
             model.fill_unfitted()
             record["embeddings"] = warn_fallback(model, "train")
@@ -221,7 +223,7 @@ def _train(backbone: str, config: TrainConfig, cream: CreamConfig, image_root: P
                            "val_MaxBoxAccV2_cam": metrics["cam"]["MaxBoxAccV2"],
                            "val_MaxBoxAccV2_cream": metrics["cream"]["MaxBoxAccV2"]})
         history.append(record)
-        log(json.dumps(record))
+        _log.info(json.dumps(record))
         training = {"epoch": epoch + 1, "history": history, "train_config": dataclasses.asdict(config),
                     "data": str(meta_root), "torch": str(torch.__version__), "python": platform.python_version(),
                     "machine": platform.machine(), "command": " ".join(sys.argv),
@@ -267,7 +269,7 @@ def _epoch_loader(data_set, config: TrainConfig, epoch: int, generator: torch.Ge
 
 def _initial_model(backbone: str, meta_root: Path, train_meta: SplitMetadata, config: TrainConfig,
                    cream: CreamConfig, input_size: int | None, large_feature_map: bool, tap: bool, nwc: bool,
-                   resume: str | None, log, pas: bool = False) -> tuple[CamModel, int, list, dict]:
+                   resume: str | None, pas: bool = False, announce: bool = True) -> tuple[CamModel, int, list, dict]:
     """(model, epochs done, history, checkpoint payload): resumed from `resume`, or new with
     the backbone's ImageNet weights (small-cnn: random)."""
     if resume:
@@ -287,9 +289,9 @@ def _initial_model(backbone: str, meta_root: Path, train_meta: SplitMetadata, co
                          input_size=input_size or get_backbone(backbone).input_size,
                          large_feature_map=large_feature_map, tap=tap, nwc=nwc, pas=pas, cream=cream)
     report = model.pretrained_report
-    if report and report["loaded"]:
-        log(f"pretrained {backbone}: {report['loaded']} tensors loaded from {report['source']}; "
-            f"random: {', '.join(report['random'][:6]) or 'none'}{' ...' if len(report['random']) > 6 else ''}")
+    if announce and report and report["loaded"]:
+        _log.info(f"pretrained {backbone}: {report['loaded']} tensors loaded from {report['source']}; "
+                  f"random: {', '.join(report['random'][:6]) or 'none'}{' ...' if len(report['random']) > 6 else ''}")
     return model, 0, [], {}
 
 

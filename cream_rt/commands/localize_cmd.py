@@ -164,7 +164,7 @@ def run_ray(args: argparse.Namespace) -> int:
                            actors=args.actors or 2, batch_size=args.batch_size, threads=args.actor_threads or 1,
                            threshold=resolve_threshold(args.threshold), all_contours=args.all_contours,
                            shard_format=args.shard_format or "jsonl", show_progress=progress_enabled(),
-                           log=lambda line: print(line, file=sys.stderr), exif_orientation=args.exif_orientation)
+                           exif_orientation=args.exif_orientation)
     if args.json:
         print_json(summary)
     print(f"localized {summary['written'] - summary['errors']} of {summary['written']} images -> {args.out} "
