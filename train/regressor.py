@@ -75,7 +75,7 @@ def score_regressor(regressor: BoxRegressor, meta: SplitMetadata, images: Path, 
     return scorer.result()
 
 
-def train_regressor(checkpoint: str, data: str | None, out: str, images: str | None = None,
+def train_regressor(checkpoint: str, data: str | None, out: str, *, images: str | None = None,
                     metadata: str | None = None, epochs: int = 6, batch_size: int = 32, lr: float = 0.01,
                     threshold: float | None = None, seed: int = 0, device: str = "cpu") -> dict:
     """Pseudo boxes from `checkpoint`'s CREAM maps, then the regressor; returns the record."""

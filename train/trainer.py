@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cream_rt.config import CAM_LAYER, REFINE_ROUNDS, CreamConfig
+from cream_rt.config import REFINE_ROUNDS
 from cream_rt.errors import CreamError
 from cream_rt.metadata import SplitMetadata, data_paths, read_split
 from cream_rt.model.backbones import get_backbone
@@ -29,10 +29,10 @@ from cream_rt.unreadable import MAX_BAD_IMAGES, UnreadableImages
 
 from . import distributed
 from .data import ReadableBatches, WsolImages, split_loader
-from .refine import embedding_pass, refine_embeddings, warn_fallback
+from .refine import embedding_pass, warn_fallback
 
 __all__ = ["training_splits", "TrainConfig", "class_names_for", "check_images_exist", "seed_everything", "param_groups",
-           "evaluate_split", "train", "train_epoch", "TrainStep", "recalibrate_batchnorm", "fit_embeddings"]
+           "evaluate_split", "train", "train_epoch", "TrainStep", "recalibrate_batchnorm", "split_batches_of"]
 
 _log = logging.getLogger(__name__)
 
@@ -131,38 +131,41 @@ def evaluate_split(model: CamModel, meta: SplitMetadata, images: Path, variants:
     return {name: scorer.result() for name, scorer in scorers.items()}
 
 
-def train(backbone: str, data: str | None, out: str, images: str | None = None, metadata: str | None = None,
-          config: TrainConfig | None = None, cream: CreamConfig | None = None, input_size: int | None = None,
-          large_feature_map: bool = False, tap: bool = False, nwc: bool = False, resume: str | None = None,
-          pas: bool = False) -> dict:
-    """Train a CAM model with context-embedding learning; returns the training record."""
-    config, cream = config or TrainConfig(), cream or CreamConfig()
+def train(backbone: str, data: str | None, out: str, *, config: TrainConfig | None = None, images: str | None = None,
+          metadata: str | None = None, resume: str | None = None, **model_fields) -> dict:
+    """Train a CAM model with context-embedding learning into the checkpoint `out`; returns the
+    training record. `model_fields`: other `ModelConfig` fields of a new model (cream, input_size,
+    large_feature_map, tap, nwc, pas), as `create_model` takes them; a resumed model has its own.
+
+    Example:
+        >>> train("resnet50", "data/cub", "runs/cub.pt", config=TrainConfig(epochs=50), tap=True)  # doctest: +SKIP
+    """
+    config = config or TrainConfig()
     image_root, meta_root, train_meta, val_meta = training_splits(data, images, metadata)
     ctx = distributed.from_environment(config.device)  # torchrun: join the job; otherwise one process
     if ctx.enabled:
         config = dataclasses.replace(config, device=ctx.device)
     try:
-        return _train(backbone, config, cream, image_root, meta_root, train_meta, val_meta, out, input_size,
-                      large_feature_map, tap, nwc, resume, pas, ctx)
+        record = _train(backbone, config, model_fields, image_root, meta_root, train_meta, val_meta, out, resume, ctx)
     except (torch.distributed.DistError, RuntimeError) as exc:
         if not ctx.enabled:
             raise
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
         raise CreamError(f"rank {ctx.rank} of {ctx.world_size}: the job lost a process ({first}); resume from the "
                          "last checkpoint with --resume") from None
-    finally:
-        if ctx.enabled and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    # after a failure the group stays up: the CLI prints the rank's line, then waits there for the other ranks
+    if ctx.enabled and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return record
 
 
-def _train(backbone: str, config: TrainConfig, cream: CreamConfig, image_root: Path, meta_root: Path,
-           train_meta: SplitMetadata, val_meta: SplitMetadata | None, out: str, input_size: int | None,
-           large_feature_map: bool, tap: bool, nwc: bool, resume: str | None, pas: bool,
+def _train(backbone: str, config: TrainConfig, model_fields: dict, image_root: Path, meta_root: Path,
+           train_meta: SplitMetadata, val_meta: SplitMetadata | None, out: str, resume: str | None,
            ctx: distributed.Distributed) -> dict:
     seed_everything(config.seed)
     get_backbone(backbone)  # an unknown name fails before any work
-    model, start_epoch, history, payload = _initial_model(backbone, meta_root, train_meta, config, cream, input_size,
-                                                          large_feature_map, tap, nwc, resume, pas, ctx.is_main)
+    model, start_epoch, history, payload = _initial_model(backbone, meta_root, train_meta, config, model_fields,
+                                                          resume, ctx.is_main)
     model.to(config.device)
     optimizer = torch.optim.SGD(param_groups(model, config.lr), lr=config.lr, momentum=0.9, nesterov=True,
                                 weight_decay=config.weight_decay)
@@ -210,7 +213,7 @@ def _train(backbone: str, config: TrainConfig, cream: CreamConfig, image_root: P
             model.eval()
             record["embedding_pass"] = embedding_pass(
                 model,
-                _split_batches(model, train_meta, image_root, config.batch_size, config.device, "embedding pass",
+                split_batches_of(model, train_meta, image_root, config.batch_size, config.device, "embedding pass",
                                unreadable),
                 model.config.cream.center, config.refine_rounds)
         elif epoch == config.epochs - 1:  # the momentum embeddings: the fallback for classes never seen
@@ -268,8 +271,7 @@ def _epoch_loader(data_set, config: TrainConfig, epoch: int, generator: torch.Ge
 
 
 def _initial_model(backbone: str, meta_root: Path, train_meta: SplitMetadata, config: TrainConfig,
-                   cream: CreamConfig, input_size: int | None, large_feature_map: bool, tap: bool, nwc: bool,
-                   resume: str | None, pas: bool = False, announce: bool = True) -> tuple[CamModel, int, list, dict]:
+                   model_fields: dict, resume: str | None, announce: bool) -> tuple[CamModel, int, list, dict]:
     """(model, epochs done, history, checkpoint payload): resumed from `resume`, or new with
     the backbone's ImageNet weights (small-cnn: random)."""
     if resume:
@@ -284,10 +286,9 @@ def _initial_model(backbone: str, meta_root: Path, train_meta: SplitMetadata, co
                              f"for {resume} with {model.config.num_classes} classes")
         return model, start_epoch, history, payload
     num_classes = train_meta.num_classes
+    fields = {k: v for k, v in model_fields.items() if v is not None}  # None: the backbone's default
     model = create_model(backbone, num_classes, pretrained=config.pretrained or get_backbone(backbone).pretrained,
-                         class_names=class_names_for(meta_root, num_classes),
-                         input_size=input_size or get_backbone(backbone).input_size,
-                         large_feature_map=large_feature_map, tap=tap, nwc=nwc, pas=pas, cream=cream)
+                         class_names=class_names_for(meta_root, num_classes), **fields)
     report = model.pretrained_report
     if announce and report and report["loaded"]:
         _log.info(f"pretrained {backbone}: {report['loaded']} tensors loaded from {report['source']}; "
@@ -341,93 +342,7 @@ def recalibrate_batchnorm(model: CamModel, loader, batches: int, device: str) ->
         m.momentum = momentum
 
 
-def fit_embeddings(checkpoint: str, data: str | None, out: str, images: str | None = None,
-                   metadata: str | None = None, momentum: float | None = None, epochs: int = 1,
-                   batch_size: int = 32, seed: int = 0, device: str = "cpu",
-                   feature_mean: str | None = None, refine: int | None = None, estimate: str = "pass",
-                   center: bool | None = None, em_layer: str | None = None,
-                   max_bad_images: int = MAX_BAD_IMAGES, overrides: dict | None = None) -> dict:
-    """Learn the context embeddings of a trained CAM model over the train split with the
-    classifier frozen and no gradient (docs/method.md 3.1), so any CAM model gets CREAM.
-    `estimate`: "pass" (default), the embedding pass that `cream train` ends with
-    (`train/refine.py`: the feature center where `center`, default the checkpoint's, class means
-    under the CAM's mask, `refine` rounds, default TrainConfig.refine_rounds); "momentum", the
-    paper's rule over augmented images for `epochs`. With "momentum" and `refine` > 0: instead,
-    refine the checkpoint's own embeddings for that many rounds with the EM's calibrated
-    responsibilities as soft masks. `em_layer` (default the checkpoint's): the layer the EM
-    clusters; another than the checkpoint's needs new embeddings (a pass, or momentum from scratch),
-    and moving to the backbone's default layer takes its default center unless `center` is given.
-    Unreadable images are skipped and recorded (more than `max_bad_images` stop the run);
-    `overrides`: other CreamConfig fields (embeddings, fallback)."""
-    image_root, meta_root = data_paths(data, images, metadata)
-    model, payload = load_checkpoint(checkpoint)
-    meta = read_split(meta_root / "train", require_localization=False)
-    check_images_exist(meta, image_root)
-    if meta.num_classes > model.config.num_classes:
-        raise CreamError(f"{meta_root / 'train'}: class label {meta.num_classes - 1} is out of range for a "
-                         f"model with {model.config.num_classes} classes")
-    if em_layer is not None and em_layer != CAM_LAYER:
-        em_layer = model.backbone.resolve_layer(em_layer)  # a place named by stage: its layer
-    if em_layer is not None and em_layer != model.em_layer:
-        if estimate != "pass" and refine:
-            raise CreamError(f"--em-layer {em_layer}: the checkpoint's embeddings are of another layer "
-                             f"({model.em_layer}); expected --estimate pass, or momentum without --refine")
-        model = model.with_em_layer(em_layer)
-        shipped = get_backbone(model.config.backbone).cream_defaults(model.config.stock_strides)
-        if center is None and model.em_layer == model.backbone.resolve_layer(shipped.em_layer):
-            center = shipped.center  # the backbone's default layer: its default center
-    overrides = {**(overrides or {}), **{k: v for k, v in (("feature_mean", feature_mean), ("momentum", momentum))
-                                         if v is not None}}
-    try:
-        model.config = model.config.with_cream(**overrides)
-    except (ValueError, TypeError) as exc:
-        raise CreamError(str(exc)) from None
-    seed_everything(seed)
-    model.to(device).eval()  # frozen: BN statistics untouched
-    cfg = model.config
-    unreadable = UnreadableImages(max_bad_images)
-    batches = lambda desc: _split_batches(model, meta, image_root, batch_size, device, desc, unreadable)  # noqa: E731
-    if estimate == "pass":
-        rounds = TrainConfig.refine_rounds if refine is None else refine
-        key, record = "embedding_pass", embedding_pass(model, batches("embedding pass"),
-                                                       cfg.cream.center if center is None else center, rounds)
-    elif estimate != "momentum":
-        raise CreamError(f"estimate must be 'momentum' or 'pass', got {estimate!r}")
-    elif refine:  # R rounds of the EM's soft masks from the checkpoint's own embeddings
-        key, record = "refine_embeddings", {"rounds": refine, "history": refine_embeddings(model, batches("refine"),
-                                                                                            refine)}
-    else:
-        key, record = "fit_embeddings", _momentum(model, meta, image_root, epochs, batch_size, seed, device,
-                                                   unreadable)
-    record["unreadable_images"] = unreadable.record()
-    training = dict(payload.get("training", {}))
-    training[key] = {"from": str(checkpoint), **record}
-    save_checkpoint(out, model, training)
-    unreadable.warn("fit-embeddings")
-    return {"checkpoint": os.fspath(out), "images": len(meta.image_ids) - len(unreadable), key: record}
-
-
-def _momentum(model: CamModel, meta: SplitMetadata, image_root: Path, epochs: int, batch_size: int, seed: int,
-              device: str, unreadable: UnreadableImages) -> dict:
-    """The paper's momentum rule over augmented training images for `epochs`, from fresh
-    embeddings; returns its record."""
-    cfg = model.config
-    model.reset_embeddings()
-    data_set = WsolImages(meta, image_root, cfg.input_size, cfg.mean, cfg.std, train=True, seed=seed)
-    for epoch in range(epochs):
-        data_set.epoch = epoch
-        loader = split_loader(data_set, batch_size=batch_size, shuffle=True,
-                              generator=torch.Generator().manual_seed(seed + epoch))
-        with torch.no_grad():
-            for x, y in progress(ReadableBatches(loader, unreadable), f"embeddings {epoch + 1}/{epochs}",
-                                 unit="batch"):
-                model.update_embeddings(model.features(x.to(device)), y.to(device))
-    model.fill_unfitted()
-    return {"epochs": epochs, "momentum": cfg.cream.momentum, "feature_mean": cfg.cream.feature_mean, "seed": seed,
-            **warn_fallback(model, "fit-embeddings")}
-
-
-def _split_batches(model: CamModel, meta: SplitMetadata, image_root: Path, batch_size: int, device: str, desc: str,
+def split_batches_of(model: CamModel, meta: SplitMetadata, image_root: Path, batch_size: int, device: str, desc: str,
                    unreadable: UnreadableImages):
     """A callable yielding (images, labels) of the split in order, evaluation transform (no
     augmentation), with a progress bar: the input of the embedding pass and refinement.

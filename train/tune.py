@@ -276,7 +276,7 @@ def fit_sample(meta: SplitMetadata, limit: int, seed: int = 0) -> Callable[[list
     return keep
 
 
-def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str, fit_split: str = "train",
+def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str, *, fit_split: str = "train",
                     val_split: str = "val", layers: list[str] | None = None, iterations: Iterable[int] = (1, 2, 3),
                     search: str = "staged", rounds: int = 1, interval: float = 0.01, cache_bytes: float = 4e9,
                     batch_size: int = 32, device: str = "cpu", max_bad_images: int = 10,
@@ -293,7 +293,7 @@ def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str
     from cream_rt.scoring import check_labels
 
     from .refine import embedding_pass
-    from .trainer import _split_batches
+    from .trainer import split_batches_of
 
     model, payload = load_checkpoint(checkpoint)
     model.to(device).eval()
@@ -325,7 +325,7 @@ def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str
     best = Setting(**result["best"]["setting"])
     chosen = fitted_model(model, fit, best, rounds)
     if keep is not None:  # the search saw a sample: the chosen embeddings from the whole split
-        embedding_pass(chosen, _split_batches(chosen, fit_meta, image_root, batch_size, device, "embedding pass",
+        embedding_pass(chosen, split_batches_of(chosen, fit_meta, image_root, batch_size, device, "embedding pass",
                                               unreadable), best.center, rounds)
     record = {"setting": result["best"]["setting"], "name": result["best"]["name"],
               "val": {k: result["best"][k] for k in ("MaxBoxAccV2", "GT_known_Loc", "MaxBoxAccV2_thresholds")},

@@ -50,15 +50,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..atomic import check_output_file
     from ..model.device import torch_device
-    from ..train.trainer import fit_embeddings as run_fit
+    from ..train.embeddings import SplitOptions, fit_embeddings, fit_embeddings_momentum, refine_checkpoint
 
     check_output_file(args.out, "--out")
     torch_device(args.device)
-    record = run_fit(args.checkpoint, args.data, args.out, args.images, args.metadata, args.momentum,
-                     args.epochs, args.batch_size, args.seed, args.device, feature_mean=args.feature_mean,
-                     refine=_rounds(args), estimate=args.estimate, center=args.center,
-                     em_layer=args.em_layer, max_bad_images=args.max_bad_images,
-                     overrides={k: v for k, v in (("embeddings", args.embeddings), ("fallback", args.fallback))
-                                if v is not None})
+    split = SplitOptions(args.images, args.metadata, args.batch_size, args.seed, args.device, args.max_bad_images)
+    cream = {"feature_mean": args.feature_mean, "momentum": args.momentum, "embeddings": args.embeddings,
+             "fallback": args.fallback}
+    if args.estimate == "pass":
+        record = fit_embeddings(args.checkpoint, args.data, args.out, rounds=_rounds(args), center=args.center,
+                                em_layer=args.em_layer, split=split, **cream)
+    elif args.refine:  # momentum with --refine R: R rounds of the EM's soft masks from the checkpoint's embeddings
+        record = refine_checkpoint(args.checkpoint, args.data, args.out, rounds=args.refine, em_layer=args.em_layer,
+                                   split=split, **cream)
+    else:
+        record = fit_embeddings_momentum(args.checkpoint, args.data, args.out, epochs=args.epochs,
+                                         em_layer=args.em_layer, split=split, **cream)
     print(json.dumps(record) if args.json else f"wrote {record['checkpoint']} ({record['images']} images seen)")
     return 0

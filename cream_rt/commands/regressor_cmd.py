@@ -3,7 +3,6 @@ pseudo boxes from a CREAM checkpoint's maps."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..argtypes import EPOCHS, FRACTION, float_in
 from .options import add_data, add_json
@@ -30,9 +29,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_file(args.out, "--out")
     torch_device(args.device)
-    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    record = train_regressor(args.checkpoint, args.data, args.out, args.images, args.metadata, args.epochs,
-                             args.batch_size, args.lr, args.threshold, args.seed, args.device, log)
+    record = train_regressor(args.checkpoint, args.data, args.out, images=args.images, metadata=args.metadata,
+                             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threshold=args.threshold,
+                             seed=args.seed, device=args.device)
     if args.json:
         print_json(record)
     else:

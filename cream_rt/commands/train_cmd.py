@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from ..argtypes import EPOCHS, FRACTION, INPUT_SIZE, ITERATIONS, NON_NEGATIVE, POSITIVE, float_in, int_in
 from ..config import REFINE_ROUNDS
@@ -102,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
                                if v is not None})
     except ValueError as exc:
         raise CreamError(str(exc)) from None
-    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    record = run_train(args.backbone, args.data, args.out, args.images, args.metadata, config, cream,
-                       args.input_size, args.large_feature_map, args.tap, args.nwc, args.resume, log, pas=args.pas)
+    record = run_train(args.backbone, args.data, args.out, config=config, images=args.images, metadata=args.metadata,
+                       resume=args.resume, cream=cream, input_size=args.input_size,
+                       large_feature_map=args.large_feature_map, tap=args.tap, nwc=args.nwc, pas=args.pas)
     if args.json and os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 speaks for the job
         print_json(record)
     return 0

@@ -48,10 +48,11 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.out, "--out")
     torch_device(args.device)
     image_root, meta_root = data_paths(args.data, args.images, args.metadata)
-    record = tune_checkpoint(args.checkpoint, image_root, meta_root, args.out, args.fit_split, args.val_split,
-                             list(args.layers) if args.layers else None, args.iterations, args.search, args.refine,
-                             args.interval, args.cache_gb * 1e9, args.batch_size, args.device, args.max_bad_images,
-                             args.min_gain)
+    record = tune_checkpoint(args.checkpoint, image_root, meta_root, args.out, fit_split=args.fit_split,
+                             val_split=args.val_split, layers=list(args.layers) if args.layers else None,
+                             iterations=args.iterations, search=args.search, rounds=args.refine,
+                             interval=args.interval, cache_bytes=args.cache_gb * 1e9, batch_size=args.batch_size,
+                             device=args.device, max_bad_images=args.max_bad_images, min_gain=args.min_gain)
     if args.json:
         print_json(record)
         return 0
