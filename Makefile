@@ -14,7 +14,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements.txt -c constraints.txt
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
-	$(VPY) -c "from cream_rt.boxes import compile_kernels; compile_kernels(False)"  # numba's cache, once
+	$(VPY) -c "from cream_rt.box_sweep import compile_kernels; compile_kernels(False)"  # numba's cache, once
 	@touch $(STAMP)
 
 test: setup

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .boxes import compile_kernels, quantize_checked, threshold_ious
+from .box_sweep import compile_kernels, quantize_checked, threshold_ious
 from .errors import MetadataError, ScoreMapError
 
 __all__ = ["IOU_THRESHOLDS", "PXAP_EXTRA_EDGES", "threshold_list", "check_scoremap", "ImageBoxResult",

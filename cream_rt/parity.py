@@ -17,8 +17,7 @@ __all__ = ["box_agreement", "compute_parity", "check_same_source"]
 def box_agreement(eager_maps: np.ndarray, export_maps: np.ndarray, threshold: float,
                   pas: bool = False) -> np.ndarray:
     """Per image, IoU of the largest-contour boxes of the two maps at `threshold`."""
-    from .boxes import iou_matrix
-    from .runtime import map_boxes
+    from .boxes import iou_matrix, map_boxes
 
     return np.array([iou_matrix(map_boxes(a, threshold, False, pas), map_boxes(b, threshold, False, pas))[0, 0]
                      for a, b in zip(eager_maps, export_maps)])

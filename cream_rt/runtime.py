@@ -1,12 +1,12 @@
-"""The torch-free runtime: exported models under ONNX Runtime, batched localization with
-boxes in original image coordinates. Imports numpy, OpenCV and onnxruntime only."""
+"""The torch-free runtime: batched localization over an exported model (`Localizer`), boxes in
+original image coordinates. numpy, OpenCV and onnxruntime only; the session and predictor are
+`session.py`, decoding `decoding.py` (both re-exported here)."""
 from __future__ import annotations
 
 import functools
 import logging
 import numbers
 import os
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,136 +14,21 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from .boxes import PAS_THETA, boxes_at_threshold, fractions_to_box, quantize, reference_level
-from .errors import CreamError, ImageReadError, ModelFileError
-from .manifest import MANIFEST_KEY, Manifest
-from .preprocess import as_rgb_array, decode_image_bytes, preprocess_batch
+from .boxes import PAS_THETA, fractions_to_box, map_boxes, scale_boxes
+from .decoding import decode_ahead, decode_or_error
+from .errors import CreamError
+from .manifest import Manifest
+from .preprocess import as_rgb_array, preprocess_batch
+from .session import DEFAULT_PROVIDERS, OnnxPredictor, class_id_array, make_session, read_manifest
 
-__all__ = ["DEFAULT_PROVIDERS", "make_session", "read_manifest", "class_id_array", "OnnxPredictor", "Localization",
-           "softmax", "map_boxes", "scale_boxes", "decode_ahead", "decode_or_error", "box_threshold",
-           "announce_fallback", "Localizer", "result_record", "load"]
+__all__ = ["DEFAULT_PROVIDERS", "make_session", "read_manifest", "OnnxPredictor", "Localization", "softmax",
+           "decode_ahead", "decode_or_error", "box_threshold", "announce_fallback", "Localizer", "result_record",
+           "load"]
 
 OnError = Literal["raise", "return"]  # what Localizer does with an image it cannot decode
 Decoded = np.ndarray | CreamError  # an RGB image, or why it could not be decoded
 DEFAULT_THRESHOLD = 0.2  # box threshold of a model with no tuned or network threshold (CAM's usual value)
 _log = logging.getLogger(__name__)
-DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)  # see make_session
-
-
-def make_session(path: str, providers: Sequence[str] | None = None, threads: int | None = None,
-                 spinning: bool = True, data: bytes | None = None):
-    """An ONNX Runtime session tuned for throughput: all graph optimisations, one intra-op
-    thread per core, the best available providers (TensorRT, CUDA, CPU) unless given. Without
-    `spinning`, idle intra-op threads sleep instead of spinning between runs, leaving the cores
-    to the caller's own work (decoding, boxes) at the cost of a slower wake-up. With `data`, the
-    model is those bytes (a Ray actor's copy) and `path` only names it in errors. ONNX Runtime's
-    QDQ propagation is off: on an int8 export it copies the feature map's DequantizeLinear
-    through the reshapes of the head, 1.82x -> 2.02x fp32 at batch 8 (docs/performance.md);
-    an fp32 graph has nothing it acts on."""
-    import onnxruntime as ort
-
-    if data is None and not os.path.isfile(path):
-        raise ModelFileError(f"{path}: model file not found")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    available = set(ort.get_available_providers())
-    chosen = [p for p in (providers or DEFAULT_PROVIDERS) if p in available]
-    if not chosen:
-        raise CreamError(f"none of the providers {list(providers or [])} is available; have {sorted(available)}")
-    try:
-        return ort.InferenceSession(path if data is None else data, options, providers=chosen,
-                                    disabled_optimizers=list(DISABLED_OPTIMIZERS))
-    except Exception as exc:  # corrupt protobuf, unknown op, truncated file
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
-        if Path(path).suffix.lower() in (".pt", ".pth", ".tar", ".ckpt"):
-            first = f"a torch checkpoint? export it first: cream export --checkpoint {path} --out m.onnx"
-        raise ModelFileError(f"{path}: not a loadable ONNX model ({first})") from None
-
-
-def read_manifest(session, path: str) -> Manifest:
-    """The export's manifest, checked against the graph's own outputs."""
-    props = session.get_modelmeta().custom_metadata_map
-    if MANIFEST_KEY not in props:
-        raise ModelFileError(f"{path}: no cream_rt manifest in the model (not exported by `cream export`)")
-    manifest = Manifest.from_json(props[MANIFEST_KEY], path)
-    outputs = {o.name: o.shape for o in session.get_outputs()}
-    if list(outputs) != manifest.outputs:
-        raise ModelFileError(f"{path}: the graph's outputs {list(outputs)} are not the manifest's {manifest.outputs}")
-    classes = outputs.get("logits", [None, None])[-1]
-    if isinstance(classes, int) and classes != len(manifest.class_names):
-        raise ModelFileError(f"{path}: the manifest names {len(manifest.class_names)} classes but the graph "
-                             f"outputs {classes}")
-    return manifest
-
-
-def class_id_array(class_ids, count: int, num_classes: int) -> np.ndarray:
-    """`count` class ids as int64, each -1 (the predicted class) or in 0..num_classes-1;
-    CreamError for floats, out-of-range values and the wrong length."""
-    if class_ids is None:
-        return np.full(count, -1, np.int64)
-    values = list(class_ids.tolist() if isinstance(class_ids, np.ndarray) else class_ids)
-    if len(values) != count:
-        raise CreamError(f"class_ids: expected {count} ids (one per image), got {len(values)}")
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise CreamError(f"class id {value!r} is not an integer")
-        if not -1 <= value < num_classes:
-            raise CreamError(f"class id {value} is out of range: expected -1 (predicted) or 0..{num_classes - 1}")
-    return np.asarray(values, np.int64).reshape(count)
-
-
-class OnnxPredictor:
-    """`predictor(x, class_ids) -> (logits, maps)` over an exported model, numpy in and out."""
-
-    def __init__(self, session, manifest: Manifest, path: str):
-        self.session, self.manifest, self.path = session, manifest, path
-        self.input_size, self.mean, self.std = manifest.input_size, manifest.mean, manifest.std
-        names = [i.name for i in session.get_inputs()]
-        if names != ["images", "class_ids"]:
-            raise ModelFileError(f"{path}: expected inputs ['images', 'class_ids'], got {names}")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, providers: Sequence[str] | None = None,
-             threads: int | None = None, allow_custom_ops: bool = False, spinning: bool = True) -> "OnnxPredictor":
-        """Open an export. A `--fused` export (cream::CosineEM node) runs only with
-        `allow_custom_ops` (parity tests: onnxruntime-extensions + torch) or in TensorRT."""
-        path = os.fspath(path)
-        try:
-            session = make_session(path, providers, threads, spinning)
-        except ModelFileError as exc:
-            if "CosineEM" not in str(exc):
-                raise
-            if not allow_custom_ops:
-                raise ModelFileError(f"{path}: uses the custom op cream::CosineEM (exported with --fused); "
-                                     "ONNX Runtime runs the standard-op export: re-export without --fused, "
-                                     "or build a TensorRT engine with `cream export --trt`") from None
-            from .export.ort_custom import custom_op_session
-
-            session = custom_op_session(path, threads)
-        return cls(session, read_manifest(session, path), path)
-
-    def __call__(self, x: np.ndarray, class_ids=None):
-        """(logits `(B,C)`, maps `(B,S,S)`) of a normalised batch `x` `(B,3,S,S)`."""
-        return self.run(x, class_ids)[:2]
-
-    def run(self, x: np.ndarray, class_ids=None):
-        """(logits, maps, boxes): boxes `(B,4)` fractions from the box regressor, or None."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim != 4 or x.shape[1:] != (3, self.input_size, self.input_size):
-            raise CreamError(f"images must have shape (B, 3, {self.input_size}, {self.input_size}), got {x.shape}")
-        ids = class_id_array(class_ids, len(x), len(self.manifest.class_names))
-        outputs = self.session.run(None, {"images": x, "class_ids": ids})
-        return outputs[0], outputs[1], (outputs[3] if self.manifest.regressor else None)
-
-    def describe(self) -> dict:
-        m = self.manifest
-        return {"engine": "onnxruntime", "providers": self.session.get_providers(), "mode": m.mode,
-                "iterations": m.iterations, "backbone": m.backbone}
 
 
 @dataclass
@@ -168,84 +53,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def map_boxes(scoremap: np.ndarray, threshold: float, all_contours: bool, pas: bool = False) -> np.ndarray:
-    """Boxes of a [0,1] map at `threshold` of its max (of its 90th percentile with `pas`), with
-    the protocol's semantics."""
-    img = quantize(scoremap)
-    return boxes_at_threshold(img, int(threshold * reference_level(img, pas)), all_contours)
-
-
-def scale_boxes(boxes: np.ndarray, map_size: int, width: int, height: int) -> list[list[float]]:
-    """Map-resolution boxes to the original image's pixel coordinates."""
-    sx, sy = width / map_size, height / map_size
-    out = []
-    for x0, y0, x1, y1 in boxes.tolist():
-        out.append([round(x0 * sx, 2), round(y0 * sy, 2), round(min((x1 + 1) * sx - 1, width - 1), 2),
-                    round(min((y1 + 1) * sy - 1, height - 1), 2)])
-    return out
-
-
-def decode_ahead(images: Sequence, batch_size: int, depth: int = 3, reduce_to: int | None = None,
-                 exif_orientation: bool = False) -> Iterator[tuple[list, list]]:
-    """Yield (inputs, decoded RGB arrays or the CreamError each raised) per batch, decoded by a
-    background thread up to `depth` batches ahead, so that decoding overlaps the model. Any
-    failure to decode one image becomes that image's error; a failure of the thread itself is
-    re-raised here; closing the generator early stops and joins the thread. `reduce_to`:
-    large JPEGs decoded at reduced scale; `exif_orientation`: the displayed frame (see
-    `preprocess.decode_image_bytes`)."""
-    import queue
-
-    if batch_size < 1:
-        raise CreamError(f"batch size must be at least 1, got {batch_size}")
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work():
-        try:
-            for start in range(0, len(images), batch_size):
-                chunk = list(images[start:start + batch_size])
-                if not put((chunk, [decode_or_error(image, reduce_to=reduce_to, exif_orientation=exif_orientation)
-                                   for image in chunk])):
-                    return
-            put(None)
-        except BaseException as exc:  # handed to the consumer, never lost
-            put(exc)
-
-    thread = threading.Thread(target=work, daemon=True, name="cream-decode-ahead")
-    thread.start()
-    try:
-        while (item := slots.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=10)  # at most one image's decode; a stuck read must not block the exit
-
-
-def decode_or_error(image, data: np.ndarray | bytes | None = None, reduce_to: int | None = None,
-                    exif_orientation: bool = False) -> np.ndarray | CreamError:
-    """The decoded RGB array, or the error that names why this one image failed; with `data`,
-    those bytes (already read from the path `image`) are decoded."""
-    try:
-        return (as_rgb_array(image, reduce_to, exif_orientation) if data is None
-                else decode_image_bytes(data, image, reduce_to, exif_orientation))
-    except CreamError as exc:
-        return exc
-    except (OSError, ValueError, MemoryError) as exc:
-        return ImageReadError(f"{image if isinstance(image, (str, os.PathLike)) else 'image'}: cannot decode "
-                              f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})")
 
 
 def box_threshold(manifest: Manifest, threshold: float | None = None) -> tuple[float, str]:

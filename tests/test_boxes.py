@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from adversarial_maps import KINDS, make_map, random_gt_boxes
 
+from cream_rt import box_sweep as S
 from cream_rt import boxes as B
 from cream_rt.bench.reference_protocol import reference_boxes, reference_iou
 
@@ -50,7 +51,7 @@ def test_sweep_equals_reference(kind):
         scoremap = make_map(kind, height, width, rng)
         gt = random_gt_boxes(height, width, rng, many=True)
         img = B.quantize(scoremap)
-        fast_all, fast_largest = B.threshold_ious(img, thresholds, gt)
+        fast_all, fast_largest = S.threshold_ious(img, thresholds, gt)
         for k, tau in enumerate(thresholds):
             for fast, all_contours in ((fast_all, True), (fast_largest, False)):
                 ref = max(reference_iou(b, g) for b in reference_boxes(scoremap, float(tau), all_contours)
@@ -72,7 +73,7 @@ def test_largest_contour_box_matches_reference():
 
 def test_thresholds_outside_range_rejected():
     with pytest.raises(ValueError):
-        B.threshold_ious(np.zeros((4, 4), np.uint8), np.array([1.0]), np.array([[0, 0, 1, 1]]))
+        S.threshold_ious(np.zeros((4, 4), np.uint8), np.array([1.0]), np.array([[0, 0, 1, 1]]))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
@@ -82,8 +83,8 @@ def test_quantize_checked_equals_numpy(dtype):
     edges = np.arange(256) / 255.0
     m = np.concatenate([edges, np.nextafter(edges, 0), np.nextafter(edges, 1), rng.random(2000)])
     m = np.clip(m, 0, 1).astype(dtype)[: 48 * 48].reshape(48, 48)
-    img, has_nan, lo, hi = B.quantize_checked(m)
+    img, has_nan, lo, hi = S.quantize_checked(m)
     assert np.array_equal(img, (m * 255).astype(np.uint8))
     assert (has_nan, lo, hi) == (False, float(m.min()), float(m.max()))
     m[3, 4] = np.nan
-    assert B.quantize_checked(m)[1]
+    assert S.quantize_checked(m)[1]

@@ -189,12 +189,12 @@ def test_cli_eval_maps_with_pas_equals_reference(shared_meta, tmp_path, capsys):
 def test_first_compilation_is_announced_then_cached(tmp_path):
     """A fresh install (empty numba cache) compiles the evaluator's kernels once, saying so on
     stderr; the next process loads them from the cache, silently and faster."""
-    from cream_rt.boxes import HAVE_NUMBA
+    from cream_rt.box_sweep import HAVE_NUMBA
 
     if not HAVE_NUMBA:
         pytest.skip("numba (the [fast] extra) is not installed")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
-    code = "from cream_rt.boxes import compile_kernels; print(compile_kernels())"
+    code = "from cream_rt.box_sweep import compile_kernels; print(compile_kernels())"
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
             for _ in range(2)]
     (first, cold), (second, warm) = [(r.stderr, float(r.stdout.split()[-1])) for r in runs]

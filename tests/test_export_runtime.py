@@ -146,7 +146,7 @@ def test_localizer_on_error_and_stream_keep_the_batch(tmp_path):
 
 
 def test_scale_boxes_hand_computed():
-    from cream_rt.runtime import scale_boxes
+    from cream_rt.boxes import scale_boxes
 
     # a 48x48 map's full box covers the whole 200x100 image; pixel 0..23 covers x 0..99, y 0..49
     assert scale_boxes(np.array([[0, 0, 47, 47]]), 48, 200, 100) == [[0.0, 0.0, 199.0, 99.0]]

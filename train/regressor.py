@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cream_rt.boxes import box_to_fractions
+from cream_rt.boxes import box_to_fractions, map_boxes
 from cream_rt.errors import CreamError
 from cream_rt.metadata import SplitMetadata
 from cream_rt.model.checkpoint import load_checkpoint
 from cream_rt.model.network import CamModel
 from cream_rt.model.regressor import BoxRegressor, RegressorConfig, save_regressor
 from cream_rt.progress import progress
-from cream_rt.runtime import map_boxes
 from cream_rt.scoring import SplitScorer, split_batches
 
 from .data import BoxImages
