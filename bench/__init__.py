@@ -1,1 +1,2 @@
-"""Benchmarks (installed as cream_rt.bench): speed and parity against plain references."""
+"""The repository's benchmarks, studies and test references (not installed; run from a checkout as
+`python -m bench.NAME`). What `cream bench` itself runs is `cream_rt.benchmark`."""

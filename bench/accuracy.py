@@ -6,7 +6,7 @@ ImageNet head, fitted on the train split), `ilsvrc-disjoint` (fitted on val only
 two-fold), `rk-<backbone>-s<seed>` (raccoon_kangaroo, trained as REAL_RECIPES say). Synthetic
 cells `synth-<preset>-<backbone>-s<seed>` train as SYNTH_RECIPES say.
 
-`python -m cream_rt.bench.accuracy --cells real --settings 'grid;default;previous' --tuned --int8 \\
+`python -m bench.accuracy --cells real --settings 'grid;default;previous' --tuned --int8 \\
     --out bench/results/accuracy.json`"""
 from __future__ import annotations
 
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cream_rt.atomic import atomic_path, write_json
-    from cream_rt.bench.machine import command_line, machine_info
+    from cream_rt.benchmark.machine import command_line, machine_info
     torch.set_num_threads(os.cpu_count() or 1)
     out, work = Path(args.out), Path(args.work)
     record = json.loads(out.read_text()) if out.is_file() else {"cells": {}}

@@ -18,7 +18,7 @@ if [ -d .gpu_wheels ]; then
 fi
 $PY -m pip install -q --no-deps --no-build-isolation -e . >> "$OUT/install.log" 2>&1
 status=0
-$PY -m cream_rt.bench.gpu_checks "$OUT/gpu_checks.json" > "$OUT/gpu_checks.log" 2>&1 || status=1
+$PY -m bench.gpu_checks "$OUT/gpu_checks.json" > "$OUT/gpu_checks.log" 2>&1 || status=1
 $PY -m pytest -q -rs -p no:cacheprovider tests/test_fused_op.py tests/test_tensorrt.py tests/test_reactivate.py \
     > "$OUT/tests.log" 2>&1 || status=1
 # a crash in the tests above: the native stack of the op's refused call (cuda-gdb runs host code too)

@@ -1,7 +1,7 @@
 """GPU checks of the fused CUDA op, run by bench/gpu_check.sh on a lent GPU machine:
 correctness against the float64 CPU reference on fresh random inputs (outputs poisoned first),
 the device's measured copy bandwidth, and the op's achieved bandwidth (bytes it must read over
-its time). Writes one JSON file. `python -m cream_rt.bench.gpu_checks OUT.json`"""
+its time). Writes one JSON file. `python -m bench.gpu_checks OUT.json`"""
 from __future__ import annotations
 
 import json

@@ -1,7 +1,7 @@
 """Images/s of `cream localize --ray` against the single-process `cream localize` path on the
 same images and model, measured in one run, and how the Ray pipeline scales from 1 to N actors.
 
-    python -m cream_rt.bench.ray_throughput --images 1200 --out bench/results/ray_localize.json
+    python -m bench.ray_throughput --images 1200 --out bench/results/ray_localize.json
 
 The images are photo-sized JPEGs (500x375, textured) made once in --work; the model is an
 untrained EfficientNet-Lite0 CREAM export at 224 px (timing only: the weights do not change
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from cream_rt.atomic import write_json
+from cream_rt.benchmark.machine import machine_info
 
-from .machine import machine_info
 from .targets import RAY_TARGET
 
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
               "scaling_1_to_n_actors": round(rows[-1]["images_per_s"] / rows[0]["images_per_s"], 3),
               "target": {"name": RAY_TARGET.name, "value": RAY_TARGET.value, "band": RAY_TARGET.band,
                          "passed": RAY_TARGET.passes(ratio)},
-              "machine": machine_info(), "command": "python -m cream_rt.bench.ray_throughput " + " ".join(
+              "machine": machine_info(), "command": "python -m bench.ray_throughput " + " ".join(
                   sys.argv[1:] if argv is None else argv)}
     for row in rows:
         print(f"ray, {row['actors']} actor(s) x {row['threads_per_actor']} thread(s): {row['images_per_s']} img/s "

@@ -4,7 +4,7 @@ photos' labels), `cream eval` on test (metrics at their best thresholds), `cream
 `cream localize` with no threshold given (the backbone's shipped one), whose boxes are scored
 here with a plain IoU: Top-1 Loc and the class accuracy as `cream localize` delivers them.
 
-    python -m cream_rt.bench.shipped --backbones efficientnet-lite0,efficientnet-lite1,efficientnet-lite2 \\
+    python -m bench.shipped --backbones efficientnet-lite0,efficientnet-lite1,efficientnet-lite2 \\
         --out bench/results/shipped.json"""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from cream_rt.atomic import write_json
+from cream_rt.benchmark.machine import command_line, machine_info
 
 from .accuracy import REAL_DATA, cli
-from .machine import command_line, machine_info
 
 
 def iou(a: list[float], b: list[float]) -> float:

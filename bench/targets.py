@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .latency import paired_ratio
+from cream_rt.benchmark.latency import paired_ratio
 
 __all__ = ["Target", "LATENCY_TARGETS", "EVALUATOR_TARGET", "FUSED_OP_TARGET", "RAY_TARGET", "latency_checks"]
 

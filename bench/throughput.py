@@ -2,8 +2,8 @@
 for the fp32 and the int8 export of one model, with a stage breakdown (read, decode, resize +
 normalise, inference, boxes, write) so that the next step is visible.
 
-    python -m cream_rt.bench.throughput --images 2000 --out bench/results/throughput.json
-    python -m cream_rt.bench.throughput --folder PHOTOS --models fp32=m.onnx,int8=m-int8.onnx --large 0 \\
+    python -m bench.throughput --images 2000 --out bench/results/throughput.json
+    python -m bench.throughput --folder PHOTOS --models fp32=m.onnx,int8=m-int8.onnx --large 0 \\
         --out bench/results/throughput_real.json      # a folder of real photos, read in place
 
 The model is EfficientNet-Lite0 CREAM T=2 at 224 px with its ImageNet weights (200 classes; the
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from cream_rt.atomic import write_json
+from cream_rt.benchmark.machine import command_line, machine_info
 
-from .machine import command_line, machine_info
 from .ray_throughput import make_images
 
 MILLION = 1_000_000

@@ -63,11 +63,17 @@ def image_box_ious(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: np.nd
 
 class BoxEvaluator:
     """Accumulates correct-box counts per IoU threshold and score threshold; `result()` gives
-    MaxBoxAccV2, MaxBoxAcc (v1), GT-known Loc, and Top-1/Top-5 Loc when classes were given."""
+    MaxBoxAccV2, MaxBoxAcc (v1), GT-known Loc, and Top-1/Top-5 Loc when classes were given.
+
+    Example:
+        >>> evaluator = BoxEvaluator(map_size=(224, 224))  # doctest: +SKIP
+        >>> evaluator.add(scoremap, gt_boxes)  # doctest: +SKIP
+        >>> evaluator.result()["MaxBoxAccV2"]  # doctest: +SKIP
+    """
 
     def __init__(self, interval: float = 0.01, map_size: tuple[int, int] = (224, 224),
                  iou_thresholds: tuple[int, ...] = IOU_THRESHOLDS, pas: bool = False):
-        compile_kernels()  # before the first map, with a line on stderr when the cache is cold
+        compile_kernels()  # before the first map, with a logged line when the cache is cold
         self.thresholds = threshold_list(interval)
         self.pas = pas  # RCAM's percentile as a standard: thresholds relative to the 90th percentile
         self.map_size = tuple(map_size)

@@ -79,7 +79,13 @@ class Localizer:
     arrays of any size) -> class, score, boxes in original coordinates, optionally maps.
 
     It owns a decoding thread pool: use it as a context manager (`with Localizer.load(p) as
-    loc:`) or call `close()`."""
+    loc:`) or call `close()`.
+
+    Example:
+        >>> with Localizer.load("model.onnx") as loc:  # doctest: +SKIP
+        ...     result = loc("photo.jpg")[0]
+        ...     print(result.class_name, result.score, result.boxes)
+    """
 
     def __init__(self, predictor: OnnxPredictor, threshold: float | None = None, all_contours: bool = False,
                  exif_orientation: bool = False):

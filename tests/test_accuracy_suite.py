@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from cli_helpers import run  # noqa: E402
 
-from cream_rt.bench import accuracy  # noqa: E402
+from bench import accuracy  # noqa: E402
 
 TINY = accuracy.SynthRecipe(image_size=48, input_size=48, epochs=2, lr_decay_epochs=(1,), train=24, val=12, test=12)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")
-from cream_rt.bench.latency import measure, measure_interleaved, paired_ratio  # noqa: E402
+from cream_rt.benchmark.latency import measure, measure_interleaved, paired_ratio  # noqa: E402
 from cream_rt.cli import main  # noqa: E402
 
 
@@ -69,7 +69,7 @@ def test_graph_flops_counts_conv_and_gemm_by_hand(tmp_path):
     import onnx.helper as oh
     from onnx import TensorProto, numpy_helper
 
-    from cream_rt.bench.studies.roofline import graph_flops
+    from bench.studies.roofline import graph_flops
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
@@ -92,7 +92,7 @@ def test_graph_flops_reads_the_inner_dimension_of_a_transposed_gemm(tmp_path):
     import onnx.helper as oh
     from onnx import TensorProto, numpy_helper
 
-    from cream_rt.bench.studies.roofline import graph_flops
+    from bench.studies.roofline import graph_flops
 
     b = numpy_helper.from_array(np.ones((64, 5), np.float32), "b")
     graph = oh.make_graph([oh.make_node("Gemm", ["a", "b"], ["y"], transA=1)], "g",

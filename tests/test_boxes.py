@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from adversarial_maps import KINDS, make_map, random_gt_boxes
 
+from bench.reference_protocol import reference_boxes, reference_iou
 from cream_rt import box_sweep as S
 from cream_rt import boxes as B
-from cream_rt.bench.reference_protocol import reference_boxes, reference_iou
 
 
 def test_iou_hand_computed():

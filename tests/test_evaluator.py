@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from adversarial_maps import KINDS, make_map, random_gt_boxes
 
-from cream_rt.bench.reference_protocol import cam_like_map, reference_max_box_acc
+from bench.reference_protocol import cam_like_map, reference_max_box_acc
 from cream_rt.cli import main
 from cream_rt.evaluate import gt_boxes_at
 from cream_rt.metadata import read_split

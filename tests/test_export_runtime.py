@@ -548,7 +548,7 @@ def test_parity_per_layer_against_a_hand_computed_drift(trained, tmp_path, capsy
 
 
 def test_int8_export_rejects_bad_requests(trained, tmp_path, capsys):
-    from cream_rt.bench.engines import EngineUnavailable, build_engine
+    from cream_rt.benchmark.engines import EngineUnavailable, build_engine
     from cream_rt.errors import CreamError
     from cream_rt.export.quantize import quantize_export
 

@@ -72,7 +72,7 @@ def test_fused_equals_unfused_reactivate(unit, calibration):
 
 def test_gpu_check_reference_equals_the_test_reference():
     """bench/gpu_checks.py judges the CUDA op with its own float64 reference: check it here."""
-    from cream_rt.bench.gpu_checks import reference_map
+    from bench.gpu_checks import reference_map
 
     f, c, mu = _random_case(np.random.default_rng(7), 3, 24, 6, 5)
     for t in (1, 2, 3):
@@ -218,7 +218,7 @@ def test_fused_onnx_export_runs_in_onnxruntime_with_extensions(tmp_path, calibra
 def test_eager_fused_bench_engine_gives_the_eager_maps():
     """`cream bench --engines eager-fused` times the same model with the EM in the op: its maps
     equal the eager engine's, and the model it was given keeps the torch path."""
-    from cream_rt.bench.engines import build_engine
+    from cream_rt.benchmark.engines import build_engine
     from cream_rt.model.network import create_model
 
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from adversarial_maps import KINDS, make_map, random_gt_boxes
 
-from cream_rt.bench.reference_protocol import percentile90, reference_boxes, reference_max_box_acc
+from bench.reference_protocol import percentile90, reference_boxes, reference_max_box_acc
 from cream_rt.boxes import map_boxes, quantize, reference_level
 from cream_rt.metrics import BoxEvaluator
 

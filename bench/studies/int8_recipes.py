@@ -1,7 +1,7 @@
 """Which int8 recipe keeps the maps: MaxBoxAccV2 / GT-known Loc of one fp32 export and of its
 int8 exports under several recipes, on trained accuracy-suite cells (test split).
 
-    python -m cream_rt.bench.studies.int8_recipes --work accuracy_work \\
+    python -m bench.studies.int8_recipes --work accuracy_work \\
         --cells tinted-efficientnet-lite0-s0,clutter-efficientnet-lite0-s0,default-efficientnet-lite0-s0 \\
         --out bench/results/studies/int8_recipes.json
 
@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cream_rt.atomic import write_json
-
-from ..machine import command_line, machine_info
+from cream_rt.benchmark.machine import command_line, machine_info
 
 RECIPES = {
     "conv-only, int8 stem (before)": dict(scheme="conv-only", fp32_stem=False, bias_correction=False),

@@ -2,7 +2,7 @@
 interleaved in one run, against what this CPU allows: the int8 / fp32 ratio of a large GEMM in
 ONNX Runtime's own kernels (MatMulInteger u8 x s8 vs MatMul fp32) bounds the model's gain.
 
-    python -m cream_rt.bench.studies.int8_speed --backbones efficientnet-lite0,resnet50 \\
+    python -m bench.studies.int8_speed --backbones efficientnet-lite0,resnet50 \\
         --out bench/results/studies/int8_speed.json
 
 Models: seed-0 random weights at 224 px (Lite0 with its ImageNet weights when they are
@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cream_rt.atomic import write_json
-
-from ..machine import command_line, machine_info
+from cream_rt.benchmark.machine import command_line, machine_info
 
 GEMM_SIZE = 1536
 
@@ -31,9 +30,8 @@ def gemm_peaks(size: int = GEMM_SIZE, budget_s: float = 3.0) -> dict[str, float]
     import onnx
     import onnx.helper as oh
 
+    from cream_rt.benchmark.latency import measure_interleaved
     from cream_rt.runtime import make_session
-
-    from ..latency import measure_interleaved
 
     rng = np.random.default_rng(0)
     a32 = rng.standard_normal((size, size)).astype(np.float32)
@@ -63,12 +61,11 @@ def gemm_peaks(size: int = GEMM_SIZE, budget_s: float = 3.0) -> dict[str, float]
 def model_pair(backbone: str, folder: str) -> tuple[str, str, np.ndarray, np.ndarray]:
     """fp32 and int8 CREAM T=2 exports of `backbone` (224 px; Lite0 pretrained when possible)
     and a batch-8 input."""
+    from cream_rt.benchmark.runner import sample_images, untrained_model
     from cream_rt.export.onnx_export import export_model
     from cream_rt.export.quantize import calibration_batches, quantize_export
     from cream_rt.model import create_model
     from cream_rt.preprocess import preprocess_batch
-
-    from ..runner import sample_images, untrained_model
 
     model = untrained_model(backbone)
     if backbone == "efficientnet-lite0":
@@ -91,9 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget", type=float, default=6.0, help="seconds of timing per model pair")
     parser.add_argument("--out", default=None, help="JSON result file (e.g. bench/results/studies/int8_speed.json)")
     args = parser.parse_args(argv)
+    from cream_rt.benchmark.latency import measure_interleaved, paired_ratio
     from cream_rt.runtime import make_session
 
-    from ..latency import measure_interleaved, paired_ratio
     from .roofline import graph_flops
 
     peaks = gemm_peaks()

@@ -3,7 +3,7 @@ ONNX Runtime vs eager speed-up fp32 can give here: the model's multiply-adds cou
 exported graph, a large fp32 GEMM in each engine as the practical peak, and the model timed in
 both engines in one interleaved run.
 
-`python -m cream_rt.bench.studies.roofline [--backbone resnet50] [--batch 8] [--out roofline.json]`"""
+`python -m bench.studies.roofline [--backbone resnet50] [--batch 8] [--out roofline.json]`"""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cream_rt.bench.machine import command_line
+from cream_rt.benchmark.machine import command_line
 
 
 def graph_flops(path: str, batch: int) -> dict[str, float]:
@@ -56,7 +56,7 @@ def gemm_peak(size: int = 1536, budget_s: float = 3.0) -> dict[str, float]:
     import onnx.helper as oh
     import torch
 
-    from cream_rt.bench.latency import measure
+    from cream_rt.benchmark.latency import measure
     from cream_rt.runtime import make_session
 
     a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
@@ -77,10 +77,10 @@ def gemm_peak(size: int = 1536, budget_s: float = 3.0) -> dict[str, float]:
 def roofline(backbone: str, batch: int, mode: str = "cream", iterations: int = 2, budget_s: float = 4.0) -> dict:
     """The model's GFLOP per image, each engine's GFLOP/s on it and on a GEMM, and the bound on
     ONNX Runtime vs eager that follows (ORT's best GEMM rate over eager's rate on the model)."""
-    from cream_rt.bench.engines import build_engine
-    from cream_rt.bench.latency import measure_interleaved, paired_ratio
-    from cream_rt.bench.machine import machine_info
-    from cream_rt.bench.runner import sample_images, untrained_model
+    from cream_rt.benchmark.engines import build_engine
+    from cream_rt.benchmark.latency import measure_interleaved, paired_ratio
+    from cream_rt.benchmark.machine import machine_info
+    from cream_rt.benchmark.runner import sample_images, untrained_model
     from cream_rt.export.onnx_export import export_model
     from cream_rt.preprocess import preprocess_batch
 

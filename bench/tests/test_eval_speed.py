@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cream_rt.bench.machine import machine_info
-from cream_rt.bench.reference_protocol import cam_like_map, reference_max_box_acc
-from cream_rt.bench.targets import EVALUATOR_TARGET
+from bench.reference_protocol import cam_like_map, reference_max_box_acc
+from bench.targets import EVALUATOR_TARGET
+from cream_rt.benchmark.machine import machine_info
 from cream_rt.evaluate import gt_boxes_at
 from cream_rt.metadata import read_split
 from cream_rt.metrics import BoxEvaluator, parallel_map

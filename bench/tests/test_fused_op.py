@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-from cream_rt.bench.latency import measure_interleaved, paired_ratio  # noqa: E402
-from cream_rt.bench.targets import FUSED_OP_TARGET  # noqa: E402
+from bench.targets import FUSED_OP_TARGET  # noqa: E402
+from cream_rt.benchmark.latency import measure_interleaved, paired_ratio  # noqa: E402
 from cream_rt.config import CreamConfig  # noqa: E402
 from cream_rt.model.em import reactivate  # noqa: E402
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+from bench.targets import latency_checks  # noqa: E402
 from cream_rt.atomic import write_json  # noqa: E402
-from cream_rt.bench.engines import build_engine  # noqa: E402
-from cream_rt.bench.runner import BenchConfig, int8_exports, run_bench, untrained_model  # noqa: E402
-from cream_rt.bench.targets import latency_checks  # noqa: E402
+from cream_rt.benchmark.engines import build_engine  # noqa: E402
+from cream_rt.benchmark.runner import BenchConfig, int8_exports, run_bench, untrained_model  # noqa: E402
 from cream_rt.export.onnx_export import export_model  # noqa: E402
 
 THIRD_PARTY = ("grad-cam", "torchcam")

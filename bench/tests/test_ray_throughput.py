@@ -12,8 +12,8 @@ pytest.importorskip("ray.data", reason="Ray Data (the `ray` extra) not installed
 
 
 def test_ray_pipeline_keeps_up_with_one_process(tmp_path):
-    from cream_rt.bench.ray_throughput import main
-    from cream_rt.bench.targets import RAY_TARGET
+    from bench.ray_throughput import main
+    from bench.targets import RAY_TARGET
 
     argv = ["--images", "2400", "--batch-size", "32", "--repeats", "1", "--work", str(tmp_path)]
     if os.environ.get("CREAM_BENCH_JSON"):

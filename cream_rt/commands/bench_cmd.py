@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench.runner import BenchConfig, plot, run_bench
+    from ..benchmark.runner import BenchConfig, plot, run_bench
     from ..model.device import torch_device
 
     _check_args(args)
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Every flag that can be wrong, before a model is built."""
-    from ..bench.engines import ENGINE_NAMES
+    from ..benchmark.engines import ENGINE_NAMES
 
     for flag, path in (("--json-out", args.json_out), ("--plot", args.plot)):
         if path:
@@ -111,7 +111,7 @@ def _model(args: argparse.Namespace):
 def _exports(model, config, given_path: str | None, folder: str) -> tuple[dict, dict]:
     """fp32 and int8 ONNX files per (mode, T) the engines need; a `--model` file replaces the
     export of its own mode, T and precision."""
-    from ..bench.runner import int8_exports
+    from ..benchmark.runner import int8_exports
     from ..export.onnx_export import export_model
 
     given = None

@@ -49,7 +49,7 @@ def localize_and_draw(models: dict[str, Path], test, image_root: Path, ids: list
 
 def latency_table(checkpoint: Path, models: dict[str, Path], input_size: int, batch_sizes=(1, 8)) -> dict:
     """Median latency per image of eager torch and ONNX Runtime for each exported mode."""
-    from ..bench.latency import measure_interleaved
+    from ..benchmark.latency import measure_interleaved
     from ..model.eager import EagerPredictor
     from ..runtime import OnnxPredictor
 

@@ -64,6 +64,12 @@ def create_model(backbone: str, num_classes: int, pretrained: bool | str = False
             nwc, cream=CreamConfig(...)).
     Returns:
         The model in training mode, on the CPU.
+
+    Example:
+        >>> model = create_model("small-cnn", 3, input_size=64)
+        >>> logits, maps, classes = model.eval()(torch.zeros(2, 3, 64, 64))
+        >>> tuple(maps.shape)
+        (2, 64, 64)
     """
     spec = get_backbone(backbone)
     config.setdefault("input_size", spec.input_size)

@@ -11,9 +11,9 @@ __all__ = ["machine_info", "command_line", "peak_rss_mb", "reset_peak_rss"]
 
 
 def command_line(module: str, argv: list[str] | None) -> str:
-    """The command that produced a result: `python -m cream_rt.bench.<module>` and its arguments
+    """The command that produced a result: `python -m bench.<module>` and its arguments
     (`argv`, or the process's own when the module runs as a script)."""
-    return f"python -m cream_rt.bench.{module} " + shlex.join(sys.argv[1:] if argv is None else argv)
+    return f"python -m bench.{module} " + shlex.join(sys.argv[1:] if argv is None else argv)
 
 
 def machine_info() -> dict:
