@@ -47,11 +47,15 @@ def test_importing_the_package_changes_nothing_outside_it():
     assert result.returncode == 0, result.stderr
 
 
-def test_the_library_logs_and_the_cli_prints(caplog, capsys):
+def test_the_library_logs_and_the_cli_prints(caplog, capsys, monkeypatch):
     """A skipped image is a log record (logger cream_rt.unreadable), nothing on stderr; the CLI
     shows warnings as `cream: warning:` lines and progress records as plain lines."""
     from cream_rt import cli
     from cream_rt.unreadable import UnreadableImages
+
+    package = logging.getLogger("cream_rt")  # as before any `cream` ran in this process
+    monkeypatch.setattr(package, "handlers", [])
+    monkeypatch.setattr(package, "propagate", True)
 
     unreadable = UnreadableImages(5)
     unreadable.add("a.jpg", "a.jpg: not a decodable image")
