@@ -22,6 +22,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 demo: setup
 	$(VENV)/bin/cream demo --out $(DEMO_DIR)

@@ -204,7 +204,7 @@ def _label_runs(start, end, row_off, y0, slack, parent, area2, box, flag, with_a
                     # windows at columns (x, x+1): 2 pixels of run ii and at least 1 of run j, or the converse
                     a = min(ei - 1, ej) - max(si, sj - 1) + 1
                     b = min(ej - 1, ei) - max(sj, si - 1) + 1
-                    area2[root] += max(a, 0) + max(b, 0)
+                    area2[root] += max(a, 0) + max(b, 0)  # type: ignore[operator]  # numba ints
                 ii += 1
             if ii > i:  # the last run touching j may touch the next run too
                 i = ii - 1

@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 class Parser(argparse.ArgumentParser):
     """argparse with the project's error format: one `cream: error: ...` line, exit status 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         sub = self.prog.split(" ", 1)[1] if " " in self.prog else ""
         self.exit(2, f"cream: error: {sub + ': ' if sub else ''}{message} (see `{self.prog} --help`)\n")
 

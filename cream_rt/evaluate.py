@@ -3,6 +3,7 @@ writes) against a metadata split: box metrics for CUB/ILSVRC, PxAP for mask data
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from .progress import progress
 __all__ = ["gt_boxes_at", "evaluate_map_folder"]
 
 
-def gt_boxes_at(meta: SplitMetadata, image_id: str, map_size: tuple[int, int]) -> np.ndarray:
+def gt_boxes_at(meta: SplitMetadata, image_id: str, map_size: Sequence[int]) -> np.ndarray:
     """The image's GT boxes scaled to the map size (height, width) as the protocol does."""
     if image_id not in meta.image_sizes:
         raise CreamError(f"{meta.root / 'image_sizes.txt'}: no size for image id {image_id!r}")
@@ -33,7 +34,7 @@ def _load_map(path: Path) -> np.ndarray:
 
 def evaluate_map_folder(maps_dir: str | os.PathLike, meta: SplitMetadata, interval: float = 0.01,
                         mask_root: str | None = None, allow_missing: bool = False,
-                        map_size: tuple[int, int] = (224, 224), workers: int | None = None,
+                        map_size: Sequence[int] = (224, 224), workers: int | None = None,
                         pas: bool = False) -> dict:
     """Metrics of the maps in `maps_dir` over the split; a missing map is an error unless
     `allow_missing` (then a miss at every threshold, or an all-zero map for PxAP). With `pas`,

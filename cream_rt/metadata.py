@@ -85,8 +85,8 @@ def read_split(split_dir: str | os.PathLike, require_localization: bool = True) 
     if not image_ids:
         raise MetadataError(f"{ids_path}: the split lists no images")
     if len(set(image_ids)) != len(image_ids):
-        seen: set[str] = set()
-        dup = next(i for i in image_ids if i in seen or seen.add(i))
+        first = {i: n for n, i in reversed(list(enumerate(image_ids)))}
+        dup = next(i for n, i in enumerate(image_ids) if first[i] != n)  # the first id listed a second time
         raise MetadataError(f"{ids_path}: image id {dup!r} is listed twice")
     ids = set(image_ids)
 

@@ -4,7 +4,7 @@ IoU 50), Top-1 / Top-5 Loc, and PxAP for mask data sets. No torch."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,7 +28,7 @@ def threshold_list(interval: float) -> np.ndarray:
     return np.arange(0, 1, interval)
 
 
-def check_scoremap(scoremap: np.ndarray, shape: tuple[int, int] | None, name: str) -> np.ndarray:
+def check_scoremap(scoremap: np.ndarray, shape: Sequence[int] | None, name: str) -> np.ndarray:
     """The uint8 quantised map; raises ScoreMapError naming the image if the map is not a
     finite 2-D float map in [0, 1] (of `shape` when given)."""
     if not isinstance(scoremap, np.ndarray) or scoremap.ndim != 2:
@@ -55,7 +55,7 @@ class ImageBoxResult:
 
 
 def image_box_ious(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray,
-                   shape: tuple[int, int] | None = None, name: str = "map", pas: bool = False) -> ImageBoxResult:
+                   shape: Sequence[int] | None = None, name: str = "map", pas: bool = False) -> ImageBoxResult:
     """Check one map, then its best IoU with the GT boxes at each threshold for both contour
     rules (thresholds relative to the map's max, or with `pas` to its 90th percentile)."""
     return ImageBoxResult(*threshold_ious(check_scoremap(scoremap, shape, name), thresholds, gt_boxes, pas))
@@ -71,7 +71,7 @@ class BoxEvaluator:
         >>> evaluator.result()["MaxBoxAccV2"]  # doctest: +SKIP
     """
 
-    def __init__(self, interval: float = 0.01, map_size: tuple[int, int] = (224, 224),
+    def __init__(self, interval: float = 0.01, map_size: Sequence[int] = (224, 224),
                  iou_thresholds: tuple[int, ...] = IOU_THRESHOLDS, pas: bool = False):
         compile_kernels()  # before the first map, with a logged line when the cache is cold
         self.thresholds = threshold_list(interval)
@@ -164,7 +164,7 @@ def parallel_map(fn, items: Iterable, workers: int | None = None, chunk: int = 6
 
 
 def load_gt_mask(mask_root: str, mask_paths: list[str], ignore_path: str,
-                 size: tuple[int, int]) -> np.ndarray:
+                 size: Sequence[int]) -> np.ndarray:
     """GT mask as the protocol builds it: union of instance masks (nearest resize, > 0.5);
     1 = foreground, 0 = background, 255 = ignored (ignore box minus foreground)."""
 
@@ -183,7 +183,7 @@ def load_gt_mask(mask_root: str, mask_paths: list[str], ignore_path: str,
 class PxAPEvaluator:
     """Pixel average precision: histograms of foreground / background scores over the split."""
 
-    def __init__(self, interval: float = 0.001, map_size: tuple[int, int] = (224, 224)):
+    def __init__(self, interval: float = 0.001, map_size: Sequence[int] = (224, 224)):
         self.edges = np.append(threshold_list(interval), PXAP_EXTRA_EDGES)
         self.map_size = tuple(map_size)
         self.fg_hist = np.zeros(len(self.edges) - 1, np.float64)

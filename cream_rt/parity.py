@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import CreamError
 from .scoring import SplitScorer, check_labels, split_batches
+from .session import Predictor
 
 __all__ = ["box_agreement", "compute_parity", "check_same_source"]
 
@@ -52,22 +53,26 @@ def compute_parity(checkpoint: str | None, model: str, meta, images: Path, batch
         raise CreamError(f"{model}: " + ("has a box regressor: pass the file it was exported with (--regressor)"
                                          if m.regressor else "has no box regressor; leave out --regressor"))
     check_labels(meta, len(m.class_names), model)
-    if reference is None:
+    base: Predictor
+    if checkpoint is not None:
         from .model.eager import EagerPredictor
 
-        base = EagerPredictor.from_checkpoint(checkpoint, m.mode, m.iterations, regressor=regressor)
-        cfg = base.model.config
+        eager = EagerPredictor.from_checkpoint(checkpoint, m.mode, m.iterations, regressor=regressor)
+        cfg, base = eager.model.config, eager
         if (cfg.input_size, len(cfg.class_names) or cfg.num_classes) != (m.input_size, len(m.class_names)):
             raise CreamError(f"{model}: exported from a different model than {checkpoint} "
                              f"(input size or classes differ)")
         base_name = "eager"
-    else:
-        base = OnnxPredictor.load(reference)
-        check_same_source(base.manifest, m, reference, model)
+    elif reference is not None:
+        ref = OnnxPredictor.load(reference)
+        check_same_source(ref.manifest, m, reference, model)
+        base = ref
         base_name = "reference"
     ids = meta.image_ids
     scorers = {name: SplitScorer(meta, m.input_size, interval, pas=m.pas) for name in (base_name, "exported")}
-    diffs, logit_diff, agree, box_ious, regressed_diff = [], 0.0, 0, [], 0.0
+    diffs: list[np.ndarray] = []
+    box_ious: list[np.ndarray] = []
+    logit_diff, agree, regressed_diff = 0.0, 0, 0.0
     for chunk, x, labels in split_batches(meta, images, batch_size, m.input_size, m.mean, m.std, "parity"):
         results = {}
         for name, predictor in ((base_name, base), ("exported", exported)):
@@ -82,7 +87,7 @@ def compute_parity(checkpoint: str | None, model: str, meta, images: Path, batch
         agree += int((le.argmax(1) == lx.argmax(1)).sum())
         box_ious.append(box_agreement(me, mx, threshold, m.pas))
     all_diffs = np.concatenate(diffs)
-    box_ious = np.concatenate(box_ious)
+    all_ious = np.concatenate(box_ious)
     scores = {k: s.result() for k, s in scorers.items()}
     acc = {k: r["MaxBoxAccV2"] for k, r in scores.items()}
     return {
@@ -90,7 +95,7 @@ def compute_parity(checkpoint: str | None, model: str, meta, images: Path, batch
         "maps_p99_abs_diff": float(np.percentile(all_diffs, 99)),
         "logits_max_abs_diff": logit_diff,
         "top1_agreement": agree / len(ids),
-        "box_iou_ge_099_fraction": float((box_ious >= 0.99).mean()),
+        "box_iou_ge_099_fraction": float((all_ious >= 0.99).mean()),
         "box_threshold": threshold,
         f"MaxBoxAccV2_{base_name}": acc[base_name],
         "MaxBoxAccV2_exported": acc["exported"],

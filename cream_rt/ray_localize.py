@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[object]:
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
     """Ray connected to `address` (a running cluster) or a local Ray on this machine's cores;
     shut down on exit if started here. An already initialised Ray is used as it is."""
     ray = import_ray()

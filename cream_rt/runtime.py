@@ -206,7 +206,7 @@ class Localizer:
             raise failed
         return self.localize_decoded(decoded, ids, return_maps)
 
-    def localize_decoded(self, decoded: Sequence[np.ndarray | CreamError], class_ids: Sequence[int] | None = None,
+    def localize_decoded(self, decoded: Sequence[Decoded], class_ids: Sequence[int] | np.ndarray | None = None,
                          return_maps: bool = False) -> list[Localization | CreamError]:
         """Localizations of decoded RGB arrays in one model run; an error in `decoded` (as
         `decode_or_error` gives it) stays in its place."""

@@ -6,13 +6,33 @@ import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from .errors import CreamError, ModelFileError
 from .manifest import MANIFEST_KEY, Manifest
 
-__all__ = ["DEFAULT_PROVIDERS", "make_session", "read_manifest", "class_id_array", "OnnxPredictor"]
+__all__ = ["DEFAULT_PROVIDERS", "make_session", "read_manifest", "class_id_array", "Predictor", "OnnxPredictor"]
+
+
+class Predictor(Protocol):
+    """What scoring needs of a model, exported (`OnnxPredictor`) or eager (`EagerPredictor`): its
+    input size and normalisation, `run(x, class_ids) -> (logits (B,C), maps (B,S,S), boxes or
+    None)` of a normalised batch, and `describe()`."""
+
+    @property
+    def input_size(self) -> int: ...
+
+    @property
+    def mean(self) -> Sequence[float]: ...
+
+    @property
+    def std(self) -> Sequence[float]: ...
+
+    def run(self, x: np.ndarray, class_ids=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]: ...
+
+    def describe(self) -> dict: ...
 
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 

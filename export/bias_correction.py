@@ -104,7 +104,7 @@ def correct_biases(quantized, reference, convs: Sequence[str], batches: Sequence
     inits = {t.name: t for t in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
     by_name = {n.name: n for n in graph.node}
-    biases = {}
+    biases: dict[str, tuple] = {}  # conv -> (bias initializer, its dequantization scale or None)
     for conv in order:
         node = by_name[conv]
         source = producer.get(node.input[2])

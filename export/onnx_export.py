@@ -83,7 +83,7 @@ def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", i
     if mode not in ("cam", "cream"):
         raise CreamError(f"mode must be 'cam' or 'cream', got {mode!r}")
     t = model.config.cream.iterations if iterations is None else iterations
-    if t < 0:
+    if t is None or t < 0:
         raise CreamError(f"iterations must be >= 0, got {t}")
     if fused and mode == "cream" and t > 0:
         from cream_rt.model.em import check_fused
@@ -115,6 +115,8 @@ def export_model(model: CamModel, out: str | os.PathLike, mode: str = "cream", i
             input_names=INPUT_NAMES, output_names=[*OUTPUTS, *([REGRESSOR_OUTPUT] if regressor is not None else [])],
             custom_translation_table=table,
             dynamic_shapes={"images": {0: batch}, "class_ids": {0: batch}}, optimize=True, verbose=False)
+    if program is None:  # torch.onnx.export returns None only for the legacy exporter (dynamo=False)
+        raise CreamError("the ONNX exporter returned no program")
     proto = program.model_proto
     manifest = build_manifest(model, mode, t, checkpoint, fused, regressor is not None)
     entry = proto.metadata_props.add()

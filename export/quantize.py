@@ -203,7 +203,7 @@ def quantize_export(fp32_path: str | os.PathLike, out: str | os.PathLike, batche
         finally:
             logging.getLogger().removeFilter(advice)
         proto = onnx.load(str(quantized))
-    if bias_correction:
+    if kept is not None:  # with bias_correction
         from .bias_correction import correct_biases
 
         convs = [n for n in backbone if by_name[n].op_type == "Conv" and n not in stem]

@@ -164,12 +164,14 @@ def split_pass(model, split: Iterable[EmBatch], center: bool, rounds: int, quiet
     line for classes without images."""
     model.config = model.config.with_cream(center=center)
     if center:
-        total, cells = None, 0
+        total: torch.Tensor | None = None
+        cells = 0
         for features, _, _ in split:
             flat = features.transpose(0, 1).reshape(features.shape[1], -1).double()
             total = flat.sum(1) if total is None else total + flat.sum(1)
             cells += flat.shape[1]
-        model.feature_center.copy_((total / max(cells, 1)).to(model.feature_center.dtype))
+        mean = total / max(cells, 1) if total is not None else torch.zeros_like(model.feature_center)
+        model.feature_center.copy_(mean.to(model.feature_center.dtype))
         _log.info(f"embedding pass: feature center over {cells} cells, norm {float(model.feature_center.norm()):.3f}")
     change = _set(model, _class_means(model, split, _hard_mask(model)))
     _log.info(f"embedding pass: class means under the CAM's mask, mean change {change:.4f}")

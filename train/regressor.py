@@ -92,7 +92,7 @@ def train_regressor(checkpoint: str, data: str | None, out: str, *, images: str 
     boxes = pseudo_boxes(model, train_meta, image_root, threshold, batch_size, device)
     cfg = model.config
     seed_everything(seed)
-    regressor = BoxRegressor(RegressorConfig(cfg.backbone, cfg.input_size, tuple(cfg.mean), tuple(cfg.std),
+    regressor = BoxRegressor(RegressorConfig(cfg.backbone, cfg.input_size, cfg.mean, cfg.std,
                                              cfg.large_feature_map, threshold=threshold))
     regressor.backbone.load_state_dict(model.backbone.state_dict())  # start from the CAM model's features
     regressor.to(device)
@@ -101,7 +101,7 @@ def train_regressor(checkpoint: str, data: str | None, out: str, *, images: str 
                                 lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
     data_set = BoxImages(train_meta.image_ids, boxes, image_root, cfg.input_size, cfg.mean, cfg.std, True, seed)
     history, started = [], time.time()
-    best = (-1.0, None, 0)  # (val GT-known, weights, epoch): the regressor overfits its pseudo boxes
+    best: tuple[float, dict | None, int] = (-1.0, None, 0)  # (val GT-known, weights, epoch): it overfits
     for epoch in range(epochs):
         data_set.epoch = epoch
         loader = torch.utils.data.DataLoader(data_set, batch_size=batch_size, shuffle=True,

@@ -101,7 +101,8 @@ def seed_everything(seed: int) -> None:
 def param_groups(model: CamModel, lr: float) -> list[dict]:
     """New layers (classifier, and the backbone's new parts) at 10x the learning rate."""
     new_prefixes = tuple(f"backbone.{p}" if p else "backbone." for p in model.backbone.new_layers) + ("classifier.",)
-    new, old = [], []
+    new: list[torch.nn.Parameter] = []
+    old: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         (new if name.startswith(new_prefixes) else old).append(param)
     groups = [{"params": new, "lr": lr * 10, "base_lr": lr * 10}]
@@ -178,7 +179,7 @@ def _train(backbone: str, config: TrainConfig, model_fields: dict, image_root: P
     data_set = WsolImages(train_meta, image_root, cfg.input_size, cfg.mean, cfg.std, train=True, seed=config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     loss_fn = torch.nn.CrossEntropyLoss()
-    step = TrainStep(model)
+    step: torch.nn.Module = TrainStep(model)
     unreadable = UnreadableImages(config.max_bad_images)
     if ctx.enabled:  # gradients averaged over ranks; buffers (BN, embeddings) synced at the start, then kept
         # identical by our own rules (gathered embedding updates, BN statistics averaged per epoch)
@@ -201,9 +202,10 @@ def _train(backbone: str, config: TrainConfig, model_fields: dict, image_root: P
         recalibrate_batchnorm(model, loader, config.bn_batches, config.device)
         distributed.average_batchnorm(model, ctx)
         distributed.share_unreadable(unreadable, ctx)
-        total, correct, loss_sum = distributed.sum_over_ranks([total, correct, loss_sum], ctx)
-        record = {"epoch": epoch + 1, "loss": loss_sum / max(total, 1), "train_acc": 100.0 * correct / max(total, 1),
-                  "seconds": round(time.time() - started, 1), "unreadable_images": len(unreadable)}
+        job_total, job_correct, job_loss = distributed.sum_over_ranks([total, correct, loss_sum], ctx)
+        record: dict[str, object] = {"epoch": epoch + 1, "loss": job_loss / max(job_total, 1),
+                                     "train_acc": 100.0 * job_correct / max(job_total, 1),
+                                     "seconds": round(time.time() - started, 1), "unreadable_images": len(unreadable)}
         if ctx.enabled:
             record.update({"processes": ctx.world_size, "backend": ctx.backend,
                            "embeddings_max_diff_across_ranks": distributed.embeddings_spread(model, ctx)})
@@ -214,8 +216,8 @@ def _train(backbone: str, config: TrainConfig, model_fields: dict, image_root: P
             record["embedding_pass"] = embedding_pass(
                 model,
                 split_batches_of(model, train_meta, image_root, config.batch_size, config.device, "embedding pass",
-                               unreadable),
-                model.config.cream.center, config.refine_rounds)
+                                 unreadable),
+                bool(model.config.cream.center), config.refine_rounds)
         elif epoch == config.epochs - 1:  # the momentum embeddings: the fallback for classes never seen
             model.fill_unfitted()
             record["embeddings"] = warn_fallback(model, "train")
@@ -263,8 +265,8 @@ def _epoch_loader(data_set, config: TrainConfig, epoch: int, generator: torch.Ge
         generator.manual_seed(config.seed * 1000 + epoch)
         return split_loader(data_set, batch_size=config.batch_size, shuffle=True, generator=generator,
                             num_workers=config.workers, drop_last=True)
-    sampler = torch.utils.data.DistributedSampler(data_set, ctx.world_size, ctx.rank, shuffle=True,
-                                                  seed=config.seed, drop_last=True)
+    sampler: torch.utils.data.DistributedSampler = torch.utils.data.DistributedSampler(
+        data_set, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed, drop_last=True)
     sampler.set_epoch(epoch)
     return split_loader(data_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                         drop_last=True)

@@ -48,7 +48,7 @@ class Setting:
     def of(cls, model: CamModel) -> "Setting":
         """The settings `model` has."""
         c = model.config.cream
-        return cls(model.em_layer, bool(c.center), c.iterations, c.feature_mean, c.embeddings, c.fallback)
+        return cls(model.em_layer, bool(c.center), int(c.iterations or 0), c.feature_mean, c.embeddings, c.fallback)
 
     def name(self) -> str:
         parts = [self.em_layer, "center" if self.center else "no center", f"T={self.iterations}"]
@@ -110,20 +110,23 @@ def cache_split(model: CamModel, meta: SplitMetadata, image_root: Path, layers: 
     wanted = set(layers) - {CAM_LAYER}
     cfg = model.config
     parts: dict[str, list] = {name: [] for name in layers}
-    ids, labels, logits, cams = [], [], [], []
+    ids: list[str] = []
+    labels: list[torch.Tensor] = []
+    logits: list[np.ndarray] = []
+    cams: list[torch.Tensor] = []
     model.eval()
     before = set(unreadable.reasons)
     for chunk, x, y in split_batches(meta, image_root, batch_size, cfg.input_size, cfg.mean, cfg.std, desc,
                                      unreadable):
-        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        out, tapped = model.backbone.forward_taps(x, wanted)
+        images, targets = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        out, tapped = model.backbone.forward_taps(images, wanted)
         tapped[CAM_LAYER] = out
         for name in layers:
             parts[name].append(tapped[name].half().cpu())
         logits.append(model.classifier(out.mean((2, 3))).float().cpu().numpy())
-        cams.append(model.cam(out, y).cpu())
+        cams.append(model.cam(out, targets).cpu())
         ids += chunk
-        labels.append(y.cpu())
+        labels.append(targets.cpu())
     missing = [i for i in meta.image_ids if i in unreadable.reasons and i not in before]
     if not ids:
         raise CreamError(f"{meta.root}: no readable image in the split")
@@ -267,11 +270,12 @@ def fit_sample(meta: SplitMetadata, limit: int, seed: int = 0) -> Callable[[list
         return None
 
     def keep(ids: list[str]) -> list[str]:
-        rank, count = {}, {}  # in a seeded order, each class's k-th image ranks k
+        rank: dict[str, int] = {}  # in a seeded order, each class's k-th image ranks k
+        count: dict[int, int] = {}
         for i in np.random.default_rng(seed).permutation(ids).tolist():
             label = meta.class_labels[i]
             rank[i] = count[label] = count.get(label, 0) + 1
-        chosen = set(sorted(rank, key=rank.get)[:limit])  # stable: ties keep the seeded order
+        chosen = set(sorted(rank, key=rank.__getitem__)[:limit])  # stable: ties keep the seeded order
         return [i for i in ids if i in chosen]
     return keep
 

@@ -3,9 +3,12 @@ warm-up, then repeated timed calls until a time budget or a repeat cap; percenti
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
+from typing import TypeVar
 
 import numpy as np
+
+K = TypeVar("K", bound=Hashable)  # what names a variant
 
 
 def measure(fn: Callable[[], object], warmup: int = 3, min_repeats: int = 10, max_repeats: int = 200,
@@ -17,7 +20,7 @@ def measure(fn: Callable[[], object], warmup: int = 3, min_repeats: int = 10, ma
         fn()
     if sync:
         sync()
-    times = []
+    times: list[float] = []
     started = time.perf_counter()
     while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - started < budget_s):
         t0 = time.perf_counter()
@@ -30,16 +33,16 @@ def measure(fn: Callable[[], object], warmup: int = 3, min_repeats: int = 10, ma
             "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "repeats": len(t)}
 
 
-def measure_interleaved(fns: dict[str, Callable[[], object]], rounds: int = 5, min_per_block: int = 3,
-                        budget_s: float = 6.0, sync: Callable[[], None] | None = None) -> dict[str, dict]:
+def measure_interleaved(fns: Mapping[K, Callable[[], object]], rounds: int = 5, min_per_block: int = 3,
+                        budget_s: float = 6.0, sync: Callable[[], None] | None = None) -> dict[K, dict]:
     """Time several variants in rotating blocks (A-block, B-block, ..., repeated `rounds` times)
     so that slow drift of the machine hits all of them alike and their ratios can be trusted,
     while each timed call runs with its own engine warm. The first two calls of a block are not
     timed: thread pools of the previous engine (ONNX Runtime's and OpenMP's spin after a run)
     would otherwise steal the cores. Same statistics as `measure`, per variant, plus the median
     of each round (`round_p50_ms`) for `paired_ratio`."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    rounds_p50: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[K, list[float]] = {name: [] for name in fns}
+    rounds_p50: dict[K, list[float]] = {name: [] for name in fns}
     block_s = budget_s / max(1, rounds * len(fns))
     for _ in range(rounds):
         for name, fn in fns.items():
@@ -57,12 +60,12 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], rounds: int = 5, m
                 times[name].append((time.perf_counter() - t0) * 1e3)
                 count += 1
             rounds_p50[name].append(float(np.median(times[name][-count:])))
-    out = {}
-    for name, values in times.items():
+    out: dict[K, dict] = {}
+    for key, values in times.items():
         t = np.array(values)
-        out[name] = {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
+        out[key] = {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
                      "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "repeats": len(t),
-                     "round_p50_ms": rounds_p50[name]}
+                     "round_p50_ms": rounds_p50[key]}
     return out
 
 

@@ -18,7 +18,8 @@ def command_line(module: str, argv: list[str] | None) -> str:
 
 def machine_info() -> dict:
     """CPU model and cores, GPU and driver when present, and the versions of every runtime."""
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    info: dict[str, object] = {"platform": platform.platform(), "python": platform.python_version(),
+                               "cpus": os.cpu_count()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -125,7 +125,7 @@ def _streamed_ms_per_batch(localizer, batch_paths: list[str], budget_s: float, b
     from cream_rt.runtime import decode_ahead
 
     stream = batch_paths * batches
-    per_batch = []
+    per_batch: list[float] = []
     started = time.perf_counter()
     while time.perf_counter() - started < budget_s or len(per_batch) < 3:
         t0 = time.perf_counter()
@@ -155,7 +155,7 @@ def pipeline_breakdown(onnx_models: dict, images: list[np.ndarray], batch_sizes:
             paths.append(str(path))
         for batch in batch_sizes:
             batch_paths = paths[:batch]
-            timings = {"decode_preprocess": [], "model": [], "postprocess": []}
+            timings: dict[str, list[float]] = {"decode_preprocess": [], "model": [], "postprocess": []}
             x, sizes = localizer.preprocess(batch_paths)
             ids = np.full(batch, -1, np.int64)
             for _ in range(3):  # warm-up

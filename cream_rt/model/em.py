@@ -4,6 +4,7 @@ the eager model, the ONNX exporter (T unrolled) and the benchmarks."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -215,7 +216,7 @@ def reactivate(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tenso
                      unit, c.calibration)
 
 
-def to_grid(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def to_grid(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """`(B,C,h,w)` (or `(B,h,w)`) bilinearly resized (align_corners=False) to `size` cells: the
     CAM (or its features) on the grid of a finer EM layer. Linear, so resizing the features and
     then taking the CAM equals taking the CAM and resizing it."""
@@ -242,7 +243,7 @@ def bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _grid_mean_weights(size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+def _grid_mean_weights(size: tuple[int, ...], grid: tuple[int, ...]) -> np.ndarray:
     parts = []
     for out_size, in_size in zip(size, grid):
         a = bilinear_matrix(out_size, in_size)  # full column rank: a^T x = 1 has the least-norm solution below
@@ -250,7 +251,7 @@ def _grid_mean_weights(size: tuple[int, int], grid: tuple[int, int]) -> np.ndarr
     return np.outer(parts[0], parts[1]).reshape(-1).astype(np.float32)
 
 
-def grid_mean_weights(size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+def grid_mean_weights(size: Sequence[int], grid: Sequence[int]) -> torch.Tensor:
     """`(H*W,)` float32 weights `w` with `sum(w * to_grid(F, size))` = mean(F) for every `F` on
     `grid`: global average pooling of the original grid read off the resized one (exact in exact
     arithmetic), so that a classifier keeps its logits when its features are resized. NumPy and
@@ -285,7 +286,7 @@ def bicubic_matrix(out_size: int, in_size: int) -> torch.Tensor:
     return torch.from_numpy(_bicubic_weights(out_size, in_size))
 
 
-def score_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def score_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Feature-resolution maps `(B,h,w)` -> bicubic (align_corners=False, as OpenCV
     INTER_CUBIC) to the input size -> minmax per image: the evaluated score maps in [0,1].
     Bicubic resizing is linear and separable, so it is `U_h @ M @ U_w^T` with constant

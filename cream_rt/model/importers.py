@@ -196,11 +196,11 @@ def import_checkpoint(path: str | os.PathLike | None, source: str, arch: str, nu
             raise ModelFileError(f"{path}: key {key!r} has shape {tuple(value.shape)}, expected "
                                  f"{tuple(own[ours].shape)}")
         mapped[ours] = value
-    ours = ("embeddings", "feature_center", "embedding_fitted")  # CREAM's buffers: set by `cream fit-embeddings`
-    missing = next((k for k in own if k not in mapped and k not in ours), None)
+    buffers = ("embeddings", "feature_center", "embedding_fitted")  # CREAM's: set by `cream fit-embeddings`
+    missing = next((k for k in own if k not in mapped and k not in buffers), None)
     if missing is not None:
         raise ModelFileError(f"{path}: no weight for {missing!r} (a {arch} CAM model from {source} has it)")
-    for key in ours:
+    for key in buffers:
         mapped[key] = own[key]
     model.load_state_dict(mapped)
     return model.eval()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -10,7 +11,7 @@ import torch.nn as nn
 
 from ..config import CAM_LAYER, ModelConfig
 from ..errors import CreamError
-from .backbones import get_backbone, load_imagenet_weights
+from .backbones import Backbone, get_backbone, load_imagenet_weights
 from .em import (
     Reactivation,
     centered,
@@ -26,18 +27,18 @@ from .em import (
 __all__ = ["CamModel", "create_model", "EmbeddingStatistics", "em_grid_ok", "coarse_grid"]
 
 
-def coarse_grid(grid: tuple[int, int]) -> tuple[int, int]:
+def coarse_grid(grid: Sequence[int]) -> tuple[int, ...]:
     """The grid one stride-2 step below `grid`: ceil(n / 2) per side, as 'SAME' padding and a
     3x3 (or 1x1) stride-2 convolution with padding 1 (0) both give."""
     return tuple(math.ceil(int(n) / 2) for n in grid)
 
 
-def em_grid_ok(em: tuple[int, int], cam: tuple[int, int]) -> bool:
+def em_grid_ok(em: Sequence[int], cam: Sequence[int]) -> bool:
     """Whether the EM can cluster a layer of `em` cells beside a CAM of `cam` cells: the same
     grid, or one stride-2 step finer (the stride-16 layers of a stock stride-32 network), onto
     which the CAM is resized."""
-    em, cam = tuple(map(int, em)), tuple(map(int, cam))
-    return em == cam or coarse_grid(em) == cam
+    em_cells, cam_cells = tuple(map(int, em)), tuple(map(int, cam))
+    return em_cells == cam_cells or coarse_grid(em_cells) == cam_cells
 
 
 class EmbeddingStatistics(NamedTuple):
@@ -90,6 +91,14 @@ class CamModel(nn.Module):
     The model's feature maps (`features`) are the CAM's K channels, followed, where
     `config.cream.em_layer` names an earlier layer, by that layer's channels: what the EM
     clusters (`em_features`); the CAM and the classifier read the first K (`cam_features`)."""
+
+    backbone: Backbone
+    classifier: nn.Linear
+    embeddings: torch.Tensor
+    embedding_fitted: torch.Tensor
+    feature_center: torch.Tensor
+    cam_channels: int
+    pretrained_report: dict | None
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -225,6 +234,7 @@ class CamModel(nn.Module):
         or the predicted top-1 where a class id is -1 or none is given. `fused` runs CREAM's EM
         in the fused C++/CUDA op (same maps within 1e-5)."""
         t = self.config.cream.iterations if iterations is None else iterations
+        assert t is not None  # a built model's config has T
         finer = self.em_finer and mode == "cream" and t > 0
         # on a finer EM layer the one-channel CAM is resized, not the CAM's K features (the same
         # maps by linearity, without resizing and concatenating K channels per image)
@@ -236,7 +246,7 @@ class CamModel(nn.Module):
             class_ids = predicted
         else:
             class_ids = torch.where(class_ids < 0, predicted, class_ids)
-        if finer:
+        if em is not None:  # the finer EM layer's features
             cam = to_grid(self.cam(features, class_ids), em.shape[-2:])
             maps = self.maps_from_cam(cam, em, class_ids, mode, iterations, fused)
         else:
@@ -320,7 +330,7 @@ class CamModel(nn.Module):
         if not bool(fitted.any()):
             return 0
         agnostic = c.embeddings == "agnostic"
-        use_images = image_mean is not None and (agnostic or c.fallback == "image-mean")
-        pair = image_mean if use_images else self.embeddings[fitted].mean(0)
+        use_images = agnostic or c.fallback == "image-mean"
+        pair = image_mean if image_mean is not None and use_images else self.embeddings[fitted].mean(0)
         self.embeddings[torch.ones_like(fitted) if agnostic else ~fitted] = pair.to(self.embeddings.dtype)
         return int((~fitted).sum())

@@ -21,7 +21,7 @@ def import_torchvision_models():
             lib.define(schema)
         except RuntimeError:
             pass
-    torch._cream_tv_lib = lib  # keep the registration alive
+    setattr(torch, "_cream_tv_lib", lib)  # noqa: B010 (keep the registration alive)
     import sys
 
     for name in [m for m in sys.modules if m.startswith("torchvision")]:
