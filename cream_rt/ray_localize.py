@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ _log = logging.getLogger(__name__)
 RAY_MISSING = "--ray needs Ray Data: pip install 'cream-rt[ray]'"
 
 
-def import_ray():
+def import_ray() -> ModuleType:
     """`ray` with Ray Data, or CreamError saying how to install it."""
     try:
         import ray

@@ -50,6 +50,7 @@ class Localization:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of `(B,C)` logits, stable for large values."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

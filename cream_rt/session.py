@@ -6,7 +6,7 @@ import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -41,7 +41,7 @@ DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)  # see make_session
 
 
 def make_session(path: str, providers: Sequence[str] | None = None, threads: int | None = None,
-                 spinning: bool = True, data: bytes | None = None):
+                 spinning: bool = True, data: bytes | None = None) -> Any:
     """An ONNX Runtime session tuned for throughput: all graph optimisations, one intra-op
     thread per core, the best available providers (TensorRT, CUDA, CPU) unless given. Without
     `spinning`, idle intra-op threads sleep instead of spinning between runs, leaving the cores
@@ -140,7 +140,7 @@ class OnnxPredictor:
         """(logits `(B,C)`, maps `(B,S,S)`) of a normalised batch `x` `(B,3,S,S)`."""
         return self.run(x, class_ids)[:2]
 
-    def run(self, x: np.ndarray, class_ids=None):
+    def run(self, x: np.ndarray, class_ids=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(logits, maps, boxes): boxes `(B,4)` fractions from the box regressor, or None."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 4 or x.shape[1:] != (3, self.input_size, self.input_size):

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from .atomic import atomic_path, write_json
 from .errors import CreamError, OutputError
@@ -21,7 +22,7 @@ SHARD_FORMATS = ("jsonl", "parquet")
 MANIFEST_NAME = "manifest.json"
 
 
-def parquet_schema():
+def parquet_schema() -> Any:
     """The Parquet columns of a localization record (an error row has only image and error)."""
     import pyarrow as pa
 

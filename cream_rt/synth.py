@@ -79,6 +79,7 @@ def preset(name: str, **overrides) -> SynthConfig:
 
 
 def class_color(label: int) -> tuple[int, int, int]:
+    """The BGR colour of class `label` (a fixed hue per class)."""
     hsv = np.uint8([[[_HUES[label % len(_HUES)], 230, 235]]])
     return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
 

@@ -13,6 +13,7 @@ pass per Conv."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ __all__ = ["prefix_graph", "channel_means", "conv_output_shift", "correct_biases
 IMAGE_INPUT = "images"
 
 
-def prefix_graph(proto, outputs: Sequence[str]):
+def prefix_graph(proto, outputs: Sequence[str]) -> Any:
     """A ModelProto of the nodes of `proto` that `outputs` depend on, with `outputs` (float
     tensors) as its only outputs: one Conv's input is computed without the rest of the network."""
     import onnx

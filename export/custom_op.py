@@ -3,6 +3,8 @@ one registered), its translation from `torch.ops.cream.cosine_em`, and the attri
 TensorRT's ONNX parser reads to find a plugin (plugin_namespace, plugin_version)."""
 from __future__ import annotations
 
+from typing import Any
+
 import onnx
 import onnxscript
 
@@ -55,7 +57,7 @@ def check_version(proto, path) -> None:
 
 
 def cosine_em_onnx(features, cam, centroids, iterations: int, beta: float, tau: float, unit_mean: bool = False,
-                   calibration: str = "omega"):
+                   calibration: str = "omega") -> Any:
     """Translation of torch.ops.cream.cosine_em for the torch.export-based exporter."""
     return CREAM_OPSET.CosineEM(features, cam, centroids, iterations=iterations, beta=beta, tau=tau,
                                 unit_mean=int(unit_mean), calibration=calibration,
@@ -64,6 +66,7 @@ def cosine_em_onnx(features, cam, centroids, iterations: int, beta: float, tau: 
 
 
 def translation_table() -> dict:
+    """The exporter's translation of torch.ops.cream.cosine_em into one cream::CosineEM node."""
     import torch
 
     import cream_rt.model.fused  # noqa: F401  registers torch.ops.cream.cosine_em

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,7 @@ def layer_name(source, producer: dict) -> str:
     return f"{source.op_type} {source.name}"
 
 
-def session_with_outputs(proto, names: list[str]):
+def session_with_outputs(proto, names: list[str]) -> Any:
     """An ONNX Runtime session (1 thread per core) of `proto` with `names` added as graph outputs."""
     import onnx
     import onnxruntime as ort

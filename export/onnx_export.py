@@ -32,7 +32,7 @@ class ExportWrapper(torch.nn.Module):
         self.model, self.mode, self.iterations, self.fused = model, mode, iterations, fused
         self.regressor = regressor
 
-    def forward(self, images: torch.Tensor, class_ids: torch.Tensor):
+    def forward(self, images: torch.Tensor, class_ids: torch.Tensor) -> tuple:
         outputs = self.model(images, class_ids, self.mode, self.iterations, self.fused)
         return outputs if self.regressor is None else (*outputs, self.regressor(images))
 

@@ -6,6 +6,7 @@ Slow by design (a Python call per node); ONNX Runtime for speed keeps the standa
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def _register_kernel() -> str:
     return get_library_path()
 
 
-def custom_op_session(path: str, threads: int | None = None):
+def custom_op_session(path: str, threads: int | None = None) -> Any:
     """An ONNX Runtime session for a model with cream::CosineEM nodes."""
     import onnx
     import onnxruntime as ort

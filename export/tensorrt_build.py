@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import ModuleType
 
 from cream_rt.atomic import atomic_path
 from cream_rt.errors import CreamError
 
 
-def import_tensorrt():
+def import_tensorrt() -> ModuleType:
+    """The `tensorrt` module, or CreamError saying how to install it."""
     try:
         import tensorrt as trt
     except Exception as exc:
@@ -78,7 +80,7 @@ class TensorRTPredictor:
         self.num_classes, self.input_size = num_classes, input_size
         self.stream = torch.cuda.Stream()
 
-    def run_torch(self, images, class_ids):
+    def run_torch(self, images, class_ids) -> tuple:
         """CUDA tensors in, CUDA tensors out (no host copies): logits, maps, class ids used."""
         import torch
 

@@ -20,6 +20,7 @@ def cosine_em_desc(features: trtp.TensorDesc, cam: trtp.TensorDesc, centroids: t
 @trtp.impl(PLUGIN_ID)
 def cosine_em_impl(features: trtp.Tensor, cam: trtp.Tensor, centroids: trtp.Tensor, iterations: int, beta: float,
                    tau: float, unit_mean: int, calibration: str, outputs: tuple[trtp.Tensor], stream: int) -> None:
+    """TensorRT's plugin body: the fused op on the plugin's tensors, on its stream."""
     import torch
 
     from cream_rt.model.fused import cosine_em

@@ -9,6 +9,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -64,6 +65,7 @@ class TrainConfig:
 
 
 def class_names_for(meta_root: Path, num_classes: int) -> list[str]:
+    """Class names from the data root's class_names.txt, else the label numbers."""
     names_file = meta_root.parent / "class_names.txt"
     if names_file.is_file():
         names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
@@ -72,7 +74,8 @@ def class_names_for(meta_root: Path, num_classes: int) -> list[str]:
     return [str(c) for c in range(num_classes)]
 
 
-def training_splits(data: str | None, images: str | None, metadata: str | None):
+def training_splits(data: str | None, images: str | None,
+                    metadata: str | None) -> tuple[Path, Path, SplitMetadata, SplitMetadata | None]:
     """(image root, metadata root, train split, val split or None), every listed image checked
     to exist before any work."""
     image_root, meta_root = data_paths(data, images, metadata)
@@ -94,6 +97,7 @@ def check_images_exist(meta: SplitMetadata, image_root: Path) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed torch, NumPy and Python's random."""
     torch.manual_seed(seed)
     np.random.seed(seed)
 
@@ -345,7 +349,7 @@ def recalibrate_batchnorm(model: CamModel, loader, batches: int, device: str) ->
 
 
 def split_batches_of(model: CamModel, meta: SplitMetadata, image_root: Path, batch_size: int, device: str, desc: str,
-                   unreadable: UnreadableImages):
+                   unreadable: UnreadableImages) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
     """A callable yielding (images, labels) of the split in order, evaluation transform (no
     augmentation), with a progress bar: the input of the embedding pass and refinement.
     Unreadable images go to `unreadable`."""

@@ -15,6 +15,8 @@ class EngineUnavailable(Exception):
 
 @dataclass
 class Engine:
+    """One timed variant: a callable running a prepared batch, with its name, mode, T and origin."""
+
     name: str
     mode: str
     iterations: int

@@ -48,6 +48,7 @@ def machine_info() -> dict:
 
 
 def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MB (Linux VmHWM), or None."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM"):

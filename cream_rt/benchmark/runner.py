@@ -7,6 +7,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,9 +15,13 @@ from .engines import EngineUnavailable, build_engine
 from .latency import measure_interleaved, paired_ratio
 from .machine import machine_info, peak_rss_mb, reset_peak_rss
 
+if TYPE_CHECKING:  # torch is imported where a model is built
+    import torch
 
 @dataclass
 class BenchConfig:
+    """What `cream bench` measures: engines, batch sizes, modes, T and the time budget."""
+
     engines: tuple[str, ...] = ("eager", "onnxruntime")
     batch_sizes: tuple[int, ...] = (1, 8)
     modes: tuple[str, ...] = ("cam", "cream")
@@ -27,7 +32,7 @@ class BenchConfig:
     seed: int = 0
 
 
-def untrained_model(backbone: str, classes: int = 200):
+def untrained_model(backbone: str, classes: int = 200) -> torch.nn.Module:
     """The model the latency benchmarks time: `backbone` with seed-0 random weights, 224 px
     (small-cnn 96 px), in eval mode. Speed does not depend on training."""
     import torch

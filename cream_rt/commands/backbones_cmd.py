@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`cream backbones` with the parsed arguments; returns the exit status."""
     from ..model.backbones import REGISTRY
 
     if args.layers:

@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`cream bench` with the parsed arguments; returns the exit status."""
     import torch
 
     from ..benchmark.runner import BenchConfig, plot, run_bench

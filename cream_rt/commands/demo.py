@@ -21,7 +21,7 @@ from .output import print_json
 
 
 def localize_and_draw(models: dict[str, Path], test, image_root: Path, ids: list[str], out: Path,
-                      thresholds: dict[str, float]):
+                      thresholds: dict[str, float]) -> tuple[list, Path]:
     """Localize `ids` with the CAM and CREAM exports through ONNX Runtime at `thresholds` (per
     mode); one PNG, CAM row on top, CREAM below. Returns (CREAM results, path of the PNG)."""
     import cv2

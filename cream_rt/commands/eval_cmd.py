@@ -66,6 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`cream eval` with the parsed arguments; returns the exit status."""
     sources = [s for s in (args.maps, args.checkpoint, args.model) if s]
     if len(sources) != 1:
         raise CreamError("pass exactly one of --maps, --checkpoint, --model")

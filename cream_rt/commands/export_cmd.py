@@ -58,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`cream export` with the parsed arguments; returns the exit status."""
     from ..atomic import check_output_file
     from ..errors import CreamError
 

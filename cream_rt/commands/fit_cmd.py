@@ -48,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`cream fit-embeddings` with the parsed arguments; returns the exit status."""
     from ..atomic import check_output_file
     from ..model.device import torch_device
     from ..train.embeddings import SplitOptions, fit_embeddings, fit_embeddings_momentum, refine_checkpoint

@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`cream import` with the parsed arguments; returns the exit status."""
     from ..atomic import check_output_file
     from ..errors import CreamError
     from ..model.checkpoint import file_sha256, save_checkpoint

@@ -106,6 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`cream localize` with the parsed arguments; returns the exit status."""
     from ..runtime import Localizer
 
     if args.ray:

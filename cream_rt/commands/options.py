@@ -22,6 +22,7 @@ def add_data(p: argparse.ArgumentParser, batch_size: int = 32, seed: bool = True
 
 
 def add_max_bad_images(p: argparse.ArgumentParser) -> None:
+    """The --max-bad-images option of commands that read image folders."""
     p.add_argument("--max-bad-images", type=int_in(0, 10_000_000), default=MAX_BAD_IMAGES, metavar="N",
                    help="unreadable images are skipped and reported; more than N stop the run "
                         f"(default {MAX_BAD_IMAGES})")
@@ -38,4 +39,5 @@ def add_embedding_options(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def add_json(p: argparse.ArgumentParser, text: str = "print one JSON object on stdout") -> None:
+    """The --json option: one JSON object on stdout."""
     p.add_argument("--json", action="store_true", help=text)

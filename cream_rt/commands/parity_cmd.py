@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`cream parity` with the parsed arguments; returns the exit status."""
     if args.results:
         check_output_file(args.results, "--results")
     from ..parity import compute_parity

@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`cream train-regressor` with the parsed arguments; returns the exit status."""
     from ..atomic import check_output_file
     from ..model.device import torch_device
     from ..train.regressor import train_regressor

@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`cream synth` with the parsed arguments; returns the exit status."""
     from ..atomic import atomic_dir, check_output_dir
     from ..synth import generate, preset
 

@@ -75,6 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`cream train` with the parsed arguments; returns the exit status."""
     from ..atomic import check_output_file
     from ..config import CreamConfig
     from ..model.device import torch_device

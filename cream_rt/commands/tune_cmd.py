@@ -40,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """`cream tune` with the parsed arguments; returns the exit status."""
     from ..atomic import check_output_file
     from ..metadata import data_paths
     from ..model.device import torch_device

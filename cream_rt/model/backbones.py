@@ -163,6 +163,7 @@ class Backbone(nn.Module):
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    """3x3 convolution, BatchNorm and ReLU."""
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
@@ -182,7 +183,7 @@ class SmallCNN(Backbone):
         )
         self.out_channels = 4 * w
 
-    def layers(self):
+    def layers(self) -> Iterator[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
         return ((f"body.{i}", m) for i, m in enumerate(self.body))
 
 
@@ -207,7 +208,7 @@ class VGG16Cam(Backbone):
         self.conv6 = nn.Sequential(nn.Conv2d(512, 1024, 3, padding=1), nn.ReLU())
         self.out_channels = 1024
 
-    def layers(self):
+    def layers(self) -> Iterator[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
         yield from ((f"features.{i}", m) for i, m in enumerate(self.features))
         yield "conv6", self.conv6
 
@@ -231,7 +232,7 @@ class ResNet50Cam(Backbone):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.out_channels = 2048
 
-    def load_pretrained(self, state):
+    def load_pretrained(self, state: dict) -> dict:
         """torchvision keys, with conv1/bn1 moved under `stem`."""
         prefixes = {"conv1.": "stem.0.", "bn1.": "stem.1."}
         renamed = {}
@@ -240,7 +241,7 @@ class ResNet50Cam(Backbone):
             renamed[prefixes[head] + key[len(head):] if head else key] = value
         return super().load_pretrained(renamed)
 
-    def layers(self):
+    def layers(self) -> Iterator[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
         return ((name, getattr(self, name)) for name in ("stem", "layer1", "layer2", "layer3", "layer4"))
 
 
@@ -276,7 +277,7 @@ class InceptionV3Cam(Backbone):
                                    nn.Conv2d(1024, 1024, 3, padding=1), nn.ReLU(inplace=True))
         self.out_channels = 1024
 
-    def layers(self):
+    def layers(self) -> Iterator[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
         """Each max-pool runs as part of the step after it."""
         yield from ((name, getattr(self, name)) for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3"))
         yield "Conv2d_3b_1x1", lambda x: self.Conv2d_3b_1x1(self.pool(x))
@@ -414,7 +415,7 @@ class EfficientNetLiteCam(Backbone):
     def stages(self) -> list[list[str]]:
         return [list(blocks) for blocks in self._stages]
 
-    def layers(self):
+    def layers(self) -> Iterator[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
         yield "_conv_stem", lambda x: F.relu6(self._bn0(self._conv_stem(x)))
         yield from ((f"_blocks.{i}", block) for i, block in enumerate(self._blocks))
         yield "_conv_head", lambda x: F.relu6(self._bn1(self._conv_head(x)))

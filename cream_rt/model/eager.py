@@ -39,7 +39,7 @@ class EagerPredictor:
         return self.run(x, class_ids)[:2]
 
     @torch.no_grad()
-    def run(self, x: np.ndarray, class_ids: np.ndarray | None = None):
+    def run(self, x: np.ndarray, class_ids: np.ndarray | None = None) -> tuple:
         """(logits, maps, boxes): boxes `(B,4)` fractions from the box regressor, or None."""
         images = torch.from_numpy(x).to(self.device)
         ids = None if class_ids is None else torch.from_numpy(np.asarray(class_ids, np.int64)).to(self.device)

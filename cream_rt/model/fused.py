@@ -10,6 +10,7 @@ import shutil
 import warnings
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,7 +36,7 @@ def _build_dir(name: str) -> str | None:
 
 
 @cache
-def load_extension(device_type: str = "cpu"):
+def load_extension(device_type: str = "cpu") -> Any:
     """Build (once, cached) and load the kernel library for `device_type` ('cpu' or 'cuda'),
     which registers its implementation of `torch.ops.cream.cosine_em`."""
     from torch.utils import cpp_extension

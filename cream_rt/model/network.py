@@ -229,7 +229,8 @@ class CamModel(nn.Module):
         return torch.einsum("bk,bkhw->bhw", weight[class_ids], self.cam_features(features))
 
     def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None,
-                mode: str = "cream", iterations: int | None = None, fused: bool = False):
+                mode: str = "cream", iterations: int | None = None,
+                fused: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits `(B,C)`, score maps `(B,H,W)` in [0,1] and the class ids used: the given ones,
         or the predicted top-1 where a class id is -1 or none is given. `fused` runs CREAM's EM
         in the fused C++/CUDA op (same maps within 1e-5)."""

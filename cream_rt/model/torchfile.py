@@ -6,6 +6,7 @@ import os
 import pickle
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -14,7 +15,7 @@ from ..errors import ModelFileError
 __all__ = ["load_torch_file"]
 
 
-def load_torch_file(path: str | os.PathLike, what: str = "torch file") -> object:
+def load_torch_file(path: str | os.PathLike, what: str = "torch file") -> Any:
     """The file's content on the CPU; ModelFileError `<path>: not a readable <what> (...)`."""
     path = Path(path)
     if not path.is_file():

@@ -4,9 +4,10 @@ Model definitions then import; ops.nms and torchvision.io decoding stay unavaila
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 
-def import_torchvision_models():
+def import_torchvision_models() -> ModuleType:
     """`torchvision.models`, importable on CPU torch."""
     import torch
 
