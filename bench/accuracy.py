@@ -45,7 +45,7 @@ REAL_CELLS = (*(f"ilsvrc-{p}-{b}" for b in IMAGENET_BACKBONES for p in ("own", "
               *(f"fruits-efficientnet-lite0-s{s}" for s in (0, 1, 2)))
 PRESETS = ("default", "no-decoys", "tinted", "small", "clutter", "photo")
 REFINE = 1  # refinement rounds of every fit (the shipped default)
-# The rule for a new default (DEVELOPERS.md): >= 1 point better on the mean over the real val
+# The rule for a new default (docs/method.md 3.10): >= 1 point better on the mean over the real val
 # cells, no real cell more than 0.5 worse, no synthetic cell below CAM.
 RULE_MEAN_GAIN, RULE_WORST_LOSS = 1.0, 0.5
 

@@ -271,9 +271,7 @@ def _localize_into(folder: ShardFolder, paths: Sequence, data: bytes, model: str
 
 def cpu_shares(cluster_cpus: float, actors: int) -> tuple[float, float]:
     """(CPUs per read/decode task, CPUs per actor) as Ray accounts them: the actors together hold
-    three quarters of the cluster, so that tasks always find room. Were the actors to hold it
-    all, the decode tasks would never be scheduled and the job would wait forever (seen with 2
-    actors on a 1-CPU cluster at half a CPU each)."""
+    three quarters of the cluster, so that tasks always find room (docs/distributed.md)."""
     task = min(0.25, cluster_cpus / 4)
     return task, min(1.0, 0.75 * cluster_cpus / actors)
 

@@ -47,9 +47,7 @@ def make_session(path: str, providers: Sequence[str] | None = None, threads: int
     `spinning`, idle intra-op threads sleep instead of spinning between runs, leaving the cores
     to the caller's own work (decoding, boxes) at the cost of a slower wake-up. With `data`, the
     model is those bytes (a Ray actor's copy) and `path` only names it in errors. ONNX Runtime's
-    QDQ propagation is off: on an int8 export it copies the feature map's DequantizeLinear
-    through the reshapes of the head, 1.82x -> 2.02x fp32 at batch 8 (docs/performance.md);
-    an fp32 graph has nothing it acts on."""
+    QDQ propagation is off: it slows int8 exports (docs/performance.md), fp32 has nothing it acts on."""
     import onnxruntime as ort
 
     if data is None and not os.path.isfile(path):

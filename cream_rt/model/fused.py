@@ -87,8 +87,7 @@ def _(features, cam, centroids, iterations, beta, tau, unit_mean=False, calibrat
 def check_inputs(features: torch.Tensor, cam: torch.Tensor, centroids: torch.Tensor, iterations: int,
                  calibration: str) -> None:
     """RuntimeError (the kernels' own messages) for inputs the op refuses, raised before the
-    dispatcher: a C++ exception thrown from a JIT-built kernel crashed one GPU machine's torch
-    (bench/results/gpu/tests.log), so a refused call never reaches C++."""
+    dispatcher, so that a refused call never reaches C++ (docs/design.md, Fused op)."""
     if features.dim() != 4:
         raise RuntimeError(f"cosine_em: features must be (B,K,h,w), got {list(features.shape)}")
     b, k, h, w = features.shape
