@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -20,6 +21,8 @@ from .errors import OutputError, os_error_line
 
 __all__ = ["check_output_file", "atomic_path", "atomic_open", "write_json", "check_output_dir", "atomic_dir",
            "chmod_like_new", "process_umask"]
+
+_log = logging.getLogger(__name__)
 
 
 def _is_special(path: Path) -> bool:
@@ -35,14 +38,23 @@ def _reason(exc: OSError) -> str:
 
 
 def _make_parent(target: Path, what: str) -> None:
+    """The output's folder: made (and logged) when only it is missing, as `mkdir` would; a
+    missing tree above it is a mistyped path, refused with one line."""
     parent = target.parent
     for ancestor in [parent, *parent.parents]:
         if ancestor.exists() and not ancestor.is_dir():
             raise OutputError(f"{what} {target}: {ancestor} is a file, not a folder")
+    if parent.is_dir():
+        return
+    if not parent.parent.is_dir():
+        raise OutputError(f"{what} {target}: the folder {parent.parent} does not exist (create it first)")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        parent.mkdir()
+    except FileExistsError:  # made by another process meanwhile
+        pass
     except OSError as exc:
         raise OutputError(f"{what} {target}: cannot create its folder ({_reason(exc)})") from None
+    _log.info("created the folder %s for %s", parent, what)
 
 
 def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:

@@ -96,3 +96,15 @@ def test_config_examples_run():
     import cream_rt.config
 
     assert doctest.testmod(cream_rt.config).failed == 0
+
+
+def test_an_output_in_a_missing_tree_is_refused_and_one_missing_folder_is_made(tmp_path):
+    """`--out /nonexistent/dir/r.jsonl`: one line, nothing created; `--out runs/r.jsonl` with
+    runs/ missing makes runs/ (as mkdir would) and says so in the log."""
+    from cream_rt.atomic import check_output_file
+    from cream_rt.errors import OutputError
+
+    with pytest.raises(OutputError, match=r"the folder .*nowhere does not exist \(create it first\)"):
+        check_output_file(tmp_path / "nowhere" / "dir" / "r.jsonl", "--out")
+    assert not (tmp_path / "nowhere").exists()
+    assert check_output_file(tmp_path / "runs" / "r.jsonl", "--out").parent.is_dir()
