@@ -3,6 +3,7 @@ Localizer pipeline timed stage by stage (decode + resize, model, boxes) and stre
 machine and versions, the ratios measured in one run and a latency-per-image plot."""
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ import numpy as np
 from .engines import EngineUnavailable, build_engine
 from .latency import measure_interleaved, paired_ratio
 from .machine import machine_info, peak_rss_mb, reset_peak_rss
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # torch is imported where a model is built
     import torch
@@ -69,7 +72,7 @@ def int8_exports(onnx_models: dict[tuple[str, int], str], model_config, folder: 
     return out
 
 
-def run_bench(model, onnx_models: dict[tuple[str, int], str], config: BenchConfig, log=print,
+def run_bench(model, onnx_models: dict[tuple[str, int], str], config: BenchConfig, *,
               int8_models: dict[tuple[str, int], str] | None = None) -> dict:
     """Time each engine x batch size x (mode, T); `onnx_models` maps (mode, T) to an fp32 export,
     `int8_models` to its int8 version (for the onnxruntime-int8 engine)."""
@@ -114,7 +117,7 @@ def run_bench(model, onnx_models: dict[tuple[str, int], str], config: BenchConfi
                    "p50_ms_per_image": st["p50_ms"] / batch, "images_per_s": 1e3 * batch / st["p50_ms"],
                    "peak_rss_mb": peaks[(engine_name, mode, t)]}
             rows.append(row)
-            log(f"  {engine_name:<20}{mode:<6}T={t} b={batch:<3} {row['p50_ms_per_image']:8.3f} ms/img "
+            _log.info(f"  {engine_name:<20}{mode:<6}T={t} b={batch:<3} {row['p50_ms_per_image']:8.3f} ms/img "
                 f"(p90 {st['p90_ms'] / batch:.3f})  {row['images_per_s']:8.1f} img/s")
     pipeline = pipeline_breakdown(onnx_models, images, config.batch_sizes, config.budget_s) if config.pipeline else []
     ran = {r["engine"] for r in rows}

@@ -60,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_models, int8_models = _exports(model, config, args.model, tmp)
-        result = run_bench(model, onnx_models, config, log=lambda line: print(line, file=sys.stderr),
-                           int8_models=int8_models)
+        result = run_bench(model, onnx_models, config, int8_models=int8_models)
     result.update(backbone=model.config.backbone, input_size=model.config.input_size, model_sha256=model_hash,
                   command=args.command_line)
     human = sys.stderr if args.json else sys.stdout  # with --json, stdout holds only the JSON
