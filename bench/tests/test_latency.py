@@ -31,7 +31,8 @@ def test_engines_side_by_side(backbone):
             onnx_models[(mode, t)] = str(Path(tmp) / f"{mode}.onnx")
             export_model(model, onnx_models[(mode, t)], mode, t)
         config = BenchConfig(engines=("eager", "eager-fused", "onnxruntime", "onnxruntime-int8") + THIRD_PARTY,
-                             batch_sizes=(1, 8), budget_s=float(os.environ.get("CREAM_BENCH_BUDGET", "3")))
+                             batch_sizes=(1, 8), iterations=(2,),
+                             budget_s=float(os.environ.get("CREAM_BENCH_BUDGET", "3")))
         result = run_bench(model, onnx_models, config, int8_models=int8_exports(onnx_models, model.config, tmp))
     result["backbone"] = backbone
     result["command"] = "CREAM_BENCH_DIR=bench/results python -m pytest bench/tests/test_latency.py -s -k side_by_side"

@@ -19,7 +19,8 @@ from .machine import machine_info, peak_rss_mb, reset_peak_rss
 _log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # torch is imported where a model is built
-    import torch
+
+    from cream_rt.model.network import CamModel
 
 @dataclass
 class BenchConfig:
@@ -28,14 +29,18 @@ class BenchConfig:
     engines: tuple[str, ...] = ("eager", "onnxruntime")
     batch_sizes: tuple[int, ...] = (1, 8)
     modes: tuple[str, ...] = ("cam", "cream")
-    iterations: tuple[int, ...] = (2,)
+    iterations: tuple[int, ...] = ()  # CREAM's T values; empty: the model's own
     budget_s: float = 2.0
     pipeline: bool = True
     device: str = "cpu"
     seed: int = 0
 
+    def steps(self, model: CamModel) -> tuple[int, ...]:
+        """The T values to time: the given ones, else the model's own."""
+        return self.iterations or (model.config.cream.iterations or 0,)  # a built model has T
 
-def untrained_model(backbone: str, classes: int = 200) -> torch.nn.Module:
+
+def untrained_model(backbone: str, classes: int = 200) -> CamModel:
     """The model the latency benchmarks time: `backbone` with seed-0 random weights, 224 px
     (small-cnn 96 px), in eval mode. Speed does not depend on training."""
     import torch
@@ -83,7 +88,7 @@ def run_bench(model, onnx_models: dict[tuple[str, int], str], config: BenchConfi
     rows: list[dict] = []
     skipped: dict[str, str] = {}  # engine -> why it could not run (reported if it never ran)
     variants = [("cam", 0)] if "cam" in config.modes else []
-    variants += [("cream", t) for t in config.iterations if "cream" in config.modes]
+    variants += [("cream", t) for t in config.steps(model) if "cream" in config.modes]
     images = sample_images(max(config.batch_sizes), size, config.seed)
     for batch in config.batch_sizes:
         x = preprocess_batch(images[:batch], size, cfg.mean, cfg.std)

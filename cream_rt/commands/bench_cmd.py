@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default eager,onnxruntime)")
     p.add_argument("--batch-sizes", type=int_list(1, 4096), default=(1, 8))
     p.add_argument("--modes", type=name_list, default=("cam", "cream"))
-    p.add_argument("--iterations", type=int_list(1, 32), default=(2,), help="CREAM T values (default 2)")
+    p.add_argument("--iterations", type=int_list(1, 32), default=(),
+                   help="CREAM T values (default: the model's own, the backbone's shipped T for an import)")
     p.add_argument("--budget", type=float_in(0.0, 3600.0, low_open=True), default=2.0,
                    help="seconds of timed runs per measurement")
     p.add_argument("--no-pipeline", action="store_true", help="skip the Localizer pipeline breakdown")
@@ -121,7 +122,7 @@ def _exports(model, config, given_path: str | None, folder: str) -> tuple[dict, 
         m = OnnxPredictor.load(given_path).manifest
         given = ((m.mode, m.iterations), m.precision)
     variants = ([("cam", 0)] if "cam" in config.modes else []) + \
-               [("cream", t) for t in config.iterations if "cream" in config.modes]
+               [("cream", t) for t in config.steps(model) if "cream" in config.modes]
     onnx_models: dict[tuple[str, int], str] = {}
     int8_models: dict[tuple[str, int], str] = {}
     if {"onnxruntime", "onnxruntime-int8"} & set(config.engines) or config.pipeline:
