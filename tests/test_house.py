@@ -118,3 +118,15 @@ def test_an_output_in_a_missing_tree_is_refused_and_one_missing_folder_is_made(t
         check_output_file(tmp_path / "nowhere" / "dir" / "r.jsonl", "--out")
     assert not (tmp_path / "nowhere").exists()
     assert check_output_file(tmp_path / "runs" / "r.jsonl", "--out").parent.is_dir()
+
+
+def test_a_file_that_is_not_a_torch_file_says_so(tmp_path):
+    """A text file given as a checkpoint: 'not a torch file', not a remark about Python objects."""
+    pytest.importorskip("torch")
+    from cream_rt.errors import ModelFileError
+    from cream_rt.model.checkpoint import load_checkpoint
+
+    text = tmp_path / "notes.pt"
+    text.write_text("# not weights\n")
+    with pytest.raises(ModelFileError, match=r"notes.pt: not a readable cream checkpoint \(not a torch file\)"):
+        load_checkpoint(text)

@@ -23,6 +23,10 @@ def load_torch_file(path: str | os.PathLike, what: str = "torch file") -> Any:
     if path.suffix.lower() == ".onnx":
         raise ModelFileError(f"{path}: an ONNX export, not a {what}; this command takes the checkpoint (.pt) the "
                              "export was made from")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save's zip, or a legacy pickle
+        raise ModelFileError(f"{path}: not a readable {what} (not a torch file)")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is ours
             warnings.simplefilter("ignore")
