@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
@@ -19,9 +19,20 @@ from .decoding import decode_ahead, decode_or_error
 from .errors import CreamError
 from .manifest import Manifest
 from .preprocess import as_rgb_array, preprocess_batch
-from .session import DEFAULT_PROVIDERS, OnnxPredictor, class_id_array, make_session, read_manifest
+from .session import (
+    DEFAULT_PROVIDERS,
+    ENGINES,
+    OnnxPredictor,
+    class_id_array,
+    load_predictor,
+    make_session,
+    read_manifest,
+)
 
-__all__ = ["DEFAULT_PROVIDERS", "make_session", "read_manifest", "OnnxPredictor", "Localization", "softmax",
+if TYPE_CHECKING:
+    from .openvino_session import OpenVinoPredictor
+
+__all__ = ["DEFAULT_PROVIDERS", "ENGINES", "make_session", "read_manifest", "OnnxPredictor", "Localization", "softmax",
            "decode_ahead", "decode_or_error", "box_threshold", "announce_fallback", "Localizer", "result_record",
            "load"]
 
@@ -88,8 +99,8 @@ class Localizer:
         ...     print(result.class_name, result.score, result.boxes)
     """
 
-    def __init__(self, predictor: OnnxPredictor, threshold: float | None = None, all_contours: bool = False,
-                 exif_orientation: bool = False):
+    def __init__(self, predictor: OnnxPredictor | OpenVinoPredictor, threshold: float | None = None,
+                 all_contours: bool = False, exif_orientation: bool = False):
         self.pas = bool(predictor.manifest.pas)
         m = predictor.manifest
         threshold, self.threshold_source = box_threshold(m, threshold)
@@ -105,7 +116,8 @@ class Localizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike, providers: Sequence[str] | None = None, threshold: float | None = None,
-             all_contours: bool = False, threads: int | None = None, exif_orientation: bool = False) -> "Localizer":
+             all_contours: bool = False, threads: int | None = None, exif_orientation: bool = False,
+             engine: str = "onnxruntime") -> "Localizer":
         """Open an export made by `cream export`.
 
         Args:
@@ -121,12 +133,14 @@ class Localizer:
             exif_orientation: apply a file's (or PIL image's) EXIF orientation tag, boxes in the
                 displayed frame; default: the pixels as stored (wsolevaluation's frame), so a path,
                 its bytes, its PIL image and its array give the same class and boxes.
+            engine: "onnxruntime", or OpenVINO's CPU plugin ("openvino", "openvino-bf16": faster on
+                CPUs with bf16 or VNNI; `pip install 'cream-rt[openvino]'`).
         Returns:
             A Localizer; use it in a `with` block or call `close()`.
         Raises:
             ModelFileError: missing, corrupt or foreign file, or a manifest from another version.
         """
-        return cls(OnnxPredictor.load(path, providers, threads, spinning=False), threshold, all_contours,
+        return cls(load_predictor(path, engine, providers, threads, spinning=False), threshold, all_contours,
                    exif_orientation)
 
     def close(self) -> None:

@@ -6,14 +6,20 @@ import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from .errors import CreamError, ModelFileError
 from .manifest import MANIFEST_KEY, Manifest
 
-__all__ = ["DEFAULT_PROVIDERS", "make_session", "read_manifest", "class_id_array", "Predictor", "OnnxPredictor"]
+__all__ = ["DEFAULT_PROVIDERS", "ENGINES", "make_session", "read_manifest", "checked_manifest", "class_id_array",
+           "model_inputs", "Predictor", "OnnxPredictor", "load_predictor"]
+
+ENGINES = ("onnxruntime", "openvino", "openvino-bf16")  # what runs an export (`Localizer.load(engine=)`)
+
+if TYPE_CHECKING:
+    from .openvino_session import OpenVinoPredictor
 
 
 class Predictor(Protocol):
@@ -73,12 +79,19 @@ def make_session(path: str, providers: Sequence[str] | None = None, threads: int
 
 
 def read_manifest(session, path: str) -> Manifest:
-    """The export's manifest, checked against the graph's own outputs."""
-    props = session.get_modelmeta().custom_metadata_map
-    if MANIFEST_KEY not in props:
+    """The export's manifest, checked against the ONNX Runtime session's graph."""
+    return checked_manifest(session.get_modelmeta().custom_metadata_map.get(MANIFEST_KEY), path,
+                            [i.name for i in session.get_inputs()], {o.name: o.shape for o in session.get_outputs()})
+
+
+def checked_manifest(text: str | None, path: str, inputs: list[str], outputs: dict[str, list]) -> Manifest:
+    """The manifest `text` of the graph at `path`, checked against the graph's input names and
+    output names and shapes (any engine's view of them)."""
+    if text is None:
         raise ModelFileError(f"{path}: no cream_rt manifest in the model (not exported by `cream export`)")
-    manifest = Manifest.from_json(props[MANIFEST_KEY], path)
-    outputs = {o.name: o.shape for o in session.get_outputs()}
+    manifest = Manifest.from_json(text, path)
+    if inputs != ["images", "class_ids"]:
+        raise ModelFileError(f"{path}: expected inputs ['images', 'class_ids'], got {inputs}")
     if list(outputs) != manifest.outputs:
         raise ModelFileError(f"{path}: the graph's outputs {list(outputs)} are not the manifest's {manifest.outputs}")
     classes = outputs.get("logits", [None, None])[-1]
@@ -104,15 +117,21 @@ def class_id_array(class_ids, count: int, num_classes: int) -> np.ndarray:
     return np.asarray(values, np.int64).reshape(count)
 
 
+def model_inputs(x: np.ndarray, class_ids, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+    """The graph's inputs: the batch as contiguous float32 `(B,3,S,S)` and its class ids;
+    CreamError for another shape or bad ids."""
+    x, size = np.ascontiguousarray(x, dtype=np.float32), manifest.input_size
+    if x.ndim != 4 or x.shape[1:] != (3, size, size):
+        raise CreamError(f"images must have shape (B, 3, {size}, {size}), got {x.shape}")
+    return x, class_id_array(class_ids, len(x), len(manifest.class_names))
+
+
 class OnnxPredictor:
     """`predictor(x, class_ids) -> (logits, maps)` over an exported model, numpy in and out."""
 
     def __init__(self, session, manifest: Manifest, path: str):
         self.session, self.manifest, self.path = session, manifest, path
         self.input_size, self.mean, self.std = manifest.input_size, manifest.mean, manifest.std
-        names = [i.name for i in session.get_inputs()]
-        if names != ["images", "class_ids"]:
-            raise ModelFileError(f"{path}: expected inputs ['images', 'class_ids'], got {names}")
 
     @classmethod
     def load(cls, path: str | os.PathLike, providers: Sequence[str] | None = None,
@@ -140,10 +159,7 @@ class OnnxPredictor:
 
     def run(self, x: np.ndarray, class_ids=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(logits, maps, boxes): boxes `(B,4)` fractions from the box regressor, or None."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim != 4 or x.shape[1:] != (3, self.input_size, self.input_size):
-            raise CreamError(f"images must have shape (B, 3, {self.input_size}, {self.input_size}), got {x.shape}")
-        ids = class_id_array(class_ids, len(x), len(self.manifest.class_names))
+        x, ids = model_inputs(x, class_ids, self.manifest)
         outputs = self.session.run(None, {"images": x, "class_ids": ids})
         return outputs[0], outputs[1], (outputs[3] if self.manifest.regressor else None)
 
@@ -151,3 +167,18 @@ class OnnxPredictor:
         m = self.manifest
         return {"engine": "onnxruntime", "providers": self.session.get_providers(), "mode": m.mode,
                 "iterations": m.iterations, "backbone": m.backbone}
+
+
+def load_predictor(path: str | os.PathLike, engine: str = "onnxruntime", providers: Sequence[str] | None = None,
+                   threads: int | None = None, spinning: bool = True) -> OnnxPredictor | OpenVinoPredictor:
+    """The predictor of an export on `engine` (ENGINES): ONNX Runtime, or OpenVINO's CPU plugin in
+    fp32 or bf16 (`openvino_session`); CreamError for another name."""
+    if engine == "onnxruntime":
+        return OnnxPredictor.load(path, providers, threads, spinning=spinning)
+    if engine not in ENGINES:
+        raise CreamError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if providers:
+        raise CreamError(f"providers are ONNX Runtime's; the {engine} engine runs on the CPU")
+    from .openvino_session import OpenVinoPredictor
+
+    return OpenVinoPredictor.load(path, threads, "bf16" if engine == "openvino-bf16" else "f32")

@@ -26,7 +26,8 @@ class Engine:
 
 
 ENGINE_NAMES = ("eager", "eager-fused", "eager-channels-last", "torch-compile", "onnxruntime", "onnxruntime-int8",
-                "tensorrt", "grad-cam", "torchcam")
+                "openvino", "openvino-bf16", "openvino-int8", "tensorrt", "grad-cam", "torchcam")
+INT8_ENGINES = ("onnxruntime-int8", "openvino-int8")  # what times the int8 export
 
 
 class LogitsOnly:
@@ -63,15 +64,20 @@ def build_engine(name: str, model, onnx_path: str | None, mode: str, iterations:
     """An Engine for `name`; raises EngineUnavailable with the reason where it cannot run."""
     if name in ("eager", "eager-fused", "eager-channels-last", "torch-compile"):
         return _torch_engine(name, model, mode, iterations, x, class_ids, device)
-    if name in ("onnxruntime", "onnxruntime-int8"):
-        from cream_rt.runtime import OnnxPredictor
+    if name.startswith(("onnxruntime", "openvino")):
+        from cream_rt.errors import CreamError
+        from cream_rt.session import load_predictor
 
         if onnx_path is None:
             raise EngineUnavailable("no ONNX model for this mode")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") \
             else ["CPUExecutionProvider"]
-        predictor = OnnxPredictor.load(onnx_path, providers)
-        wanted = "int8" if name == "onnxruntime-int8" else "fp32"
+        try:
+            predictor = load_predictor(onnx_path, "openvino-bf16" if name == "openvino-bf16" else name.split("-")[0],
+                                       providers if name.startswith("onnxruntime") else None)
+        except CreamError as exc:  # OpenVINO missing, no bf16 on this CPU
+            raise EngineUnavailable(str(exc)) from None
+        wanted = "int8" if name in INT8_ENGINES else "fp32"
         if predictor.manifest.precision != wanted:
             raise EngineUnavailable(f"{onnx_path} is a {predictor.manifest.precision} export, {name} times {wanted}")
         return Engine(name, mode, iterations, lambda: predictor(x, class_ids))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .engines import EngineUnavailable, build_engine
+from .engines import INT8_ENGINES, EngineUnavailable, build_engine
 from .latency import measure_interleaved, paired_ratio
 from .machine import machine_info, peak_rss_mb, reset_peak_rss
 
@@ -97,7 +97,7 @@ def run_bench(model, onnx_models: dict[tuple[str, int], str], config: BenchConfi
         for engine_name in config.engines:
             for mode, t in variants:
                 try:
-                    exports = (int8_models or {}) if engine_name == "onnxruntime-int8" else onnx_models
+                    exports = (int8_models or {}) if engine_name in INT8_ENGINES else onnx_models
                     engines[(engine_name, mode, t)] = build_engine(engine_name, model, exports.get((mode, t)),
                                                                    mode, t, x, ids, config.device)
                 except EngineUnavailable as exc:
@@ -213,13 +213,13 @@ def ratios(rows: list[dict], pipeline: list[dict]) -> list[str]:
     t = max(cream_ts) if cream_ts else None
     for b in batches:
         for mode, tt in (("cream", t), ("cam", 0)):
-            for ort_engine in ("onnxruntime", "onnxruntime-int8"):
+            for ort_engine in ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16", "openvino-int8"):
                 e, o = find("eager", mode, b, tt), find(ort_engine, mode, b, tt)
                 if e and o:
                     lines.append(f"{ort_engine} vs eager, {mode}{'' if mode == 'cam' else f' T={tt}'}, batch {b}: "
                                  f"speed-up {e / o:.2f}x")
-        for engine in ("eager", "eager-fused", "onnxruntime", "onnxruntime-int8", "eager-channels-last",
-                       "torch-compile"):
+        for engine in ("eager", "eager-fused", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16",
+                       "openvino-int8", "eager-channels-last", "torch-compile"):
             c, r = row(engine, "cam", b), row(engine, "cream", b, t)
             if c and r:
                 lines.append(f"{engine} CREAM T={t} vs CAM, batch {b}: {paired_ratio(r, c):.3f}x the latency")

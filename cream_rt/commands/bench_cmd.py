@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engines", type=name_list, default=("eager", "onnxruntime"),
                    help="comma-separated: eager, eager-fused (CREAM's EM in the C++/CUDA op), "
                         "eager-channels-last, torch-compile, onnxruntime, onnxruntime-int8 (int8 convolutions, "
-                        "calibrated on synthetic images: timing only), tensorrt, grad-cam, torchcam "
+                        "calibrated on synthetic images: timing only), openvino, openvino-bf16, openvino-int8 "
+                        "(OpenVINO's CPU plugin on the same exports), tensorrt, grad-cam, torchcam "
                         "(default eager,onnxruntime)")
     p.add_argument("--batch-sizes", type=int_list(1, 4096), default=(1, 8))
     p.add_argument("--modes", type=name_list, default=("cam", "cream"))
@@ -112,6 +113,7 @@ def _model(args: argparse.Namespace):
 def _exports(model, config, given_path: str | None, folder: str) -> tuple[dict, dict]:
     """fp32 and int8 ONNX files per (mode, T) the engines need; a `--model` file replaces the
     export of its own mode, T and precision."""
+    from ..benchmark.engines import INT8_ENGINES
     from ..benchmark.runner import int8_exports
     from ..export.onnx_export import export_model
 
@@ -125,7 +127,7 @@ def _exports(model, config, given_path: str | None, folder: str) -> tuple[dict, 
                [("cream", t) for t in config.steps(model) if "cream" in config.modes]
     onnx_models: dict[tuple[str, int], str] = {}
     int8_models: dict[tuple[str, int], str] = {}
-    if {"onnxruntime", "onnxruntime-int8"} & set(config.engines) or config.pipeline:
+    if any(e.startswith(("onnxruntime", "openvino")) for e in config.engines) or config.pipeline:
         for mode, t in variants:
             if given_path and given == ((mode, t), "fp32"):
                 onnx_models[(mode, t)] = given_path
@@ -133,7 +135,7 @@ def _exports(model, config, given_path: str | None, folder: str) -> tuple[dict, 
             path = str(Path(folder) / f"{mode}{t}.onnx")
             export_model(model, path, mode, t)
             onnx_models[(mode, t)] = path
-    if "onnxruntime-int8" in config.engines:
+    if set(INT8_ENGINES) & set(config.engines):
         own_int8 = given[0] if given and given[1] == "int8" else None
         int8_models = int8_exports({k: v for k, v in onnx_models.items() if k != own_int8}, model.config, folder)
         if given_path and own_int8 in onnx_models:
