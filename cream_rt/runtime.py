@@ -158,10 +158,13 @@ class Localizer:
         """Decode (in parallel; the first unreadable image raises) and preprocess; returns the
         batch and each original (width, height)."""
         decode = functools.partial(as_rgb_array, exif_orientation=self.exif_orientation)
-        arrays = list(self._pool.map(decode, images)) if len(images) > 1 else [decode(images[0])]
-        sizes = [(a.shape[1], a.shape[0]) for a in arrays]
+        return self._batch(list(self._pool.map(decode, images)) if len(images) > 1 else [decode(images[0])])
+
+    def _batch(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """The model's batch of decoded RGB arrays, and each one's (width, height)."""
         m = self.manifest
-        return preprocess_batch(arrays, m.input_size, m.mean, m.std, self._pool), sizes
+        return preprocess_batch(arrays, m.input_size, m.mean, m.std, self._pool), [(a.shape[1], a.shape[0])
+                                                                                   for a in arrays]
 
     def postprocess(self, logits: np.ndarray, maps: np.ndarray, class_ids: np.ndarray,
                     sizes: list[tuple[int, int]], return_maps: bool,
@@ -226,10 +229,10 @@ class Localizer:
         """Localizations of decoded RGB arrays in one model run; an error in `decoded` (as
         `decode_or_error` gives it) stays in its place."""
         ids = class_id_array(class_ids, len(decoded), len(self.manifest.class_names))
-        good = [i for i, d in enumerate(decoded) if not isinstance(d, CreamError)]
+        good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
         out: list[Localization | CreamError] = list(decoded)  # type: ignore[arg-type]
         if good:
-            x, sizes = self.preprocess([decoded[i] for i in good])
+            x, sizes = self._batch([d for d in decoded if isinstance(d, np.ndarray)])  # decoded: no second pass
             logits, maps, regressed = self.predictor.run(x, ids[good])
             for i, result in zip(good, self.postprocess(logits, maps, ids[good], sizes, return_maps, regressed)):
                 out[i] = result
