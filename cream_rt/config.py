@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, get_args
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "FEATURE_MEANS", "CALIBRATIONS", "EMBEDDINGS", "FALLBACKS", "CAM_LAYER",
-           "REFINE_ROUNDS", "CONFIG_VERSION", "CreamConfig", "ModelConfig", "migrate_config"]
+           "ACTIVATIONS", "REFINE_ROUNDS", "CONFIG_VERSION", "CreamConfig", "CamForm", "ModelConfig", "migrate_config"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -15,10 +15,12 @@ FeatureMean = Literal["raw", "unit"]
 Calibration = Literal["omega", "cam-mean", "none"]
 Embeddings = Literal["per-class", "agnostic"]
 Fallback = Literal["class-mean", "image-mean"]
+Activation = Literal["none", "relu"]
 FEATURE_MEANS: tuple[str, ...] = get_args(FeatureMean)
 CALIBRATIONS: tuple[str, ...] = get_args(Calibration)
 EMBEDDINGS: tuple[str, ...] = get_args(Embeddings)
 FALLBACKS: tuple[str, ...] = get_args(Fallback)
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 CAM_LAYER = "cam"  # em_layer: the EM clusters the CAM's own features (the backbone's output)
 REFINE_ROUNDS = 1  # refinement rounds of the embedding pass (`cream train`, `cream fit-embeddings`)
 CONFIG_VERSION = 2  # 2: every field written; 1 (checkpoints before 2026-12-08): fields could be missing
@@ -88,6 +90,35 @@ class CreamConfig:
 
 
 @dataclass(frozen=True)
+class CamForm:
+    """Where the CAM of a wrapped network (any classifier: `cream_rt.model.wrap`) is: the module
+    whose output is the feature map the head pools, the activation the forward applies to it
+    outside any module (DenseNet's functional ReLU), the classifier module (a linear layer or a
+    1x1 convolution), and the norm between the pooling and the classifier (ConvNeXt), all as
+    module names of the network. Found and checked against the network's own logits when it is
+    wrapped (`cream_rt.model.cam_form.find_cam_form`).
+
+    Example:
+        >>> CamForm(cam_layer="layer4", classifier="fc").activation
+        'none'
+    """
+
+    cam_layer: str
+    classifier: str
+    activation: Activation = "none"
+    norm: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cam_layer", "classifier"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a module name, got {getattr(self, name)!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.norm is not None and (not isinstance(self.norm, str) or not self.norm):
+            raise ValueError(f"norm must be a module name or None, got {self.norm!r}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild the model and preprocess its input."""
 
@@ -113,6 +144,9 @@ class ModelConfig:
     # (the chosen settings with their val scores); None / empty: not tuned
     box_threshold: float | None = None
     tuned: dict = field(default_factory=dict)
+    # a wrapped network (`backbone` "timm/NAME", "torchvision/NAME" or "module/CLASS"): where its CAM
+    # is; None for the registered backbones
+    cam_form: CamForm | None = None
 
     def with_cream(self, **changes) -> "ModelConfig":
         """A copy whose CREAM settings have `changes`."""
@@ -130,6 +164,9 @@ class ModelConfig:
         unknown fields or values."""
         d = dict(migrate_config(d, version))
         cream = CreamConfig(**d.pop("cream", {}))
+        form = d.pop("cam_form", None)
+        if form is not None:
+            d["cam_form"] = CamForm(**form)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:

@@ -292,19 +292,39 @@ def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str
     `min_gain` better on val (None: `min_gain_for`). With `fit_split` = `val_split` (the disjoint
     protocol) val is scored two-fold (`cross_fitted_score`) and the chosen embeddings are fitted
     on all of it. Returns the record (the table under "rows")."""
-    from cream_rt.metadata import read_split
     from cream_rt.model.checkpoint import load_checkpoint, save_checkpoint
+
+    model, payload = load_checkpoint(checkpoint)
+    chosen, record = tune_model(model, image_root, meta_root, fit_split=fit_split, val_split=val_split, layers=layers,
+                                iterations=iterations, search=search, rounds=rounds, interval=interval,
+                                cache_bytes=cache_bytes, batch_size=batch_size, device=device,
+                                max_bad_images=max_bad_images, min_gain=min_gain, label=checkpoint)
+    unreadable = record.pop("_unreadable")
+    training = dict(payload.get("training", {}))
+    training["tune"] = {**{k: v for k, v in record.items() if k != "checkpoint"}, "from": str(checkpoint)}
+    save_checkpoint(out, chosen, training)
+    unreadable.warn("tune")
+    return {**record, "checkpoint": str(out)}
+
+
+def tune_model(model: CamModel, image_root: Path, meta_root: Path, *, fit_split: str = "train",
+               val_split: str = "val", layers: list[str] | None = None, iterations: Iterable[int] = (1, 2, 3),
+               search: str = "staged", rounds: int = 1, interval: float = 0.01, cache_bytes: float = 4e9,
+               batch_size: int = 32, device: str = "cpu", max_bad_images: int = 10,
+               min_gain: float | None = None, label: str = "model") -> tuple[CamModel, dict]:
+    """`tune_checkpoint` on a model in memory: (the tuned model, its record with the table under
+    "rows" and the split's unreadable images under "_unreadable")."""
+    from cream_rt.metadata import read_split
     from cream_rt.scoring import check_labels
 
     from .refine import embedding_pass
     from .trainer import split_batches_of
 
-    model, payload = load_checkpoint(checkpoint)
     model.to(device).eval()
     fit_meta = read_split(meta_root / fit_split, require_localization=False)
     val_meta = read_split(meta_root / val_split)
     for meta in (fit_meta, val_meta):
-        check_labels(meta, model.config.num_classes, checkpoint)
+        check_labels(meta, model.config.num_classes, label)
     known = candidate_layers(model)
     layers = [layer if layer == CAM_LAYER else model.backbone.resolve_layer(layer) for layer in layers or known]
     bad = next((layer for layer in layers if layer not in known), None)
@@ -341,8 +361,4 @@ def tune_checkpoint(checkpoint: str, image_root: Path, meta_root: Path, out: str
               "unreadable_images": unreadable.record()}
     chosen.config = dataclasses.replace(chosen.config, box_threshold=record["box_threshold"],
                                         tuned={k: v for k, v in record.items() if k != "unreadable_images"})
-    training = dict(payload.get("training", {}))
-    training["tune"] = {**record, "rows": result["rows"], "from": str(checkpoint)}
-    save_checkpoint(out, chosen, training)
-    unreadable.warn("tune")
-    return {**record, "rows": result["rows"], "checkpoint": str(out)}
+    return chosen, {**record, "rows": result["rows"], "_unreadable": unreadable}

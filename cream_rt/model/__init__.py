@@ -4,6 +4,7 @@ from ..config import CreamConfig, ModelConfig
 from .checkpoint import load_checkpoint, save_checkpoint
 from .em import reactivate, reactivation
 from .network import CamModel, create_model
+from .tvshim import ensure_torchvision
 
 __all__ = ["CamModel", "CreamConfig", "ModelConfig", "create_model", "load_checkpoint", "reactivate", "reactivation",
-           "save_checkpoint"]
+           "save_checkpoint", "ensure_torchvision"]

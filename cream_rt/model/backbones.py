@@ -76,7 +76,12 @@ def register(spec: BackboneSpec) -> None:
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    """The registered spec of `name`; CreamError listing the known names otherwise."""
+    """The registered spec of `name`, or of a wrapped network's name (`timm/ARCH`,
+    `torchvision/ARCH`, `module/CLASS`: `hub.hub_spec`); CreamError listing the known names otherwise."""
+    if name not in REGISTRY and "/" in name:
+        from .hub import hub_spec
+
+        return hub_spec(name)
     if name not in REGISTRY:
         raise CreamError(f"unknown backbone {name!r}; expected one of {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]

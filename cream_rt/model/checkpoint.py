@@ -67,8 +67,10 @@ def training_progress(payload: dict, path: str | os.PathLike) -> tuple[int, list
     return epoch, history
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[CamModel, dict]:
+def load_checkpoint(path: str | os.PathLike, network: torch.nn.Module | None = None) -> tuple[CamModel, dict]:
     """Rebuild the model from a checkpoint; returns (model in eval mode, the raw payload).
+    `network`: for a network wrapped in memory (backbone `module/CLASS`), the network built as
+    it was (its weights are then the checkpoint's).
 
     Example:
         >>> model, payload = load_checkpoint("runs/model.pt")  # doctest: +SKIP
@@ -76,7 +78,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[CamModel, dict]:
     payload = read_checkpoint(path)
     try:
         config = ModelConfig.from_dict(payload["config"], payload["version"])
-        model = CamModel(config)
+        model = CamModel(config, network)
         state = payload["state_dict"]
         if payload["version"] == 1:  # buffers added later: no center, every class's pair taken as fitted
             fitted = torch.ones_like(model.embedding_fitted)

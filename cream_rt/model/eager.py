@@ -1,9 +1,12 @@
 """The eager PyTorch model behind the same numpy interface as the ONNX runtime."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
+from ..manifest import Manifest
 from .checkpoint import load_checkpoint
 from .network import CamModel
 
@@ -46,6 +49,18 @@ class EagerPredictor:
         logits, maps, _ = self.model(images, ids, self.mode, self.iterations, self.fused)
         boxes = None if self.regressor is None else self.regressor(images).cpu().numpy()
         return logits.cpu().numpy(), maps.cpu().numpy(), boxes
+
+    @functools.cached_property
+    def manifest(self) -> Manifest:
+        """The manifest an export of this model in this mode would carry (what `Localizer` reads)."""
+        from ..export.onnx_export import build_manifest
+
+        return build_manifest(self.model, self.mode, self.iterations if self.mode == "cream" else 0, None)
+
+    @property
+    def path(self) -> str:
+        """What names this model in messages."""
+        return f"eager {self.model.config.backbone}"
 
     def describe(self) -> dict:
         return {"engine": "eager", "mode": self.mode, "iterations": self.iterations,

@@ -17,9 +17,10 @@ from ..errors import ModelFileError
 from .network import CamModel, create_model
 from .torchfile import load_torch_file
 
-__all__ = ["SOURCES", "ARCHITECTURES", "imagenet_class_names", "read_state_dict", "import_checkpoint"]
+__all__ = ["SOURCES", "ARCHITECTURES", "imagenet_class_names", "read_state_dict", "import_checkpoint",
+           "is_built_by_hub", "import_network"]
 
-SOURCES = ("imagenet", "torchvision", "wsolevaluation")
+SOURCES = ("imagenet", "torchvision", "wsolevaluation", "timm")
 LITE = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 ARCHITECTURES = {"imagenet": LITE, "wsolevaluation": ("vgg16", "resnet50", "inceptionv3"),
                  "torchvision": ("resnet50", "inception_v3")}
@@ -35,6 +36,58 @@ REFUSED = {
                               "7x7 map, which has no CAM form (CAM needs global pooling then one linear layer); "
                               "train its convolutions as a CAM model: cream train --backbone vgg16 --pretrained FILE",
 }
+
+
+def is_built_by_hub(source: str, arch: str) -> bool:
+    """Whether `cream import --from SOURCE --arch ARCH` builds the network with timm / torchvision
+    itself (`import_network`) rather than one of our registered backbones (`import_checkpoint`):
+    every timm architecture, and every torchvision one but the re-implemented ResNet50 and
+    InceptionV3 (which keep their stage names) and VGG16 (refused with its reason)."""
+    if source == "timm":
+        return True
+    return source == "torchvision" and ALIASES.get((source, arch), arch) not in (*ARCHITECTURES["torchvision"], "vgg16")
+
+
+def import_network(source: str, arch: str, path: str | os.PathLike, *, weights: str | None = None,
+                   preprocessing: dict | None = None, cam_layer: str | None = None,
+                   class_names: list[str] | None = None) -> CamModel:
+    """The network `arch` built by timm or torchvision (`source`), every weight of `path` loaded
+    into it (strictly: the first missing, left-over or reshaped key is refused), wrapped as a CAM
+    model (`wrap.wrap`) with its weights' preprocessing (timm's `pretrained_cfg` for ARCH[.TAG],
+    torchvision's `weights` transforms, default its DEFAULT weights), any of input_size / mean /
+    std in `preprocessing` replacing those.
+
+    Example:
+        >>> import_network("timm", "resnet18.a1_in1k", "resnet18.pth")  # doctest: +SKIP
+    """
+    import dataclasses
+
+    from .hub import hub_network, hub_preprocessing
+    from .wrap import wrap
+
+    name = f"{source}/{arch}"
+    state = read_state_dict(path)
+    network = hub_network(name)
+    last = [n for n, m in network.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
+    fc = state.get(f"{last}.weight")
+    if fc is not None and fc.shape[0] != network.state_dict()[f"{last}.weight"].shape[0]:
+        network = hub_network(name, int(fc.shape[0]))  # a classifier of the file's size
+    own = network.state_dict()
+    for key in state:
+        if key not in own:
+            raise ModelFileError(f"{path}: unexpected key {key!r} (not a parameter of {source}'s {arch})")
+        if tuple(state[key].shape) != tuple(own[key].shape):
+            raise ModelFileError(f"{path}: key {key!r} has shape {tuple(state[key].shape)}, {source}'s {arch} "
+                                 f"expects {tuple(own[key].shape)}")
+    missing = next((k for k in own if k not in state), None)
+    if missing is not None:
+        raise ModelFileError(f"{path}: no weight for {missing!r} ({source}'s {arch} has it)")
+    network.load_state_dict(state)
+    pre = hub_preprocessing(name, weights)
+    given = {k: v for k, v in (preprocessing or {}).items() if v is not None}
+    if given:
+        pre = dataclasses.replace(pre, **given, source=f"{pre.source}, with {', '.join(given)} given")
+    return wrap(network, cam_layer, preprocessing=pre, class_names=class_names, name=name)
 
 
 def imagenet_class_names() -> list[str]:
@@ -150,8 +203,9 @@ def import_checkpoint(path: str | os.PathLike | None, source: str, arch: str, nu
     Raises:
         ModelFileError: the first key that is missing, left over or of another shape.
     """
-    if source not in SOURCES:
-        raise ModelFileError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
+    if source not in SOURCES or source == "timm":
+        raise ModelFileError(f"unknown source {source!r}; expected one of imagenet, torchvision, wsolevaluation "
+                             f"(a timm network: import_network)")
     arch = ALIASES.get((source, arch), arch)
     if (source, arch) in REFUSED:
         raise ModelFileError(f"--arch {arch} from {source}: not importable: {REFUSED[(source, arch)]}")

@@ -1,6 +1,7 @@
 """The CAM model with the RCAM switches and CREAM's context embeddings (docs/method.md 1-3)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ import torch.nn as nn
 
 from ..config import CAM_LAYER, ModelConfig
 from ..errors import CreamError
-from .backbones import Backbone, get_backbone, load_imagenet_weights
+from .backbones import Backbone, BackboneSpec, get_backbone, load_imagenet_weights
 from .em import (
     Reactivation,
     centered,
@@ -23,6 +24,7 @@ from .em import (
     side_means,
     to_grid,
 )
+from .wrapped import CamHead, ModuleBackbone
 
 __all__ = ["CamModel", "create_model", "EmbeddingStatistics", "em_grid_ok", "coarse_grid"]
 
@@ -84,6 +86,26 @@ def create_model(backbone: str, num_classes: int, pretrained: bool | str = False
     return model
 
 
+def _build_backbone(spec: BackboneSpec, config: ModelConfig, network: nn.Module | None) -> Backbone:
+    """The registered backbone of `config`, or the wrapped network (`config.cam_form`): `network`,
+    or the one its library builds by name, with a classifier of `config.num_classes`."""
+    if config.cam_form is None:
+        if network is not None:
+            raise CreamError(f"backbone {config.backbone!r} is built by name; network= is for a wrapped network")
+        return spec.build(config.large_feature_map, config.stock_strides)
+    if config.large_feature_map or not config.stock_strides:
+        raise CreamError("a wrapped network keeps its own strides (stock_strides, no large_feature_map)")
+    if network is None:
+        from .hub import hub_network
+
+        network = hub_network(config.backbone, config.num_classes)
+    backbone = ModuleBackbone(network, config.cam_form, config.input_size)
+    if backbone.num_classes != config.num_classes:
+        raise CreamError(f"{type(network).__name__}'s classifier has {backbone.num_classes} outputs, the model "
+                         f"config {config.num_classes} classes")
+    return backbone
+
+
 class CamModel(nn.Module):
     """Backbone -> GAP (or TAP) -> linear classifier, the CAM of a chosen class, and the
     `C x 2 x K` context embeddings (row 0 foreground, row 1 background) as a buffer.
@@ -93,28 +115,31 @@ class CamModel(nn.Module):
     clusters (`em_features`); the CAM and the classifier read the first K (`cam_features`)."""
 
     backbone: Backbone
-    classifier: nn.Linear
+    classifier: nn.Linear | CamHead
     embeddings: torch.Tensor
     embedding_fitted: torch.Tensor
     feature_center: torch.Tensor
     cam_channels: int
     pretrained_report: dict | None
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, network: nn.Module | None = None):
+        """`network`: the network a wrapped model (`config.cam_form`) runs, where its library
+        cannot build it by name (`module/CLASS`); its parameters become the model's."""
         super().__init__()
         spec = get_backbone(config.backbone)
         shipped = spec.cream_defaults(config.stock_strides)  # None fields: the backbone's, for this layout
         center = shipped.center if config.cream.center is None else config.cream.center
         em_layer = shipped.em_layer if config.cream.em_layer is None else config.cream.em_layer
         iterations = shipped.iterations if config.cream.iterations is None else config.cream.iterations
-        self.backbone = spec.build(config.large_feature_map, config.stock_strides)
+        self.backbone = _build_backbone(spec, config, network)
         if em_layer != CAM_LAYER:  # a place named by stage becomes its layer's name
             em_layer = self.backbone.resolve_layer(em_layer)
         config = dataclasses.replace(config.with_cream(center=center, em_layer=em_layer, iterations=iterations),
                                      class_names=list(config.class_names))  # never the caller's object
         self._em_layer = em_layer
         self.cam_channels = self.backbone.out_channels
-        self.classifier = nn.Linear(self.cam_channels, config.num_classes)
+        self.classifier = self.backbone.head() if isinstance(self.backbone, ModuleBackbone) else \
+            nn.Linear(self.cam_channels, config.num_classes)
         with torch.no_grad():
             probe = torch.zeros(1, 3, config.input_size, config.input_size)
             was = self.backbone.training
@@ -152,7 +177,8 @@ class CamModel(nn.Module):
         """A copy of this model whose EM clusters `layer` (None: the backbone's default): the same
         backbone and classifier; zero embeddings and center until an embedding pass."""
         config = dataclasses.replace(self.config, cream=dataclasses.replace(self.config.cream, em_layer=layer))
-        model = CamModel(config)
+        network = copy.deepcopy(self.backbone.net) if isinstance(self.backbone, ModuleBackbone) else None
+        model = CamModel(config, network)
         fresh = {"embeddings": model.embeddings, "feature_center": model.feature_center,  # the new layer's sizes
                  "embedding_fitted": model.embedding_fitted}
         model.load_state_dict({**self.state_dict(), **fresh})
@@ -166,7 +192,8 @@ class CamModel(nn.Module):
 
     @config.setter
     def config(self, config: ModelConfig) -> None:
-        fixed = ("backbone", "num_classes", "input_size", "large_feature_map", "stock_strides", "feature_size")
+        fixed = ("backbone", "num_classes", "input_size", "large_feature_map", "stock_strides", "feature_size",
+                 "cam_form")
         changed = [f for f in fixed if getattr(config, f) != getattr(self._config, f)]
         changed += ["cream.em_layer"] if config.cream.em_layer != self.em_layer else []
         if changed:
