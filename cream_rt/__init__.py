@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "Localizer"]
+__all__ = ["__version__", "Localizer", "CREAM", "wrap", "ensure_torchvision"]
 
 
 def __getattr__(name: str):
@@ -12,4 +12,8 @@ def __getattr__(name: str):
         from .runtime import Localizer
 
         return Localizer
+    if name in ("CREAM", "wrap", "ensure_torchvision"):  # lazy: these import torch
+        from . import model
+
+        return getattr(model, name)
     raise AttributeError(f"module 'cream_rt' has no attribute {name!r}")

@@ -91,7 +91,7 @@ class CreamConfig:
 
 @dataclass(frozen=True)
 class CamForm:
-    """Where the CAM of a wrapped network (any classifier: `cream_rt.model.wrap`) is: the module
+    """Where the CAM of a wrapped network (any classifier: `cream_rt.model.api`) is: the module
     whose output is the feature map the head pools, the activation the forward applies to it
     outside any module (DenseNet's functional ReLU), the classifier module (a linear layer or a
     1x1 convolution), and the norm between the pooling and the classifier (ConvNeXt), all as

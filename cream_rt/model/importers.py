@@ -53,7 +53,7 @@ def import_network(source: str, arch: str, path: str | os.PathLike, *, weights: 
                    class_names: list[str] | None = None) -> CamModel:
     """The network `arch` built by timm or torchvision (`source`), every weight of `path` loaded
     into it (strictly: the first missing, left-over or reshaped key is refused), wrapped as a CAM
-    model (`wrap.wrap`) with its weights' preprocessing (timm's `pretrained_cfg` for ARCH[.TAG],
+    model (`api.wrap`) with its weights' preprocessing (timm's `pretrained_cfg` for ARCH[.TAG],
     torchvision's `weights` transforms, default its DEFAULT weights), any of input_size / mean /
     std in `preprocessing` replacing those.
 
@@ -62,8 +62,8 @@ def import_network(source: str, arch: str, path: str | os.PathLike, *, weights: 
     """
     import dataclasses
 
+    from .api import wrap
     from .hub import hub_network, hub_preprocessing
-    from .wrap import wrap
 
     name = f"{source}/{arch}"
     state = read_state_dict(path)

@@ -32,8 +32,7 @@ def network_name(network: nn.Module) -> str:
     cfg = getattr(network, "pretrained_cfg", None)
     arch = cfg.get("architecture") if isinstance(cfg, dict) else None
     if isinstance(cfg, dict) and arch and type(network).__module__.startswith("timm."):
-        tag = cfg.get("tag")
-        name = f"timm/{arch}.{tag}" if tag else f"timm/{arch}"
+        name = f"timm/{arch}"  # the tag names weights, not another architecture (their preprocessing is kept)
         if _rebuild_problem(network, name) is None:
             return name
     return f"{MODULE}/{type(network).__name__}"
@@ -194,15 +193,16 @@ class CREAM:
         return CamOutput(logits, classes, scores, maps)
 
     def localize(self, images: Iterable, *, mode: str = "cream", threshold: float | None = None,
-                 class_ids: Sequence[int] | None = None) -> list:
+                 class_ids: Sequence[int] | None = None, return_maps: bool = False) -> list:
         """Classes, scores and boxes (in each image's pixels) of image paths, PIL images or uint8
-        RGB arrays, through the runtime's own preprocessing and box extraction (`Localizer`)."""
+        RGB arrays, through the runtime's own decoding, preprocessing and box extraction
+        (`Localizer`, as `cream localize` runs an export); `return_maps` keeps each score map."""
         from ..runtime import Localizer
         from .eager import EagerPredictor
 
         predictor = EagerPredictor(self.model, mode)
         with Localizer(predictor, threshold) as localizer:  # type: ignore[arg-type]
-            return localizer(list(images), class_ids=class_ids)
+            return localizer(list(images), class_ids=class_ids, return_maps=return_maps)
 
     def fit(self, data: str | os.PathLike | Iterable, *, center: bool | None = None, rounds: int = REFINE_ROUNDS,
             batch_size: int = 32) -> dict:
@@ -228,7 +228,7 @@ class CREAM:
             return record
         batches = data
 
-        def labelled(desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        def labelled() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for images, labels in batches:  # type: ignore[misc]
                 yield torch.as_tensor(images), torch.as_tensor(labels, dtype=torch.long)
 
