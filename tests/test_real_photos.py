@@ -145,3 +145,61 @@ def test_a_real_folder_with_a_truncated_jpeg_trains(real, tmp_path):
                  "--bn-batches", "1", "--out", tmp_path / "strict.pt", "--max-bad-images", "0")
     assert strict.returncode == 2 and "--max-bad-images 0" in strict.stderr
     assert not (tmp_path / "strict.pt").exists()
+
+
+def test_lite0_through_the_timm_door_is_the_imagenet_import(real, tmp_path):
+    """The Lite0 weights loaded into timm's own `tf_efficientnet_lite0` (tensor by tensor in
+    order) and imported with `cream import --from timm`: timm's preprocessing, the same logits
+    on real photos as `--from imagenet` (1e-4), and, with CREAM fitted on the same photos and the
+    same EM layer (timm's `blocks.4` is our `stage5.last`), the same maps and MaxBoxAccV2 through
+    the CLI; the network fitted in memory through the API scores the same (dMaxBoxAccV2 0)."""
+    from cream_rt.evaluate import evaluate_map_folder
+    from cream_rt.metadata import read_split
+    from cream_rt.model import CREAM, ensure_torchvision, load_checkpoint
+    from cream_rt.model.backbones import lite_weights_path
+    from cream_rt.model.importers import read_state_dict
+
+    ensure_torchvision()
+    timm = pytest.importorskip("timm")
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    lite = read_state_dict(lite_weights_path("efficientnet-lite0"))
+    net.load_state_dict(dict(zip(net.state_dict(), lite.values())))
+    torch.save(net.state_dict(), tmp_path / "timm_lite0.pth")
+    paths = {"imagenet": tmp_path / "imagenet.pt", "timm": tmp_path / "timm.pt"}
+    run("import", "--from", "imagenet", "--arch", "efficientnet-lite0", "--out", paths["imagenet"], expect=0)
+    run("import", tmp_path / "timm_lite0.pth", "--from", "timm", "--arch", "tf_efficientnet_lite0", "--out",
+        paths["timm"], expect=0)
+    layers = {"imagenet": "stage5.last", "timm": "blocks.4"}
+    data = ("--images", real["images"], "--metadata", real["meta"])
+    scores, maps = {}, {}
+    for door, path in paths.items():
+        fitted = tmp_path / f"{door}-fit.pt"
+        run("fit-embeddings", "--checkpoint", path, *data, "--em-layer", layers[door], "--out", fitted, expect=0)
+        out = run("eval", "--checkpoint", fitted, *data, "--split", "val", "--save-maps", tmp_path / door, "--json",
+                  expect=0)
+        scores[door] = json.loads(out.stdout)
+    a, b = (load_checkpoint(p)[0] for p in paths.values())
+    assert (a.config.input_size, a.config.mean, a.config.std) == (b.config.input_size, b.config.mean, b.config.std)
+    meta = read_split(real["meta"] / "val")
+    from cream_rt.preprocess import preprocess_batch, read_image
+
+    x = torch.from_numpy(preprocess_batch([read_image(real["images"] / i) for i in meta.image_ids[:16]],
+                                          a.config.input_size, a.config.mean, a.config.std))
+    with torch.no_grad():
+        np.testing.assert_allclose(b(x, mode="cam")[0].numpy(), a(x, mode="cam")[0].numpy(), atol=1e-4)
+    for image_id in meta.image_ids:
+        np.testing.assert_allclose(np.load(tmp_path / "timm" / f"{image_id}.npy"),
+                                   np.load(tmp_path / "imagenet" / f"{image_id}.npy"), atol=1e-4)
+    assert scores["timm"]["MaxBoxAccV2"] == scores["imagenet"]["MaxBoxAccV2"]
+    assert scores["timm"]["classification_top1"] == scores["imagenet"]["classification_top1"]
+    with CREAM(net, em_layer="blocks.4") as cream:
+        assert cream.config.backbone == "timm/tf_efficientnet_lite0"
+        cream.fit(images=real["images"], metadata=real["meta"])
+        results = cream.localize([real["images"] / i for i in meta.image_ids], return_maps=True,
+                                 class_ids=[meta.class_labels[i] for i in meta.image_ids])
+    for image_id, result in zip(meta.image_ids, results):
+        (tmp_path / "api" / image_id).parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp_path / "api" / f"{image_id}.npy", result.map)
+        np.testing.assert_allclose(result.map, np.load(tmp_path / "timm" / f"{image_id}.npy"), atol=1e-6)
+    api = evaluate_map_folder(tmp_path / "api", meta, map_size=(a.config.input_size,) * 2)
+    assert api["MaxBoxAccV2"] == scores["timm"]["MaxBoxAccV2"]

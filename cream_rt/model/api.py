@@ -177,18 +177,21 @@ class CREAM:
         """The model's description (input size, normalisation, CREAM settings, CAM form)."""
         return self.model.config
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, batch: torch.Tensor, class_ids: torch.Tensor | Sequence[int] | None = None, *,
                  mode: str = "cream", iterations: int | None = None) -> CamOutput:
         """Maps of a normalised float batch `(B,3,H,W)` (the model's preprocessing applied):
-        of `class_ids` (-1 or None: the predicted class), CREAM's ("cream") or CAM's ("cam")."""
+        of `class_ids` (-1 or None: the predicted class), CREAM's ("cream") or CAM's ("cam").
+        Computed under `torch.inference_mode()` (the outputs take no part in autograd)."""
         was = self.model.training
-        self.model.eval()
+        if was:  # (a full traversal of the network: only where needed)
+            self.model.eval()
         try:
             ids = None if class_ids is None else torch.as_tensor(class_ids, dtype=torch.long, device=batch.device)
             logits, maps, classes = self.model(batch, ids, mode, iterations)
         finally:
-            self.model.train(was)
+            if was:
+                self.model.train()
         scores = logits.float().softmax(1).gather(1, classes[:, None])[:, 0]
         return CamOutput(logits, classes, scores, maps)
 
@@ -204,22 +207,25 @@ class CREAM:
         with Localizer(predictor, threshold) as localizer:  # type: ignore[arg-type]
             return localizer(list(images), class_ids=class_ids, return_maps=return_maps)
 
-    def fit(self, data: str | os.PathLike | Iterable, *, center: bool | None = None, rounds: int = REFINE_ROUNDS,
+    def fit(self, data: str | os.PathLike | Iterable | None = None, *, images: str | os.PathLike | None = None,
+            metadata: str | os.PathLike | None = None, center: bool | None = None, rounds: int = REFINE_ROUNDS,
             batch_size: int = 32) -> dict:
-        """CREAM's embeddings by the embedding pass `cream fit-embeddings` runs: from a
-        wsolevaluation folder (its train split) or from re-iterable (images, labels) batches
-        (a DataLoader), images normalised as the model expects. Returns the pass's record."""
+        """CREAM's embeddings by the embedding pass `cream fit-embeddings` runs: over the train
+        split of a wsolevaluation folder (`data`, or `images` and `metadata` roots, as the CLI's
+        --data / --images / --metadata), or over re-iterable (images, labels) batches (a
+        DataLoader), images normalised as the model expects. Returns the pass's record."""
         from ..train.refine import embedding_pass
 
         center = self.model.config.cream.center if center is None else center
         self.model.eval()
-        if isinstance(data, (str, os.PathLike)):
+        if data is None or isinstance(data, (str, os.PathLike)):
             from ..metadata import data_paths, read_split
-            from ..train.trainer import split_batches_of
+            from ..train.trainer import check_images_exist, split_batches_of
             from ..unreadable import UnreadableImages
 
-            image_root, meta_root = data_paths(str(data), None, None)
+            image_root, meta_root = data_paths(data, images, metadata)
             meta = read_split(meta_root / "train", require_localization=False)
+            check_images_exist(meta, image_root)
             unreadable = UnreadableImages()
             record = embedding_pass(self.model, split_batches_of(self.model, meta, image_root, batch_size, "cpu",
                                                                  "embedding pass", unreadable),
@@ -234,14 +240,15 @@ class CREAM:
 
         return embedding_pass(self.model, labelled, bool(center), rounds)
 
-    def tune(self, data: str | os.PathLike, **options) -> dict:
+    def tune(self, data: str | os.PathLike | None = None, *, images: str | os.PathLike | None = None,
+             metadata: str | os.PathLike | None = None, **options) -> dict:
         """`cream tune` on this model (settings chosen on the folder's val split, embeddings
         fitted on its train split); the model takes the chosen settings, embeddings and box
         threshold. `options`: those of `train.tune.tune_model`. Returns the record."""
         from ..metadata import data_paths
         from ..train.tune import tune_model
 
-        image_root, meta_root = data_paths(str(data), None, None)
+        image_root, meta_root = data_paths(data, images, metadata)
         chosen, record = tune_model(self.model, image_root, meta_root, **options)
         record.pop("_unreadable").warn("tune")
         self.model = chosen

@@ -33,7 +33,8 @@ class NoCamForm(CreamError):
 @dataclass
 class Captured:
     """One module call seen by `capture_outputs`: its name, input and output (clones, so a later
-    in-place operation of the forward cannot change them) and the output's storage address."""
+    in-place operation of the forward cannot change them) and the output's storage address (which
+    identifies the tensor: every output stays alive until the capture ends)."""
 
     name: str
     module: nn.Module
@@ -57,12 +58,14 @@ def capture_outputs(network: nn.Module, names: list[str] | None = None,
     modules = dict(network.named_modules())
     wanted = [n for n in modules if n] if names is None else list(names)
     seen: dict[str, Captured] = {}
+    alive: list[torch.Tensor] = []  # every output kept until exit: no two outputs share an address
 
     def hook(name: str):
         def keep(module: nn.Module, args: tuple, output) -> None:
             if not isinstance(output, torch.Tensor):
                 return
             first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            alive.append(output)
             seen.pop(name, None)  # a module called again: its last call, in the order of last calls
             seen[name] = Captured(name, module, first.clone() if inputs and first is not None else None,
                                   output.clone(), output.data_ptr())

@@ -263,12 +263,16 @@ class CamModel(nn.Module):
         in the fused C++/CUDA op (same maps within 1e-5)."""
         t = self.config.cream.iterations if iterations is None else iterations
         assert t is not None  # a built model's config has T
-        finer = self.em_finer and mode == "cream" and t > 0
-        # on a finer EM layer the one-channel CAM is resized, not the CAM's K features (the same
-        # maps by linearity, without resizing and concatenating K channels per image)
-        features, em = self.backbone.forward_tap(images, self.em_layer) if finer else \
-            (self.features(images, with_em=mode == "cream" and t > 0), None)
-        logits = self.logits(features)
+        with_em = mode == "cream" and t > 0
+        finer = self.em_finer and with_em
+        if isinstance(self.backbone, ModuleBackbone):
+            features, em, logits = self._network_pass(images, with_em)
+        else:
+            # on a finer EM layer the one-channel CAM is resized, not the CAM's K features (the same
+            # maps by linearity, without resizing and concatenating K channels per image)
+            features, em = self.backbone.forward_tap(images, self.em_layer) if finer else \
+                (self.features(images, with_em=with_em), None)
+            logits = self.logits(features)
         predicted = logits.argmax(dim=1)
         if class_ids is None:
             class_ids = predicted
@@ -280,6 +284,22 @@ class CamModel(nn.Module):
         else:
             maps = self.maps_from_features(features, class_ids, mode, iterations, fused)
         return logits, score_maps(maps, images.shape[-2:]), class_ids
+
+    def _network_pass(self, images: torch.Tensor,
+                      with_em: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """A wrapped network's forward: (the features as `forward` uses them, the finer EM layer's
+        or None, the logits its own classifier computed: nothing of its head computed twice)."""
+        assert isinstance(self.backbone, ModuleBackbone)
+        classifier, layer = self.backbone.form.classifier, self.em_layer
+        em_tap = (layer,) if with_em and layer != CAM_LAYER else ()
+        out, tapped = self.backbone.forward_taps(images, (classifier, *em_tap))
+        logits = tapped[classifier]
+        logits = logits.mean((2, 3)) if logits.ndim == 4 else logits  # a 1x1 conv classifier's (B,C,h,w)
+        if not em_tap:
+            return out, None, logits
+        if self.em_finer:
+            return out, tapped[layer], logits
+        return torch.cat((out, tapped[layer]), 1), None, logits
 
     def maps_from_features(self, features: torch.Tensor, class_ids: torch.Tensor, mode: str = "cream",
                            iterations: int | None = None, fused: bool = False) -> torch.Tensor:

@@ -92,12 +92,13 @@ class ModuleBackbone(Backbone):
         """(the CAM layer's output, {name: that module's output} for each of `taps`) in one
         forward of the network; each output cloned as its module returned it (the forward may
         work on it in place afterwards, as DenseNet's functional ReLU does)."""
-        modules = dict(self.net.named_modules())
-        unknown = next((t for t in taps if t not in modules), None)
-        if unknown is not None:
-            raise CreamError(f"unknown layer {unknown!r} of {type(self.net).__name__}; expected a module name "
-                             f"such as {', '.join(self.layer_names()[-6:])}")
         names = list(dict.fromkeys((self.form.cam_layer, *taps)))
+        try:
+            modules = [self.net.get_submodule(n) for n in names]
+        except AttributeError:
+            unknown = next(t for t in taps if t not in dict(self.net.named_modules()))
+            raise CreamError(f"unknown layer {unknown!r} of {type(self.net).__name__}; expected a module name "
+                             f"such as {', '.join(self.layer_names()[-6:])}") from None
         seen: dict[str, torch.Tensor] = {}
 
         def keeper(name: str):
@@ -105,7 +106,7 @@ class ModuleBackbone(Backbone):
                 seen[name] = output.clone()
             return keep
 
-        handles = [modules[n].register_forward_hook(keeper(n)) for n in names]
+        handles = [module.register_forward_hook(keeper(n)) for n, module in zip(names, modules)]
         try:
             self.net(x)
         finally:
