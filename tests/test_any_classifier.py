@@ -284,7 +284,7 @@ def test_the_api_and_the_cli_give_the_same_maps_and_scores_on_the_same_images(tm
 
 
 @pytest.mark.parametrize("hub,arch,why", [("torchvision", "mobilenet_v3_small", "hidden layer after the pooling"),
-                                          ("timm", "vit_tiny_patch16_224", "not the global average")])
+                                          ("timm", "vit_tiny_patch16_224", "class token (ViT)")])
 def test_a_head_without_a_cam_form_is_refused_with_one_line(hub, arch, why, tmp_path):
     import timm
     import torchvision.models as tvm

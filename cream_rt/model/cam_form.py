@@ -225,8 +225,8 @@ def find_cam_form(network: nn.Module, *, input_size: int = 224, cam_layer: str |
     what = f"layer {cam_layer!r}" if cam_layer is not None else "any spatial feature map"
     nearest = f" (nearest: {best[1]!r}, max difference {best[0]:.3g})" if best[1] and best[0] < float("inf") else ""
     raise NoCamForm(f"{name}: its classifier {classifier.name!r} reads {pooled.shape[1]} values that are not the "
-                    f"global average of {what}{nearest}: a hidden layer after the pooling (VGG's fully connected "
-                    f"layers, MobileNetV3's head) has no CAM form; {CAM_FORM_NEEDS}")
+                    f"global average of {what}{nearest}: a head that reads a hidden layer after the pooling (VGG's "
+                    f"fully connected layers, MobileNetV3's) or a class token (ViT) has no CAM form; {CAM_FORM_NEEDS}")
 
 
 def check_cam_form(network: nn.Module, form: CamForm, *, input_size: int = 224) -> None:

@@ -43,7 +43,8 @@ def import_hub(hub: str) -> ModuleType:
         ensure_torchvision()
         return importlib.import_module("timm" if hub == "timm" else "torchvision.models")
     except ImportError:
-        raise CreamError(f"--from {hub}: {hub} is not installed; pip install 'cream-rt[{hub}]'") from None
+        raise CreamError(f"--from {hub}: {hub} is not installed; pip install 'cream-rt[timm]' (timm and "
+                         f"torchvision)") from None
 
 
 def hub_network(name: str, num_classes: int | None = None) -> nn.Module:

@@ -250,10 +250,11 @@ class CamModel(nn.Module):
 
     def cam(self, features: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
         """CAM_c = sum_k W[c,k] F[k] (no bias), with max(W, 0) under NWC: `(B,h,w)`."""
-        weight = self.classifier.weight
+        classifier = self.classifier
+        weight = classifier.rows(class_ids) if isinstance(classifier, CamHead) else classifier.weight[class_ids]
         if self.config.nwc:
             weight = weight.clamp(min=0)
-        return torch.einsum("bk,bkhw->bhw", weight[class_ids], self.cam_features(features))
+        return torch.einsum("bk,bkhw->bhw", weight, self.cam_features(features))
 
     def forward(self, images: torch.Tensor, class_ids: torch.Tensor | None = None,
                 mode: str = "cream", iterations: int | None = None,

@@ -40,6 +40,11 @@ class CamHead(nn.Module):
             w = w * self.norm.weight
         return w
 
+    def rows(self, class_ids: torch.Tensor) -> torch.Tensor:
+        """`weight[class_ids]`, computing only those rows."""
+        w = self.linear.weight.flatten(1)[class_ids]
+        return w * self.norm.weight if self.norm is not None and self.norm.weight is not None else w
+
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """The network's logits from the pooled features `(B,K)`."""
         x = pooled
