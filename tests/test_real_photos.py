@@ -171,7 +171,7 @@ def test_lite0_through_the_timm_door_is_the_imagenet_import(real, tmp_path):
         paths["timm"], expect=0)
     layers = {"imagenet": "stage5.last", "timm": "blocks.4"}
     data = ("--images", real["images"], "--metadata", real["meta"])
-    scores, maps = {}, {}
+    scores: dict[str, dict] = {}
     for door, path in paths.items():
         fitted = tmp_path / f"{door}-fit.pt"
         run("fit-embeddings", "--checkpoint", path, *data, "--em-layer", layers[door], "--out", fitted, expect=0)

@@ -28,9 +28,9 @@ INPUT_SIZE = 224
 
 def study(hub: str, arch: str) -> dict:
     """The CAM form of one architecture, or why it has none."""
+    from cream_rt.errors import CreamError
     from cream_rt.model.cam_form import find_cam_form
     from cream_rt.model.hub import hub_network
-    from cream_rt.errors import CreamError
 
     kwargs = {"aux_logits": False, "init_weights": False} if (hub, arch) in (("torchvision", "googlenet"),
                                                                              ("torchvision", "inception_v3")) else {}
