@@ -250,16 +250,23 @@ def test_a_users_own_module_wraps_saves_and_reloads_with_its_network(tmp_path):
         np.testing.assert_allclose(again(x, mode="cam")[1].numpy(), maps.numpy(), atol=1e-6)
 
 
-def test_the_api_and_the_cli_give_the_same_maps_and_scores_on_the_same_images(tmp_path):
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A small synthetic WSOL folder (train 40, val 10, test 16 images of 64 px, 5 classes)."""
+    data = tmp_path_factory.mktemp("syn")
+    run("synth", "--out", data, "--classes", CLASSES, "--size", SIZE, "--train", 40, "--val", 10, "--test", 16,
+        expect=0)
+    return data
+
+
+def test_the_api_and_the_cli_give_the_same_maps_and_scores_on_the_same_images(synthetic, tmp_path):
     """A torchvision RegNet imported and fitted by the CLI and the same network fitted through
     the API on the same folder: `cream eval --save-maps` maps = `CREAM.localize(return_maps)`
     maps (1e-6) and the same MaxBoxAccV2."""
     from cream_rt.evaluate import evaluate_map_folder
     from cream_rt.metadata import read_split
 
-    data = tmp_path / "syn"
-    run("synth", "--out", data, "--classes", CLASSES, "--size", SIZE, "--train", 40, "--val", 10, "--test", 16,
-        expect=0)
+    data = synthetic
     net = build("torchvision", "regnet_x_400mf")
     torch.save(net.state_dict(), tmp_path / "regnet.pth")
     run("import", tmp_path / "regnet.pth", "--from", "torchvision", "--arch", "regnet_x_400mf", "--input-size",
@@ -283,8 +290,8 @@ def test_the_api_and_the_cli_give_the_same_maps_and_scores_on_the_same_images(tm
     assert api["MaxBoxAccV2"] == cli["MaxBoxAccV2"]
 
 
-@pytest.mark.parametrize("hub,arch,why", [("torchvision", "mobilenet_v3_small", "hidden layer after the pooling"),
-                                          ("timm", "vit_tiny_patch16_224", "class token (ViT)")])
+@pytest.mark.parametrize("hub,arch,why", [("torchvision", "mobilenet_v3_small", "a hidden layer (VGG, MobileNetV3)"),
+                                          ("timm", "vit_tiny_patch16_224", "a class token (ViT)")])
 def test_a_head_without_a_cam_form_is_refused_with_one_line(hub, arch, why, tmp_path):
     import timm
     import torchvision.models as tvm
@@ -292,7 +299,7 @@ def test_a_head_without_a_cam_form_is_refused_with_one_line(hub, arch, why, tmp_
     net = timm.create_model(arch) if hub == "timm" else tvm.get_model(arch, weights=None)
     torch.save(net.state_dict(), tmp_path / "w.pth")
     result = run("import", tmp_path / "w.pth", "--from", hub, "--arch", arch, "--out", tmp_path / "x.pt")
-    assert_one_error(result, why, "CAM needs")
+    assert_one_error(result, "no CAM form", why, "CAM needs pooling")
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -304,9 +311,9 @@ def test_wrong_names_and_layers_are_refused():
         wrap(net, preprocessing=PRE, name="torchvision/resnet34")
     with pytest.raises(NoCamForm, match="no module named 'layer9'"):
         wrap(net, "layer9", preprocessing=PRE)
-    with pytest.raises(NoCamForm, match="not the global average of layer 'layer3'"):
+    with pytest.raises(NoCamForm, match="does not read the average of layer 'layer3'"):
         wrap(net, "layer3", preprocessing=PRE)
-    with pytest.raises(NoCamForm, match="hidden layer after the pooling"):
+    with pytest.raises(NoCamForm, match="hidden layer"):
         wrap(tvm.vgg11(weights=None), preprocessing=PRE)
     model = wrap(net, preprocessing=PRE, name="torchvision/resnet18", em_layer="layer3")
     assert model.em_layer == "layer3" and model.em_grid != model.cam_grid
@@ -356,3 +363,22 @@ def test_import_options_are_checked(tmp_path):
     assert_one_error(run("import", tmp_path / "r18.pth", "--from", "torchvision", "--arch", "resnet18",
                                  "--weights", "NOPE", "--out", tmp_path / "x.pt"), "--weights NOPE")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_the_api_tunes_fits_from_a_dataset_and_boxes_a_batch(synthetic):
+    """`CREAM.tune` is `cream tune` on the model in memory (a threshold and a record); `fit` takes
+    a Dataset of samples; `boxes` gives the protocol's box of a hand-made map (cells 20..49 x
+    10..29 on: cv2.boundingRect's x, y, w, h = 20, 10, 30, 20)."""
+    from torch.utils.data import TensorDataset
+
+    net = build("timm", "resnet18")
+    with CREAM(net, preprocessing=PRE) as cream:
+        x = torch.randn(6, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+        record = cream.fit(TensorDataset(x, torch.tensor([0, 1, 2, 3, 4, 0])), batch_size=4)
+        assert record["center"] and bool(cream.model.embedding_fitted[:5].all())
+        tuned = cream.tune(synthetic, iterations=(1,), layers=["cam"])
+        assert cream.config.box_threshold == tuned["box_threshold"] and tuned["rows"]
+        maps = torch.zeros(1, SIZE, SIZE)
+        maps[0, 10:30, 20:50] = 1.0
+        boxes = cream.boxes(maps, threshold=0.5)
+    assert boxes[0].tolist() == [[20, 10, 50, 30]]  # wsolevaluation's [x, y, x + w, y + h] of the blob

@@ -10,8 +10,10 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import CAM_LAYER, IMAGENET_MEAN, IMAGENET_STD, REFINE_ROUNDS, CreamConfig, ModelConfig
 from ..errors import CreamError
@@ -151,6 +153,7 @@ class CREAM:
         >>> with CREAM(net, name="torchvision/resnet50") as cream:  # doctest: +SKIP
         ...     cream.fit("data/my_photos")                # CREAM's embeddings (wsolevaluation folder)
         ...     out = cream(batch)                         # CREAM maps of the predicted classes
+        ...     boxes = cream.boxes(out.maps)              # their boxes, in the batch's pixels
         ...     results = cream.localize(["photo.jpg"])    # classes, scores, boxes in image pixels
         ...     cream.export("model.onnx")                 # the same graph `cream export` writes
     """
@@ -195,6 +198,19 @@ class CREAM:
         scores = logits.float().softmax(1).gather(1, classes[:, None])[:, 0]
         return CamOutput(logits, classes, scores, maps)
 
+    def boxes(self, maps: torch.Tensor, *, threshold: float | None = None, all_contours: bool = False,
+              mode: str = "cream") -> list[np.ndarray]:
+        """Boxes `(n,4)` [x0, y0, x1, y1] in the batch's pixels of each map of `cream(batch).maps`,
+        by the protocol's box extraction (the largest contour's box at `threshold` of the map's
+        max; default: the tuned, the shipped, else 0.2, as `Localizer` chooses)."""
+        from ..boxes import map_boxes
+        from ..runtime import box_threshold
+        from .eager import EagerPredictor
+
+        manifest = EagerPredictor(self.model, mode).manifest
+        level, _ = box_threshold(manifest, threshold)
+        return [map_boxes(m, level, all_contours, bool(manifest.pas)) for m in maps.detach().cpu().numpy()]
+
     def localize(self, images: Iterable, *, mode: str = "cream", threshold: float | None = None,
                  class_ids: Sequence[int] | None = None, return_maps: bool = False) -> list:
         """Classes, scores and boxes (in each image's pixels) of image paths, PIL images or uint8
@@ -213,7 +229,8 @@ class CREAM:
         """CREAM's embeddings by the embedding pass `cream fit-embeddings` runs: over the train
         split of a wsolevaluation folder (`data`, or `images` and `metadata` roots, as the CLI's
         --data / --images / --metadata), or over re-iterable (images, labels) batches (a
-        DataLoader), images normalised as the model expects. Returns the pass's record."""
+        DataLoader) or a Dataset of (image, label) samples, images normalised as the model
+        expects. Returns the pass's record."""
         from ..train.refine import embedding_pass
 
         center = self.model.config.cream.center if center is None else center
@@ -233,6 +250,8 @@ class CREAM:
             unreadable.warn("fit")
             return record
         batches = data
+        if isinstance(data, Dataset):  # samples: batched as a DataLoader would
+            batches = DataLoader(data, batch_size=batch_size)
 
         def labelled() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for images, labels in batches:  # type: ignore[misc]

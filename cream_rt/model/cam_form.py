@@ -20,10 +20,8 @@ __all__ = ["NoCamForm", "find_cam_form", "check_cam_form", "capture_outputs", "C
 PROBE_SEED = 0
 # |ours - network's| allowed, relative to the largest |value|: float32 sums of a different order
 TOLERANCE = 1e-4
-CAM_FORM_NEEDS = ("CAM needs a spatial feature map, global average pooling, then the classifier (a linear layer "
-                  "or a 1x1 convolution; one LayerNorm between pooling and classifier is allowed): use a network "
-                  "with such a head (ResNet, RegNet, EfficientNet, ConvNeXt, DenseNet, MobileNetV2), or replace "
-                  "this head by one and fine-tune it")
+CAM_FORM_NEEDS = ("CAM needs pooling then one linear or 1x1 conv (LayerNorm between allowed): ResNet, "
+                  "EfficientNet, ConvNeXt...")
 
 
 class NoCamForm(CreamError):
@@ -195,12 +193,12 @@ def find_cam_form(network: nn.Module, *, input_size: int = 224, cam_layer: str |
                         f"`named_modules()`, e.g. {', '.join(c.name for c in _outermost(records)[:4])})")
     spatial = _outermost(records)
     if not spatial:
-        raise NoCamForm(f"{name}: no module outputs a spatial feature map (batch, channels, height, width) at "
-                        f"{input_size} px: not a CNN (a vision transformer or an MLP has no CAM); {CAM_FORM_NEEDS}")
+        raise NoCamForm(f"{name}: no CAM form: no module outputs a spatial map (B, C, H, W) at {input_size} px "
+                        f"(not a CNN); {CAM_FORM_NEEDS}")
     classifier = next((c for c in reversed(records) if _is_classifier(c, logits)), None)
     if classifier is None:
-        raise NoCamForm(f"{name}: no nn.Linear or 1x1 nn.Conv2d module returns its logits (they are computed "
-                        f"after the last module); {CAM_FORM_NEEDS}")
+        raise NoCamForm(f"{name}: no CAM form: no nn.Linear or 1x1 nn.Conv2d returns its logits (they are "
+                        f"computed after the last module); {CAM_FORM_NEEDS}")
     pooled, before_pool = _pooled_input(classifier)
     norm = None if before_pool is not None else _norm_between(records, classifier, pooled)
     if norm is not None:
@@ -222,11 +220,12 @@ def find_cam_form(network: nn.Module, *, input_size: int = 224, cam_layer: str |
             return CamForm(cam_layer=c.name, classifier=classifier.name, activation=activation,  # type: ignore[arg-type]
                            norm=None if norm is None else norm.name)
         best = min(best, (diff, c.name))
-    what = f"layer {cam_layer!r}" if cam_layer is not None else "any spatial feature map"
-    nearest = f" (nearest: {best[1]!r}, max difference {best[0]:.3g})" if best[1] and best[0] < float("inf") else ""
-    raise NoCamForm(f"{name}: its classifier {classifier.name!r} reads {pooled.shape[1]} values that are not the "
-                    f"global average of {what}{nearest}: a head that reads a hidden layer after the pooling (VGG's "
-                    f"fully connected layers, MobileNetV3's) or a class token (ViT) has no CAM form; {CAM_FORM_NEEDS}")
+    if cam_layer is not None:
+        off = f" (off by {best[0]:.2g})" if best[0] < float("inf") else ""
+        raise NoCamForm(f"{name}: classifier {classifier.name!r} does not read the average of layer {cam_layer!r}"
+                        f"{off}; name the module whose output the head pools, or let it be found")
+    raise NoCamForm(f"{name}: no CAM form: classifier {classifier.name!r} reads no spatial map's average but a hidden "
+                    f"layer (VGG, MobileNetV3) or a class token (ViT); {CAM_FORM_NEEDS}")
 
 
 def check_cam_form(network: nn.Module, form: CamForm, *, input_size: int = 224) -> None:
