@@ -6,6 +6,11 @@ fp32's maps and logits.
 
     pip install openvino==2026.4.1
     python -m bench.studies.cpu_engines --checkpoint FITTED.pt --out bench/results/studies/cpu_engines.json
+    python -m bench.studies.cpu_engines --checkpoint CELL.pt --data ../shared/data/real/fruits --out ...
+
+`--data` scores a trained cell's test split instead (raccoon_kangaroo, fruits: the checkpoint
+`python -m bench.accuracy` trains for the cell); int8 is calibrated on that data set, as the
+accuracy suite's int8 rows are.
 """
 from __future__ import annotations
 
@@ -83,8 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", required=True, help="the fitted stock classifier (bench.shipped's *-fit.pt)")
     p.add_argument("--out", required=True)
     p.add_argument("--budget", type=float, default=3.0, help="timed seconds per engine and batch size")
+    p.add_argument("--data", default=None, help="the data set whose test split is scored (default ilsvrc_dev)")
+    p.add_argument("--no-timing", action="store_true", help="accuracy only (the timings do not depend on the data)")
     args = p.parse_args(argv)
-    root = REAL_DATA / "ilsvrc_dev"
+    root = Path(args.data) if args.data else REAL_DATA / "ilsvrc_dev"
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         manifest = cli(["export", "--checkpoint", args.checkpoint, "--out", str(fp32), "--mode", "cream"])
@@ -99,8 +106,8 @@ def main(argv: list[str] | None = None) -> None:
             print("openvino is not installed: its rows are left out (pip install openvino)")
         size = manifest["input_size"]
         rng = np.random.default_rng(0)
-        timing = {}
-        for batch in (1, 8):
+        timing: dict = {"batch1": {name: {} for name in engines}, "batch8": {name: {} for name in engines}}
+        for batch in () if args.no_timing else (1, 8):
             x = rng.normal(0, 1, (batch, 3, size, size)).astype(np.float32)
             ids = np.full(batch, -1, np.int64)  # the predicted class, as `cream localize` runs
             calls = {name: (lambda run=run, x=x, ids=ids: run(x, ids)) for name, run in engines.items()}
@@ -117,10 +124,11 @@ def main(argv: list[str] | None = None) -> None:
             reference = reference or kept
     rows = {name: {**timing["batch1"][name], "batch8": timing["batch8"][name], **accuracy[name]} for name in engines}
     for name, row in rows.items():
-        print(f"{name:18} b1 {row['ms_per_image']:6.2f} ms ({row['speedup_vs_onnxruntime_fp32']:.2f}x)  "
-              f"b8 {row['batch8']['ms_per_image']:6.2f} ms ({row['batch8']['speedup_vs_onnxruntime_fp32']:.2f}x)  "
-              f"MaxBoxAccV2 {row['MaxBoxAccV2']:.2f}  top-1 {row['classification_top1']:.1f}")
-    write_json(Path(args.out), {"rows": rows, "model": manifest["model"]["backbone"],
+        speed = "" if args.no_timing else (
+            f"b1 {row['ms_per_image']:6.2f} ms ({row['speedup_vs_onnxruntime_fp32']:.2f}x)  "
+            f"b8 {row['batch8']['ms_per_image']:6.2f} ms ({row['batch8']['speedup_vs_onnxruntime_fp32']:.2f}x)  ")
+        print(f"{name:18} {speed}MaxBoxAccV2 {row['MaxBoxAccV2']:.2f}  top-1 {row['classification_top1']:.1f}")
+    write_json(Path(args.out), {"rows": rows, "data": str(root), "model": manifest["model"]["backbone"],
                                 "iterations": manifest["iterations"], "images": len(meta.image_ids),
                                 "machine": machine_info(), "command": command_line("studies.cpu_engines", argv)})
 

@@ -79,7 +79,7 @@ def _preprocessing(network: nn.Module, name: str, given: WeightsPreprocessing | 
 
 def wrap(network: nn.Module, cam_layer: str | None = None, *, em_layer: str | None = None,
          preprocessing: WeightsPreprocessing | None = None, class_names: Sequence[str] | None = None,
-         cream: CreamConfig | None = None, name: str | None = None) -> CamModel:
+         cream: CreamConfig | None = None, name: str | None = None, check_name: bool = True) -> CamModel:
     """A CAM model around `network` (its parameters shared, not copied), in eval mode.
 
     Args:
@@ -96,6 +96,7 @@ def wrap(network: nn.Module, cam_layer: str | None = None, *, em_layer: str | No
         name: how its checkpoint rebuilds it: `timm/ARCH`, `torchvision/ARCH` (checked against the
             library's build) or `module/CLASS` (`load_checkpoint(path, network=...)`); default
             `network_name(network)`.
+        check_name: build `name` with its library and compare (off where the network was built so).
     Returns:
         The CamModel; no class has CREAM embeddings until `CREAM.fit` (its CREAM maps are CAM's).
 
@@ -107,7 +108,7 @@ def wrap(network: nn.Module, cam_layer: str | None = None, *, em_layer: str | No
         raise CreamError(f"network: expected a torch.nn.Module, got {type(network).__name__}")
     if name is None:
         name = network_name(network)
-    elif split_name(name)[0] in HUBS:
+    elif split_name(name)[0] in HUBS and check_name:
         problem = _rebuild_problem(network, name)
         if problem is not None:
             raise CreamError(f"name {name!r}: {type(network).__name__} is not what {split_name(name)[0]} builds "
@@ -130,7 +131,7 @@ def wrap(network: nn.Module, cam_layer: str | None = None, *, em_layer: str | No
     config = ModelConfig(backbone=name, num_classes=classes, class_names=names, input_size=pre.input_size,
                          mean=pre.mean, std=pre.std, stock_strides=True, cream=settings, cam_form=form)
     _log.debug(f"wrapped {type(network).__name__} as {name}: CAM of {form.cam_layer!r} through {form.classifier!r}"
-              f"{f' after {form.norm!r}' if form.norm else ''}, {classes} classes, {pre.input_size} px ({pre.source})")
+               f"{f' after {form.norm!r}' if form.norm else ''}, {classes} classes, {pre.input_size} px ({pre.source})")
     return CamModel(config, network).eval()
 
 

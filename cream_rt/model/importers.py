@@ -87,7 +87,7 @@ def import_network(source: str, arch: str, path: str | os.PathLike, *, weights: 
     given = {k: v for k, v in (preprocessing or {}).items() if v is not None}
     if given:
         pre = dataclasses.replace(pre, **given, source=f"{pre.source}, with {', '.join(given)} given")
-    return wrap(network, cam_layer, preprocessing=pre, class_names=class_names, name=name)
+    return wrap(network, cam_layer, preprocessing=pre, class_names=class_names, name=name, check_name=False)
 
 
 def imagenet_class_names() -> list[str]:
