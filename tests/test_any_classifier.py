@@ -382,3 +382,10 @@ def test_the_api_tunes_fits_from_a_dataset_and_boxes_a_batch(synthetic):
         maps[0, 10:30, 20:50] = 1.0
         boxes = cream.boxes(maps, threshold=0.5)
     assert boxes[0].tolist() == [[20, 10, 50, 30]]  # wsolevaluation's [x, y, x + w, y + h] of the blob
+
+
+def test_backbones_lists_the_blocks_of_a_library_network():
+    rows = json.loads(run("backbones", "--layers", "torchvision/resnet18", "--json", expect=0).stdout)
+    named = {r["layer"]: r for r in rows}
+    assert rows[-1]["layer"] == "layer4" and named["layer3"]["em_layer"] and not named["layer2"]["em_layer"]
+    assert named["layer3"]["cells"] == [14, 14] and named["layer3"]["channels"] == 256

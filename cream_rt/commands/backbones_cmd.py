@@ -16,7 +16,14 @@ def layer_rows(name: str, stock: bool = False) -> list[dict]:
     from ..model.network import em_grid_ok
 
     spec = get_backbone(name)
-    shapes = spec.build(False, stock).layer_shapes(spec.input_size)
+    if "/" in name:  # a timm / torchvision network: built by its library, its blocks up to its CAM layer
+        from ..model.api import wrap
+        from ..model.hub import hub_network, hub_preprocessing
+
+        shapes = wrap(hub_network(name), preprocessing=hub_preprocessing(name), name=name,
+                      check_name=False).backbone.layer_shapes(spec.input_size)
+    else:
+        shapes = spec.build(False, stock).layer_shapes(spec.input_size)
     return [{"layer": layer, "channels": k, "cells": [h, w], "em_layer": em_grid_ok((h, w), shapes[-1][2:])}
             for layer, k, h, w in shapes]
 
@@ -24,7 +31,7 @@ def layer_rows(name: str, stock: bool = False) -> list[dict]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """`cream backbones`'s arguments."""
     p.add_argument("--layers", metavar="NAME", help="list this backbone's layers (channels, cells at its input size): "
-                                                    "the names `--em-layer` takes")
+                                                    "the names `--em-layer` takes; also timm/ARCH, torchvision/ARCH")
     p.add_argument("--stock-strides", action="store_true",
                    help="with --layers: the stock-stride layout (what `cream import --from imagenet` builds)")
     add_json(p)

@@ -78,7 +78,7 @@ def hub_spec(name: str) -> BackboneSpec:
         size, mean, std = hub_preprocessing(name).as_tuple()
 
     def refuse(large_feature_map: bool = False, stock_strides: bool = True) -> Backbone:
-        raise CreamError(f"backbone {name!r} is a wrapped network: build it with cream_rt.model.api or "
+        raise CreamError(f"backbone {name!r} is a wrapped network: build it with cream_rt.wrap or "
                          f"`cream import --from {hub if hub != MODULE else 'timm'}`")
 
     return BackboneSpec(name, refuse, f"{arch} built by {hub}" if hub != MODULE else f"{arch} wrapped in memory",
