@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "localize": ("localize images with an exported model (ONNX Runtime, no torch)", "localize_cmd"),
     "parity": ("compare the eager model (or an fp32 export) and an export on the same images", "parity_cmd"),
     "bench": ("latency per image and throughput of every engine side by side", "bench_cmd"),
+    "report": ("one HTML page of a checkpoint's CAM and CREAM on a split: metrics, threshold curve, gallery",
+               "report_cmd"),
 }
 
 
