@@ -201,7 +201,7 @@ def gallery_figure(data: ReportData, pick: GalleryPick) -> str:
 
 def _metrics_table(data: ReportData) -> str:
     ious = sorted(data.result("cream")["MaxBoxAccV2_per_iou"])
-    rows = [("MaxBoxAccV2", ("MaxBoxAccV2",))]
+    rows: list[tuple[str, tuple[str, ...]]] = [("MaxBoxAccV2", ("MaxBoxAccV2",))]
     rows += [(f"MaxBoxAccV2 at IoU 0.{d[0]}", ("MaxBoxAccV2_per_iou", d)) for d in ious]
     rows += [("GT-known Loc (MaxBoxAcc, IoU 0.5)", ("GT_known_Loc",)), ("its best threshold", ("MaxBoxAcc_threshold",)),
              ("Top-1 Loc", ("Top1_Loc",)), ("Top-5 Loc", ("Top5_Loc",)),
