@@ -22,7 +22,7 @@ from .metadata import SplitMetadata
 from .metrics import BoxEvaluator
 
 __all__ = ["MODES", "SECTIONS", "ModeScores", "ReportData", "GalleryPick", "gallery_picks", "require_matplotlib",
-           "render_report", "write_report"]
+           "render_report", "write_report", "write_pictures"]
 
 MODES = ("cam", "cream")
 SECTIONS = ("metrics", "threshold", "gallery")  # the page's section ids, in order
@@ -66,6 +66,12 @@ class ReportData:
     facts: dict[str, str]
     shipped_threshold: float | None = None
     unreadable: list[str] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+
+    def class_name(self, image_id: str) -> str:
+        """The image's label with its class name where the model has names."""
+        label = self.meta.class_labels[image_id]
+        return f"{label} {self.class_names[label]}" if label < len(self.class_names) else str(label)
 
     def result(self, mode: str) -> dict:
         """The mode's wsolevaluation metrics (as `cream eval --json` gives them) and top-1."""
@@ -105,12 +111,18 @@ def gallery_picks(data: ReportData, each: int = GALLERY_EACH) -> list[GalleryPic
 
 def _png(figure) -> str:
     """A matplotlib figure as an inline PNG data URI; the figure is closed."""
+    return "data:image/png;base64," + base64.b64encode(_encoded(figure, "png")).decode("ascii")
+
+
+def _encoded(figure, kind: str) -> bytes:
+    """A matplotlib figure as PNG or JPEG bytes (90 dpi); the figure is closed."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    options = {"pil_kwargs": {"quality": 82}} if kind == "jpg" else {}
+    figure.savefig(buffer, format=kind, dpi=90, bbox_inches="tight", **options)
     plt.close(figure)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
 
 
 def require_matplotlib():  # noqa: ANN201 (matplotlib.pyplot)
@@ -125,7 +137,7 @@ def require_matplotlib():  # noqa: ANN201 (matplotlib.pyplot)
     return plt
 
 
-def threshold_chart(data: ReportData) -> str:
+def threshold_chart(data: ReportData):  # noqa: ANN201 (a matplotlib Figure)
     """MaxBoxAcc against the box threshold for CAM and CREAM, the chosen (best) threshold of each
     and the shipped one marked."""
     plt = require_matplotlib()
@@ -146,7 +158,7 @@ def threshold_chart(data: ReportData) -> str:
     axis.set_ylim(0, 100)
     axis.grid(alpha=0.3)
     axis.legend(loc="lower left", fontsize=8)
-    return _png(figure)
+    return figure
 
 
 def _display(image: np.ndarray) -> tuple[np.ndarray, float]:
@@ -160,7 +172,7 @@ def _display(image: np.ndarray) -> tuple[np.ndarray, float]:
     return image, scale
 
 
-def gallery_figure(data: ReportData, pick: GalleryPick) -> str:
+def gallery_figure(data: ReportData, pick: GalleryPick):  # noqa: ANN201 (a matplotlib Figure)
     """CAM map | CREAM map (over the photo, each with its box) | the photo with the ground truth
     (red), CAM's box (blue) and CREAM's (green), IoUs in the titles."""
     import cv2
@@ -195,8 +207,8 @@ def gallery_figure(data: ReportData, pick: GalleryPick) -> str:
                                             edgecolor=color, linewidth=1.6))
     for axis in axes:
         axis.set_axis_off()
-    figure.suptitle(f"{pick.image_id} (class {data.meta.class_labels[pick.image_id]})", fontsize=9)
-    return _png(figure)
+    figure.suptitle(f"{pick.image_id} (class {data.class_name(pick.image_id)})", fontsize=9)
+    return figure
 
 
 def _metrics_table(data: ReportData) -> str:
@@ -239,7 +251,7 @@ def render_report(data: ReportData) -> str:
         if pick.group != group:
             group = pick.group
             gallery.append(f"<h3>{html.escape(group)}</h3>")
-        gallery.append(f'<figure><img src="{gallery_figure(data, pick)}" alt="{html.escape(pick.image_id)}">'
+        gallery.append(f'<figure><img src="{_png(gallery_figure(data, pick))}" alt="{html.escape(pick.image_id)}">'
                        f"<figcaption>{html.escape(pick.image_id)}: IoU CAM {pick.iou['cam']:.2f}, CREAM "
                        f"{pick.iou['cream']:.2f}</figcaption></figure>")
     if not any(p.group.startswith("CREAM loses") for p in picks):
@@ -250,11 +262,32 @@ def render_report(data: ReportData) -> str:
 <section id="metrics"><h2>Metrics: CAM beside CREAM</h2>{_metrics_table(data)}</section>
 <section id="threshold"><h2>MaxBoxAcc against the box threshold</h2>
 <p>Dotted: each mode's best threshold (what <code>cream tune</code> ships); dashed: the model's shipped one.</p>
-<img src="{threshold_chart(data)}" alt="MaxBoxAcc against the threshold"></section>
+<img src="{_png(threshold_chart(data))}" alt="MaxBoxAcc against the threshold"></section>
 <section id="gallery"><h2>Gallery</h2><p>Red: ground truth; blue: CAM's box; green: CREAM's box; each at its
 mode's best threshold; IoU of the largest contour's box.</p>{''.join(gallery)}</section>
 </body></html>
 """
+
+
+def write_pictures(folder: str | os.PathLike, data: ReportData) -> list[Path]:
+    """The pictures a README shows, as files in `folder` (made if its parent exists): the
+    threshold chart (PNG) and the first gallery image of each group (JPEG), each written
+    atomically. Returns their paths."""
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        raise CreamError(f"--pictures {folder}: its parent folder does not exist")
+    folder.mkdir(exist_ok=True)
+    files = {folder / "threshold_curve.png": _encoded(threshold_chart(data), "png")}
+    seen: set[str] = set()
+    for pick in gallery_picks(data):
+        if pick.group not in seen:
+            seen.add(pick.group)
+            name = pick.group.split()[0].lower() if " " not in pick.group else "cream_loses"
+            files[folder / f"gallery_{name}.jpg"] = _encoded(gallery_figure(data, pick), "jpg")
+    for path, payload in files.items():
+        with atomic_open(path, "wb", what="--pictures") as handle:
+            handle.write(payload)
+    return list(files)
 
 
 def write_report(path: str | os.PathLike, data: ReportData) -> int:

@@ -119,3 +119,51 @@ def test_bad_input_is_one_line_and_no_page(tiny, tmp_path):
     assert_one_error(run("report", "--checkpoint", tiny["ckpt"], "--data", tiny["data"], "--out",
                          tmp_path / "no" / "such" / "r.html"), "--out")
     assert not out.exists() and not list(tmp_path.glob("*.html*"))
+
+
+def _iou(a, b) -> float:
+    """Plain IoU of two inclusive pixel boxes (wsolevaluation's +1 convention)."""
+    w = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    h = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    if w <= 0 or h <= 0:
+        return 0.0
+    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
+    return w * h / (area(a) + area(b) - w * h)
+
+
+def test_localize_on_a_split_with_boxes_draws_them_and_records_iou_with_cam_beside_cream(tiny, tmp_path):
+    """`cream localize SPLIT --overlays --overlays-compare CAM.onnx`: each record has its ground
+    truth and the best IoU of its boxes (= a plain IoU, int pixels); each overlay is CAM | CREAM
+    side by side at twice the image's width plus the gap."""
+    import cv2
+
+    cam = tmp_path / "cam.onnx"
+    run("export", "--checkpoint", tiny["ckpt"], "--out", cam, "--mode", "cam", expect=0)
+    split, out, overlays = tiny["data"] / "metadata" / "test", tmp_path / "r.jsonl", tmp_path / "ov"
+    run("localize", split, "--images", tiny["data"] / "images", "--model", tiny["model"], "--out", out, "--overlays",
+        overlays, "--overlays-compare", cam, expect=0)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 12 and all("gt_boxes" in r for r in records)
+    for r in records:
+        want = max([_iou([int(v) for v in p], [int(v) for v in g]) for p in r["boxes"] for g in r["gt_boxes"]],
+                   default=0.0)
+        assert r["iou"] == pytest.approx(want, abs=1e-4)
+    pictures = sorted(overlays.rglob("*.png"))
+    assert len(pictures) == 12
+    first = cv2.imread(str(pictures[0]))
+    width, height = records[0]["image_size"]
+    assert first.shape[:2] == (height, 2 * width + 8)
+    assert_one_error(run("localize", split, "--images", tiny["data"] / "images", "--model", tiny["model"], "--out",
+                         tmp_path / "x.jsonl", "--overlays-compare", cam), "--overlays-compare goes with --overlays")
+
+
+def test_overlay_text_and_lines_scale_with_the_photo():
+    from cream_rt.overlay import draw_overlay
+
+    def band(side: int) -> int:
+        image = np.full((side, side, 3), 128, np.uint8)
+        out = draw_overlay(image, np.zeros((8, 8), np.float32), [], "label 0.99")
+        dark = (out[:, side // 2] < 10).all(axis=1)  # the caption's black band, down the middle column
+        return int(np.argmin(dark)) if not dark.all() else side
+
+    assert band(4000) >= 6 * band(200) > 0

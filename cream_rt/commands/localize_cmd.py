@@ -86,7 +86,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all-contours", action="store_true", help="one box per contour (default: largest)")
     p.add_argument("--format", choices=["jsonl", "coco"], default="jsonl")
     p.add_argument("--save-maps", help="write <name>.npy score maps here")
-    p.add_argument("--overlays", help="write overlay PNGs here")
+    p.add_argument("--overlays", help="write overlay PNGs here (ground-truth boxes in red for a metadata split)")
+    p.add_argument("--overlays-compare", metavar="MODEL",
+                   help="with --overlays: another export of the same network (e.g. its CAM export) drawn on the "
+                        "left of this model's overlay (CAM | CREAM)")
     p.add_argument("--providers", help="comma-separated ONNX Runtime providers")
     p.add_argument("--engine", choices=ENGINES, default="onnxruntime",
                    help="what runs the model: ONNX Runtime, or OpenVINO's CPU plugin in fp32 or bf16 (faster on CPUs "
@@ -124,16 +127,27 @@ def run(args: argparse.Namespace) -> int:
     for flag, folder in (("--save-maps", args.save_maps), ("--overlays", args.overlays)):
         if folder:
             check_output_dir(folder, flag)
+    if args.overlays_compare and not args.overlays:
+        raise CreamError("--overlays-compare goes with --overlays")
     paths = collect_inputs(args.inputs, args.images)
+    truth = ground_truth(args.inputs, args.images)
     providers = args.providers.split(",") if args.providers else None
     with contextlib.ExitStack() as stack:
-        localizer = stack.enter_context(Localizer.load(args.model, providers, resolve_threshold(args.threshold),
-                                                       args.all_contours, exif_orientation=args.exif_orientation,
-                                                       engine=args.engine))
+        threshold = resolve_threshold(args.threshold)
+        localizer = stack.enter_context(Localizer.load(args.model, providers, threshold, args.all_contours,
+                                                       exif_orientation=args.exif_orientation, engine=args.engine))
+        compare = None
+        if args.overlays_compare:
+            compare = stack.enter_context(Localizer.load(args.overlays_compare, providers, threshold,
+                                                         args.all_contours, exif_orientation=args.exif_orientation,
+                                                         engine=args.engine))
+            if compare.manifest.class_names != localizer.manifest.class_names:
+                raise CreamError(f"--overlays-compare {args.overlays_compare}: another network's export (its "
+                                 f"classes differ from {args.model}'s)")
         maps_dir = stack.enter_context(atomic_dir(args.save_maps, "--save-maps")) if args.save_maps else None
         overlay_dir = stack.enter_context(atomic_dir(args.overlays, "--overlays")) if args.overlays else None
         records = localize_all(localizer, paths, args.batch_size, maps_dir, overlay_dir,
-                               localizer.manifest.input_size if args.reduced_decode else None)
+                               localizer.manifest.input_size if args.reduced_decode else None, truth, compare)
         with atomic_open(args.out, what="--out") as handle:
             if args.format == "coco":
                 json.dump(coco_detections(records, localizer.manifest.class_names), handle)
@@ -181,10 +195,29 @@ def run_ray(args: argparse.Namespace) -> int:
     return 1 if summary["errors"] else 0
 
 
+def ground_truth(inputs: list[str], image_root: str | None) -> dict[str, list[list[float]]]:
+    """The ground-truth boxes (original pixels) of each image of the metadata split inputs that
+    have boxes, by the path `collect_inputs` gives it."""
+    from ..metadata import read_split
+
+    truth: dict[str, list[list[float]]] = {}
+    for item in inputs:
+        path = Path(item)
+        if image_root and path.is_dir() and (path / "localization.txt").is_file():
+            meta = read_split(path)
+            truth.update({str(Path(image_root) / i): [list(map(float, b)) for b in meta.boxes[i]]
+                          for i in meta.image_ids})
+    return truth
+
+
 def localize_all(localizer, paths: list[Path], batch_size: int, maps_dir: Path | None,
-                 overlay_dir: Path | None, reduce_to: int | None = None) -> list[dict]:
+                 overlay_dir: Path | None, reduce_to: int | None = None,
+                 truth: dict[str, list[list[float]]] | None = None, compare=None) -> list[dict]:
     """One record per input in order (`Localizer.stream`): the result, or the image's error (also
-    on stderr); `reduce_to`: large JPEGs decoded at reduced scale for a model of that input size."""
+    on stderr); `reduce_to`: large JPEGs decoded at reduced scale for a model of that input size.
+    Where `truth` has the image's boxes, its record gets them and the best IoU of its boxes
+    (`gt_boxes`, `iou`) and its overlay shows them; `compare` (another Localizer) draws its own
+    overlay on the left."""
     from tqdm import tqdm
 
     from ..progress import progress_enabled
@@ -197,15 +230,32 @@ def localize_all(localizer, paths: list[Path], batch_size: int, maps_dir: Path |
                                                       return_maps=bool(maps_dir or overlay_dir)):
             bar.update(1)
             name = names[len(records)]
-            records.append(result_record(path, result))
+            record = result_record(path, result)
+            records.append(record)
             if isinstance(result, Exception):
                 print(f"cream: error: {result}", file=sys.stderr)
                 continue
+            gt = (truth or {}).get(str(path))
+            if gt is not None:
+                record["gt_boxes"], record["iou"] = gt, best_iou(result.boxes, gt)
             if maps_dir:
                 _save_map(maps_dir / f"{name}.npy", result.map)
             if overlay_dir:
-                _save_overlay(overlay_dir / f"{name}.png", decoded, result)
+                other = None if compare is None else compare.localize_decoded([decoded], [result.class_id],
+                                                                              return_maps=True)[0]
+                labels = (f"{compare.manifest.mode.upper()}: ", f"{localizer.manifest.mode.upper()}: ") \
+                    if compare is not None else ("", "")
+                _save_overlay(overlay_dir / f"{name}.png", decoded, result, gt or (), other, labels)
     return records
+
+
+def best_iou(boxes, gt_boxes) -> float:
+    """The best IoU of a predicted box with a ground-truth box (the protocol's +1 convention)."""
+    from ..boxes import iou_matrix
+
+    if not len(boxes) or not len(gt_boxes):
+        return 0.0
+    return round(float(iou_matrix(np.asarray(boxes), np.asarray(gt_boxes)).max()), 4)
 
 
 def coco_detections(records: list[dict], names: list[str]) -> dict:
@@ -243,12 +293,20 @@ def _save_map(target: Path, scoremap: np.ndarray) -> None:
     np.save(target, scoremap)
 
 
-def _save_overlay(target: Path, image: np.ndarray, result) -> None:
+def _save_overlay(target: Path, image: np.ndarray, result, gt_boxes=(), compare=None,
+                  labels: tuple[str, str] = ("", "")) -> None:
     import cv2
 
-    from ..overlay import draw_overlay
+    from ..overlay import draw_overlay, side_by_side
 
-    out = draw_overlay(image, result.map, result.boxes, f"{result.class_name} {result.score:.2f}")
+    def caption(r, label: str) -> str:
+        iou = f", IoU {best_iou(r.boxes, gt_boxes):.2f}" if len(gt_boxes) else ""
+        return f"{label}{r.class_name} {r.score:.2f}{iou}"
+
+    out = draw_overlay(image, result.map, result.boxes, caption(result, labels[1]), gt_boxes)
+    if compare is not None and not isinstance(compare, Exception):
+        left = draw_overlay(image, compare.map, compare.boxes, caption(compare, labels[0]), gt_boxes)
+        out = side_by_side(left, out)
     target.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(target), out):
         raise OutputError(f"--overlays: cannot write {target}")

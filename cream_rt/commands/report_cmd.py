@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 from ..argtypes import INTERVAL
 from .options import add_data, add_json, add_max_bad_images
@@ -18,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="split with boxes to report on (default: test)")
     p.add_argument("--interval", type=INTERVAL, default=0.01, help="score-threshold step (default 0.01)")
     p.add_argument("--out", required=True, help="the HTML page to write (one file, opens from disk)")
+    p.add_argument("--pictures", metavar="DIR",
+                   help="also write the threshold chart and one gallery image per group as files (README pictures)")
     add_max_bad_images(p)
     add_json(p, "print the metrics of both modes and the page's size as one JSON object")
 
@@ -34,12 +37,14 @@ def run(args: argparse.Namespace) -> int:
     from ..model.checkpoint import load_checkpoint
     from ..model.device import torch_device
     from ..model.eager import EagerPredictor
-    from ..report import MODES, ModeScores, ReportData, require_matplotlib, write_report
+    from ..report import MODES, ModeScores, ReportData, require_matplotlib, write_pictures, write_report
     from ..runtime import box_threshold
     from ..scoring import check_labels, split_batches
     from ..unreadable import UnreadableImages
 
     check_output_file(args.out, "--out")
+    if args.pictures and not Path(args.pictures).parent.is_dir():
+        raise CreamError(f"--pictures {args.pictures}: its parent folder does not exist")
     require_matplotlib()  # matplotlib missing: one line before any work
     split_dir, images = split_paths(args.data, args.split, args.images, args.metadata)
     meta = read_split(split_dir)
@@ -80,11 +85,13 @@ def run(args: argparse.Namespace) -> int:
                "CREAM": f"T = {cfg.cream.iterations}, EM layer {cfg.cream.em_layer}, center {cfg.cream.center}",
                "shipped threshold": f"{shipped:.2f} ({source})",
                "command": "cream " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["report"] else "cream report"},
-        shipped_threshold=shipped, unreadable=missing)
+        shipped_threshold=shipped, unreadable=missing, class_names=list(cfg.class_names))
     written = write_report(args.out, data)
+    pictures = [str(p) for p in write_pictures(args.pictures, data)] if args.pictures else []
     unreadable.warn("report")
     if args.json:
-        print_json({"report": str(args.out), "bytes": written, **{mode: data.result(mode) for mode in MODES}})
+        print_json({"report": str(args.out), "bytes": written, "pictures": pictures,
+                    **{mode: data.result(mode) for mode in MODES}})
     else:
         print(f"wrote {args.out} ({written / 1e6:.1f} MB): {len(meta.image_ids)} images, MaxBoxAccV2 CAM "
               f"{data.result('cam')['MaxBoxAccV2']:.2f}, CREAM {data.result('cream')['MaxBoxAccV2']:.2f}")
