@@ -21,11 +21,12 @@ from .errors import CreamError
 from .metadata import SplitMetadata
 from .metrics import BoxEvaluator
 
-__all__ = ["MODES", "SECTIONS", "ModeScores", "ReportData", "GalleryPick", "gallery_picks", "require_matplotlib",
-           "render_report", "write_report", "write_pictures"]
+__all__ = ["MODES", "SECTIONS", "OPTIONAL_SECTIONS", "ExportParity", "ModeScores", "ReportData", "GalleryPick",
+           "gallery_picks", "require_matplotlib", "render_report", "write_report", "write_pictures"]
 
 MODES = ("cam", "cream")
 SECTIONS = ("metrics", "threshold", "gallery")  # the page's section ids, in order
+OPTIONAL_SECTIONS = ("tune", "parity", "bench")  # after them, where the run has them
 GALLERY_EACH = 2  # images per gallery group
 DISPLAY_SIDE = 280  # pixels of the longer side of a gallery photo
 COLORS = {"gt": "#e41a1c", "cam": "#377eb8", "cream": "#4daf4a"}
@@ -53,6 +54,28 @@ class ModeScores:
 
 
 @dataclass
+class ExportParity:
+    """One export's maps against the eager model's of the same mode over the split: its scores,
+    per image the largest absolute map difference, and the class agreement."""
+
+    path: str
+    mode: str
+    precision: str
+    scores: ModeScores
+    eager: ModeScores
+    max_diff: dict[str, float] = field(default_factory=dict)
+    p99_diff: list[float] = field(default_factory=list)
+    agree: int = 0
+
+    def add(self, image_id: str, eager_map: np.ndarray, export_map: np.ndarray, same_class: bool) -> None:
+        """One image's difference (the export's map is scored by `scores.add` separately)."""
+        diff = np.abs(export_map.astype(np.float64) - eager_map.astype(np.float64))
+        self.max_diff[image_id] = float(diff.max())
+        self.p99_diff.append(float(np.percentile(diff, 99)))
+        self.agree += bool(same_class)
+
+
+@dataclass
 class ReportData:
     """What the page shows: the split, the scores of each mode, classification, and where the
     numbers came from."""
@@ -67,6 +90,9 @@ class ReportData:
     shipped_threshold: float | None = None
     unreadable: list[str] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
+    tune: dict | None = None  # the checkpoint's `cream tune` record (its "rows": each setting's val score)
+    parity: list[ExportParity] = field(default_factory=list)
+    bench: dict | None = None  # a `cream bench --json-out` result
 
     def class_name(self, image_id: str) -> str:
         """The image's label with its class name where the model has names."""
@@ -234,6 +260,101 @@ def _metrics_table(data: ReportData) -> str:
     return f"<table><tr><th></th>{head}</tr>{''.join(body)}</table>"
 
 
+def tune_chart(record: dict):  # noqa: ANN201 (a matplotlib Figure)
+    """Each setting `cream tune` scored, by its val MaxBoxAccV2 (the best 25), the chosen one
+    marked, CAM's and the checkpoint's own setting as lines."""
+    plt = require_matplotlib()
+    rows = sorted(record["rows"], key=lambda r: -r["MaxBoxAccV2"])[:25][::-1]
+    chosen = record.get("name")
+    figure, axis = plt.subplots(figsize=(8, 0.28 * len(rows) + 1.2))
+    colors = [COLORS["cream"] if r["name"] == chosen else "#999999" for r in rows]
+    axis.barh([r["name"] for r in rows], [r["MaxBoxAccV2"] for r in rows], color=colors)
+    cam = record.get("val_cam", {}).get("MaxBoxAccV2")
+    if cam is not None:
+        axis.axvline(cam, color=COLORS["cam"], linestyle=":", label=f"CAM {cam:.1f}")
+    default = record.get("val_default", {})
+    if default.get("MaxBoxAccV2") is not None:
+        axis.axvline(default["MaxBoxAccV2"], color="black", linestyle="--",
+                     label=f"before tuning ({default.get('name')}) {default['MaxBoxAccV2']:.1f}")
+    axis.set_xlabel("val MaxBoxAccV2 (%); green: chosen")
+    axis.tick_params(axis="y", labelsize=7)
+    axis.legend(loc="lower right", fontsize=8)
+    return figure
+
+
+def difference_figure(parity: ExportParity, image_id: str):  # noqa: ANN201 (a matplotlib Figure)
+    """Eager map | the export's | their absolute difference, for one image."""
+    plt = require_matplotlib()
+    eager = parity.eager.maps[image_id].astype(np.float32) / 255
+    export = parity.scores.maps[image_id].astype(np.float32) / 255
+    figure, axes = plt.subplots(1, 3, figsize=(9.6, 3.2))
+    for axis, shown, title in ((axes[0], eager, "eager"), (axes[1], export, Path(parity.path).name)):
+        axis.imshow(shown, cmap="jet", vmin=0, vmax=1)
+        axis.set_title(title, fontsize=9)
+    difference = axes[2].imshow(np.abs(export - eager), cmap="magma")
+    axes[2].set_title(f"|difference|, max {parity.max_diff[image_id]:.2g}", fontsize=9)
+    figure.colorbar(difference, ax=axes[2], fraction=0.046)
+    for axis in axes:
+        axis.set_axis_off()
+    figure.suptitle(image_id, fontsize=9)
+    return figure
+
+
+def bench_chart(result: dict):  # noqa: ANN201 (a matplotlib Figure)
+    """Milliseconds per image of every engine (peers included) at each batch size, per mode."""
+    plt = require_matplotlib()
+    rows = [r for r in result.get("rows", []) if "p50_ms_per_image" in r]
+    modes = sorted({r["mode"] for r in rows})
+    figure, axes = plt.subplots(1, max(1, len(modes)), figsize=(5 * max(1, len(modes)), 3.6), squeeze=False)
+    for axis, mode in zip(axes[0], modes):
+        engines = list(dict.fromkeys(r["engine"] for r in rows if r["mode"] == mode))
+        batches = sorted({r["batch"] for r in rows if r["mode"] == mode})
+        width = 0.8 / max(1, len(batches))
+        for j, batch in enumerate(batches):
+            ms = [next((r["p50_ms_per_image"] for r in rows if (r["mode"], r["engine"], r["batch"]) ==
+                        (mode, e, batch)), 0.0) for e in engines]
+            axis.bar(np.arange(len(engines)) + j * width, ms, width, label=f"batch {batch}")
+        axis.set_xticks(np.arange(len(engines)) + width * (len(batches) - 1) / 2, engines, rotation=30, ha="right",
+                        fontsize=8)
+        axis.set_ylabel("ms per image (median)")
+        axis.set_title(mode.upper(), fontsize=10)
+        axis.legend(fontsize=8)
+    return figure
+
+
+def _optional_sections(data: ReportData) -> str:
+    parts = []
+    if data.tune and data.tune.get("rows"):
+        t = data.tune
+        parts.append(f"""<section id="tune"><h2>cream tune: the val score of each setting</h2>
+<p>Chosen: <b>{html.escape(str(t.get('name')))}</b>, val MaxBoxAccV2 {t.get('val', {}).get('MaxBoxAccV2', 0):.2f},
+box threshold {t.get('box_threshold', 0):.2f}; {len(t['rows'])} settings scored on
+{html.escape(str(t.get('val_split')))}.</p>
+<img src="{_png(tune_chart(t))}" alt="val score of each setting"></section>""")
+    if data.parity:
+        rows, pictures = [], []
+        for p in data.parity:
+            eager, export = p.eager.evaluator.result()["MaxBoxAccV2"], p.scores.evaluator.result()["MaxBoxAccV2"]
+            worst = max(p.max_diff, key=lambda i: p.max_diff[i])
+            rows.append(f"<tr><th>{html.escape(p.path)}</th><td>{p.mode} {p.precision}</td><td>{eager:.2f}</td>"
+                        f"<td>{export:.2f}</td><td>{max(p.max_diff.values()):.2g}</td>"
+                        f"<td>{float(np.percentile(p.p99_diff, 50)):.2g}</td>"
+                        f"<td>{p.agree * 100.0 / max(1, len(p.max_diff)):.1f}</td></tr>")
+            pictures.append(f'<figure><img src="{_png(difference_figure(p, worst))}" alt="difference map">'
+                            f"<figcaption>{html.escape(p.path)}: the image with the largest difference</figcaption>"
+                            "</figure>")
+        parts.append(f"""<section id="parity"><h2>Parity: eager against each export</h2>
+<table><tr><th>export</th><th>mode</th><th>MaxBoxAccV2 eager</th><th>export</th><th>maps max |diff|</th>
+<th>median p99 |diff|</th><th>same class (%)</th></tr>{''.join(rows)}</table>{''.join(pictures)}</section>""")
+    if data.bench and data.bench.get("rows"):
+        ratios = "".join(f"<li>{html.escape(str(r))}</li>" for r in data.bench.get("ratios", []))
+        parts.append(f"""<section id="bench"><h2>Latency per engine and batch</h2>
+<p>{html.escape(str(data.bench.get('backbone', '')))}, {data.bench.get('input_size', '')} px;
+ratios from the same run:</p><ul>{ratios}</ul>
+<img src="{_png(bench_chart(data.bench))}" alt="latency per engine"></section>""")
+    return "".join(parts)
+
+
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}
 table{border-collapse:collapse}th,td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}
 th:first-child{text-align:left}figure{margin:1em 0}figcaption{font-size:90%;color:#555}
@@ -265,6 +386,7 @@ def render_report(data: ReportData) -> str:
 <img src="{_png(threshold_chart(data))}" alt="MaxBoxAcc against the threshold"></section>
 <section id="gallery"><h2>Gallery</h2><p>Red: ground truth; blue: CAM's box; green: CREAM's box; each at its
 mode's best threshold; IoU of the largest contour's box.</p>{''.join(gallery)}</section>
+{_optional_sections(data)}
 </body></html>
 """
 

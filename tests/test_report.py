@@ -167,3 +167,35 @@ def test_overlay_text_and_lines_scale_with_the_photo():
         return int(np.argmin(dark)) if not dark.all() else side
 
     assert band(4000) >= 6 * band(200) > 0
+
+
+BENCH = {"backbone": "small-cnn", "input_size": 64, "ratios": ["onnxruntime vs eager, cream, batch 1: speed-up 3x"],
+         "rows": [{"engine": e, "mode": m, "batch": b, "p50_ms_per_image": ms, "third_party": e == "torchcam"}
+                  for e, m, b, ms in (("eager", "cream", 1, 6.0), ("onnxruntime", "cream", 1, 2.0),
+                                      ("eager", "cam", 1, 5.5), ("onnxruntime", "cam", 1, 1.9),
+                                      ("torchcam", "cam", 1, 9.0))]}
+
+
+def test_tune_parity_and_bench_sections(tiny, tmp_path):
+    """A tuned checkpoint gets the tune chart (its record's settings); `--models` a parity section
+    whose max difference is `cream parity`'s; `--bench` the latency chart; bad ones are one line."""
+    tuned, bench, out = tmp_path / "tuned.pt", tmp_path / "bench.json", tmp_path / "full.html"
+    run("tune", "--checkpoint", tiny["ckpt"], "--data", tiny["data"], "--out", tuned, "--iterations", "1,2",
+        "--layers", "cam", expect=0)
+    run("export", "--checkpoint", tuned, "--out", tmp_path / "tuned.onnx", expect=0)
+    bench.write_text(json.dumps(BENCH))
+    record = json.loads(run("report", "--checkpoint", tuned, "--data", tiny["data"], "--models",
+                            tmp_path / "tuned.onnx", "--bench", bench, "--out", out, "--json", expect=0).stdout)
+    parsed = _Page()
+    text = out.read_text(encoding="utf-8")
+    parsed.feed(text)
+    assert parsed.sections == [*SECTIONS, "tune", "parity", "bench"] and record["bytes"] < MAX_BYTES
+    parity = json.loads(run("parity", "--checkpoint", tuned, "--model", tmp_path / "tuned.onnx", "--data",
+                            tiny["data"], "--split", "test", "--json", expect=0).stdout)
+    shown = float(text.split("<td>cream fp32</td>")[1].split("</td>")[2].removeprefix("<td>"))
+    assert shown == pytest.approx(parity["maps_max_abs_diff"], abs=2e-6)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": [{"engine": "x"}]}))
+    assert_one_error(run("report", "--checkpoint", tuned, "--data", tiny["data"], "--bench", bad, "--out",
+                         tmp_path / "b.html"), "not a `cream bench --json-out` result")
+    assert not (tmp_path / "b.html").exists()
