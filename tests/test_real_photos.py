@@ -176,15 +176,21 @@ def test_lite1_and_lite2_through_the_timm_door_classify_and_map_as_the_imagenet_
     """Lite1 / Lite2 in timm's own network: timm's preprocessing is the import's, the logits and
     the CAM maps on real photos equal `--from imagenet`'s (1e-4). (Lite0: the test below, with
     CREAM fitted and scored through both doors and the API.)"""
+
+    _, paths = _through_both_doors(name, tmp_path)
+    _assert_same_classifier(paths, real)
+
+
+def _assert_same_classifier(paths: dict, real: dict, photos: int = 12) -> None:
+    """Both doors' checkpoints: the same preprocessing, logits and CAM maps on real photos (1e-4)."""
     from cream_rt.metadata import read_split
     from cream_rt.model import load_checkpoint
     from cream_rt.preprocess import preprocess_batch, read_image
 
-    _, paths = _through_both_doors(name, tmp_path)
-    a, b = (load_checkpoint(p)[0] for p in paths.values())
+    a, b = (load_checkpoint(p)[0] for p in (paths["imagenet"], paths["timm"]))
     assert (a.config.input_size, a.config.mean, a.config.std) == (b.config.input_size, b.config.mean, b.config.std)
     meta = read_split(real["meta"] / "val")
-    x = torch.from_numpy(preprocess_batch([read_image(real["images"] / i) for i in meta.image_ids[:12]],
+    x = torch.from_numpy(preprocess_batch([read_image(real["images"] / i) for i in meta.image_ids[:photos]],
                                           a.config.input_size, a.config.mean, a.config.std))
     with torch.no_grad():
         (la, ma, _), (lb, mb, _) = a(x, mode="cam"), b(x, mode="cam")
@@ -201,7 +207,6 @@ def test_lite0_through_the_timm_door_is_the_imagenet_import(real, tmp_path):
     from cream_rt.evaluate import evaluate_map_folder
     from cream_rt.metadata import read_split
     from cream_rt.model import CREAM, load_checkpoint
-    from cream_rt.preprocess import preprocess_batch, read_image
 
     net, paths = _through_both_doors("efficientnet-lite0", tmp_path)
     layers = {"imagenet": "stage5.last", "timm": "blocks.4"}
@@ -213,13 +218,9 @@ def test_lite0_through_the_timm_door_is_the_imagenet_import(real, tmp_path):
         out = run("eval", "--checkpoint", fitted, *data, "--split", "val", "--save-maps", tmp_path / door, "--json",
                   expect=0)
         scores[door] = json.loads(out.stdout)
-    a, b = (load_checkpoint(p)[0] for p in paths.values())
-    assert (a.config.input_size, a.config.mean, a.config.std) == (b.config.input_size, b.config.mean, b.config.std)
+    _assert_same_classifier(paths, real)
     meta = read_split(real["meta"] / "val")
-    x = torch.from_numpy(preprocess_batch([read_image(real["images"] / i) for i in meta.image_ids[:16]],
-                                          a.config.input_size, a.config.mean, a.config.std))
-    with torch.no_grad():
-        np.testing.assert_allclose(b(x, mode="cam")[0].numpy(), a(x, mode="cam")[0].numpy(), atol=1e-4)
+    a = load_checkpoint(paths["imagenet"])[0]
     for image_id in meta.image_ids:
         np.testing.assert_allclose(np.load(tmp_path / "timm" / f"{image_id}.npy"),
                                    np.load(tmp_path / "imagenet" / f"{image_id}.npy"), atol=1e-4)
