@@ -376,8 +376,9 @@ def test_the_api_tunes_fits_from_a_dataset_and_boxes_a_batch(synthetic):
         x = torch.randn(6, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
         record = cream.fit(TensorDataset(x, torch.tensor([0, 1, 2, 3, 4, 0])), batch_size=4)
         assert record["center"] and bool(cream.model.embedding_fitted[:5].all())
-        tuned = cream.tune(synthetic, iterations=(1,), layers=["cam"])
+        tuned = cream.tune(synthetic, iterations=(1,), layers=["cam", "layer3"])
         assert cream.config.box_threshold == tuned["box_threshold"] and tuned["rows"]
+        assert cream.model.backbone.net is net  # still the caller's network, whichever layer was chosen
         maps = torch.zeros(1, SIZE, SIZE)
         maps[0, 10:30, 20:50] = 1.0
         boxes = cream.boxes(maps, threshold=0.5)

@@ -245,7 +245,8 @@ class CREAM:
             meta = read_split(meta_root / "train", require_localization=False)
             check_images_exist(meta, image_root)
             unreadable = UnreadableImages()
-            record = embedding_pass(self.model, split_batches_of(self.model, meta, image_root, batch_size, "cpu",
+            device = str(next(self.model.parameters()).device)
+            record = embedding_pass(self.model, split_batches_of(self.model, meta, image_root, batch_size, device,
                                                                  "embedding pass", unreadable),
                                     bool(center), rounds)
             unreadable.warn("fit")
@@ -271,7 +272,9 @@ class CREAM:
         image_root, meta_root = data_paths(data, images, metadata)
         chosen, record = tune_model(self.model, image_root, meta_root, **options)
         record.pop("_unreadable").warn("tune")
-        self.model = chosen
+        model = CamModel(chosen.config, self.network)  # around the caller's network again, not a copy
+        model.load_state_dict(chosen.state_dict())
+        self.model = model.to(next(chosen.parameters()).device).eval()
         return record
 
     def save(self, path: str | os.PathLike) -> None:
