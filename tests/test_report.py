@@ -155,6 +155,8 @@ def test_localize_on_a_split_with_boxes_draws_them_and_records_iou_with_cam_besi
     assert first.shape[:2] == (height, 2 * width + 8)
     assert_one_error(run("localize", split, "--images", tiny["data"] / "images", "--model", tiny["model"], "--out",
                          tmp_path / "x.jsonl", "--overlays-compare", cam), "--overlays-compare goes with --overlays")
+    assert_one_error(run("localize", split, "--images", tiny["data"] / "images", "--model", tiny["model"], "--out",
+                         tmp_path / "x", "--ray", "--overlays-compare", cam), "--overlays-compare is not available")
 
 
 def test_overlay_text_and_lines_scale_with_the_photo():

@@ -173,6 +173,7 @@ def run_ray(args: argparse.Namespace) -> int:
     from .output import print_json
 
     unsupported = [flag for flag, value in (("--save-maps", args.save_maps), ("--overlays", args.overlays),
+                                            ("--overlays-compare", args.overlays_compare),
                                             ("--format coco", args.format == "coco"),
                                             ("--providers", args.providers),
                                             ("--reduced-decode", args.reduced_decode)) if value]
