@@ -10,13 +10,13 @@ in rotating blocks; the ratio is the median of the per-round ratios (one run). T
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
-from cream_rt.atomic import write_json
 from cream_rt.benchmark.latency import measure_interleaved, paired_ratio
 from cream_rt.benchmark.machine import command_line, machine_info
+
+from .output import emit
 
 TARGET = 1.05
 # (library, architecture): the families of tests/test_any_classifier.py
@@ -78,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "api_overhead", "target_ratio": TARGET, "threads": torch.get_num_threads(),
               "rows": rows, "all_meet_target": all(r["meets_target"] for r in rows),
               "machine": machine_info(), "command": command_line("api_overhead", argv)}
-    if args.out:
-        write_json(args.out, result)
-    else:
-        print(json.dumps(result, indent=2))
+    emit(result, args.out)
     return 0
 
 

@@ -19,6 +19,7 @@ pytest.importorskip("onnx")
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from cli_helpers import assert_one_error, run  # noqa: E402
+from test_import import _randomized  # noqa: E402
 from test_reactivate import np_minmax, np_reactivate  # noqa: E402
 
 from cream_rt.config import CreamConfig  # noqa: E402
@@ -65,21 +66,7 @@ def build(hub: str, arch: str, classes: int = CLASSES) -> nn.Module:
         import torchvision.models as tvm
 
         net = tvm.get_model(arch, weights=None, num_classes=classes)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.normal_(m.weight, std=(2.0 / m.weight[0].numel()) ** 0.5)
-                if m.bias is not None:
-                    nn.init.normal_(m.bias, std=0.1)
-            elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
-                if getattr(m, "running_mean", None) is not None:
-                    m.running_mean.normal_(0, 0.1)
-                    m.running_var.uniform_(0.5, 1.5)
-                if m.weight is not None:
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.normal_(0, 0.1)
-    return net.eval()
+    return _randomized(net)
 
 
 def library_features(hub: str, arch: str, net: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -162,11 +162,13 @@ def _randomized(model: nn.Module) -> nn.Module:
                 nn.init.normal_(m.weight, std=(2.0 / m.weight[0].numel()) ** 0.5)
                 if m.bias is not None:
                     nn.init.normal_(m.bias, std=0.1)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
+            elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):  # non-trivial norms (ConvNeXt's LayerNorms too)
+                if getattr(m, "running_mean", None) is not None:
+                    m.running_mean.normal_(0, 0.1)
+                    m.running_var.uniform_(0.5, 1.5)
+                if m.weight is not None:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.normal_(0, 0.1)
     return model.eval()
 
 

@@ -7,12 +7,12 @@ it is refused. The table of docs/any-classifier.md is this study's output.
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
-from cream_rt.atomic import write_json
 from cream_rt.benchmark.machine import command_line, machine_info
+
+from ..output import emit
 
 # one or two small members of each family (the form is the family's; the big members only cost time)
 TORCHVISION = ("resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "regnet_x_400mf", "regnet_y_400mf",
@@ -68,10 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['library']} | {r['arch']} | {'yes' if r['cam_form'] else 'no'} | {what} |")
     result = {"study": "cam_forms", "input_size": INPUT_SIZE, "rows": rows, "machine": machine_info(),
               "command": command_line("studies.cam_forms", argv)}
-    if args.out:
-        write_json(args.out, result)
-    else:
-        print(json.dumps(result, indent=2))
+    emit(result, args.out)
     return 0
 
 
